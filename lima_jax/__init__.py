@@ -1,0 +1,1 @@
+"""lima_jax: LIMA-style supervised fine-tuning of LLaMA-family models in JAX."""
