@@ -1,0 +1,136 @@
+"""Checkpoints: one directory per checkpoint, the same layout for training and conversion.
+
+    CKPT/params/     parameter pytree (orbax, restored straight into the target sharding)
+    CKPT/opt_state/  optimizer state (training checkpoints only)
+    CKPT/meta/       JSON: model_config, tokenizer, step, epoch, ...
+
+A training run keeps `WORKDIR/checkpoints/<step>/` in this layout, so any per-epoch checkpoint can
+be handed to `generate`, `convert to-hf` or `model.init` as it is. Orbax writes into a temporary
+directory and renames it when complete, so a killed run never leaves a half checkpoint that a
+resume would pick up.
+"""
+from typing import Any, Optional
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+from etils import epath
+
+from lima_jax.errors import UserError
+
+PyTree = Any
+
+
+def _abstract(tree: PyTree, shardings: Optional[PyTree]) -> PyTree:
+  """ShapeDtypeStructs for a restore target; without shardings, everything on one device."""
+  if shardings is None:
+    device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+    shardings = jax.tree.map(lambda _: device, tree)
+  return jax.tree.map(
+      lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), tree, shardings)
+
+
+def _check_dir(path: epath.Path, items: tuple[str, ...]) -> None:
+  if not path.exists():
+    raise UserError(f"{path}: checkpoint directory does not exist")
+  for item in items:
+    if not (path / item).exists():
+      raise UserError(f"{path}: not a lima_jax checkpoint (no '{item}/' inside)")
+
+
+def read_meta(path) -> dict:
+  """The JSON metadata of a checkpoint (cheap: reads no arrays)."""
+  path = epath.Path(path)
+  _check_dir(path, ("meta",))
+  with ocp.Checkpointer(ocp.CompositeCheckpointHandler()) as ckptr:
+    return dict(ckptr.restore(path, ocp.args.Composite(meta=ocp.args.JsonRestore())).meta)
+
+
+def params_metadata(path) -> PyTree:
+  """Tree of ShapeDtypeStructs (no sharding) describing the stored parameters."""
+  path = epath.Path(path)
+  _check_dir(path, ("params",))
+  with ocp.StandardCheckpointer() as ckptr:
+    tree = ckptr.metadata(path / "params").item_metadata.tree
+  return jax.tree.map(lambda m: jax.ShapeDtypeStruct(tuple(m.shape), m.dtype), tree)
+
+
+def save(path, params: PyTree, meta: dict, opt_state: Optional[PyTree] = None) -> None:
+  """Writes a checkpoint synchronously (used by conversion; training uses `Manager`)."""
+  path = epath.Path(path)
+  if path.exists():
+    raise UserError(f"{path}: already exists; refusing to overwrite a checkpoint")
+  items = {"params": ocp.args.StandardSave(params), "meta": ocp.args.JsonSave(meta)}
+  if opt_state is not None:
+    items["opt_state"] = ocp.args.StandardSave(opt_state)
+  with ocp.Checkpointer(ocp.CompositeCheckpointHandler()) as ckptr:
+    ckptr.save(path, ocp.args.Composite(**items))
+
+
+def load(path, shardings: Optional[PyTree] = None) -> tuple[PyTree, dict]:
+  """Loads (params, meta); `shardings` (a tree matching the params) places them directly.
+
+  Without shardings every array lands on the first local device. The stored shapes are checked
+  against nothing here: callers compare `meta["model_config"]` with what they expect.
+  """
+  path = epath.Path(path)
+  _check_dir(path, ("params", "meta"))
+  target = _abstract(params_metadata(path), shardings)
+  with ocp.Checkpointer(ocp.CompositeCheckpointHandler()) as ckptr:
+    restored = ckptr.restore(path, ocp.args.Composite(
+        params=ocp.args.StandardRestore(target), meta=ocp.args.JsonRestore()))
+  return restored.params, dict(restored.meta)
+
+
+def load_numpy(path) -> tuple[dict, dict]:
+  """Loads params as host numpy arrays (for export); returns (params, meta)."""
+  params, meta = load(path)
+  return jax.tree.map(np.asarray, params), meta
+
+
+class Manager:
+  """Training checkpoints in WORKDIR/checkpoints/<step>/, saved asynchronously.
+
+  Keeps every checkpoint by default: LIMA chooses among epochs 5-10 by reading answers, so
+  older epochs are not disposable. `max_to_keep` bounds disk use when that matters more.
+  """
+
+  def __init__(self, directory, max_to_keep: Optional[int] = None, async_save: bool = True):
+    options = ocp.CheckpointManagerOptions(
+        max_to_keep=max_to_keep, create=True, enable_async_checkpointing=async_save)
+    self._mngr = ocp.CheckpointManager(
+        epath.Path(directory), options=options, item_names=("params", "opt_state", "meta"))
+
+  def latest_step(self) -> Optional[int]:
+    return self._mngr.latest_step()
+
+  def all_steps(self) -> list[int]:
+    return list(self._mngr.all_steps())
+
+  def step_dir(self, step: int) -> epath.Path:
+    return epath.Path(self._mngr.directory) / str(step)
+
+  def save(self, step: int, params: PyTree, opt_state: PyTree, meta: dict) -> None:
+    self._mngr.save(step, args=ocp.args.Composite(
+        params=ocp.args.StandardSave(params),
+        opt_state=ocp.args.StandardSave(opt_state),
+        meta=ocp.args.JsonSave(meta)), force=True)
+
+  def restore(self, step: int, abstract_params: PyTree,
+              abstract_opt_state: PyTree) -> tuple[PyTree, PyTree, dict]:
+    """Restores into the shardings carried by the abstract trees (any mesh)."""
+    restored = self._mngr.restore(step, args=ocp.args.Composite(
+        params=ocp.args.StandardRestore(abstract_params),
+        opt_state=ocp.args.StandardRestore(abstract_opt_state),
+        meta=ocp.args.JsonRestore()))
+    return restored.params, restored.opt_state, dict(restored.meta)
+
+  def delete(self, step: int) -> None:
+    self._mngr.delete(step)
+
+  def wait(self) -> None:
+    self._mngr.wait_until_finished()
+
+  def close(self) -> None:
+    self._mngr.wait_until_finished()
+    self._mngr.close()

@@ -1,0 +1,201 @@
+"""Training: sharding equivalence, end to end, exact resume, restore on another mesh, processes."""
+import json
+import pathlib
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+
+
+def tiny_config(**overrides):
+  sys.path.insert(0, str(REPO))
+  from configs import lima
+  c = lima.get_config("demo")
+  c.unlock()
+  c.model.size = "tiny"
+  c.model.dropout_top = 0.0
+  c.data.train_files = str(REPO / "data/demo/train.jsonl")
+  c.data.tokenizer = str(REPO / "data/demo/tokenizer.model")
+  c.data.max_len = 64
+  c.data.subset_size = 96
+  c.data.eval_fraction = 0.1
+  c.train.epochs = 2
+  c.train.batch_size = 8
+  c.train.warmup_steps = 0
+  c.checkpoint.keep_epochs = ""
+  c.checkpoint.async_save = False
+  c.sample_prompts = ""
+  for key, value in overrides.items():
+    node = c
+    *parents, leaf = key.split(".")
+    for p in parents:
+      node = node[p]
+    node[leaf] = value
+  c.lock()
+  return c
+
+
+def read_metrics(workdir):
+  return [json.loads(l) for l in (pathlib.Path(workdir) / "metrics.jsonl").read_text().splitlines()]
+
+
+def final_params(workdir):
+  from lima_jax import checkpoint
+  steps = sorted(int(p.name) for p in (pathlib.Path(workdir) / "checkpoints").iterdir()
+                 if p.name.isdigit())
+  params, meta = checkpoint.load_numpy(pathlib.Path(workdir) / "checkpoints" / str(steps[-1]))
+  return steps[-1], params, meta
+
+
+def _one_step(mesh_shape):
+  from lima_jax import model as model_lib, sharding, train
+  from lima_jax.train import TrainState
+  config = tiny_config()
+  devices = jax.devices()[:int(np.prod(mesh_shape))]
+  mesh = sharding.make_mesh(mesh_shape, devices)
+  cfg = model_lib.get_size("tiny", vocab_size=256, max_seq_len=64)
+  rng = np.random.default_rng(0)
+  tokens = rng.integers(3, 256, size=(8, 33), dtype=np.int32)
+  batch = {"inputs": tokens[:, :-1], "targets": tokens[:, 1:],
+           "loss_mask": rng.random((8, 32)) < 0.6,
+           "segment_ids": np.ones((8, 32), np.int32),
+           "positions": np.tile(np.arange(32, dtype=np.int32), (8, 1))}
+  with jax.set_mesh(mesh):
+    config.unlock()
+    config.data.max_len = 32
+    built = train.build_train_step(config, mesh, cfg, total_steps=10)
+    init = lambda r: jax.tree.map(lambda x: x, built.model.init(r, jnp.zeros((1, 8), jnp.int32)))
+    import flax.linen as nn
+    params = jax.jit(lambda r: nn.meta.unbox(init(r))["params"],
+                     out_shardings=built.state_shardings.params)(jax.random.key(0))
+    opt = jax.jit(built.tx.init, out_shardings=built.state_shardings.opt_state)(params)
+    state = TrainState(jnp.int32(0), params, opt)
+    state, metrics = built.train_step(state, sharding.put_batch(batch, mesh), jax.random.key(1))
+    return float(metrics["loss"]), jax.tree.map(np.asarray, state.params)
+
+
+def test_one_step_is_the_same_on_every_mesh():
+  loss0, params0 = _one_step((1, 1, 1))
+  for shape in [(8, 1, 1), (2, 4, 1), (2, 2, 2), (1, 8, 1)]:
+    loss, params = _one_step(shape)
+    assert abs(loss - loss0) <= 1e-5, shape
+    diffs = jax.tree.map(lambda a, b: float(np.max(np.abs(a - b))), params, params0)
+    assert max(jax.tree.leaves(diffs)) <= 1e-5, (shape, diffs)
+
+
+def test_end_to_end_writes_checkpoints_and_loss_falls(tmp_path):
+  from lima_jax import train
+  config = tiny_config(**{"train.epochs": 3})
+  last = train.train_and_evaluate(config, str(tmp_path))
+  rows = read_metrics(tmp_path)
+  for key in ("step", "epoch", "loss", "learning_rate", "grad_norm", "param_norm",
+              "tokens_per_s", "examples_per_s"):
+    assert key in rows[0], key
+  assert [r["step"] for r in rows] == list(range(1, len(rows) + 1))
+  first, final = np.mean([r["loss"] for r in rows[:3]]), np.mean([r["loss"] for r in rows[-3:]])
+  assert final < first - 0.5, (first, final)
+  assert "eval_loss" in last and np.isfinite(last["eval_loss"])
+  ckpts = sorted(int(p.name) for p in (tmp_path / "checkpoints").iterdir() if p.name.isdigit())
+  assert len(ckpts) == 3 and ckpts[-1] == rows[-1]["step"]
+  metas = [json.loads((tmp_path / "checkpoints" / str(s) / "meta" / "metadata").read_text())
+           for s in ckpts]
+  assert [m["epoch"] for m in metas] == [1, 2, 3]
+  assert json.loads((tmp_path / "config.json").read_text())["train"]["epochs"] == 3
+  # LIMA's schedule: lr at step 0 exactly, end lr at the last step.
+  assert rows[0]["learning_rate"] == pytest.approx(config.train.learning_rate)
+  assert rows[-1]["learning_rate"] == pytest.approx(config.train.end_learning_rate)
+
+
+def _run_main(workdir, *overrides, check=True):
+  cmd = [sys.executable, "-m", "lima_jax.main", "--config=configs/lima.py:demo",
+         f"--workdir={workdir}", "--config.model.size=tiny", "--config.data.max_len=64",
+         "--config.data.subset_size=64", "--config.train.batch_size=8",
+         "--config.train.epochs=2", "--config.sample_prompts=", "--config.model.dropout_top=0.1",
+         "--config.checkpoint.keep_epochs=", *overrides]
+  env = {"XLA_FLAGS": "--xla_force_host_platform_device_count=4", "JAX_PLATFORMS": "cpu",
+         "PATH": "/usr/bin:/bin", "HOME": str(workdir)}
+  import os
+  env = dict(os.environ, **env)
+  out = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+  if check:
+    assert out.returncode == 0, out.stderr[-3000:]
+  return out
+
+
+def test_exact_resume_after_kill_is_bit_identical(tmp_path):
+  # Dropout on, so the per-step keys must line up too.
+  _run_main(tmp_path / "straight")
+  steps_per_epoch = read_metrics(tmp_path / "straight")[-1]["step"] // 2
+  killed = _run_main(tmp_path / "resumed", f"--config.debug.crash_after_step={steps_per_epoch}",
+                     check=False)
+  assert killed.returncode == 3, killed.stderr[-2000:]
+  assert not (tmp_path / "resumed" / "checkpoints" / str(2 * steps_per_epoch)).exists()
+  resumed = _run_main(tmp_path / "resumed")
+  assert "resumed from" in resumed.stdout
+  step_a, params_a, _ = final_params(tmp_path / "straight")
+  step_b, params_b, _ = final_params(tmp_path / "resumed")
+  assert step_a == step_b
+  same = jax.tree.map(lambda a, b: bool(np.array_equal(a, b)), params_a, params_b)
+  assert all(jax.tree.leaves(same)), same
+  assert [r["loss"] for r in read_metrics(tmp_path / "straight")] == \
+         [r["loss"] for r in read_metrics(tmp_path / "resumed")]
+
+
+def test_checkpoint_restores_on_another_mesh(tmp_path):
+  from lima_jax import train
+  train.train_and_evaluate(tiny_config(**{"train.epochs": 1, "mesh.shape": (1, 8, 1)}),
+                           str(tmp_path))
+  step, params, _ = final_params(tmp_path)
+  # Continue the same run for a second epoch on a (2, 2, 2) mesh: it must restore first.
+  last = train.train_and_evaluate(
+      tiny_config(**{"train.epochs": 2, "mesh.shape": (2, 2, 2)}), str(tmp_path))
+  assert last["step"] == 2 * step
+  from lima_jax import checkpoint, sharding, model as model_lib
+  mesh = sharding.make_mesh((2, 2, 2))
+  meta = checkpoint.read_meta(tmp_path / "checkpoints" / str(step))
+  cfg = model_lib.ModelConfig.from_dict(meta["model_config"])
+  boxed = jax.eval_shape(lambda: model_lib.Transformer(cfg).init(
+      jax.random.key(0), jnp.zeros((1, 8), jnp.int32)))["params"]
+  restored, _ = checkpoint.load(tmp_path / "checkpoints" / str(step),
+                                sharding.logical_shardings(boxed, mesh))
+  q = restored["layers"]["attn"]["q"]
+  assert q.sharding.mesh.shape == mesh.shape
+  same = jax.tree.map(lambda a, b: bool(np.array_equal(np.asarray(a), b)), restored, params)
+  assert all(jax.tree.leaves(same))
+
+
+def test_two_processes_give_the_same_loss_as_one(tmp_path):
+  from lima_jax import train
+  one = tiny_config(**{"train.epochs": 1})
+  train.train_and_evaluate(one, str(tmp_path / "one"))
+  two = tiny_config(**{"train.epochs": 1, "distributed.local_processes": 2,
+                       "distributed.local_devices": 4})
+  train.train_and_evaluate(two, str(tmp_path / "two"))
+  a, b = read_metrics(tmp_path / "one"), read_metrics(tmp_path / "two")
+  assert len(a) == len(b)
+  np.testing.assert_allclose([r["loss"] for r in a], [r["loss"] for r in b], rtol=1e-5)
+
+
+@pytest.mark.parametrize("override, message", [
+    ("--config.mesh.shape=(3,-1,1)", "mesh.shape"),
+    ("--config.train.batch_size=6", "batch shards"),
+    ("--config.model.init=/nonexistent/ckpt", "model.init"),
+    ("--config.data.train_files=/nonexistent.jsonl", "nonexistent.jsonl"),
+])
+def test_bad_config_gives_one_clear_line(tmp_path, override, message):
+  out = _run_main(tmp_path, override, check=False)
+  assert out.returncode != 0
+  last = out.stderr.strip().splitlines()[-1]
+  assert last.startswith("error:") and message in last, out.stderr[-2000:]
+  assert "Traceback" not in out.stderr
+
+
+def test_misspelled_override_fails_at_startup(tmp_path):
+  out = _run_main(tmp_path, "--config.train.epochz=3", check=False)
+  assert out.returncode != 0 and "epochz" in out.stderr
+  assert not (tmp_path / "checkpoints").exists()
