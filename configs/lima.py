@@ -113,13 +113,13 @@ def get_config(variant: str = "demo") -> ml_collections.ConfigDict:
     c.data.eval_fraction = 0.05
     c.data.max_len = 128
     c.data.pack = True  # The demo's conversations are short: packing avoids ~80% padding.
-    c.train.epochs = 30
+    c.train.epochs = 12
     c.train.batch_size = 8
     c.train.learning_rate = 3e-3  # A random-init model learns from scratch: far above LIMA's.
     c.train.end_learning_rate = 3e-4
     c.train.weight_decay = 0.0
     c.train.warmup_steps = 20
-    c.checkpoint.keep_epochs = "10,20,30"
+    c.checkpoint.keep_epochs = "4,8,12"
     c.sample_prompts = ("What is the capital of France?|Write a short poem about the sea.|"
                         "How many legs does a spider have?")
   elif variant == "7b":

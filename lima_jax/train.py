@@ -495,7 +495,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
       metrics_log.close()
     if not preempted and start < total_steps:
       _samples(config, state.params, cfg, tok, mesh, "after", workdir, log)
-  log(f"done: checkpoints in {workdir / 'checkpoints'}, metrics in {workdir / 'metrics.jsonl'}")
+  newest = workdir / "checkpoints" / str(total_steps)
+  log(f"done: checkpoints in {workdir / 'checkpoints'}, metrics in {workdir / 'metrics.jsonl'}\n"
+      f"export to Hugging Face: python -m lima_jax.convert to-hf --checkpoint={newest} "
+      f"--out={workdir / 'hf'}")
   return last
 
 
