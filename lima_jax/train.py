@@ -262,6 +262,17 @@ def model_config(config, init_cfg: Optional[model_lib.ModelConfig],
       remat_policy=m.remat_policy, max_seq_len=max(base.max_seq_len, config.data.max_len))
 
 
+def planned_model_config(config) -> model_lib.ModelConfig:
+  """The model a run of `config` would train, from `model.size` alone (for the planner): the
+  named size's vocabulary plus EOT, padded, and the config's training knobs."""
+  if not config.model.size:
+    raise UserError("model.size: the planner needs a named size (it does not read model.init)")
+  base = model_lib.get_size(config.model.size)
+  eot = type("PlannedTokenizer", (), {"vocab_size": base.vocab_size + 1,
+                                      "eot_id": base.vocab_size})
+  return model_config(config, None, eot)
+
+
 def load_tokenizer(config, init_tok_meta: Optional[dict]) -> tokenizer_lib.Tokenizer:
   if config.data.tokenizer:
     return tokenizer_lib.Tokenizer.load(config.data.tokenizer)

@@ -1,0 +1,128 @@
+"""The ahead-of-time planner: slice names, and (with libtpu) real compiles for TPU slices."""
+import importlib.util
+import json
+import pathlib
+import subprocess
+import sys
+
+import pytest
+
+from lima_jax import model, tpu_specs
+from lima_jax.errors import UserError
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+HAS_LIBTPU = importlib.util.find_spec("libtpu") is not None
+needs_libtpu = pytest.mark.skipif(
+    not HAS_LIBTPU, reason="libtpu not installed (pip install -r requirements-tpu.txt); "
+    "the planner compiles with libtpu's compiler")
+TINY = ["--config=configs/lima.py:demo", "--config.model.size=tiny",
+        "--config.data.max_len=64", "--config.train.batch_size=8", "--mesh=1,-1,1"]
+
+
+def plan_cli(*args):
+  return subprocess.run([sys.executable, "-m", "lima_jax.plan", *args], cwd=REPO,
+                        capture_output=True, text=True, timeout=600)
+
+
+# Grids and host counts from Cloud's tables (cloud.google.com/tpu/docs/v4, /v5p, /v5e, /v6e).
+@pytest.mark.parametrize("name, topology, chips, hosts", [
+    ("v4-8", "v4:2x2x1", 4, 1),
+    ("v4-32", "v4:2x2x4", 16, 4),
+    ("v4-256", "v4:4x4x8", 128, 32),
+    ("v4-1024", "v4:8x8x8", 512, 128),
+    ("v5p-128", "v5:4x4x4", 64, 16),
+    ("v5p-12288", "v5:16x16x24", 6144, 1536),
+    ("v5litepod-8", "v5e:2x4", 8, 1),
+    ("v5litepod-16", "v5e:4x4", 16, 4),
+    ("v6e-256", "v6e:16x16", 256, 64),
+    ("v4:4x4x8", "v4:4x4x8", 128, 32),
+])
+def test_slice_names(name, topology, chips, hosts):
+  s = tpu_specs.parse_slice(name)
+  assert (s.topology, s.chips, s.hosts) == (topology, chips, hosts)
+  assert tpu_specs.parse_slice(s.accelerator_type).topology == topology
+
+
+@pytest.mark.parametrize("name", ["v3-8", "v4-6", "v4-100", "v5e-12", "v4:4x4", "v4"])
+def test_bad_slice_names_say_what_is_accepted(name):
+  with pytest.raises(UserError, match="--topology"):
+    tpu_specs.parse_slice(name)
+
+
+@pytest.mark.skipif(HAS_LIBTPU, reason="libtpu is installed here")
+def test_without_libtpu_one_line_says_how_to_install():
+  proc = plan_cli(*TINY, "--topology=v4-8")
+  assert proc.returncode == 1
+  assert proc.stderr.strip().splitlines() == [
+      "error: libtpu is not installed; the planner needs its compiler (not a TPU): "
+      "pip install -r requirements-tpu.txt"]
+
+
+@pytest.fixture(scope="module")
+def tiny_plan(tmp_path_factory):
+  out = tmp_path_factory.mktemp("plan") / "plan.json"
+  proc = plan_cli(*TINY, "--topology=v4:2x2x1", f"--out={out}")
+  assert proc.returncode == 0, proc.stderr
+  return proc.stdout, json.loads(out.read_text())
+
+
+@needs_libtpu
+def test_tiny_plan_bytes_per_chip(tiny_plan):
+  _, p = tiny_plan
+  assert (p["chips"], p["mesh"]) == (4, {"data": 1, "fsdp": 4, "tensor": 1})
+  m = model.get_size("tiny")
+  D, L, F = m.dim, m.n_layers, m.hidden_dim
+  V = -(-(m.vocab_size + 1) // 128) * 128  # EOT added, rows padded to model.vocab_multiple.
+  per_layer = D * m.n_heads * m.head_dim * 2 + D * m.n_kv_heads * m.head_dim * 2 + 3 * D * F
+  norms = 2 * L * D + D
+  matrices = 2 * V * D + L * per_layer  # Embedding and untied lm_head, then the layers.
+  # float32; every matrix is split 4 ways along its embedding dimension, norm scales replicated.
+  assert p["param_bytes"] == 4 * (matrices // 4 + norms)
+  # Adam: two moments shaped and sharded like the parameters, plus int32 step counts (Adam's
+  # and the learning-rate schedule's).
+  assert p["opt_state_bytes"] == 2 * p["param_bytes"] + 8
+  # inputs, targets, segment_ids, positions int32; loss_mask bool.
+  assert p["batch_bytes"] == 8 * 64 * (4 * 4 + 1) // 4
+  # What XLA reserves for the arguments covers that (plus step and rng, and tile padding).
+  assert p["argument_bytes"] >= p["param_bytes"] + p["opt_state_bytes"] + p["batch_bytes"]
+  assert p["argument_bytes"] < 4 * (p["param_bytes"] + p["opt_state_bytes"] + p["batch_bytes"])
+  assert p["argument_bytes"] <= p["peak_bytes"] < p["usable_hbm_bytes"]
+
+
+@needs_libtpu
+def test_tiny_plan_table(tiny_plan):
+  text, p = tiny_plan
+  assert p["fits"] and "fits" in text and "DOES NOT FIT" not in text
+  assert "v4-8 (v4:2x2x1): 4 chips on 1 hosts" in text
+  assert "at 40% MFU" in text and "at 60% MFU" in text
+  # Step time at 40% MFU: model FLOPs per chip over 40% of a v4 chip's 275 TFLOP/s.
+  assert p["step_seconds"]["40%"] == pytest.approx(p["model_flops"] / (0.4 * 275e12))
+  assert p["tokens_per_step"] == 8 * 64
+
+
+@needs_libtpu
+def test_a_config_that_does_not_fit_says_so():
+  proc = plan_cli("--config=configs/lima.py:demo", "--config.model.size=demo",
+                  "--config.data.max_len=2048", "--config.train.batch_size=512",
+                  "--config.model.remat_policy=none", "--topology=v5e:2x2", "--mesh=2,1,2")
+  assert proc.returncode == 3, proc.stderr
+  assert "DOES NOT FIT: libtpu says: Ran out of memory" in proc.stdout
+  assert "to fit:" in proc.stdout
+  for fix in ["--mesh=1,2,2", "--config.model.remat_policy=full",
+              "--config.train.grad_accum_steps=2"]:
+    assert fix in proc.stdout
+
+
+@needs_libtpu
+@pytest.mark.parametrize("args, message", [
+    (["--topology=v9-8"], "unknown chip"),
+    (["--topology=v4-8", "--mesh=1,3,-1"], "mesh.shape"),
+    (["--topology=v4-8", "--config.train.batch_size=6"], "put the other chips on 'tensor', "
+     "e.g. --mesh=1,2,2"),
+    (["--topology=v4-8", "--mesh=a,b"], "--mesh"),
+])
+def test_bad_input_is_one_line(args, message):
+  proc = plan_cli(*TINY[:-1], *args)
+  assert proc.returncode == 1
+  lines = proc.stderr.strip().splitlines()
+  assert len(lines) == 1 and lines[0].startswith("error:") and message in lines[0], proc.stderr
