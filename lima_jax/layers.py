@@ -1,0 +1,221 @@
+"""Building blocks of the LLaMA family: RMSNorm, RoPE, attention, SwiGLU MLP, embeddings.
+
+Numerics follow Hugging Face's `modeling_llama` (the reference our conversion tests compare
+against): RMSNorm normalises in float32, RoPE uses the rotate_half layout with inverse
+frequencies computed in float32, and Llama-3 frequency scaling is `_compute_llama3_parameters`
+line for line. Modules take the model's (hashable) ModelConfig as `cfg`; model.py stacks them.
+"""
+import math
+from typing import Any, Callable, Mapping, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+Initializer = Callable[..., jax.Array]
+
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+
+ROPE_SCALING_KEYS = ("factor", "low_freq_factor", "high_freq_factor",
+                     "original_max_position_embeddings")
+
+
+def as_dtype(name: str) -> Any:
+  """The jnp dtype of a config dtype string ('float32' or 'bfloat16')."""
+  if name not in DTYPES:
+    raise ValueError(f"dtype {name!r} is not one of {sorted(DTYPES)}")
+  return DTYPES[name]
+
+
+def param(module: nn.Module, name: str, shape: Sequence[int], names: Sequence[str],
+          init: Initializer, dtype: Any) -> jax.Array:
+  """Declares a parameter boxed with its logical axis names (the sharding rules map them)."""
+  init = nn.with_logical_partitioning(init, tuple(names))
+  return module.param(name, init, tuple(shape), dtype)
+
+
+def einsum(eq: str, x: jax.Array, w: jax.Array, dtype: Any) -> jax.Array:
+  """`jnp.einsum` with both operands in the compute dtype (params may be stored wider)."""
+  return jnp.einsum(eq, x.astype(dtype), w.astype(dtype))
+
+
+def fan_in_init(in_axes: Sequence[int], out_axes: Sequence[int]) -> Initializer:
+  """Truncated normal scaled by 1/sqrt(fan_in), for kernels whose input spans several axes."""
+  return nn.initializers.variance_scaling(1.0, "fan_in", "truncated_normal",
+                                          in_axis=tuple(in_axes), out_axis=tuple(out_axes))
+
+
+class RMSNorm(nn.Module):
+  """Root-mean-square layer norm with a learned per-feature scale (no bias, no centring)."""
+  eps: float = 1e-6
+  dtype: Any = jnp.float32
+  param_dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    scale = param(self, "scale", (x.shape[-1],), ("norm",), nn.initializers.ones,
+                  self.param_dtype)
+    # The statistics are taken in float32 even for bfloat16 activations, as HF does.
+    x32 = x.astype(jnp.float32)
+    x32 = x32 * jax.lax.rsqrt(jnp.mean(jnp.square(x32), axis=-1, keepdims=True) + self.eps)
+    return x32.astype(self.dtype) * scale.astype(self.dtype)
+
+
+def rope_inv_freq(head_dim: int, theta: float,
+                  scaling: Mapping[str, float] | None = None) -> np.ndarray:
+  """Inverse RoPE frequencies [head_dim // 2], float32, optionally with Llama-3 scaling.
+
+  Computed on the host in float32 (as torch does) so that the angles match HF bit for bit
+  up to the final cos/sin.
+  """
+  exponents = np.arange(0, head_dim, 2, dtype=np.int64).astype(np.float32) / np.float32(head_dim)
+  inv_freq = (np.float32(1.0) / np.power(np.float32(theta), exponents)).astype(np.float32)
+  if not scaling:
+    return inv_freq
+  factor = scaling["factor"]
+  low_freq_factor = scaling["low_freq_factor"]
+  high_freq_factor = scaling["high_freq_factor"]
+  old_context_len = scaling["original_max_position_embeddings"]
+  low_freq_wavelen = old_context_len / low_freq_factor
+  high_freq_wavelen = old_context_len / high_freq_factor
+  wavelen = (2 * math.pi / inv_freq).astype(np.float32)
+  # Long wavelengths (beyond the original context) are slowed down by `factor`, short ones
+  # are kept, and the band in between is interpolated smoothly.
+  scaled = np.where(wavelen > low_freq_wavelen, inv_freq / factor, inv_freq).astype(np.float32)
+  smooth = (old_context_len / wavelen - low_freq_factor) / (high_freq_factor - low_freq_factor)
+  smoothed = (1 - smooth) * scaled / factor + smooth * scaled
+  is_medium = ~(wavelen < high_freq_wavelen) & ~(wavelen > low_freq_wavelen)
+  return np.where(is_medium, smoothed, scaled).astype(np.float32)
+
+
+def rotate_half(x: jax.Array) -> jax.Array:
+  half = x.shape[-1] // 2
+  return jnp.concatenate([-x[..., half:], x[..., :half]], axis=-1)
+
+
+def apply_rope(x: jax.Array, positions: jax.Array, inv_freq: np.ndarray) -> jax.Array:
+  """Rotates x [B, T, N, K] by the angles positions [B, T] * inv_freq (rotate_half layout)."""
+  freqs = positions.astype(jnp.float32)[..., None] * jnp.asarray(inv_freq)  # [B, T, K/2]
+  angles = jnp.concatenate([freqs, freqs], axis=-1)[:, :, None, :]  # [B, T, 1, K]
+  cos = jnp.cos(angles).astype(x.dtype)
+  sin = jnp.sin(angles).astype(x.dtype)
+  return x * cos + rotate_half(x) * sin
+
+
+def attention_mask(q_segments: jax.Array, kv_segments: jax.Array, q_slots: jax.Array,
+                   kv_slots: jax.Array) -> jax.Array:
+  """Boolean mask [B, 1, 1, T, S]: causal by slot, and only within the same segment id.
+
+  Slots are indices in the key/value sequence (the cache when decoding), not RoPE positions,
+  so packed or padded rows stay causal whatever their positions.
+  """
+  causal = q_slots[:, :, None] >= kv_slots[:, None, :]
+  same = q_segments[:, :, None] == kv_segments[:, None, :]
+  return (causal & same)[:, None, None, :, :]
+
+
+class Attention(nn.Module):
+  """Causal grouped-query self-attention with RoPE; optionally reads and writes a KV cache."""
+  cfg: Any  # model.ModelConfig
+
+  @nn.compact
+  def __call__(self, x, positions, mask, kv=None, cache_index=None):
+    cfg = self.cfg
+    dtype, pdtype = as_dtype(cfg.dtype), as_dtype(cfg.param_dtype)
+    D, H, G, K = cfg.dim, cfg.n_heads, cfg.n_kv_heads, cfg.head_dim
+    init = fan_in_init((0,), (1, 2))
+    zeros = nn.initializers.zeros
+    q = einsum("BTD,DHK->BTHK", x, param(
+        self, "q", (D, H, K), ("embed", "heads", "head_dim"), init, pdtype), dtype)
+    k = einsum("BTD,DGK->BTGK", x, param(
+        self, "k", (D, G, K), ("embed", "kv_heads", "head_dim"), init, pdtype), dtype)
+    v = einsum("BTD,DGK->BTGK", x, param(
+        self, "v", (D, G, K), ("embed", "kv_heads", "head_dim"), init, pdtype), dtype)
+    if cfg.attention_bias:
+      q += param(self, "q_bias", (H, K), ("heads", "head_dim"), zeros, pdtype).astype(dtype)
+      k += param(self, "k_bias", (G, K), ("kv_heads", "head_dim"), zeros, pdtype).astype(dtype)
+      v += param(self, "v_bias", (G, K), ("kv_heads", "head_dim"), zeros, pdtype).astype(dtype)
+    q = nn.with_logical_constraint(
+        q, ("activation_batch", "activation_length", "activation_heads", None))
+    k = nn.with_logical_constraint(
+        k, ("activation_batch", "activation_length", "activation_kv_heads", None))
+    inv_freq = rope_inv_freq(K, cfg.rope_theta, cfg.rope_scaling_dict)
+    q = apply_rope(q, positions, inv_freq)
+    k = apply_rope(k, positions, inv_freq)
+
+    new_kv = None
+    if kv is not None:
+      k_all = jax.lax.dynamic_update_slice_in_dim(kv["k"], k.astype(kv["k"].dtype), cache_index, 1)
+      v_all = jax.lax.dynamic_update_slice_in_dim(kv["v"], v.astype(kv["v"].dtype), cache_index, 1)
+      new_kv = {"k": k_all, "v": v_all}
+      k, v = k_all.astype(dtype), v_all.astype(dtype)
+
+    B, T = q.shape[:2]
+    q = q.reshape(B, T, G, H // G, K)  # query head h uses kv head h // (H / G)
+    logits = jnp.einsum("BTGRK,BSGK->BGRTS", q, k, preferred_element_type=jnp.float32) * K**-0.5
+    logits = jnp.where(mask, logits, jnp.finfo(jnp.float32).min)
+    probs = jax.nn.softmax(logits, axis=-1).astype(dtype)
+    out = jnp.einsum("BGRTS,BSGK->BTGRK", probs, v).reshape(B, T, H, K)
+    out = nn.with_logical_constraint(
+        out, ("activation_batch", "activation_length", "activation_heads", None))
+    out = einsum("BTHK,HKD->BTD", out, param(
+        self, "o", (H, K, D), ("heads", "head_dim", "embed"), fan_in_init((0, 1), (2,)),
+        pdtype), dtype)
+    if cfg.attention_bias:
+      out += param(self, "o_bias", (D,), ("embed",), zeros, pdtype).astype(dtype)
+    return out, new_kv
+
+
+class MLP(nn.Module):
+  """SwiGLU feed-forward: down(silu(gate(x)) * up(x))."""
+  cfg: Any  # model.ModelConfig
+
+  @nn.compact
+  def __call__(self, x):
+    cfg = self.cfg
+    dtype, pdtype = as_dtype(cfg.dtype), as_dtype(cfg.param_dtype)
+    D, F = cfg.dim, cfg.hidden_dim
+    init = fan_in_init((0,), (1,))
+    zeros = nn.initializers.zeros
+
+    def proj(name, h, shape, names, eq, bias_shape, bias_names):
+      y = einsum(eq, h, param(self, name, shape, names, init, pdtype), dtype)
+      if cfg.mlp_bias:
+        y += param(self, f"{name}_bias", bias_shape, bias_names, zeros, pdtype).astype(dtype)
+      return y
+
+    gate = proj("gate", x, (D, F), ("embed", "mlp"), "BTD,DF->BTF", (F,), ("mlp",))
+    up = proj("up", x, (D, F), ("embed", "mlp"), "BTD,DF->BTF", (F,), ("mlp",))
+    h = nn.with_logical_constraint(
+        nn.silu(gate) * up, ("activation_batch", "activation_length", "activation_mlp"))
+    return proj("down", h, (F, D), ("mlp", "embed"), "BTF,FD->BTD", (D,), ("embed",))
+
+
+class Embed(nn.Module):
+  """Token embedding [V, D]; `attend` gives the tied output projection."""
+  cfg: Any  # model.ModelConfig
+
+  def setup(self):
+    cfg = self.cfg
+    # std 1/sqrt(D) keeps tied logits of unit scale on RMS-normalised inputs.
+    self.embedding = param(self, "embedding", (cfg.vocab_size, cfg.dim), ("vocab", "embed"),
+                           nn.initializers.normal(cfg.dim**-0.5), as_dtype(cfg.param_dtype))
+
+  def __call__(self, tokens):
+    return jnp.take(self.embedding, tokens, axis=0).astype(as_dtype(self.cfg.dtype))
+
+  def attend(self, x):
+    return einsum("BTD,VD->BTV", x, self.embedding, as_dtype(self.cfg.dtype))
+
+
+class LMHead(nn.Module):
+  """Untied output projection [D, V]."""
+  cfg: Any  # model.ModelConfig
+
+  @nn.compact
+  def __call__(self, x):
+    cfg = self.cfg
+    kernel = param(self, "kernel", (cfg.dim, cfg.vocab_size), ("embed", "vocab"),
+                   fan_in_init((0,), (1,)), as_dtype(cfg.param_dtype))
+    return einsum("BTD,DV->BTV", x, kernel, as_dtype(cfg.dtype))

@@ -1,0 +1,306 @@
+"""The LLaMA 1/2/3 decoder in Flax linen: config, named sizes, and the Transformer.
+
+The parameter tree (docs/INTERFACES.md) stacks every per-layer tensor on a leading 'layers'
+axis and is the same whether the layers run under `nn.scan` (default: an 80-layer model
+compiles like a 1-layer one) or unrolled, so checkpoints never depend on that flag.
+
+LIMA's residual dropout (rate p_top * i / (L - 1) on both residual branches of layer i) is
+implemented by hand because the per-layer rate is a scanned, traced value that `nn.Dropout`
+cannot take.
+"""
+import dataclasses
+from typing import Any, Mapping
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from lima_jax import layers
+from lima_jax.errors import UserError
+
+REMAT_POLICIES = {
+    "none": None,
+    "full": jax.checkpoint_policies.nothing_saveable,
+    "save_dots": jax.checkpoint_policies.dots_saveable,
+    "save_dots_no_batch": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+}
+DROPOUT_SCHEDULES = ("linear", "constant", "none")
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+  """Architecture and numerics of a LLaMA-family model (hashable: usable as a static arg).
+
+  `rope_scaling` is None or Llama-3 scaling given as a mapping with keys factor,
+  low_freq_factor, high_freq_factor, original_max_position_embeddings; it is stored as a
+  sorted tuple of pairs so the config stays hashable. `n_kv_heads` and `head_dim` default to
+  n_heads and dim // n_heads.
+  """
+  vocab_size: int = 32000
+  dim: int = 4096
+  n_layers: int = 32
+  n_heads: int = 32
+  n_kv_heads: int | None = None
+  hidden_dim: int = 11008
+  head_dim: int | None = None
+  max_seq_len: int = 2048
+  norm_eps: float = 1e-6
+  rope_theta: float = 10000.0
+  rope_scaling: Any = None
+  tie_embeddings: bool = False
+  attention_bias: bool = False
+  mlp_bias: bool = False
+  dtype: str = "float32"
+  param_dtype: str = "float32"
+  scan_layers: bool = True
+  remat_policy: str = "none"
+  dropout_top: float = 0.0
+  dropout_schedule: str = "linear"
+
+  def __post_init__(self):
+    set_ = lambda k, v: object.__setattr__(self, k, v)
+    if self.n_kv_heads is None:
+      set_("n_kv_heads", self.n_heads)
+    if self.head_dim is None:
+      set_("head_dim", self.dim // self.n_heads)
+    if isinstance(self.rope_scaling, Mapping):
+      set_("rope_scaling", tuple(sorted(self.rope_scaling.items())))
+    elif self.rope_scaling is not None:
+      set_("rope_scaling", tuple(sorted(tuple(p) for p in self.rope_scaling)))
+    problems = []
+    if self.n_heads % self.n_kv_heads:
+      problems.append(f"n_heads={self.n_heads} is not a multiple of n_kv_heads={self.n_kv_heads}")
+    for field in ("dtype", "param_dtype"):
+      if getattr(self, field) not in layers.DTYPES:
+        problems.append(f"{field}={getattr(self, field)!r} is not one of {sorted(layers.DTYPES)}")
+    if self.remat_policy not in REMAT_POLICIES:
+      problems.append(f"remat_policy={self.remat_policy!r} is not one of {list(REMAT_POLICIES)}")
+    if self.dropout_schedule not in DROPOUT_SCHEDULES:
+      problems.append(
+          f"dropout_schedule={self.dropout_schedule!r} is not one of {list(DROPOUT_SCHEDULES)}")
+    if not 0.0 <= self.dropout_top < 1.0:
+      problems.append(f"dropout_top={self.dropout_top} is not in [0, 1)")
+    if self.rope_scaling is not None:
+      keys = {k for k, _ in self.rope_scaling} - {"rope_type"}
+      if keys != set(layers.ROPE_SCALING_KEYS):
+        problems.append(f"rope_scaling needs exactly the keys {list(layers.ROPE_SCALING_KEYS)} "
+                        f"(Llama-3 scaling), got {sorted(keys)}")
+    if problems:
+      raise UserError("model_config: " + "; ".join(problems))
+
+  @property
+  def rope_scaling_dict(self) -> dict | None:
+    return None if self.rope_scaling is None else dict(self.rope_scaling)
+
+  def to_dict(self) -> dict:
+    d = dataclasses.asdict(self)
+    d["rope_scaling"] = self.rope_scaling_dict
+    return d
+
+  @classmethod
+  def from_dict(cls, d: Mapping[str, Any]) -> "ModelConfig":
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(d) - known)
+    if unknown:
+      raise UserError(f"model_config: unknown key(s) {unknown}; known keys: {sorted(known)}")
+    return cls(**d)
+
+
+def _llama(**kw) -> ModelConfig:
+  return ModelConfig(**kw)
+
+
+SIZES: dict[str, ModelConfig] = {
+    # Published LLaMA architectures (Meta's params.json / HF config.json).
+    "llama1-7b": _llama(dim=4096, n_layers=32, n_heads=32, hidden_dim=11008),
+    "llama1-13b": _llama(dim=5120, n_layers=40, n_heads=40, hidden_dim=13824),
+    "llama1-33b": _llama(dim=6656, n_layers=60, n_heads=52, hidden_dim=17920),
+    "llama1-65b": _llama(dim=8192, n_layers=80, n_heads=64, hidden_dim=22016),
+    "llama2-7b": _llama(dim=4096, n_layers=32, n_heads=32, hidden_dim=11008, max_seq_len=4096,
+                        norm_eps=1e-5),
+    "llama2-13b": _llama(dim=5120, n_layers=40, n_heads=40, hidden_dim=13824, max_seq_len=4096,
+                         norm_eps=1e-5),
+    "llama2-70b": _llama(dim=8192, n_layers=80, n_heads=64, n_kv_heads=8, hidden_dim=28672,
+                         max_seq_len=4096, norm_eps=1e-5),
+    "llama3-8b": _llama(vocab_size=128256, dim=4096, n_layers=32, n_heads=32, n_kv_heads=8,
+                        hidden_dim=14336, max_seq_len=8192, norm_eps=1e-5, rope_theta=500000.0),
+    "llama3-70b": _llama(vocab_size=128256, dim=8192, n_layers=80, n_heads=64, n_kv_heads=8,
+                         hidden_dim=28672, max_seq_len=8192, norm_eps=1e-5, rope_theta=500000.0),
+    # Small ones: unit tests, the CPU demo, and benchmarks.
+    "tiny": _llama(vocab_size=256, dim=64, n_layers=2, n_heads=4, n_kv_heads=2, hidden_dim=128,
+                   max_seq_len=128),
+    "demo": _llama(vocab_size=4096, dim=256, n_layers=4, n_heads=8, n_kv_heads=4,
+                   hidden_dim=768, max_seq_len=512),
+    "bench-20m": _llama(dim=320, n_layers=8, n_heads=5, hidden_dim=864, max_seq_len=1024,
+                        tie_embeddings=True),
+    "bench-200m": _llama(dim=1024, n_layers=12, n_heads=16, hidden_dim=2816, max_seq_len=2048),
+    "bench-1b": _llama(dim=2048, n_layers=22, n_heads=32, n_kv_heads=4, hidden_dim=5632,
+                       max_seq_len=2048, norm_eps=1e-5),
+}
+
+
+def get_size(name: str, **overrides) -> ModelConfig:
+  """The named size with some fields replaced, e.g. get_size('llama1-7b', dropout_top=0.2)."""
+  if name not in SIZES:
+    raise UserError(f"model size {name!r} is not one of {sorted(SIZES)}")
+  return ModelConfig.from_dict({**SIZES[name].to_dict(), **overrides})
+
+
+def dropout_rates(cfg: ModelConfig) -> np.ndarray:
+  """Per-layer residual dropout rates [n_layers], float32.
+
+  'linear' gives layer i the rate p_top * i / (L - 1) (0 at the bottom, p_top at the top);
+  a single-layer model is its own top layer and gets p_top.
+  """
+  L, p = cfg.n_layers, cfg.dropout_top
+  if cfg.dropout_schedule == "none":
+    return np.zeros(L, np.float32)
+  if cfg.dropout_schedule == "constant" or L == 1:
+    return np.full(L, p, np.float32)
+  return (p * np.arange(L) / (L - 1)).astype(np.float32)
+
+
+def init_cache(cfg: ModelConfig, batch: int, max_len: int, dtype: Any = None) -> dict:
+  """An empty KV cache: k, v [L, B, max_len, G, K] and segment_ids [B, max_len] (0 = empty)."""
+  dtype = layers.as_dtype(cfg.dtype) if dtype is None else dtype
+  shape = (cfg.n_layers, batch, max_len, cfg.n_kv_heads, cfg.head_dim)
+  return {"k": jnp.zeros(shape, dtype), "v": jnp.zeros(shape, dtype),
+          "segment_ids": jnp.zeros((batch, max_len), jnp.int32)}
+
+
+class Block(nn.Module):
+  """One decoder layer, written as a scan body: (x, per-layer inputs, shared inputs)."""
+  cfg: ModelConfig
+  deterministic: bool = True
+
+  def residual_dropout(self, y, rate, name):
+    if self.deterministic:
+      return y
+    keep = jax.random.bernoulli(self.make_rng("dropout"), 1.0 - rate, y.shape)
+    # Sown (a no-op unless 'intermediates' is mutable) so the realised rates can be checked.
+    self.sow("intermediates", name, keep)
+    return jnp.where(keep, y / (1.0 - rate).astype(y.dtype), jnp.zeros_like(y))
+
+  @nn.compact
+  def __call__(self, x, per_layer, shared):
+    cfg = self.cfg
+    dtype = layers.as_dtype(cfg.dtype)
+    names = ("activation_batch", "activation_length", "activation_embed")
+    norm = lambda name: layers.RMSNorm(cfg.norm_eps, dtype, layers.as_dtype(cfg.param_dtype),
+                                       name=name)
+    h, new_kv = layers.Attention(cfg, name="attn")(
+        norm("attn_norm")(x), shared["positions"], shared["mask"], per_layer.get("kv"),
+        shared.get("cache_index"))
+    x = nn.with_logical_constraint(x + self.residual_dropout(h, per_layer["rate"], "attn_keep"),
+                                   names)
+    h = layers.MLP(cfg, name="mlp")(norm("mlp_norm")(x))
+    x = nn.with_logical_constraint(x + self.residual_dropout(h, per_layer["rate"], "mlp_keep"),
+                                   names)
+    return x, new_kv
+
+
+class Transformer(nn.Module):
+  """LLaMA decoder: tokens [B, T] -> float32 logits [B, T, V].
+
+  `apply({'params': p}, tokens, positions=None, segment_ids=None, deterministic=True,
+  cache=None, cache_index=None, rngs={'dropout': key})`:
+
+  - positions [B, T]: RoPE positions (default: slot index, i.e. arange(T) + cache_index).
+  - segment_ids [B, T]: tokens attend only to earlier tokens with the same id (packing);
+    0 marks padding. Default: one segment.
+  - deterministic=False turns residual dropout on (needs a 'dropout' rng).
+  - cache (from `init_cache`) and cache_index (int or int32 scalar, the slot of tokens[:, 0]):
+    the tokens' keys/values are written at slots cache_index.. and attention covers every
+    filled slot; returns (logits, new_cache) instead of logits.
+
+  Decoding a batch of prompts of different lengths: right-pad them to P, prefill with
+  cache_index=0 and segment_ids 1 on real tokens, 0 on padding (the pad slots are then never
+  attended); row b's next token comes from logits[b, len_b - 1]. Each later step feeds one
+  token per row with cache_index = P + step, positions = len_b + step, segment_ids = 1.
+  """
+  cfg: ModelConfig
+
+  @nn.compact
+  def __call__(self, tokens, positions=None, segment_ids=None, deterministic=True, cache=None,
+               cache_index=None):
+    cfg = self.cfg
+    dtype, pdtype = layers.as_dtype(cfg.dtype), layers.as_dtype(cfg.param_dtype)
+    B, T = tokens.shape
+    segments = jnp.ones((B, T), jnp.int32) if segment_ids is None else segment_ids
+    if cache is None:
+      slots = jnp.broadcast_to(jnp.arange(T), (B, T))
+      mask = layers.attention_mask(segments, segments, slots, slots)
+    else:
+      if cache_index is None:
+        raise ValueError("cache_index is required with a cache")
+      cache_index = jnp.asarray(cache_index, jnp.int32)
+      slots = jnp.broadcast_to(cache_index + jnp.arange(T), (B, T))
+      kv_segments = jax.lax.dynamic_update_slice_in_dim(
+          cache["segment_ids"], segments.astype(jnp.int32), cache_index, 1)
+      kv_slots = jnp.broadcast_to(jnp.arange(kv_segments.shape[1]), kv_segments.shape)
+      mask = layers.attention_mask(segments, kv_segments, slots, kv_slots)
+    shared = {"positions": slots if positions is None else positions, "mask": mask}
+    per_layer = {"rate": jnp.asarray(dropout_rates(cfg))}
+    if cache is not None:
+      shared["cache_index"] = cache_index
+      per_layer["kv"] = {"k": cache["k"], "v": cache["v"]}
+
+    embedding = layers.Embed(cfg, name="embed")
+    x = embedding(tokens)
+    x = nn.with_logical_constraint(
+        x, ("activation_batch", "activation_length", "activation_embed"))
+
+    block = Block
+    if cfg.remat_policy != "none":
+      block = nn.remat(Block, policy=REMAT_POLICIES[cfg.remat_policy],
+                       prevent_cse=not cfg.scan_layers)
+    stack = nn.scan(
+        block, variable_axes={"params": 0, "intermediates": 0},
+        split_rngs={"params": True, "dropout": True}, in_axes=(0, nn.broadcast),
+        length=cfg.n_layers, unroll=1 if cfg.scan_layers else cfg.n_layers,
+        metadata_params={nn.PARTITION_NAME: "layers"})
+    x, new_kv = stack(cfg, deterministic, name="layers")(x, per_layer, shared)
+
+    x = layers.RMSNorm(cfg.norm_eps, dtype, pdtype, name="final_norm")(x)
+    if cfg.tie_embeddings:
+      logits = embedding.attend(x)
+    else:
+      logits = layers.LMHead(cfg, name="lm_head")(x)
+    logits = nn.with_logical_constraint(
+        logits.astype(jnp.float32), ("activation_batch", "activation_length", "activation_vocab"))
+    if cache is None:
+      return logits
+    return logits, {"k": new_kv["k"], "v": new_kv["v"], "segment_ids": kv_segments}
+
+
+def param_count(cfg: ModelConfig) -> int:
+  """Number of parameters, from shapes only (jax.eval_shape: nothing is allocated)."""
+  shapes = jax.eval_shape(Transformer(cfg).init, jax.random.key(0), jnp.zeros((1, 1), jnp.int32))
+  return sum(int(np.prod(x.shape)) for x in jax.tree.leaves(shapes["params"]))
+
+
+def resize_vocab(params: Mapping[str, Any], new_vocab_size: int) -> dict:
+  """Grows the vocabulary to new_vocab_size (e.g. to add LIMA's EOT token).
+
+  New embedding (and lm_head) rows are the mean of the existing ones, so a new token starts
+  as an "average" token rather than noise. Boxed (LogicallyPartitioned) leaves stay boxed and
+  dtypes are kept. Returns a new params dict; update the config's vocab_size to match.
+  """
+
+  def grow(leaf, axis):
+    boxed = isinstance(leaf, nn.meta.AxisMetadata)
+    value = leaf.unbox() if boxed else leaf
+    old = value.shape[axis]
+    if new_vocab_size < old:
+      raise ValueError(f"resize_vocab only grows: {new_vocab_size} < current {old}")
+    mean = jnp.mean(jnp.asarray(value, jnp.float32), axis=axis, keepdims=True)
+    extra = jnp.repeat(mean, new_vocab_size - old, axis=axis).astype(value.dtype)
+    value = jnp.concatenate([jnp.asarray(value), extra], axis=axis)
+    return leaf.replace_boxed(value) if boxed else value
+
+  out = dict(params)
+  out["embed"] = {**params["embed"], "embedding": grow(params["embed"]["embedding"], 0)}
+  if "lm_head" in params:
+    out["lm_head"] = {**params["lm_head"], "kernel": grow(params["lm_head"]["kernel"], 1)}
+  return out

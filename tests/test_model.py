@@ -1,0 +1,266 @@
+"""The Transformer itself: config, sizes, scan/unrolled equivalence, dropout, KV cache, remat,
+vocabulary growth, sharding. Parity with Hugging Face is in test_convert.py."""
+import functools
+import json
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from lima_jax import model as M
+from lima_jax.errors import UserError
+
+
+BASE = M.get_size("tiny", n_layers=3, dropout_top=0.5)  # dropout rates 0, 0.25, 0.5
+SHAPE = (4, 16)  # one token shape everywhere, so compiled functions are shared between tests
+
+
+def _boxed_shapes(cfg):
+  return jax.eval_shape(lambda: M.Transformer(cfg).init(
+      jax.random.key(0), jnp.zeros((1, 4), jnp.int32)))["params"]
+
+
+def _init(cfg, seed=0):
+  """Random params of the right tree, drawn on the host (compiling `init`'s RNG is slow)."""
+  rng = np.random.RandomState(seed)
+
+  def draw(path, sds):
+    if path[-1].key == "scale":
+      x = 1.0 + 0.1 * rng.standard_normal(sds.shape)
+    else:
+      x = rng.standard_normal(sds.shape) * (0.5 if path[-1].key == "embedding" else 0.15)
+    return jnp.asarray(x, sds.dtype)
+
+  return jax.tree_util.tree_map_with_path(draw, nn.meta.unbox(_boxed_shapes(cfg)))
+
+
+@functools.cache
+def _forward(cfg, deterministic=True):
+  """Jitted apply; training mode also returns the sown dropout masks."""
+  model = M.Transformer(cfg)
+  if deterministic:
+    return jax.jit(lambda p, t: model.apply({"params": p}, t))
+  return jax.jit(lambda p, t, key: model.apply(
+      {"params": p}, t, deterministic=False, rngs={"dropout": key}, mutable=["intermediates"]))
+
+
+def _tokens(shape=SHAPE, vocab=256, seed=1):
+  return jnp.asarray(np.random.RandomState(seed).randint(0, vocab, shape), jnp.int32)
+
+
+# --- config and sizes -------------------------------------------------------------------------
+
+def test_config_round_trips_through_json_and_is_hashable():
+  scaling = {"factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+             "original_max_position_embeddings": 8192}
+  cfg = M.get_size("llama3-8b", rope_scaling=scaling, dropout_top=0.2)
+  back = M.ModelConfig.from_dict(json.loads(json.dumps(cfg.to_dict())))
+  assert back == cfg and hash(back) == hash(cfg)
+  assert back.rope_scaling_dict == scaling
+  assert M.get_size("llama1-7b").head_dim == 128 and M.get_size("llama1-7b").n_kv_heads == 32
+
+
+def test_config_rejects_unknown_keys_and_bad_values():
+  with pytest.raises(UserError, match="unknown key.*'n_expert'"):
+    M.ModelConfig.from_dict({**M.SIZES["tiny"].to_dict(), "n_expert": 8})
+  with pytest.raises(UserError, match="n_heads=4 is not a multiple of n_kv_heads=3"):
+    M.get_size("tiny", n_kv_heads=3)
+  with pytest.raises(UserError, match="remat_policy"):
+    M.get_size("tiny", remat_policy="some")
+  with pytest.raises(UserError, match="'llama9-1b' is not one of"):
+    M.get_size("llama9-1b")
+
+
+@pytest.mark.parametrize("name,billions,tol", [
+    ("llama1-7b", 6.74, 0.005),
+    ("llama2-70b", 68.98, 0.005),
+    ("llama3-8b", 8.03, 0.005),
+])
+def test_param_counts_match_published(name, billions, tol):
+  assert abs(M.param_count(M.SIZES[name]) / 1e9 - billions) <= tol
+
+
+def test_llama1_65b_param_count():
+  # Meta reports "65.2B" (truncated); the architecture itself has
+  # 80 * (4 * 8192^2 + 3 * 8192 * 22016 + 2 * 8192) + 2 * 32000 * 8192 + 8192 parameters.
+  exact = 80 * (4 * 8192**2 + 3 * 8192 * 22016 + 2 * 8192) + 2 * 32000 * 8192 + 8192
+  n = M.param_count(M.SIZES["llama1-65b"])
+  assert n == exact
+  assert 65.2e9 <= n < 65.3e9
+
+
+# --- parameter tree ---------------------------------------------------------------------------
+
+def test_scan_and_unrolled_share_params_and_outputs():
+  unrolled = M.ModelConfig.from_dict({**BASE.to_dict(), "scan_layers": False})
+  describe = lambda t: jax.tree.map(lambda b: (b.value.shape, b.names), t,
+                                    is_leaf=lambda b: isinstance(b, nn.LogicallyPartitioned))
+  assert describe(_boxed_shapes(BASE)) == describe(_boxed_shapes(unrolled))
+  assert describe(_boxed_shapes(BASE))["layers"]["attn"]["k"] == (
+      (3, 64, 2, 16), ("layers", "embed", "kv_heads", "head_dim"))
+  params, tokens = _init(BASE), _tokens()
+  out = _forward(BASE)(params, tokens)
+  assert out.dtype == jnp.float32 and out.shape == SHAPE + (256,)
+  np.testing.assert_allclose(_forward(unrolled)(params, tokens), out, atol=1e-5)
+
+
+def test_bfloat16_compute_returns_float32_logits_close_to_float32():
+  params, tokens = _init(BASE), _tokens()
+  ref = _forward(BASE)(params, tokens)
+  out = _forward(M.ModelConfig.from_dict({**BASE.to_dict(), "dtype": "bfloat16"}))(params, tokens)
+  assert out.dtype == jnp.float32
+  assert float(jnp.max(jnp.abs(out - ref))) < 0.05 * float(jnp.max(jnp.abs(ref)))
+  shapes = nn.meta.unbox(_boxed_shapes(M.get_size("tiny", param_dtype="bfloat16")))
+  assert {x.dtype for x in jax.tree.leaves(shapes)} == {jnp.dtype(jnp.bfloat16)}
+
+
+def test_remat_policies_do_not_change_gradients():
+  params, tokens = _init(BASE), _tokens()
+
+  def grad_fn(policy):
+    cfg = M.ModelConfig.from_dict({**BASE.to_dict(), "remat_policy": policy})
+    return jax.grad(lambda p: jnp.mean(M.Transformer(cfg).apply({"params": p}, tokens) ** 2))
+
+  for policy in ("save_dots", "save_dots_no_batch"):  # tracing applies the policy; no compile
+    jax.eval_shape(grad_fn(policy), params)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7),
+               jax.jit(grad_fn("full"))(params), jax.jit(grad_fn("none"))(params))
+
+
+# --- dropout ----------------------------------------------------------------------------------
+
+def test_dropout_rate_schedules():
+  np.testing.assert_allclose(M.dropout_rates(M.get_size("tiny", n_layers=5, dropout_top=0.2)),
+                             [0.0, 0.05, 0.1, 0.15, 0.2], atol=1e-7)
+  np.testing.assert_allclose(M.dropout_rates(
+      M.get_size("tiny", n_layers=3, dropout_top=0.3, dropout_schedule="constant")), [0.3] * 3)
+  np.testing.assert_allclose(M.dropout_rates(
+      M.get_size("tiny", n_layers=3, dropout_top=0.3, dropout_schedule="none")), [0.0] * 3)
+  np.testing.assert_allclose(M.dropout_rates(M.get_size("tiny", n_layers=1, dropout_top=0.3)),
+                             [0.3])
+
+
+def test_deterministic_ignores_dropout_and_training_mode_applies_it():
+  params, tokens = _init(BASE), _tokens()
+  plain = _forward(BASE)(params, tokens)
+  det = jax.jit(lambda p, t, key: M.Transformer(BASE).apply(
+      {"params": p}, t, deterministic=True, rngs={"dropout": key}))(
+          params, tokens, jax.random.key(5))
+  np.testing.assert_allclose(det, plain, atol=1e-6)
+  train = lambda seed: _forward(BASE, False)(params, tokens, jax.random.key(seed))[0]
+  np.testing.assert_array_equal(train(1), train(1))  # reproducible from the key
+  assert float(jnp.max(jnp.abs(train(1) - plain))) > 1e-2
+  assert float(jnp.max(jnp.abs(train(1) - train(2)))) > 1e-2
+
+
+@pytest.mark.parametrize("scan", [True, False])
+def test_dropout_masks_follow_the_per_layer_rates_and_differ_between_layers(scan):
+  cfg = M.ModelConfig.from_dict({**BASE.to_dict(), "scan_layers": scan})
+  _, state = _forward(cfg, False)(_init(cfg), _tokens(), jax.random.key(3))
+  keeps = state["intermediates"]["layers"]
+  attn, mlp = np.asarray(keeps["attn_keep"][0]), np.asarray(keeps["mlp_keep"][0])
+  assert attn.shape == (3,) + SHAPE + (64,)
+  for keep in (attn, mlp):
+    np.testing.assert_allclose(1.0 - keep.mean(axis=(1, 2, 3)), [0.0, 0.25, 0.5], atol=0.03)
+  # Independent masks drop a unit in both with probability r1 * r2 (shared random bits
+  # would give min(r1, r2)): each layer, and each branch, draws its own.
+  both = lambda a, b: ((1 - a) * (1 - b)).mean()
+  np.testing.assert_allclose(both(attn[1], attn[2]), 0.25 * 0.5, atol=0.03)
+  np.testing.assert_allclose(both(attn[2], mlp[2]), 0.5 * 0.5, atol=0.03)
+  np.testing.assert_allclose(both(mlp[1], mlp[2]), 0.25 * 0.5, atol=0.03)
+
+
+# --- KV cache ---------------------------------------------------------------------------------
+
+def test_cached_greedy_decoding_matches_recomputation():
+  cfg = BASE
+  params = _init(cfg, seed=3)
+  model = M.Transformer(cfg)
+  rng = np.random.RandomState(0)
+  prompts = [list(rng.randint(3, 256, n)) for n in (6, 2, 4)]
+  new, P = 8, 6
+  lens = np.array([len(p) for p in prompts])
+
+  # Recomputation: each prompt alone, unpadded, a full forward pass per token (one fixed-size
+  # buffer: the causal mask makes the tokens after the cursor irrelevant).
+  full = jax.jit(lambda t: model.apply({"params": params}, t))
+  expected, expected_logits = [], []
+  for p in prompts:
+    buf, rows = np.zeros((1, P + new), np.int32), []
+    buf[0, :len(p)] = p
+    for cursor in range(len(p), len(p) + new):
+      rows.append(full(buf)[0, cursor - 1])
+      buf[0, cursor] = int(jnp.argmax(rows[-1]))
+    expected.append(list(buf[0, len(p):len(p) + new]))
+    expected_logits.append(np.stack(rows))
+
+  # Cache: one right-padded batch; padding has segment id 0 and is never attended.
+  step = jax.jit(lambda t, pos, seg, c, i: model.apply(
+      {"params": params}, t, positions=pos, segment_ids=seg, cache=c, cache_index=i))
+  tokens = np.zeros((3, P), np.int32)
+  for b, p in enumerate(prompts):
+    tokens[b, :len(p)] = p
+  segments = (np.arange(P)[None] < lens[:, None]).astype(np.int32)
+  cache = M.init_cache(cfg, 3, P + new)
+  logits, cache = step(tokens, np.broadcast_to(np.arange(P), (3, P)), segments, cache, 0)
+  rows = logits[np.arange(3), lens - 1]
+  got, got_logits = [], []
+  for t in range(new):
+    got_logits.append(rows)
+    got.append(jnp.argmax(rows, axis=-1))
+    logits, cache = step(got[-1][:, None], (lens + t)[:, None], np.ones((3, 1), np.int32),
+                         cache, P + t)
+    rows = logits[:, 0]
+  got, got_logits = np.stack(got, axis=1), np.stack(got_logits, axis=1)
+  for b in range(3):
+    assert list(got[b]) == expected[b]
+    np.testing.assert_allclose(got_logits[b], expected_logits[b], atol=1e-4)
+
+
+# --- vocabulary growth ------------------------------------------------------------------------
+
+@pytest.mark.parametrize("tied", [False, True])
+def test_resize_vocab_appends_mean_rows_and_keeps_boxes(tied):
+  cfg = M.get_size("tiny", tie_embeddings=tied, param_dtype="bfloat16")
+  values = _init(cfg)
+  boxed = jax.tree.map(lambda b, v: b.replace_boxed(v), _boxed_shapes(cfg), values,
+                       is_leaf=lambda b: isinstance(b, nn.LogicallyPartitioned))
+  grown = M.resize_vocab(boxed, 259)
+  emb = grown["embed"]["embedding"]
+  assert isinstance(emb, nn.LogicallyPartitioned) and emb.names == ("vocab", "embed")
+  old = np.asarray(values["embed"]["embedding"], np.float32)
+  new = np.asarray(emb.value, np.float32)
+  assert emb.value.dtype == jnp.bfloat16
+  np.testing.assert_array_equal(new[:256], old)
+  for row in new[256:]:
+    np.testing.assert_allclose(row, old.mean(axis=0), atol=1e-2)
+  if not tied:
+    old_head = np.asarray(values["lm_head"]["kernel"], np.float32)
+    np.testing.assert_allclose(np.asarray(grown["lm_head"]["kernel"].value, np.float32)[:, 256:],
+                               np.repeat(old_head.mean(axis=1, keepdims=True), 3, 1), atol=1e-2)
+  # The grown tree is exactly what a 259-token model expects.
+  want = _boxed_shapes(M.ModelConfig.from_dict({**cfg.to_dict(), "vocab_size": 259}))
+  same = lambda t: jax.tree.map(lambda x: (x.shape, x.dtype), nn.meta.unbox(t))
+  assert same(grown) == same(want)
+  with pytest.raises(ValueError, match="only grows"):
+    M.resize_vocab(boxed, 100)
+
+
+# --- sharding ---------------------------------------------------------------------------------
+
+def test_sharded_forward_matches_single_device():
+  from lima_jax import sharding
+  if len(jax.devices()) < 8:
+    pytest.skip("needs the 8 fake CPU devices from conftest")
+  params, tokens = _init(BASE), _tokens()
+  ref = _forward(BASE)(params, tokens)
+  mesh = sharding.make_mesh((1, 4, 2))
+  shardings = sharding.logical_shardings(_boxed_shapes(BASE), mesh)
+  model = M.Transformer(BASE)
+  with jax.set_mesh(mesh), nn.logical_axis_rules(sharding.RULES):
+    placed = jax.device_put(params, shardings)
+    out = jax.jit(lambda p, t: model.apply({"params": p}, t))(
+        placed, jax.device_put(tokens, sharding.batch_sharding(mesh)))
+  np.testing.assert_allclose(out, ref, atol=1e-5)
