@@ -281,7 +281,7 @@ def main(argv: list[str]) -> None:
   p = make_plan(config, f.topology, mesh)
   size = config.model.size or "(size from model.init)"
   print(format_plan(p, f"lima_jax plan: {size}, batch {config.train.batch_size} x "
-                    f"{config.data.max_len} tokens, step: LLaMA-shaped stand-in (phase 1)"))
+                    f"{config.data.max_len} tokens, step: train.build_train_step"))
   if f.out:
     _write_json(p, f.out)
   if not p.fits:

@@ -12,6 +12,7 @@ from typing import Any, Sequence
 import flax.linen as nn
 import jax
 import numpy as np
+from jax.experimental import mesh_utils
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from lima_jax.errors import UserError
@@ -64,8 +65,14 @@ def make_mesh(shape: Sequence[int], devices=None) -> jax.sharding.Mesh:
   """A ('data', 'fsdp', 'tensor') mesh with Auto axes (Explicit breaks logical constraints)."""
   devices = jax.devices() if devices is None else devices
   shape = resolve_mesh_shape(shape, len(devices))
-  return jax.make_mesh(shape, AXES, axis_types=(jax.sharding.AxisType.Auto,) * len(AXES),
-                       devices=devices)
+  axis_types = (jax.sharding.AxisType.Auto,) * len(AXES)
+  try:
+    return jax.make_mesh(shape, AXES, axis_types=axis_types, devices=devices)
+  except NotImplementedError:
+    # A TPU torus (e.g. 4x4x4) cannot give every logical shape (1, 32, 2) without splitting a
+    # physical axis; allow it rather than refusing a valid mesh (some links go unused).
+    grid = mesh_utils.create_device_mesh(shape, devices, allow_split_physical_axes=True)
+    return jax.sharding.Mesh(grid, AXES, axis_types=axis_types)
 
 
 def _divisible_spec(spec: P, shape: Sequence[int], mesh: jax.sharding.Mesh) -> P:
