@@ -178,7 +178,7 @@ def suggest(p: Plan, config) -> list[str]:
                "instead of keeping them (about 1/3 more FLOPs)")
   accum, batch = config.train.grad_accum_steps, config.train.batch_size
   if batch % (2 * accum * data * fsdp) == 0:
-    out.append(f"--config.train.grad_accum_steps={2 * accum}: half the micro-batch "
+    out.append(f"--config.train.grad_accum_steps={2 * accum}: halve the micro-batch "
                "(same global batch and loss, half the activations)")
   return out
 
