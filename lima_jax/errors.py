@@ -27,3 +27,18 @@ def cli_main(main: Callable[[list[str]], None]) -> Callable[[list[str]], None]:
       fail(str(e))
 
   return wrapped
+
+
+def parse_flags(argv: list[str]) -> list[str]:
+  """absl flag parsing for `app.run(main, flags_parser=parse_flags)`: a misspelled config
+  override (--config.train.epochz=3), a wrongly typed value or an unknown variant becomes one
+  line and exit 1, instead of a traceback from ml_collections' config_flags."""
+  from absl import flags
+  try:
+    return flags.FLAGS(argv)
+  except (flags.Error, AttributeError, KeyError, TypeError, ValueError) as e:
+    text = str(e).replace("\\n", "\n").replace("\\'", "'")
+    lines = [l.strip().strip("'\"") for l in text.splitlines() if l.strip()]
+    if isinstance(e, (AttributeError, KeyError)):  # ml_collections: field, then a suggestion.
+      fail(f"unknown config field {' '.join(lines)}")
+    fail(f"bad flag: {lines[-1] if lines else type(e).__name__}")  # The last line says why.

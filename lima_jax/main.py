@@ -7,7 +7,7 @@ Rerunning the same command resumes from the newest complete checkpoint in WORKDI
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from lima_jax.errors import cli_main
+from lima_jax.errors import cli_main, parse_flags
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Training config: configs/FILE.py[:VARIANT]; override fields with "
@@ -28,7 +28,7 @@ def main(argv):
 
 
 def run():
-  app.run(main)
+  app.run(main, flags_parser=parse_flags)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,14 @@
+"""Curation: choose ~1,000 training conversations from a larger pool, and report how.
+
+  records --filters--> candidates --selector (within quotas)--> chosen
+
+Command line: `python -m lima_jax.curate` (see configs/curate.py). Python:
+
+  from lima_jax.curate import pipeline
+  curation = pipeline.curate(records, configs.curate.get_config("quality"))
+
+Modules: `filters` (LIMA rules, truncation, sanity, markup), `dedup` (exact, near, test
+overlap), `quality` (heuristic score), `embed` (TF-IDF or MiniLM), `selectors`, `quotas`,
+`model_scores` (IFD and gradient influence with a lima_jax model; the only module that
+imports JAX, and only when those selectors run), `pipeline`, `report` / `report_html`, `io`.
+"""

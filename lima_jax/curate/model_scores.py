@@ -1,0 +1,188 @@
+"""Model-based scores: instruction-following difficulty (IFD) and gradient influence.
+
+Both run a lima_jax model (`load_scorer`: a lima_jax checkpoint; `python -m lima_jax.convert
+from-hf|from-llama2c` makes one from other formats), batched and jitted, on CPU, GPU or TPU.
+Records are encoded as in training (`lima_jax.data.encode_conversation`: BOS, each utterance
+then EOT, loss on assistant tokens and their EOT), sorted by length and padded to
+power-of-two lengths, so only a handful of shapes are ever compiled.
+
+  ifd        Li et al. 2023 ("From Quantity to Quality"): IFD = L(response | prompt) /
+             L(response), each the mean next-token NLL over the response tokens, with and
+             without the prompt before them. Near or above 1 the prompt does not help predict
+             the answer (a mismatched pair); the higher below 1, the more the example has to
+             teach. When trimming to max_len cuts the response, both losses cover the same
+             surviving response tokens.
+  influence  LESS-style (Xia et al. 2024): the gradient of each record's mean loss over all
+             parameters, projected to `dim` numbers by a CountSketch (each parameter adds
+             +-its gradient to one of `dim` buckets, both drawn from a seed: a sparse
+             Johnson-Lindenstrauss projection that is regenerated, not stored), normalised.
+             Score = cosine similarity with the mean normalised feature of a target set.
+             LESS proper uses LoRA gradients, Adam preconditioning and several checkpoints;
+             this is the plain-gradient, one-checkpoint form.
+"""
+import dataclasses
+import functools
+from typing import Any, Iterator, Sequence
+
+from flax import linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from tqdm import tqdm
+
+from lima_jax import checkpoint, data
+from lima_jax import model as model_lib
+from lima_jax.errors import UserError
+from lima_jax.tokenizer import Tokenizer
+
+
+@dataclasses.dataclass
+class Scorer:
+  model: model_lib.Transformer
+  params: Any
+  tok: Tokenizer
+  max_len: int
+  # Jitted steps, built once per scorer so that every call reuses their compilations.
+  _steps: dict = dataclasses.field(default_factory=dict, repr=False)
+
+  def step(self, name: str, make):
+    if name not in self._steps:
+      self._steps[name] = make()
+    return self._steps[name]
+
+
+def load_scorer(path: str, *, tokenizer: str = "", max_len: int = 2048) -> Scorer:
+  """A lima_jax checkpoint and its tokenizer (or `tokenizer`, a SentencePiece/llama2.c file)."""
+  if not path:
+    raise UserError("config model.checkpoint: the ifd and influence selectors need a "
+                    "lima_jax checkpoint (python -m lima_jax.convert makes one)")
+  params, meta = checkpoint.load(path)
+  cfg = model_lib.ModelConfig.from_dict(meta["model_config"])
+  if tokenizer:
+    tok = Tokenizer.load(tokenizer)
+  elif meta.get("tokenizer"):
+    tok = Tokenizer.from_meta(meta["tokenizer"])
+  else:
+    raise UserError(f"config model.tokenizer: required ({path} holds no tokenizer)")
+  if tok.sp_vocab_size > cfg.vocab_size:
+    raise UserError(f"config model.tokenizer: {tok.sp_vocab_size} pieces but {path} has only "
+                    f"{cfg.vocab_size} embedding rows: the tokenizer does not belong to it")
+  if tok.vocab_size > cfg.vocab_size:  # a base model without EOT: grow it as training does
+    params = model_lib.resize_vocab(params, tok.padded_vocab_size())
+    cfg = dataclasses.replace(cfg, vocab_size=tok.padded_vocab_size())
+  return Scorer(model_lib.Transformer(cfg), params, tok, max_len)
+
+
+def response_only(record: Any, tok: Tokenizer, keep: int) -> data.Encoded:
+  """BOS, then the first `keep` tokens of the assistant turns (each followed by EOT)."""
+  ids = [tok.bos_id]
+  for turn in record.conversations[1::2]:
+    ids += tok.encode(turn) + [tok.eot_id]
+  tokens = np.asarray(ids[:1 + keep], np.int32)
+  mask = np.arange(len(tokens)) > 0
+  return data.Encoded(tokens, mask)
+
+
+def _bucket(length: int, max_len: int) -> int:
+  return min(max(16, 1 << (max(length, 1) - 1).bit_length()), max_len)
+
+
+def _batches(encoded: Sequence[data.Encoded], batch_size: int, max_len: int,
+             desc: str) -> Iterator[tuple[np.ndarray, dict[str, np.ndarray]]]:
+  """(record indices, shifted padded arrays) in batches of similar length; padding rows are
+  segment 0 with no loss token, so every batch has the same batch size."""
+  order = np.argsort([len(e.tokens) for e in encoded], kind="stable")
+  for start in tqdm(range(0, len(order), batch_size), desc=desc, unit="batch",
+                    disable=len(order) <= 4 * batch_size):
+    idx = order[start:start + batch_size]
+    length = _bucket(max(len(encoded[i].tokens) for i in idx) - 1, max_len)
+    rows = {k: np.zeros((batch_size, length), d) for k, d in
+            (("inputs", np.int32), ("targets", np.int32), ("loss_mask", bool),
+             ("segment_ids", np.int32))}
+    for row, i in enumerate(idx):
+      e = encoded[i]
+      n = len(e.tokens) - 1
+      rows["inputs"][row, :n] = e.tokens[:-1]
+      rows["targets"][row, :n] = e.tokens[1:]
+      rows["loss_mask"][row, :n] = e.loss_mask[1:]
+      rows["segment_ids"][row, :n] = 1
+    yield idx, rows
+
+
+def _token_nll(model, params, rows):
+  logits = model.apply({"params": params}, rows["inputs"], segment_ids=rows["segment_ids"])
+  nll = optax.softmax_cross_entropy_with_integer_labels(logits, rows["targets"])
+  return jnp.where(rows["loss_mask"], nll, 0.0)
+
+
+def mean_losses(scorer: Scorer, encoded: Sequence[data.Encoded], *, batch_size: int = 8,
+                desc: str = "loss") -> np.ndarray:
+  """Mean NLL over each sequence's loss tokens (NaN where it has none)."""
+  step = scorer.step("loss", lambda: jax.jit(
+      lambda p, rows: (_token_nll(scorer.model, p, rows).sum(1), rows["loss_mask"].sum(1))))
+  out = np.full(len(encoded), np.nan)
+  params = nn.unbox(scorer.params)
+  for idx, rows in _batches(encoded, batch_size, scorer.max_len, desc):
+    total, count = jax.device_get(step(params, rows))
+    n = len(idx)
+    with np.errstate(invalid="ignore", divide="ignore"):
+      out[idx] = np.where(count[:n] > 0, total[:n] / np.maximum(count[:n], 1), np.nan)
+  return out
+
+
+def ifd(scorer: Scorer, records: Sequence[Any], *,
+        batch_size: int = 8) -> list[dict[str, float]]:
+  """{loss_conditional, loss_response, ifd} per record (NaN when no response token fits)."""
+  conditional = [data.encode_conversation(r.conversations, scorer.tok, scorer.max_len)
+                 for r in records]
+  alone = [response_only(r, scorer.tok, c.n_loss_tokens) for r, c in zip(records, conditional)]
+  cond = mean_losses(scorer, conditional, batch_size=batch_size, desc="ifd: with prompt")
+  resp = mean_losses(scorer, alone, batch_size=batch_size, desc="ifd: response alone")
+  with np.errstate(invalid="ignore", divide="ignore"):
+    ratio = cond / resp
+  return [{"loss_conditional": float(c), "loss_response": float(r), "ifd": float(x)}
+          for c, r, x in zip(cond, resp, ratio)]
+
+
+@functools.partial(jax.jit, static_argnames=("dim", "seed"))
+def count_sketch(grads: Any, *, dim: int, seed: int) -> jax.Array:
+  """Projects a gradient pytree to `dim` numbers; the same seed gives the same projection."""
+  out = jnp.zeros(dim, jnp.float32)
+  for i, g in enumerate(jax.tree.leaves(grads)):
+    bucket_key, sign_key = jax.random.split(jax.random.fold_in(jax.random.key(seed), i))
+    bucket = jax.random.randint(bucket_key, g.shape, 0, dim)
+    sign = jax.random.rademacher(sign_key, g.shape, jnp.float32)
+    out += jax.ops.segment_sum((g.astype(jnp.float32) * sign).ravel(), bucket.ravel(),
+                               num_segments=dim)
+  return out
+
+
+def gradient_features(scorer: Scorer, records: Sequence[Any], *, dim: int = 1024,
+                      seed: int = 0, batch_size: int = 4) -> np.ndarray:
+  """[N, dim] CountSketch of each record's loss gradient, rows normalised (0 if no loss)."""
+
+  def one(params, rows):
+    def loss(p):
+      nll = _token_nll(scorer.model, p, jax.tree.map(lambda x: x[None], rows))
+      return nll.sum() / jnp.maximum(rows["loss_mask"].sum(), 1)
+    return count_sketch(jax.grad(loss)(params), dim=dim, seed=seed)
+
+  step = scorer.step(f"grad{dim}/{seed}", lambda: jax.jit(jax.vmap(one, in_axes=(None, 0))))
+  encoded = [data.encode_conversation(r.conversations, scorer.tok, scorer.max_len)
+             for r in records]
+  out = np.zeros((len(records), dim), np.float32)
+  params = nn.unbox(scorer.params)
+  for idx, rows in _batches(encoded, batch_size, scorer.max_len, "influence: gradients"):
+    out[idx] = np.asarray(step(params, rows))[:len(idx)]
+  norms = np.linalg.norm(out, axis=1, keepdims=True)
+  return np.where(norms > 0, out / np.maximum(norms, 1e-30), 0.0)
+
+
+def influence(candidate_features: np.ndarray, target_features: np.ndarray) -> np.ndarray:
+  """Cosine similarity of each candidate feature with the mean target feature."""
+  mean = target_features.mean(0)
+  norm = np.linalg.norm(mean)
+  if norm == 0:
+    raise UserError("config influence.target: the target records have no loss token")
+  return candidate_features @ (mean / norm)

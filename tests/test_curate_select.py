@@ -1,0 +1,172 @@
+"""Curation selectors, quotas and the pipeline on pools whose right answer is known."""
+import collections
+
+import numpy as np
+import pytest
+
+from configs import curate as curate_config
+from lima_jax.curate import embed, pipeline, quality, quotas, selectors
+from lima_jax.datasets import Record, read_records
+from lima_jax.errors import UserError
+from tests.conftest import shared_file
+
+TOPICS = {
+    "cooking": "bake bread oven flour dough yeast recipe knead sugar butter roast simmer".split(),
+    "astronomy": "planet orbit telescope galaxy star comet nebula gravity moon eclipse".split(),
+    "football": "goal striker penalty referee league match tackle midfield keeper offside".split(),
+    "python": "function variable loop list dictionary import module syntax class exception".split(),
+}
+
+
+def topic_pool(per_topic=12, seed=0):
+  """Records whose prompts are drawn from one topic's vocabulary each: four clear clusters."""
+  rng = np.random.default_rng(seed)
+  records = []
+  for topic, vocab in TOPICS.items():
+    for k in range(per_topic):
+      words = " ".join(rng.choice(vocab, size=8))
+      records.append(Record((f"Tell me about {words}", f"An answer about {topic} {k}."),
+                            topic, f"{topic}:{k}"))
+  return records
+
+
+def test_longest_picks_the_longest_earliest_first_among_equals():
+  records = [Record(("q", "x" * n), "s", str(i)) for i, n in enumerate([5, 50, 20, 50, 1])]
+  picks = selectors.longest(records, 3)
+  assert [p.index for p in picks] == [1, 3, 2]
+  assert [p.scores["response_chars"] for p in picks] == [50, 50, 20]
+
+
+def test_random_is_deterministic_for_a_seed():
+  records = topic_pool()
+  first = [p.index for p in selectors.random_pick(records, 10, seed=3)]
+  assert first == [p.index for p in selectors.random_pick(records, 10, seed=3)]
+  assert first != [p.index for p in selectors.random_pick(records, 10, seed=4)]
+  assert len(set(first)) == 10
+
+
+def test_quality_prefers_structured_relevant_answers_and_reports_components():
+  prompt = "How do I repot a houseplant without damaging its roots?"
+  good = ("Repotting a houseplant is easy if you protect the roots.\n\n"
+          "1. Water the plant a day before, so the roots hold together.\n"
+          "2. Tip the pot and slide the plant out; loosen circling roots gently.\n"
+          "3. Set it in a pot one size larger with fresh mix, and water it in.\n\n"
+          "Keep it out of direct sun for a week while the roots recover. " * 3)
+  lazy = "just do it"
+  off_topic = ("The history of the Roman Empire spans many centuries.\n\n"
+               "It began with Augustus and ended in the west in 476. " * 3)
+  records = [Record((prompt, r), "s", str(i)) for i, r in enumerate([lazy, off_topic, good])]
+  weights = dict(length=1, structure=1, formatting=1, relevance=1, voice=1)
+  picks = selectors.quality_pick(records, 3, weights=weights)
+  assert [p.index for p in picks] == [2, 1, 0]
+  for p in picks:
+    assert set(p.scores) == set(quality.COMPONENTS)
+    assert all(0.0 <= v <= 1.0 for v in p.scores.values())
+    assert p.score == pytest.approx(np.mean(list(p.scores.values())))
+  # Relevance alone separates the on-topic answer from the off-topic one.
+  parts = {p.index: p.scores for p in picks}
+  assert parts[2]["relevance"] > 0.5 > parts[1]["relevance"]
+  only_length = selectors.quality_pick(records, 3, weights=dict(length=1.0))
+  assert only_length[-1].index == 0
+
+
+@pytest.mark.parametrize("method", ["kcenter", "kmeans"])
+def test_diverse_covers_every_planted_cluster(method):
+  records = topic_pool()
+  emb = embed.tfidf_embed([r.conversations[0] for r in records], dim=16)
+  picks = selectors.diverse(emb, len(TOPICS), method=method, seed=0)
+  assert sorted(records[p.index].source for p in picks) == sorted(TOPICS)
+  # A random draw of 4 from 48 misses a cluster most of the time (P(all 4) ~ 0.12), so the
+  # test would catch a selector that ignores the geometry.
+  missed = sum(len({records[p.index].source for p in selectors.random_pick(records, 4, seed=s)})
+               < 4 for s in range(20))
+  assert missed >= 10
+
+
+def test_kmeans_fit_on_a_sample_still_covers_every_cluster(monkeypatch):
+  monkeypatch.setattr(selectors, "KMEANS_SAMPLE", 20)  # 48 records: centroids from 20
+  records = topic_pool()
+  emb = embed.tfidf_embed([r.conversations[0] for r in records], dim=16)
+  picks = selectors.kmeans_pick(emb, len(TOPICS), seed=0)
+  assert sorted(records[p.index].source for p in picks) == sorted(TOPICS)
+  assert sum(p.scores["cluster_size"] for p in picks) == len(records)  # all assigned
+
+
+def test_kcenter_takes_zero_embeddings_last():
+  emb = np.array([[1, 0], [0, 0], [0, 1], [0.7071, 0.7071]], np.float32)
+  assert [p.index for p in selectors.kcenter(emb, 4)][-1] == 1
+
+
+def _run(ids, n):
+  """A stand-in selector: the first n of the ids it is given."""
+  del ids
+  return [selectors.Pick(i, 0.0, {}) for i in range(n)]
+
+
+def test_quotas_hit_the_mix_and_report_a_shortfall():
+  records = topic_pool(per_topic=5)
+  wanted = quotas.parse_quotas("cooking=3,astronomy=5,python=1")
+  chosen = quotas.apply_quotas(records, wanted, _run)
+  assert collections.Counter(records[i].source for i, _ in chosen) == {
+      "cooking": 3, "astronomy": 5, "python": 1}
+  with pytest.raises(UserError, match=r"'football' wants 6, has 5"):
+    quotas.apply_quotas(records, {"football": 6, "cooking": 1}, _run)
+  filled = quotas.apply_quotas(records, {"football": 6, "cooking": 1}, _run, shortfall="fill")
+  assert collections.Counter(records[i].source for i, _ in filled) == {"football": 5,
+                                                                      "cooking": 2}
+  assert len({i for i, _ in filled}) == 7
+  for bad in ("cooking", "cooking=x", "=3", "a=1,a=2"):
+    with pytest.raises(UserError, match="config quotas"):
+      quotas.parse_quotas(bad)
+
+
+def _config(preset, **overrides):
+  config = curate_config.get_config(preset)
+  config.report.diversity = False
+  config.update(overrides)
+  return config
+
+
+@pytest.mark.parametrize("preset", ["random", "diverse"])
+def test_pipeline_is_deterministic_for_a_seed(preset):
+  records = topic_pool()
+  config = _config(preset, n=6)
+  first = pipeline.curate(records, config)
+  again = pipeline.curate(records, config)
+  assert [i for i, _ in first.chosen] == [i for i, _ in again.chosen]
+  assert first.stages[-1].after == again.stages[-1].after
+
+
+def test_pipeline_counts_every_stage_and_errors_on_too_few():
+  records = topic_pool(per_topic=3)
+  records.append(Record(records[0].conversations, "cooking", "dup"))
+  records.append(Record(("q", "Use it like this:\n```\nx = 1\n"), "python", "cut"))
+  config = _config("random", n=5)
+  curation = pipeline.curate(records, config)
+  by_name = {s.name: s for s in curation.stages}
+  assert by_name["exact_dedup"].reasons == {"exact duplicate": 1}
+  assert by_name["truncated"].reasons == {"unclosed code block": 1}
+  assert by_name["test_overlap"].note.startswith("skipped")
+  assert sum(by_name["select:random"].after.values()) == 5
+  assert {r.origin for r, _, _ in curation.removed} == {"dup", "cut"}
+  with pytest.raises(UserError, match="only 12 records pass the filters, fewer than n=20"):
+    pipeline.curate(records, _config("random", n=20))
+  assert len(pipeline.curate(records, _config("random", n=20, allow_fewer=True)).chosen) == 12
+  with pytest.raises(UserError, match="unknown filter"):
+    pipeline.curate(records, _config("random", filters="exact_dedup,typo"))
+
+
+def test_lima_mix_from_lima_train_with_its_test_set():
+  train, _ = read_records(shared_file("lima/train.jsonl"))
+  test, _ = read_records(shared_file("lima/test.jsonl"), keep_trailing_user=True)
+  prompts = [(r.origin, r.conversations[0]) for r in test]
+  mix = "stackexchange=200,authors=200,wikihow=100,writingprompts=50,nlp=50"
+  config = _config("random", quotas=mix, filters="exact_dedup,test_overlap")
+  # The overlapping authors prompt leaves 199 authors rows: the quota cannot be met.
+  with pytest.raises(UserError, match="'authors' wants 200, has 199"):
+    pipeline.curate(train, config, prompts)
+  config.quota_shortfall = "fill"
+  curation = pipeline.curate(train, config, prompts)
+  got = collections.Counter(curation.candidates[i].source for i, _ in curation.chosen)
+  assert got["authors"] == 199 and sum(got.values()) == 600
+  assert got["stackexchange"] >= 200 and got["wikihow"] >= 100
