@@ -5,7 +5,6 @@ stacking layers. Tensors move one at a time (safetensors `safe_open` in; a strea
 safetensors writer out), so host memory stays near one tensor beyond what the caller holds.
 `lima_jax.convert` is the command line around this module.
 """
-import base64
 import json
 import math
 import os
@@ -200,25 +199,10 @@ def _hf_config(cfg: model_lib.ModelConfig, dtype: str, ids: dict) -> dict:
 
 
 def _tokenizer_files(meta: dict, cfg: model_lib.ModelConfig) -> tuple[dict, dict]:
-  """Token ids for the configs and HF tokenizer files {name: bytes} (SentencePiece + EOT)."""
-  from lima_jax import tokenizer as tokenizer_lib  # sentencepiece only when exporting one
-  tok = tokenizer_lib.Tokenizer.from_meta(meta)
-  ids = {"bos": tok.bos_id, "eos": tok.eos_id}
-  added = {}
-  for key, i in (("eot", tok.eot_id), ("pad", tok.pad_id)):
-    if i < cfg.vocab_size:  # an id past the embedding could never be produced
-      ids[key] = i
-    if i >= tok.sp_vocab_size:
-      added[str(i)] = {"content": tok.id_to_piece(i), "lstrip": False, "normalized": False,
-                       "rstrip": False, "single_word": False, "special": True}
-  tok_config = {"tokenizer_class": "LlamaTokenizer", "bos_token": "<s>", "eos_token": "</s>",
-                "unk_token": "<unk>", "pad_token": tok.id_to_piece(tok.pad_id),
-                "add_bos_token": True, "add_eos_token": False, "legacy": False,
-                "clean_up_tokenization_spaces": False, "model_max_length": cfg.max_seq_len,
-                "added_tokens_decoder": added}
-  files = {"tokenizer.model": base64.b64decode(meta["model"]),
-           "tokenizer_config.json": json.dumps(tok_config, indent=2).encode()}
-  return ids, files
+  """Token ids for the configs and HF tokenizer files {name: bytes} (see lima_jax.hf_tokenizer:
+  SentencePiece + EOT, tokenizing as training did, with LIMA's chat template)."""
+  from lima_jax import hf_tokenizer  # sentencepiece only when exporting one
+  return hf_tokenizer.tokenizer_files(meta, cfg.vocab_size, cfg.max_seq_len)
 
 
 def _write_safetensors(path: pathlib.Path, entries, fetch, bar) -> None:
@@ -311,9 +295,19 @@ def save_hf(cfg: model_lib.ModelConfig, params, out_dir, tokenizer_meta: dict | 
     ids, files = _tokenizer_files(tokenizer_meta, cfg)
   files["config.json"] = json.dumps(_hf_config(cfg, dtype, ids), indent=2).encode()
   eos = [ids["eos"]] + ([ids["eot"]] if "eot" in ids else [])
-  files["generation_config.json"] = json.dumps(
-      {"bos_token_id": ids["bos"], "eos_token_id": eos if len(eos) > 1 else eos[0],
-       "pad_token_id": ids.get("pad")}, indent=2).encode()
+  generation = {"bos_token_id": ids["bos"], "eos_token_id": eos if len(eos) > 1 else eos[0],
+                "pad_token_id": ids.get("pad")}
+  if "eot" in ids:  # a LIMA-format model: LIMA's decoding by default
+    from lima_jax.sampling import LIMA
+    # transformers' repetition penalty also counts the prompt's tokens; LIMA's (and
+    # lima_jax.generate's) counts only the answer's.
+    generation.update(do_sample=True, temperature=LIMA.temperature, top_p=LIMA.top_p,
+                      repetition_penalty=LIMA.repetition_penalty,
+                      max_new_tokens=LIMA.max_new_tokens)
+  if cfg.vocab_size > ids.get("n_tokens", cfg.vocab_size):
+    # Embedding rows past the tokenizer are sharding padding: no text has those ids.
+    generation["suppress_tokens"] = list(range(ids["n_tokens"], cfg.vocab_size))
+  files["generation_config.json"] = json.dumps(generation, indent=2).encode()
   if n > 1:
     weight_map = {e[0]: fname for fname, shard in zip(names, shards) for e in shard}
     total = sum(math.prod(e[1]) for e in entries) * np_dtype.itemsize

@@ -1,0 +1,255 @@
+"""The batched, KV-cached decoder (the choice of each token is `lima_jax.sampling`'s).
+
+A batch is right-padded to a bucketed length P and prefilled in one pass (padding has segment
+id 0, so no later token attends to it); then the whole loop runs on the device as one
+`lax.while_loop` that exits when every row has stopped. `loop="host"` drives a jitted step
+from Python instead; benchmarks/decode.py compares the two. Sampling keys derive from (seed,
+prompt index, step), so an answer does not depend on the batch it was decoded in.
+"""
+import contextlib
+import dataclasses
+import functools
+import time
+from typing import Any, NamedTuple, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import NamedSharding, PartitionSpec as P
+from tqdm import tqdm
+
+from lima_jax import model as model_lib
+from lima_jax import sharding
+from lima_jax.errors import UserError
+from lima_jax.sampling import LIMA, Decoding, Knobs, next_tokens
+
+_MIN_BUCKET = 64
+_MAX_STOPS = 8  # stop ids are an input of fixed size: any set shares one compiled decoder
+
+
+@dataclasses.dataclass(frozen=True)
+class Answer:
+  text: str
+  tokens: list[int]  # generated ids, without the stop token
+  stopped: bool  # True: ended with EOT/EOS; False: ran out of new tokens (or of context)
+
+
+def render_prompt(turns: Sequence[str], tok) -> list[int]:
+  """Training format up to the last user turn: BOS, then each utterance followed by EOT."""
+  if len(turns) % 2 != 1:
+    raise UserError(f"a prompt must end on a user turn (an odd number of utterances), got "
+                    f"{len(turns)}")
+  ids = [tok.bos_id]
+  for turn in turns:
+    ids += tok.encode(turn) + [tok.eot_id]
+  return ids
+
+
+def _bucket(n: int) -> int:
+  """Prompt and answer lengths round up to powers of two: a handful of compiled shapes."""
+  return max(_MIN_BUCKET, 1 << (n - 1).bit_length())
+
+
+class _Spec(NamedTuple):
+  """What a compiled decoder depends on besides shapes (hashable: a static jit argument, so
+  every Generator with the same settings shares the compiled code)."""
+  cfg: model_lib.ModelConfig
+  mesh: Any
+  vocab_size: int
+  n_new: int  # room for new tokens (a bucket: each row's own limit is its budget)
+  greedy: bool
+  top_k: int
+
+
+def _decoder(spec: _Spec):
+  """(init, body, cond) of the decode loop; the state is a dict of arrays.
+
+  init(params, tokens [B, P], lengths [B], budget [B], rows [B], seed, knobs [3], stops [S])
+  prefills the cache; body(params, state) picks one token per row and feeds it; cond(state)
+  says whether any row still runs. A row stops at a stop id (not emitted; -1 pads `stops`)
+  or after `budget` tokens. knobs: temperature, top_p, repetition penalty.
+  """
+  cfg, mesh, vocab_size, n_new, greedy, top_k = spec
+  model = model_lib.Transformer(cfg)
+
+  def init(params, tokens, lengths, budget, rows, seed, knobs, stops):
+    B, p_len = tokens.shape
+    cache = model_lib.init_cache(cfg, B, p_len + n_new)
+    if mesh is not None:
+      kv = "tensor" if cfg.n_kv_heads % mesh.shape["tensor"] == 0 else None
+      kv_sharding = NamedSharding(mesh, P(None, sharding.BATCH_AXES, None, kv, None))
+      cache = {**cache, "k": jax.lax.with_sharding_constraint(cache["k"], kv_sharding),
+               "v": jax.lax.with_sharding_constraint(cache["v"], kv_sharding)}
+    segments = (jnp.arange(p_len)[None] < lengths[:, None]).astype(jnp.int32)
+    logits, cache = model.apply({"params": params}, tokens, segment_ids=segments, cache=cache,
+                                cache_index=0)
+    base = jax.random.key(seed)
+    return {"t": jnp.int32(0), "logits": logits[jnp.arange(B), lengths - 1], "cache": cache,
+            "lengths": lengths, "budget": budget,
+            "keys": jax.vmap(lambda r: jax.random.fold_in(base, r))(rows),
+            "out": jnp.zeros((B, n_new), jnp.int32), "n": jnp.zeros(B, jnp.int32),
+            "seen": jnp.zeros((B, logits.shape[-1]), bool),
+            "done": budget <= 0, "stopped": jnp.zeros(B, bool), "knobs": knobs,
+            "stops": stops}
+
+  def body(params, s):
+    t, B = s["t"], s["n"].shape[0]
+    keys = jax.vmap(lambda k: jax.random.fold_in(k, t))(s["keys"])
+    dec = Knobs(greedy, top_k, *s["knobs"])
+    token = next_tokens(s["logits"], s["seen"], keys, dec, vocab_size)
+    stop = jnp.isin(token, s["stops"])
+    emit = ~s["done"] & ~stop
+    n = s["n"] + emit
+    p_len = s["cache"]["segment_ids"].shape[1] - n_new
+    logits, cache = model.apply(
+        {"params": params}, token[:, None], positions=(s["lengths"] + t)[:, None],
+        segment_ids=jnp.ones((B, 1), jnp.int32), cache=s["cache"], cache_index=p_len + t)
+    return {**s, "t": t + 1, "logits": logits[:, 0], "cache": cache,
+            "out": s["out"].at[:, t].set(jnp.where(emit, token, 0)), "n": n,
+            "seen": s["seen"].at[jnp.arange(B), token].max(emit),
+            "done": s["done"] | stop | (n >= s["budget"]),
+            "stopped": s["stopped"] | (~s["done"] & stop)}
+
+  def cond(s):
+    return (s["t"] < n_new) & ~jnp.all(s["done"])
+
+  return init, body, cond
+
+
+class Generator:
+  """Answers prompts with one model, in batches.
+
+  params: unboxed parameters, placed on `mesh` (see `load`) or on one device.
+  batch_size: rows per batch (rounded up to a multiple of the mesh's batch shards).
+  loop: "device" (the loop inside jit) or "host" (a jitted step per token, for comparison).
+  Compiled decoders are shared by all Generators (keyed by model, mesh, settings and shapes),
+  so `params` may be replaced by another checkpoint of the same model at no cost.
+  stop_ids: ids that end an answer; default EOT and EOS.
+  """
+
+  def __init__(self, params, cfg: model_lib.ModelConfig, tok, *, mesh=None, batch_size: int = 8,
+               loop: str = "device", stop_ids: Sequence[int] | None = None):
+    if loop not in ("device", "host"):
+      raise ValueError(f"loop must be 'device' or 'host', got {loop!r}")
+    self.cfg = dataclasses.replace(cfg, remat_policy="none", dropout_top=0.0)
+    self.params, self.tok, self.mesh, self.loop = params, tok, mesh, loop
+    shards = sharding.batch_shards(mesh) if mesh is not None else 1
+    self.batch_size = -(-max(batch_size, 1) // shards) * shards
+    self.stop_ids = tuple(stop_ids) if stop_ids is not None else (tok.eot_id, tok.eos_id)
+    if len(self.stop_ids) > _MAX_STOPS:
+      raise ValueError(f"at most {_MAX_STOPS} stop ids, got {len(self.stop_ids)}")
+
+  def answer_ids(self, prompts: Sequence[Sequence[int]], dec: Decoding = LIMA, seed: int = 0,
+                 progress: bool = False) -> list[tuple[list[int], bool]]:
+    """(generated ids, stopped) for each prompt, given as rendered token ids."""
+    ctx = self.cfg.max_seq_len
+    for i, p in enumerate(prompts):
+      if not 0 < len(p) < ctx:
+        raise UserError(f"prompt {i}: {len(p)} tokens; the model's context is {ctx}")
+    n_new = min(dec.max_new_tokens, ctx - 1)
+    room = min(_bucket(n_new), ctx - 1)
+    spec = _Spec(self.cfg, self.mesh, self.tok.vocab_size, room, dec.greedy, dec.top_k)
+    knobs = jnp.asarray([dec.temperature, dec.top_p, dec.repetition_penalty], jnp.float32)
+    stops = jnp.asarray(self.stop_ids + (-1,) * (_MAX_STOPS - len(self.stop_ids)), jnp.int32)
+    decode = _decode_on_device if self.loop == "device" else _decode_on_host
+    B, results = self.batch_size, []
+    put = jnp.asarray
+    if self.mesh is not None:
+      rows_sharding = NamedSharding(self.mesh, P(sharding.BATCH_AXES))
+      put = lambda x: jax.device_put(x, rows_sharding)
+    bar = tqdm(total=len(prompts), desc="generate", unit="prompt", leave=False,
+               disable=None if progress else True)
+    t0, total = time.perf_counter(), 0
+    with _on_mesh(self.mesh):
+      for start in range(0, len(prompts), B):
+        chunk = prompts[start:start + B]
+        tokens = np.zeros((B, _bucket(max(map(len, chunk)))), np.int32)
+        lengths, budget = np.ones(B, np.int32), np.zeros(B, np.int32)  # spare rows: no budget
+        for b, p in enumerate(chunk):
+          tokens[b, :len(p)], lengths[b], budget[b] = p, len(p), min(n_new, ctx - len(p))
+        rows = np.arange(start, start + B, dtype=np.int32)
+        s = decode(spec, self.params, *map(put, (tokens, lengths, budget, rows)),
+                   jnp.int32(seed), knobs, stops)
+        out, n, stopped = jax.device_get((s["out"], s["n"], s["stopped"]))
+        results += [(out[b, :n[b]].tolist(), bool(stopped[b])) for b in range(len(chunk))]
+        total += int(n.sum())
+        bar.update(len(chunk))
+        bar.set_postfix(tokens_per_s=f"{total / (time.perf_counter() - t0):.1f}")
+    bar.close()
+    return results
+
+  def answer(self, conversations: Sequence[Sequence[str]], dec: Decoding = LIMA, seed: int = 0,
+             progress: bool = False) -> list[Answer]:
+    """One answer per conversation (user, assistant, ..., user)."""
+    prompts = [render_prompt(c, self.tok) for c in conversations]
+    return [Answer(self.tok.decode(ids), ids, stopped)
+            for ids, stopped in self.answer_ids(prompts, dec, seed, progress)]
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _decode_on_device(spec: _Spec, params, *args):
+  init, body, cond = _decoder(spec)
+  return jax.lax.while_loop(cond, lambda s: body(params, s), init(params, *args))
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _init_step(spec: _Spec, params, *args):
+  return _decoder(spec)[0](params, *args)
+
+
+@functools.partial(jax.jit, static_argnums=0, donate_argnums=2)
+def _body_step(spec: _Spec, params, state):
+  return _decoder(spec)[1](params, state)
+
+
+def _decode_on_host(spec: _Spec, params, *args):
+  state = _init_step(spec, params, *args)
+  while int(state["t"]) < spec.n_new and not bool(jnp.all(state["done"])):
+    state = _body_step(spec, params, state)
+  return state
+
+
+@contextlib.contextmanager
+def _on_mesh(mesh):
+  """The mesh and the logical-axis rules, so activations and the cache follow the batch."""
+  if mesh is None:
+    yield
+    return
+  with jax.set_mesh(mesh), nn.logical_axis_rules(sharding.RULES):
+    yield
+
+
+def recompute_greedy(params, cfg: model_lib.ModelConfig, vocab_size: int,
+                     prompts: Sequence[Sequence[int]], max_new_tokens: int,
+                     stop_ids: Sequence[int] = ()) -> list[list[int]]:
+  """Reference decoder without a cache: a full forward pass over the sequence per token.
+
+  Each row holds its prompt then its answer, unpadded in between; the causal mask makes the
+  slots after the cursor irrelevant, so one buffer serves every step. Slow (quadratic); for
+  checks and benchmarks. Stops as `Generator` does; no repetition penalty.
+  """
+  cfg = dataclasses.replace(cfg, remat_policy="none", dropout_top=0.0)
+  stops = jnp.asarray(tuple(stop_ids) + (-1,) * (_MAX_STOPS - len(stop_ids)), jnp.int32)
+  lengths = np.asarray([len(p) for p in prompts], np.int32)
+  buf = np.zeros((len(prompts), max(lengths) + max_new_tokens), np.int32)
+  for b, p in enumerate(prompts):
+    buf[b, :len(p)] = p
+  out, n = jax.device_get(_recompute(cfg, vocab_size, max_new_tokens, params, buf, lengths, stops))
+  return [out[b, len(p):len(p) + n[b]].tolist() for b, p in enumerate(prompts)]
+
+
+@functools.partial(jax.jit, static_argnums=(0, 1, 2))
+def _recompute(cfg, vocab_size, max_new_tokens, params, buf, lengths, stops):
+  model, rows = model_lib.Transformer(cfg), jnp.arange(buf.shape[0])
+
+  def body(t, c):
+    buf, n, done = c
+    logits = model.apply({"params": params}, buf)[rows, lengths + t - 1]
+    logits = jnp.where(jnp.arange(logits.shape[-1]) < vocab_size, logits, -jnp.inf)
+    token = jnp.argmax(logits, axis=-1).astype(jnp.int32)
+    done = done | jnp.isin(token, stops)
+    return buf.at[rows, lengths + t].set(token), n + ~done, done
+
+  zeros = jnp.zeros(buf.shape[0], jnp.int32)
+  return jax.lax.fori_loop(0, max_new_tokens, body, (buf, zeros, zeros.astype(bool)))[:2]

@@ -1,0 +1,127 @@
+"""The Hugging Face tokenizer files of an exported model, tokenizing exactly as training did.
+
+Training encodes with SentencePiece (`lima_jax.tokenizer`). transformers' own conversion of a
+LLaMA SentencePiece model ranks BPE merges by piece id, not score, so runs of spaces come out
+differently (LLaMA's whitespace-only pieces were appended with score -1e9: SentencePiece
+merges them last, the conversion first; 323 of LIMA's 1,030 training conversations are
+affected). It also ignores `remove_extra_whitespaces`. So the export writes its own
+tokenizer.json, loaded as it is (`PreTrainedTokenizerFast`):
+
+- BPE over the SentencePiece pieces, merges ranked by the merged piece's score, byte fallback;
+- SentencePiece's normalisation (stripping and collapsing spaces when the model does, and
+  the dummy-prefix space) applied to every text segment between special tokens, as
+  SentencePiece applies it to every separately encoded utterance, so the chat template is
+  just BOS, then each utterance followed by EOT;
+- EOT (and PAD) as special tokens; EOT is the eos_token, the pretraining EOS stays special.
+
+tokenizer.model is written too, for SentencePiece users.
+"""
+import base64
+import json
+
+from sentencepiece import sentencepiece_model_pb2 as sp_pb2
+
+from lima_jax import tokenizer as tokenizer_lib
+
+_SPACE = "\u2581"
+
+
+def chat_template(eot: str) -> str:
+  """BOS, then every utterance followed by EOT (roles alternate, user first, no system turn).
+  Nothing follows the last user turn: the answer starts right there."""
+  return ("{{ bos_token }}{% for message in messages %}"
+          "{% if (message['role'] == 'user') != (loop.index0 % 2 == 0) %}"
+          "{{ raise_exception('LIMA conversations alternate user and assistant turns, starting "
+          "with the user (no system turn)') }}{% endif %}"
+          f"{{{{ message['content'] + '{eot}' }}}}{{% endfor %}}")
+
+
+def _merges(proto) -> list[list[str]]:
+  """Every split of a normal piece into two pieces, best-scoring merged piece first, which
+  makes HF's rank-ordered BPE pick the merges SentencePiece picks by score."""
+  normal = sp_pb2.ModelProto.SentencePiece.NORMAL
+  vocab = {p.piece for p in proto.pieces}
+  ranked = []
+  for i, p in enumerate(proto.pieces):
+    if p.type != normal:
+      continue
+    for k in range(1, len(p.piece)):
+      if p.piece[:k] in vocab and p.piece[k:] in vocab:
+        ranked.append((-p.score, i, k, [p.piece[:k], p.piece[k:]]))
+  return [m for *_, m in sorted(ranked)]
+
+
+def _normalizer(spec) -> dict:
+  """SentencePiece's normalisation, applied by `tokenizers` to each text segment between
+  special tokens, as SentencePiece is applied to each utterance."""
+  steps = []
+  if spec.remove_extra_whitespaces:  # leading/trailing spaces go, runs collapse (spaces only)
+    steps += [{"type": "Replace", "pattern": {"Regex": "^ +| +$"}, "content": ""},
+              {"type": "Replace", "pattern": {"Regex": " {2,}"}, "content": " "}]
+  if spec.add_dummy_prefix:  # unconditionally, unlike Metaspace's prepend_scheme
+    steps.append({"type": "Prepend", "prepend": _SPACE})
+  steps.append({"type": "Replace", "pattern": {"String": " "}, "content": _SPACE})
+  return {"type": "Sequence", "normalizers": steps}
+
+
+def tokenizer_json(tok: tokenizer_lib.Tokenizer, proto) -> dict:
+  """A `tokenizers` JSON description equivalent to `tok.encode` (see the module docstring)."""
+  added = [{"id": i, "content": tok.id_to_piece(i), "single_word": False, "lstrip": False,
+            "rstrip": False, "normalized": False, "special": True}
+           for i in sorted({proto.trainer_spec.unk_id, tok.bos_id, tok.eos_id, tok.eot_id,
+                            tok.pad_id} - {-1})]
+  dummy = proto.normalizer_spec.add_dummy_prefix
+  bos = tok.id_to_piece(tok.bos_id)
+  decoders = [{"type": "Replace", "pattern": {"String": _SPACE}, "content": " "},
+              {"type": "ByteFallback"}, {"type": "Fuse"}]
+  if dummy:
+    decoders.append({"type": "Strip", "content": " ", "start": 1, "stop": 0})
+  return {
+      "version": "1.0", "truncation": None, "padding": None, "added_tokens": added,
+      "normalizer": _normalizer(proto.normalizer_spec), "pre_tokenizer": None,
+      "post_processor": {
+          "type": "TemplateProcessing",
+          "single": [{"SpecialToken": {"id": bos, "type_id": 0}},
+                     {"Sequence": {"id": "A", "type_id": 0}}],
+          "pair": [{"SpecialToken": {"id": bos, "type_id": 0}},
+                   {"Sequence": {"id": "A", "type_id": 0}},
+                   {"SpecialToken": {"id": bos, "type_id": 1}},
+                   {"Sequence": {"id": "B", "type_id": 1}}],
+          "special_tokens": {bos: {"id": bos, "ids": [tok.bos_id], "tokens": [bos]}}},
+      "decoder": {"type": "Sequence", "decoders": decoders},
+      "model": {"type": "BPE", "dropout": None,
+                "unk_token": proto.pieces[proto.trainer_spec.unk_id].piece,
+                "continuing_subword_prefix": None, "end_of_word_suffix": None,
+                "fuse_unk": True, "byte_fallback": proto.trainer_spec.byte_fallback,
+                "ignore_merges": False,
+                "vocab": {p.piece: i for i, p in enumerate(proto.pieces)},
+                "merges": _merges(proto)}}
+
+
+def tokenizer_files(meta: dict, vocab_size: int, max_len: int) -> tuple[dict, dict]:
+  """(ids for the configs, {file name: bytes}) for a checkpoint's tokenizer meta.
+
+  ids: bos, eos, n_tokens (the tokenizer's size, added ids included), and eot and pad
+  when the model has rows for them. With EOT (a LIMA-format model) the tokenizer's eos_token
+  is EOT and the chat template is set.
+  """
+  tok = tokenizer_lib.Tokenizer.from_meta(meta)
+  raw = base64.b64decode(meta["model"])
+  proto = sp_pb2.ModelProto.FromString(raw)
+  ids = {"bos": tok.bos_id, "eos": tok.eos_id, "n_tokens": tok.vocab_size}
+  for key, i in (("eot", tok.eot_id), ("pad", tok.pad_id)):
+    if i < vocab_size:  # an id past the embedding could never be produced
+      ids[key] = i
+  name = tok.id_to_piece
+  config = {"tokenizer_class": "PreTrainedTokenizerFast", "bos_token": name(tok.bos_id),
+            "eos_token": name(tok.eos_id),
+            "unk_token": proto.pieces[proto.trainer_spec.unk_id].piece,
+            "pad_token": name(tok.pad_id), "add_bos_token": True, "add_eos_token": False,
+            "clean_up_tokenization_spaces": False, "model_max_length": max_len}
+  if "eot" in ids:
+    config.update(eos_token=name(tok.eot_id), additional_special_tokens=[name(tok.eos_id)],
+                  chat_template=chat_template(name(tok.eot_id)))
+  files = {"tokenizer.model": raw,
+           "tokenizer.json": json.dumps(tokenizer_json(tok, proto), ensure_ascii=False).encode(),
+           "tokenizer_config.json": json.dumps(config, indent=2).encode()}
+  return ids, files

@@ -1,0 +1,215 @@
+r"""Choosing a checkpoint by reading its answers, as LIMA did.
+
+    python -m lima_jax.select --workdir=DIR --prompts=F.jsonl [--epochs=5-10] [--out=DIR/select]
+
+LIMA found that held-out perplexity does not track answer quality, so it compared the
+checkpoints of epochs 5 to 10 by their answers to a 50-prompt dev set. For each chosen epoch,
+the checkpoint that ended it (found by `meta["epoch"]` under WORKDIR/checkpoints/*) answers
+every prompt with the same decoding and seed. OUT/index.html, one self-contained page, shows
+each prompt with the epochs' answers side by side, their lengths and each epoch's eval loss;
+OUT/answers.jsonl holds the same data (each prompt row plus "answers", one per epoch).
+"""
+import dataclasses
+import html
+import json
+import os
+import pathlib
+import sys
+
+from etils import epath
+from tqdm import tqdm
+
+from lima_jax import checkpoint
+from lima_jax import generate as gen_lib
+from lima_jax.decoding import Generator
+from lima_jax.sampling import LIMA, Decoding
+from lima_jax.errors import UserError
+
+
+@dataclasses.dataclass(frozen=True)
+class EpochCheckpoint:
+  epoch: int
+  step: int
+  path: epath.Path
+  eval_loss: float | None
+
+
+def _epoch_ends(workdir: epath.Path) -> dict[int, dict]:
+  """{epoch: its last metrics row} from metrics.jsonl (a row whose epoch is a whole number)."""
+  path = workdir / "metrics.jsonl"
+  if not path.exists():
+    return {}
+  ends = {}
+  for n, line in enumerate(path.read_text().splitlines(), 1):
+    try:
+      row = json.loads(line)
+      epoch = float(row["epoch"])
+    except (json.JSONDecodeError, KeyError, TypeError, ValueError):
+      # A run killed mid-write leaves a torn last line; the loss column is only a guide.
+      print(f"warning: {path}:{n}: not a metrics row, ignored", file=sys.stderr)
+      continue
+    if epoch.is_integer() and epoch >= 1:
+      ends[int(epoch)] = row
+  return ends
+
+
+def find_epoch_checkpoints(workdir) -> dict[int, EpochCheckpoint]:
+  """The checkpoint that ended each epoch, by epoch.
+
+  A checkpoint saved mid-epoch (every_steps, preemption) carries the number of epochs done
+  so far, like the one that ended the previous epoch; metrics.jsonl tells them apart by
+  step, and without it the earlier step is the epoch's end.
+  """
+  workdir = epath.Path(workdir)  # local or gs://, as training
+  root = workdir / "checkpoints"
+  if not root.is_dir():
+    raise UserError(f"{root}: no checkpoints directory (is {workdir} a training workdir?)")
+  ends = _epoch_ends(workdir)
+  found: dict[int, EpochCheckpoint] = {}
+  for d in sorted((d for d in root.iterdir() if d.name.isdigit()), key=lambda d: int(d.name)):
+    if not (d / "meta").exists():
+      continue
+    meta = checkpoint.read_meta(d)
+    epoch, step = meta.get("epoch"), meta.get("step", int(d.name))
+    if not isinstance(epoch, int) or epoch < 1 or epoch in found:
+      continue
+    end = ends.get(epoch)
+    if end is not None and end.get("step") != step:
+      continue
+    loss = meta.get("eval_loss")
+    if loss is None and end is not None:
+      loss = end.get("eval_loss")
+    found[epoch] = EpochCheckpoint(epoch, step, d, loss)
+  return found
+
+
+def parse_epochs(spec: str, available: dict[int, EpochCheckpoint], where: str) -> list[int]:
+  """'5-10', '5,8,10' or '' (all available) -> epochs, all of which must be available."""
+  if not available:
+    raise UserError(f"{where}: no epoch-end checkpoint found")
+  if not spec.strip():
+    return sorted(available)
+  wanted = set()
+  try:
+    for part in spec.split(","):
+      lo, _, hi = part.partition("-")
+      wanted.update(range(int(lo), int(hi or lo) + 1))
+  except ValueError:
+    raise UserError(f"--epochs={spec}: not like '5-10' or '5,8,10'") from None
+  missing = sorted(wanted - set(available))
+  if missing or not wanted:
+    raise UserError(f"--epochs={spec}: no checkpoint for epoch(s) {missing} in {where}; "
+                    f"available epochs: {', '.join(map(str, sorted(available)))}")
+  return sorted(wanted)
+
+
+def compare_epochs(workdir, prompts_path, epochs: str = "5-10", out_dir=None,
+                   dec: Decoding = LIMA, seed: int = 0, batch_size: int = 8,
+                   mesh=None) -> list[dict]:
+  """Answers from each chosen epoch; writes OUT/answers.jsonl and OUT/index.html.
+
+  Returns the JSONL rows: each prompt row plus "answers": [{epoch, step, eval_loss, answer,
+  n_tokens, stopped}, ...] in epoch order.
+  """
+  workdir = epath.Path(workdir)
+  if out_dir is None and "://" in os.fspath(workdir):
+    raise UserError(f"{workdir}: not a local directory; give --out for the results")
+  rows = gen_lib.read_prompts(prompts_path)  # bad prompts fail before any model is loaded
+  available = find_epoch_checkpoints(workdir)
+  chosen = [available[e] for e in parse_epochs(epochs, available, str(workdir / "checkpoints"))]
+  out_dir = pathlib.Path(out_dir or os.fspath(workdir / "select"))
+  out = [{**obj, "answers": []} for obj, _, _ in rows]
+  for ck in tqdm(chosen, desc="epochs", unit="epoch", disable=None):
+    params, cfg, tok, _ = gen_lib.load(ck.path, mesh)
+    # Same model every epoch: the compiled decoder is shared, only the weights change.
+    generator = Generator(params, cfg, tok, mesh=mesh, batch_size=batch_size)
+    answers = generator.answer([turns for _, turns, _ in rows], dec, seed, progress=True)
+    for row, a in zip(out, answers):
+      row["answers"].append({"epoch": ck.epoch, "step": ck.step, "eval_loss": ck.eval_loss,
+                             "answer": a.text, "n_tokens": len(a.tokens), "stopped": a.stopped})
+    del params, generator  # one checkpoint in memory at a time
+  out_dir.mkdir(parents=True, exist_ok=True)
+  gen_lib.write_jsonl_atomic(out_dir / "answers.jsonl", out)
+  page = render_html(workdir, [turns for _, turns, _ in rows], out, chosen, dec, seed)
+  tmp = out_dir / f".index.html.tmp{os.getpid()}"
+  tmp.write_text(page, encoding="utf-8")
+  os.replace(tmp, out_dir / "index.html")
+  return out
+
+
+_CSS = """
+body{font-family:system-ui,sans-serif;margin:1.5em;color:#222}
+table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:.3em .6em;text-align:right}
+section{border-top:2px solid #888;margin-top:1.5em;padding-top:.5em}
+.turn{white-space:pre-wrap;background:#f4f4f4;padding:.5em;margin:.3em 0}
+.grid{display:grid;gap:.8em}.cell{border:1px solid #ccc;padding:.5em;overflow-wrap:anywhere}
+.cell h3{font-size:.9em;margin:0 0 .4em;color:#555}.cell div{white-space:pre-wrap}
+.cut{color:#a00}
+"""
+
+
+def render_html(workdir, prompts: list[list[str]], rows: list[dict], chosen, dec: Decoding,
+                seed: int) -> str:
+  """One page, no external resources: a summary table, then each prompt and its answers."""
+  e = html.escape
+  loss = lambda x: "–" if x is None else f"{x:.4f}"
+  parts = [f"<!doctype html><meta charset='utf-8'><title>Checkpoint selection: {e(str(workdir))}"
+           f"</title><style>{_CSS}</style><h1>Checkpoint selection</h1>"
+           f"<p>{e(str(workdir))} — {len(prompts)} prompts; decoding: "
+           f"{e(json.dumps(dataclasses.asdict(dec)))}, seed {seed}</p>",
+           "<table><tr><th>epoch</th><th>step</th><th>eval loss</th><th>mean answer tokens</th>"
+           "<th>answers cut at max_new_tokens</th></tr>"]
+  for i, ck in enumerate(chosen):
+    lengths = [r["answers"][i]["n_tokens"] for r in rows]
+    cut = sum(not r["answers"][i]["stopped"] for r in rows)
+    parts.append(f"<tr><td>{ck.epoch}</td><td>{ck.step}</td><td>{loss(ck.eval_loss)}</td>"
+                 f"<td>{sum(lengths) / len(lengths):.1f}</td><td>{cut}</td></tr>")
+  parts.append("</table>")
+  columns = f"grid-template-columns:repeat({len(chosen)},minmax(16em,1fr))"
+  for n, (turns, row) in enumerate(zip(prompts, rows), 1):
+    title = f"Prompt {n}" + (f" ({e(str(row['id']))})" if "id" in row else "")
+    parts.append(f"<section><h2>{title}</h2>")
+    for k, turn in enumerate(turns):
+      parts.append(f"<div class='turn'><b>{'user' if k % 2 == 0 else 'assistant'}:</b> "
+                   f"{e(turn)}</div>")
+    parts.append(f"<div class='grid' style='{columns}'>")
+    for a in row["answers"]:
+      cut = "" if a["stopped"] else " <span class='cut'>(cut)</span>"
+      parts.append(f"<div class='cell'><h3>epoch {a['epoch']} · {a['n_tokens']} tokens{cut} · "
+                   f"eval loss {loss(a['eval_loss'])}</h3><div>{e(a['answer'])}</div></div>")
+    parts.append("</div></section>")
+  return "\n".join(parts) + "\n"
+
+
+def main(argv) -> None:
+  from absl import flags, logging
+  f = flags.FLAGS
+  if len(argv) > 1:
+    raise UserError(f"unexpected arguments: {' '.join(argv[1:])}")
+  if not f["verbosity"].present:
+    logging.set_verbosity(logging.ERROR)
+  if not f.workdir or not f.prompts:
+    raise UserError("needs --workdir and --prompts")
+  out = compare_epochs(f.workdir, f.prompts, f.epochs, f.out, gen_lib.decoding_from_flags(f),
+                       f.seed, f.batch_size, gen_lib.mesh_from_flags(f))
+  out_dir = f.out or os.path.join(f.workdir, "select")
+  print(f"wrote {os.path.join(out_dir, 'index.html')} and answers.jsonl "
+        f"({len(out)} prompts x {len(out[0]['answers'])} epochs)")
+
+
+def run() -> None:
+  from absl import app, flags
+  from lima_jax.errors import cli_main
+  flags.DEFINE_string("workdir", None, "Training workdir (holds checkpoints/ and metrics.jsonl).")
+  flags.DEFINE_string("prompts", None, "JSONL prompts, as for lima_jax.generate (e.g. a 50-prompt "
+                      "dev set of {\"conversations\": [prompt]} rows).")
+  flags.DEFINE_string("epochs", "5-10", "Epochs to compare: '5-10', '5,8,10', or '' for every "
+                      "epoch with a checkpoint (LIMA: 5-10).")
+  flags.DEFINE_string("out", None, "Output directory for index.html and answers.jsonl "
+                      "(default WORKDIR/select).")
+  gen_lib.define_decoding_flags()
+  app.run(cli_main(main))
+
+
+if __name__ == "__main__":
+  run()
