@@ -1,0 +1,417 @@
+r"""Training throughput of lima_jax's real train step, side by side with PyTorch/transformers.
+
+    python benchmarks/train_throughput.py --impl=both --size=bench-20m --batch=8 --seq=512 \
+        --steps=5 --warmup=2 --rounds=3
+
+Each (round, implementation) runs in its own fresh subprocess, alternating jax, torch, jax, ...
+so that slow drifts in machine load hit both sides alike, the two runtimes never share a
+thread pool, and each one's peak RSS is its own. The ratio jax/torch is taken per round
+(paired), then summarised over rounds.
+
+Both sides train the same LLaMA (`lima_jax.model.get_size(size)`; transformers'
+`LlamaForCausalLM` from the same config, same init not required) on the same batch: one
+conversation per row, user/assistant turns, loss on the assistant tokens only (~60%), AdamW
+(b1 .9, b2 .95, wd .1 on weight matrices only, eps 1e-8), global-norm clipping at 1.0, no
+dropout (transformers' Llama has no residual dropout).
+
+MFU counts model FLOPs per step as 6 * N * B * T + 12 * L * H * K * T^2 * B (PaLM, App. B):
+N = parameters used in matmuls (the input embedding table is a lookup; a tied table counts once,
+as the output projection), the attention term counts the full T x T score matrix (no causal
+halving), B * T = all tokens of the batch (padding included). Peak is --peak_tflops, or the
+known dense peak of the accelerator for --dtype (CPU: none unless given).
+
+Results go to --out (JSON: figures per implementation and round, the ratio, machine, versions,
+the exact command). Worker processes are this script with --worker_out.
+"""
+import json
+import os
+import pathlib
+import platform
+import re
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+from absl import app, flags
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:
+  sys.path.insert(0, str(REPO))
+
+
+def define_flags() -> None:
+  """Defined on demand, so that compile_time.py can import this module's helpers."""
+  flags.DEFINE_enum("impl", "both", ["jax", "torch", "both"], "Which implementation(s) to time.")
+  flags.DEFINE_string("size", "bench-20m", "Model size from lima_jax.model.SIZES.")
+  flags.DEFINE_integer("batch", 8, "Rows per step (global batch).")
+  flags.DEFINE_integer("seq", 512, "Tokens per row.")
+  flags.DEFINE_integer("steps", 5, "Timed steps per round; the step time is their median.")
+  flags.DEFINE_integer("warmup", 2, "Untimed steps first (the first includes compilation).")
+  flags.DEFINE_integer("rounds", 2, "Rounds; each runs every implementation once, in a fresh "
+                       "process, alternating the order.")
+  flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"],
+                    "Compute dtype; parameters and optimizer state stay float32.")
+  flags.DEFINE_float("peak_tflops", 0.0, "Peak dense TFLOP/s of the device for --dtype, for MFU "
+                     "(0: the known figure for the accelerator; none on CPU).")
+  flags.DEFINE_float("assistant_fraction", 0.6,
+                     "Fraction of tokens that are assistant tokens (those in the loss).")
+  flags.DEFINE_bool("scan_layers", True, "jax: nn.scan over layers (False: unrolled).")
+  flags.DEFINE_enum("remat_policy", "none", ["none", "full", "save_dots", "save_dots_no_batch"],
+                    "jax: rematerialisation policy of each layer.")
+  flags.DEFINE_string(
+      "attention", "", "jax: ModelConfig.attention_impl ('': the model's default; 'cudnn' on "
+      "NVIDIA GPUs). Needs a model with that field (benchmarks/proposals/attention_impl.diff).")
+  flags.DEFINE_enum("torch_attention", "sdpa", ["sdpa", "eager"],
+                    "torch: transformers attn_implementation.")
+  flags.DEFINE_enum("torch_optimizer", "fused", ["fused", "foreach", "loop"],
+                    "torch: AdamW kernel ('fused' is the fastest on CPU; 'loop' is torch's "
+                    "default there).")
+  flags.DEFINE_bool("torch_compile", False,
+                    "torch: also time a torch.compile'd model (reported as torch_compile).")
+  flags.DEFINE_string("out", str(REPO / "benchmarks/results/train_throughput.json"),
+                      "Where to write the results JSON (atomically).")
+  flags.DEFINE_string("worker_out", "", "Internal: run ONE implementation (--impl) for one "
+                      "round and write its figures to this path.")
+
+
+FLAGS = flags.FLAGS
+
+
+# ---------------------------------------------------------------------------------------------
+# Shared pieces: batch, FLOPs, machine.
+# ---------------------------------------------------------------------------------------------
+
+def make_batch(cfg, batch: int, seq: int, assistant_fraction: float, seed: int = 0) -> dict:
+  """One conversation per row: alternating user / assistant turns, loss on assistant tokens.
+
+  A single segment per row (no packing, no padding) so that torch gets the same causal
+  attention without a 4-D mask.
+  """
+  import numpy as np
+  rng = np.random.default_rng(seed)
+  tokens = rng.integers(3, cfg.vocab_size, size=(batch, seq + 1), dtype=np.int32)
+  mask = np.zeros((batch, seq), bool)
+  ratio = assistant_fraction / (1.0 - assistant_fraction)
+  for row in mask:
+    t = 0
+    while t < seq:
+      user = int(rng.integers(16, 128))
+      reply = int(user * ratio * rng.uniform(0.5, 1.5))
+      if t + user + reply > seq:  # The last turn, trimmed at the row's end, keeps the ratio.
+        user = int((seq - t) * (1.0 - assistant_fraction))
+      row[t + user:t + user + reply] = True
+      t += user + reply
+  return {"inputs": tokens[:, :-1], "targets": tokens[:, 1:], "loss_mask": mask,
+          "segment_ids": np.ones((batch, seq), np.int32),
+          "positions": np.tile(np.arange(seq, dtype=np.int32), (batch, 1))}
+
+
+def model_flops(cfg, n_params: int, batch: int, seq: int) -> float:
+  matmul_params = n_params - (0 if cfg.tie_embeddings else cfg.vocab_size * cfg.dim)
+  attention = 12 * cfg.n_layers * cfg.n_heads * cfg.head_dim * seq**2 * batch
+  return 6.0 * matmul_params * batch * seq + attention
+
+
+# Dense peaks (TFLOP/s) by device-kind substring; float32 on GPUs/TPUs is left to --peak_tflops.
+KNOWN_PEAKS = {
+    ("H100", "bfloat16"): 989.0, ("H200", "bfloat16"): 989.0, ("A100", "bfloat16"): 312.0,
+    ("TPU v4", "bfloat16"): 275.0, ("TPU v5 lite", "bfloat16"): 197.0,
+    ("TPU v5p", "bfloat16"): 459.0, ("TPU v6 lite", "bfloat16"): 918.0,
+}
+
+
+def known_peak(device_kind: str, dtype: str) -> float | None:
+  for (kind, dt), peak in KNOWN_PEAKS.items():
+    if kind in device_kind and dt == dtype:
+      return peak
+  return None
+
+
+def machine_info() -> dict:
+  cpu = platform.processor()
+  try:
+    text = pathlib.Path("/proc/cpuinfo").read_text()
+    cpu = re.search(r"model name\s*:\s*(.*)", text).group(1)
+  except (OSError, AttributeError):
+    pass
+  versions = {"python": platform.python_version()}
+  for mod in ("jax", "jaxlib", "flax", "optax", "torch", "transformers", "numpy"):
+    try:
+      versions[mod] = __import__(mod).__version__
+    except ImportError:
+      versions[mod] = None
+  return {"cpu": cpu, "cores": os.cpu_count(), "platform": platform.platform(),
+          "xla_flags": os.environ.get("XLA_FLAGS", ""), "versions": versions}
+
+
+def write_json(path: str, obj: dict) -> None:
+  """Atomic: a temp file in the same directory, then rename (never half a file)."""
+  out = pathlib.Path(path)
+  out.parent.mkdir(parents=True, exist_ok=True)
+  fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=out.name, suffix=".tmp")
+  with os.fdopen(fd, "w") as f:
+    json.dump(obj, f, indent=2)
+    f.write("\n")
+  os.replace(tmp, out)
+
+
+def _time_steps(step, n_warmup: int, n_steps: int, desc: str) -> tuple[list, list]:
+  from tqdm import tqdm
+  wall, cpu = [], []
+  for i in tqdm(range(n_warmup + n_steps), desc=desc, unit="step", file=sys.stderr):
+    t0, c0 = time.perf_counter(), time.process_time()
+    step()
+    if i >= n_warmup:
+      wall.append(time.perf_counter() - t0)
+      cpu.append(time.process_time() - c0)
+  return wall, cpu
+
+
+# ---------------------------------------------------------------------------------------------
+# Workers.
+# ---------------------------------------------------------------------------------------------
+
+def model_config():
+  from lima_jax import model as model_lib
+  overrides = dict(dtype=FLAGS.dtype, param_dtype="float32", scan_layers=FLAGS.scan_layers,
+                   remat_policy=FLAGS.remat_policy, dropout_top=0.0)
+  if FLAGS.attention:
+    overrides["attention_impl"] = FLAGS.attention
+  cfg = model_lib.get_size(FLAGS.size, **overrides)
+  return model_lib.get_size(FLAGS.size, **overrides, max_seq_len=max(cfg.max_seq_len, FLAGS.seq))
+
+
+def run_jax() -> dict:
+  import jax
+  import jax.numpy as jnp
+  import flax.linen as nn
+  from configs import lima
+  from lima_jax import model as model_lib, sharding, train
+
+  cfg = model_config()
+  config = lima.get_config("demo")
+  config.unlock()
+  config.model.dropout_top = 0.0
+  config.data.max_len, config.train.batch_size = FLAGS.seq, FLAGS.batch
+  config.train.weight_decay, config.train.learning_rate = 0.1, 1e-5
+  config.train.end_learning_rate, config.train.warmup_steps = 1e-6, 0
+  mesh = sharding.make_mesh((1, -1, 1))
+  sharding.check_batch(FLAGS.batch, 1, mesh)
+  batch_np = make_batch(cfg, FLAGS.batch, FLAGS.seq, FLAGS.assistant_fraction)
+  with jax.set_mesh(mesh):
+    built = train.build_train_step(config, mesh, cfg, total_steps=1000)
+    t0 = time.perf_counter()
+    compiled = built.train_step.lower(built.abstract_state, built.abstract_batch,
+                                      jax.random.key(0)).compile()
+    compile_s = time.perf_counter() - t0
+    init = lambda r: nn.meta.unbox(built.model.init(r, jnp.zeros((1, 8), jnp.int32)))["params"]
+    params = jax.jit(init, out_shardings=built.state_shardings.params)(jax.random.key(0))
+    opt_state = jax.jit(built.tx.init, out_shardings=built.state_shardings.opt_state)(params)
+    state = [train.TrainState(jnp.int32(0), params, opt_state)]
+    batch = sharding.put_batch(batch_np, mesh)
+    rng = jax.random.key(1)
+
+    def step():
+      state[0], metrics = compiled(state[0], batch, rng)
+      jax.block_until_ready((state[0], metrics))
+      step.loss = float(metrics["loss"])
+
+    wall, cpu = _time_steps(step, FLAGS.warmup, FLAGS.steps, "jax")
+  dev = jax.devices()[0]
+  stats = dev.memory_stats() or {}
+  return {"step_s": wall, "cpu_s": cpu, "compile_s": compile_s, "loss": step.loss,
+          "device_kind": dev.device_kind, "platform": dev.platform,
+          "device_peak_bytes": stats.get("peak_bytes_in_use"),
+          "n_params": model_lib.param_count(cfg), "cfg": cfg.to_dict(), "batch": batch_np}
+
+
+def run_torch(compile_model: bool) -> dict:
+  import numpy as np
+  import torch
+  import transformers
+
+  torch.set_num_threads(os.cpu_count())
+  cfg = model_config()
+  dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+  dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16}[FLAGS.dtype]
+  hf = transformers.LlamaConfig(
+      vocab_size=cfg.vocab_size, hidden_size=cfg.dim, intermediate_size=cfg.hidden_dim,
+      num_hidden_layers=cfg.n_layers, num_attention_heads=cfg.n_heads,
+      num_key_value_heads=cfg.n_kv_heads, head_dim=cfg.head_dim,
+      max_position_embeddings=cfg.max_seq_len, rms_norm_eps=cfg.norm_eps,
+      rope_parameters={"rope_type": "default", "rope_theta": cfg.rope_theta},
+      tie_word_embeddings=cfg.tie_embeddings, attn_implementation=FLAGS.torch_attention)
+  model = transformers.LlamaForCausalLM(hf).to(dev)
+  # Autocast keeps float32 master weights and moments, as lima_jax does with param_dtype.
+  autocast = torch.autocast(dev.type, dtype=dtype, enabled=dtype != torch.float32)
+  decay = [p for n, p in model.named_parameters() if p.ndim >= 2]
+  no_decay = [p for n, p in model.named_parameters() if p.ndim < 2]
+  kind = FLAGS.torch_optimizer
+  opt = torch.optim.AdamW([{"params": decay, "weight_decay": 0.1},
+                           {"params": no_decay, "weight_decay": 0.0}],
+                          lr=1e-5, betas=(0.9, 0.95), eps=1e-8,
+                          fused=kind == "fused" or None, foreach=kind == "foreach" or None)
+  forward = torch.compile(model) if compile_model else model
+  batch_np = make_batch(cfg, FLAGS.batch, FLAGS.seq, FLAGS.assistant_fraction)
+  b = {k: torch.from_numpy(np.asarray(v)).to(dev) for k, v in batch_np.items()}
+  inputs, positions, targets = b["inputs"].long(), b["positions"].long(), b["targets"].long()
+  mask = b["loss_mask"]
+  count = mask.sum().float()
+  sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
+
+  def step():
+    with autocast:
+      logits = forward(input_ids=inputs, position_ids=positions).logits
+    # transformers' own loss upcasts logits to float32 too.
+    nll = torch.nn.functional.cross_entropy(logits.float().flatten(0, 1), targets.flatten(),
+                                            reduction="none")
+    loss = torch.where(mask.flatten(), nll, 0.0).sum() / count
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+    opt.step()
+    opt.zero_grad(set_to_none=True)
+    sync()
+    step.loss = loss.item()
+
+  if dev.type == "cuda":
+    torch.cuda.reset_peak_memory_stats()
+  wall, cpu = _time_steps(step, FLAGS.warmup, FLAGS.steps,
+                          "torch.compile" if compile_model else "torch")
+  return {"step_s": wall, "cpu_s": cpu, "loss": step.loss, "platform": dev.type,
+          "device_kind": torch.cuda.get_device_name() if dev.type == "cuda" else platform.processor(),
+          "device_peak_bytes": torch.cuda.max_memory_allocated() if dev.type == "cuda" else None,
+          "n_params": sum(p.numel() for p in model.parameters()),
+          "torch_threads": torch.get_num_threads(), "optimizer": kind,
+          "attention": model.config._attn_implementation, "cfg": cfg.to_dict(), "batch": batch_np}
+
+
+def summarise(raw: dict) -> dict:
+  """Per-round figures (median step) from a worker's raw timings."""
+  from lima_jax.model import ModelConfig
+  batch = raw.pop("batch")
+  cfg = ModelConfig.from_dict(raw.pop("cfg"))
+  step = statistics.median(raw["step_s"])
+  flops = model_flops(cfg, raw["n_params"], FLAGS.batch, FLAGS.seq)
+  peak = FLAGS.peak_tflops or known_peak(raw["device_kind"] or "", FLAGS.dtype)
+  return {**raw, "step_time_s": step, "cpu_time_s": statistics.median(raw["cpu_s"]),
+          "tokens_per_s": batch["inputs"].size / step,
+          "loss_tokens_per_s": int(batch["loss_mask"].sum()) / step,
+          "assistant_fraction": float(batch["loss_mask"].mean()),
+          "model_tflop_per_step": flops / 1e12, "achieved_tflops": flops / step / 1e12,
+          "peak_tflops": peak, "mfu": flops / step / 1e12 / peak if peak else None,
+          "host_peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+
+
+def worker(impl: str) -> None:
+  raw = run_jax() if impl == "jax" else run_torch(impl == "torch_compile")
+  write_json(FLAGS.worker_out, summarise(raw))
+
+
+# ---------------------------------------------------------------------------------------------
+# Driver: alternate fresh worker processes, then summarise.
+# ---------------------------------------------------------------------------------------------
+
+def _spawn(impl: str) -> dict:
+  """Runs one worker; its progress bar passes through, its stderr tail names any failure."""
+  with tempfile.TemporaryDirectory() as tmp:
+    out = os.path.join(tmp, "worker.json")
+    args = [f"--{k}={FLAGS[k].value}" for k in _OWN_FLAGS if k not in ("impl", "torch_compile")]
+    args += [f"--impl={'jax' if impl == 'jax' else 'torch'}", f"--worker_out={out}",
+             "--torch_compile" if impl == "torch_compile" else "--notorch_compile"]
+    load = os.getloadavg()[0]
+    proc = subprocess.Popen([sys.executable, os.path.abspath(__file__), *args],
+                            stderr=subprocess.PIPE)
+    tail = b""
+    for chunk in iter(lambda: proc.stderr.read1(4096), b""):
+      sys.stderr.buffer.write(chunk)
+      sys.stderr.flush()
+      tail = (tail + chunk)[-4000:]
+    code = proc.wait()
+    if code or not os.path.exists(out):
+      lines = [l for l in re.split(r"[\r\n]+", tail.decode(errors="replace")) if l.strip()]
+      return {"error": f"exit {code}: {lines[-1] if lines else 'no output'}"}
+    result = json.loads(pathlib.Path(out).read_text())
+    result["load_avg_1m_before"] = load
+    result["load_avg_1m_after"] = os.getloadavg()[0]
+    return result
+
+
+def _spread(values: list[float]) -> dict:
+  return {"median": statistics.median(values), "min": min(values), "max": max(values),
+          "n": len(values)}
+
+
+def main(argv):
+  from lima_jax.errors import fail
+  if FLAGS.batch < 1 or FLAGS.seq < 2 or FLAGS.steps < 1 or FLAGS.warmup < 0:
+    fail("--batch, --seq, --steps must be positive and --warmup non-negative")
+  if not 0.0 < FLAGS.assistant_fraction < 1.0:
+    fail(f"--assistant_fraction={FLAGS.assistant_fraction}: must be in (0, 1)")
+  import dataclasses
+  from lima_jax import model as model_lib
+  from lima_jax.errors import UserError
+  fields = {f.name for f in dataclasses.fields(model_lib.ModelConfig)}
+  if FLAGS.attention and "attention_impl" not in fields:
+    fail(f"--attention={FLAGS.attention}: lima_jax.model.ModelConfig has no attention_impl field "
+         "(see benchmarks/proposals/attention_impl.diff)")
+  try:
+    model_config()
+  except UserError as e:
+    fail(str(e))
+  if FLAGS.worker_out:
+    worker("torch_compile" if FLAGS.impl == "torch" and FLAGS.torch_compile else FLAGS.impl)
+    return
+  impls = {"jax": ["jax"], "torch": ["torch"], "both": ["jax", "torch"]}[FLAGS.impl]
+  if FLAGS.torch_compile and "torch" in impls:
+    impls.append("torch_compile")
+  rounds = []
+  for r in range(FLAGS.rounds):
+    # Alternate the order so that neither side always runs first.
+    order = impls if r % 2 == 0 else impls[::-1]
+    rounds.append({impl: _spawn(impl) for impl in order})
+    for impl, res in rounds[-1].items():
+      shown = res.get("error") or (f"{res['tokens_per_s']:.0f} tok/s, step "
+                                   f"{res['step_time_s']:.2f}s (load {res['load_avg_1m_before']:.1f})")
+      print(f"round {r + 1}/{FLAGS.rounds} {impl}: {shown}", file=sys.stderr, flush=True)
+  summary = {}
+  for impl in impls:
+    ok = [r[impl] for r in rounds if "error" not in r[impl]]
+    if ok:
+      summary[impl] = {k: _spread([r[k] for r in ok]) for k in (
+          "tokens_per_s", "loss_tokens_per_s", "step_time_s", "cpu_time_s", "achieved_tflops",
+          "host_peak_rss_mb")}
+      summary[impl]["mfu"] = _spread([r["mfu"] for r in ok]) if ok[0]["mfu"] else None
+  for other in ("torch", "torch_compile"):
+    ratios = [r["jax"]["tokens_per_s"] / r[other]["tokens_per_s"] for r in rounds
+              if "jax" in r and other in r and "error" not in r["jax"] and "error" not in r[other]]
+    if ratios:
+      summary[f"jax_over_{other}"] = _spread(ratios)
+  result = {"benchmark": "train_throughput", "command": " ".join([sys.executable] + sys.argv),
+            "settings": {k: FLAGS[k].value for k in _OWN_FLAGS},
+            "flops_formula": "6*N*B*T + 12*L*H*K*T^2*B (N: matmul params)",
+            "machine": machine_info(), "summary": summary, "rounds": rounds}
+  write_json(FLAGS.out, result)
+  for name, fig in summary.items():
+    if name.startswith("jax_over"):
+      print(f"{name}: {fig['median']:.2f}x (rounds: {fig['min']:.2f}..{fig['max']:.2f})")
+    else:
+      print(f"{name}: {fig['tokens_per_s']['median']:.0f} tokens/s, "
+            f"{fig['loss_tokens_per_s']['median']:.0f} loss tokens/s, step "
+            f"{fig['step_time_s']['median']:.3f}s ({fig['step_time_s']['min']:.3f}.."
+            f"{fig['step_time_s']['max']:.3f}), peak RSS {fig['host_peak_rss_mb']['max']:.0f} MB")
+  print(f"wrote {FLAGS.out}")
+  failed = [f"{i}: {r[i]['error']}" for r in rounds for i in r if "error" in r[i]]
+  if failed:
+    fail(f"{len(failed)} worker(s) failed; first: {failed[0]} (results in {FLAGS.out})")
+
+
+_OWN_FLAGS = ("impl", "size", "batch", "seq", "steps", "warmup", "rounds", "dtype", "peak_tflops",
+              "assistant_fraction", "scan_layers", "remat_policy", "attention", "torch_attention",
+              "torch_optimizer", "torch_compile")
+
+if __name__ == "__main__":
+  define_flags()
+  app.run(main)

@@ -1,0 +1,64 @@
+"""Smoke tests of the benchmark scripts at a minute size: they run, and what they write is sound.
+
+No timing is asserted (the figures depend on the machine); the checks are on what must hold
+whatever the machine: both sides trained the same model on the same batch, and the JSON
+carries the figures, the machine and the command.
+"""
+import json
+import math
+import pathlib
+import subprocess
+import sys
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+
+
+def _run(script, *args):
+  return subprocess.run([sys.executable, str(REPO / "benchmarks" / script), *args],
+                        capture_output=True, text=True, timeout=600, cwd=REPO)
+
+
+def test_train_throughput_both_sides_train_the_same_model(tmp_path):
+  out = tmp_path / "tt.json"
+  proc = _run("train_throughput.py", "--impl=both", "--size=tiny", "--batch=8", "--seq=32",
+              "--steps=2", "--warmup=1", "--rounds=1", f"--out={out}")
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  result = json.loads(out.read_text())
+  (round_,) = result["rounds"]
+  jax_r, torch_r = round_["jax"], round_["torch"]
+  # Same architecture on both sides: transformers' Llama built from our config.
+  assert jax_r["n_params"] == torch_r["n_params"]
+  for r in (jax_r, torch_r):
+    assert len(r["step_s"]) == 2 and all(t > 0 for t in r["step_s"])
+    # A freshly initialised model on random tokens: loss near ln(vocab) = ln(256) ~ 5.5.
+    assert abs(r["loss"] - math.log(256)) < 1.5, r["loss"]
+    assert 0.45 < r["assistant_fraction"] < 0.75
+    assert r["tokens_per_s"] > r["loss_tokens_per_s"] > 0
+  ratio = result["summary"]["jax_over_torch"]["median"]
+  assert math.isclose(ratio, jax_r["tokens_per_s"] / torch_r["tokens_per_s"])
+  assert result["machine"]["cores"] >= 1 and result["machine"]["versions"]["jax"]
+  assert "train_throughput.py" in result["command"]
+
+
+def test_train_throughput_rejects_bad_flag_in_one_line(tmp_path):
+  out = tmp_path / "tt.json"
+  proc = _run("train_throughput.py", "--assistant_fraction=1.5", f"--out={out}")
+  assert proc.returncode != 0
+  assert proc.stderr.strip().splitlines() == [
+      "error: --assistant_fraction=1.5: must be in (0, 1)"]
+  assert not out.exists()
+
+
+def test_compile_time_writes_a_table_per_depth_and_mode(tmp_path):
+  out = tmp_path / "ct.json"
+  proc = _run("compile_time.py", "--layers=1,3", "--modes=scan,unrolled", "--size=tiny",
+              "--dim=0", "--seq=16", f"--out={out}")
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  result = json.loads(out.read_text())
+  rows = {(r["layers"], r["mode"]): r for r in result["table"]}
+  assert set(rows) == {(1, "scan"), (3, "scan"), (1, "unrolled"), (3, "unrolled")}
+  for r in rows.values():
+    assert r["total_s"] >= r["compile_s"] > 0
+  assert math.isclose(result["ratios"]["scan_3_over_1"],
+                      rows[3, "scan"]["total_s"] / rows[1, "scan"]["total_s"])
+  assert result["model"]["dim"] == 64  # 'tiny' with --dim=0 keeps its own width.
