@@ -88,6 +88,18 @@ def load_numpy(path) -> tuple[dict, dict]:
   return jax.tree.map(np.asarray, params), meta
 
 
+def parse_epochs(spec: str, field: str) -> set[int]:
+  """'5-10', '5,8,10' -> {5, ..., 10}; '' -> empty (the caller decides what that means)."""
+  out = set()
+  try:
+    for part in filter(None, spec.replace(" ", "").split(",")):
+      lo, _, hi = part.partition("-")
+      out.update(range(int(lo), int(hi or lo) + 1))
+  except ValueError:
+    raise UserError(f"{field}={spec}: not like '5-10' or '5,8,10'") from None
+  return out
+
+
 class Manager:
   """Training checkpoints in WORKDIR/checkpoints/<step>/, saved asynchronously.
 

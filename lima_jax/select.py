@@ -89,13 +89,7 @@ def parse_epochs(spec: str, available: dict[int, EpochCheckpoint], where: str) -
     raise UserError(f"{where}: no epoch-end checkpoint found")
   if not spec.strip():
     return sorted(available)
-  wanted = set()
-  try:
-    for part in spec.split(","):
-      lo, _, hi = part.partition("-")
-      wanted.update(range(int(lo), int(hi or lo) + 1))
-  except ValueError:
-    raise UserError(f"--epochs={spec}: not like '5-10' or '5,8,10'") from None
+  wanted = checkpoint.parse_epochs(spec, "--epochs")
   missing = sorted(wanted - set(available))
   if missing or not wanted:
     raise UserError(f"--epochs={spec}: no checkpoint for epoch(s) {missing} in {where}; "

@@ -342,19 +342,6 @@ class MetricsLog:
       self.tb.close()
 
 
-def _parse_epochs(spec: str, epochs: int) -> set[int]:
-  if not spec:
-    return set(range(1, epochs + 1))
-  out = set()
-  try:
-    for part in spec.split(","):
-      lo, _, hi = part.partition("-")
-      out.update(range(int(lo), int(hi or lo) + 1))
-  except ValueError:
-    raise UserError(f"checkpoint.keep_epochs: {spec!r} is not like '5-10' or '5,10'") from None
-  return out
-
-
 def _evaluate(built: Built, params, eval_ds, mesh) -> dict:
   nll, count = 0.0, 0.0
   for local in eval_ds.eval_batches():
@@ -450,7 +437,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
       _samples(config, state.params, cfg, tok, mesh, "before", workdir, log)
 
     # 6. The loop.
-    keep = _parse_epochs(config.checkpoint.keep_epochs, epochs)
+    keep = (checkpoint.parse_epochs(config.checkpoint.keep_epochs, "checkpoint.keep_epochs")
+            or set(range(1, epochs + 1)))
     metrics_log = MetricsLog(workdir, start) if is_main else None
     meta = {"model_config": cfg.to_dict(), "tokenizer": tok.to_meta()}
     preempted = []
