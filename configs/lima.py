@@ -4,13 +4,17 @@ r"""LIMA supervised fine-tuning: the paper's recipe and its ablations.
 
 Variants (`VARIANT`):
 
-  demo   A tiny LLaMA (~1.6M params, random init) on the project's own bundled conversations
-         (data/demo/train.jsonl) with its own SentencePiece tokenizer, on CPU.
+  demo   A tiny LLaMA (3.5M params, random init) on the project's own bundled conversations
+         (data/demo/train.jsonl, 314 of them, packed into 128-token rows) with its own
+         512-piece SentencePiece tokenizer, on CPU.
            python -m lima_jax.main --config=configs/lima.py:demo --workdir=/tmp/lima_demo
-         Expected: ~3-4 min on a 2-core CPU; loss falls from ~6.3 to ~1.6 over 12 epochs and
-         the held-out loss follows it (see README for the measured run).
+         Measured (fresh clone, 2-core CPU, load ~3): 3 min 19 s wall; train loss 7.31 at step 1
+         -> 0.002 at step 96 (12 epochs); held-out loss 3.20 after epoch 1 -> 0.15 after 12;
+         "What is the capital of France?" -> "The capital of France is Paris."
 
   7b     LLaMA-1 7B, the paper's ablation setting: batch 64, residual dropout up to 0.2.
+         The planner: fits v5e-16 (mesh 1,16,1) and v4-16 (1,8,1) with
+         --config.train.grad_accum_steps=2 (peak 14.7 / 15.75 and 26.2 / 30.75 GiB a chip).
   65b    LLaMA-1 65B, the paper's run: 1,000 + 30 LIMA conversations, 15 epochs, batch 32,
          AdamW (0.9, 0.95), weight decay 0.1, lr 1e-5 -> 1e-6 linear without warmup, residual
          dropout linear to 0.3, sequences trimmed at 2,048 tokens.
@@ -21,7 +25,8 @@ Variants (`VARIANT`):
          Both need `model.init` (a lima_jax checkpoint from `python -m lima_jax.convert from-hf`,
          or a Hugging Face directory) and the LIMA data. Plan the slice first:
            python -m lima_jax.plan --config=configs/lima.py:65b --topology=v4-256
-         Runtime and memory depend on the slice; see README "Running on TPU pods".
+         The planner: the smallest v4 slice is v4-128 with --config.mesh.shape='(1,32,2)' (peak
+         26.1 of 30.75 GiB a chip, ~3.8 s a step at 40% MFU); see README "Running on TPU pods".
 
 Ablations are overrides, e.g. `--config.model.dropout_top=0.0`, `--config.train.epochs=5`,
 `--config.data.subset_size=500`, `--config.data.train_files=a.jsonl,b.json`. The config is
