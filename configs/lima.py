@@ -8,13 +8,13 @@ Variants (`VARIANT`):
          (data/demo/train.jsonl, 314 of them, packed into 128-token rows) with its own
          512-piece SentencePiece tokenizer, on CPU.
            python -m lima_jax.main --config=configs/lima.py:demo --workdir=/tmp/lima_demo
-         Measured (fresh clone, 2-core CPU, load ~3): 3 min 19 s wall; train loss 7.31 at step 1
-         -> 0.002 at step 96 (12 epochs); held-out loss 3.20 after epoch 1 -> 0.15 after 12;
+         Measured (2-core CPU, otherwise idle): 54 s wall; train loss 7.31 at step 1 -> 0.002
+         at step 96 (12 epochs); held-out loss 3.20 after epoch 1 -> 0.15 after 12;
          "What is the capital of France?" -> "The capital of France is Paris."
 
   7b     LLaMA-1 7B, the paper's ablation setting: batch 64, residual dropout up to 0.2.
-         The planner: fits v5e-16 (mesh 1,16,1) and v4-16 (1,8,1) with
-         --config.train.grad_accum_steps=2 (peak 14.7 / 15.75 and 26.2 / 30.75 GiB a chip).
+         The planner: fits v5e-16 (mesh 1,16,1; peak 12.4 of 15.75 GiB a chip), and v4-16
+         (1,8,1) with --config.train.grad_accum_steps=2 (peak 22.2 of 30.75 GiB).
   65b    LLaMA-1 65B, the paper's run: 1,000 + 30 LIMA conversations, 15 epochs, batch 32,
          AdamW (0.9, 0.95), weight decay 0.1, lr 1e-5 -> 1e-6 linear without warmup, residual
          dropout linear to 0.3, sequences trimmed at 2,048 tokens.
@@ -26,7 +26,7 @@ Variants (`VARIANT`):
          or a Hugging Face directory) and the LIMA data. Plan the slice first:
            python -m lima_jax.plan --config=configs/lima.py:65b --topology=v4-256
          The planner: the smallest v4 slice is v4-128 with --config.mesh.shape='(1,32,2)' (peak
-         26.1 of 30.75 GiB a chip, ~3.8 s a step at 40% MFU); see README "Running on TPU pods".
+         20.6 of 30.75 GiB a chip, ~3.8 s a step at 40% MFU); see README "Running on TPU pods".
 
 Ablations are overrides, e.g. `--config.model.dropout_top=0.0`, `--config.train.epochs=5`,
 `--config.data.subset_size=500`, `--config.data.train_files=a.jsonl,b.json`. The config is
@@ -54,6 +54,10 @@ def get_config(variant: str = "demo") -> ml_collections.ConfigDict:
   c.model.scan_layers = True  # nn.scan over layers: compile time flat in depth.
   c.model.remat_policy = "none"  # 'none' | 'full' | 'save_dots' | 'save_dots_no_batch'.
   c.model.vocab_multiple = 128  # Embedding rows padded to a multiple of this (after EOT).
+  # Causal attention in query blocks of this many tokens, each meeting only earlier keys
+  # (0: one block). 128 was fastest on CPU at length 512 (benchmarks/train_throughput.py).
+  c.model.attention_block = 128
+  c.model.attention_impl = "xla"  # 'xla' (any backend) | 'cudnn' (NVIDIA GPUs, bfloat16).
 
   # --- Data --------------------------------------------------------------------------------
   c.data = ml_collections.ConfigDict()
@@ -82,6 +86,10 @@ def get_config(variant: str = "demo") -> ml_collections.ConfigDict:
   c.train.weight_decay = 0.1  # Decoupled (AdamW); not applied to norm scales or biases.
   c.train.grad_clip = 1.0  # Global-norm clipping; 0 disables.
   c.train.log_every = 1  # Steps between metrics.jsonl rows.
+  # Positions per row per chunk of the fused output projection + cross-entropy, which runs on
+  # loss tokens only and never builds [B, T, V] logits (lima_jax/loss.py); 0: plain logits.
+  # Small chunks skip more non-loss positions; large ones make bigger matmuls (accelerators).
+  c.train.loss_chunk = 512
 
   # --- Mesh --------------------------------------------------------------------------------
   c.mesh = ml_collections.ConfigDict()
@@ -124,6 +132,7 @@ def get_config(variant: str = "demo") -> ml_collections.ConfigDict:
     c.train.end_learning_rate = 3e-4
     c.train.weight_decay = 0.0
     c.train.warmup_steps = 20
+    c.train.loss_chunk = 32  # CPU: the fastest in benchmarks/train_throughput.py.
     c.checkpoint.keep_epochs = "4,8,12"
     c.sample_prompts = ("What is the capital of France?|Write a short poem about the sea.|"
                         "How many legs does a spider have?")

@@ -5,6 +5,7 @@ against): RMSNorm normalises in float32, RoPE uses the rotate_half layout with i
 frequencies computed in float32, and Llama-3 frequency scaling is `_compute_llama3_parameters`
 line for line. Modules take the model's (hashable) ModelConfig as `cfg`; model.py stacks them.
 """
+import functools
 import math
 from typing import Any, Callable, Mapping, Sequence
 
@@ -115,6 +116,69 @@ def attention_mask(q_segments: jax.Array, kv_segments: jax.Array, q_slots: jax.A
   return (causal & same)[:, None, None, :, :]
 
 
+def _scores(q, k, mask):
+  s = jnp.einsum("BTGRK,BSGK->BGRTS", q, k, preferred_element_type=jnp.float32)
+  return jnp.where(mask, s * q.shape[-1]**-0.5, jnp.finfo(jnp.float32).min)
+
+
+def _blocks(T: int, block: int) -> list[tuple[int, int]]:
+  """(start, end) of each query block; block 0 means one block (no skipping)."""
+  block = block or T
+  return [(i, min(i + block, T)) for i in range(0, T, block)]
+
+
+def _attention_fwd(q, k, v, mask, block):
+  outs, lses = [], []
+  for a, b in _blocks(q.shape[1], block):
+    end = b if block else k.shape[1]  # query block [a, b) sees keys [0, b) only
+    s = _scores(q[:, a:b], k[:, :end], mask[..., a:b, :end])
+    lse = jax.nn.logsumexp(s, axis=-1)
+    p = jnp.exp(s - lse[..., None]).astype(q.dtype)
+    outs.append(jnp.einsum("BGRTS,BSGK->BTGRK", p, v[:, :end]))
+    lses.append(lse)
+  return jnp.concatenate(outs, axis=1), jnp.concatenate(lses, axis=-1)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(4,))
+def causal_attention(q, k, v, mask, block: int):
+  """softmax(q k^T / sqrt(K) masked) v for q [B,T,G,R,K], k and v [B,S,G,K], mask [B,1,1,T,S].
+
+  Flash-attention's bookkeeping in plain XLA: the backward pass recomputes the scores from the
+  saved log-sum-exp instead of keeping [B, G, R, T, S] probabilities per layer (on CPU that
+  stash, written and read back, cost more than the matmuls), and with block > 0 (requires
+  S == T, keys in query order) query block [a, b) only meets keys [0, b): causal attention's
+  masked upper triangle is skipped (10 of 16 score tiles at T = 4 blocks).
+  """
+  return _attention_fwd(q, k, v, mask, block)[0]
+
+
+def _attention_vjp_fwd(q, k, v, mask, block):
+  out, lse = _attention_fwd(q, k, v, mask, block)
+  return out, (q, k, v, mask, out, lse)
+
+
+def _attention_vjp_bwd(block, res, d_out):
+  q, k, v, mask, out, lse = res
+  # sum_k d_out * out: the softmax backward's row term, [B, G, R, T].
+  delta = jnp.einsum("BTGRK,BTGRK->BGRT", d_out.astype(jnp.float32), out.astype(jnp.float32))
+  dq, dk, dv = [], jnp.zeros(k.shape, jnp.float32), jnp.zeros(v.shape, jnp.float32)
+  for a, b in _blocks(q.shape[1], block):
+    end = b if block else k.shape[1]
+    p = jnp.exp(_scores(q[:, a:b], k[:, :end], mask[..., a:b, :end]) - lse[..., a:b, None])
+    do = d_out[:, a:b]
+    dv = dv.at[:, :end].add(jnp.einsum("BGRTS,BTGRK->BSGK", p.astype(q.dtype), do,
+                                       preferred_element_type=jnp.float32))
+    dp = jnp.einsum("BTGRK,BSGK->BGRTS", do, v[:, :end], preferred_element_type=jnp.float32)
+    ds = (p * (dp - delta[..., a:b, None]) * q.shape[-1]**-0.5).astype(q.dtype)
+    dq.append(jnp.einsum("BGRTS,BSGK->BTGRK", ds, k[:, :end]))
+    dk = dk.at[:, :end].add(jnp.einsum("BGRTS,BTGRK->BSGK", ds, q[:, a:b],
+                                       preferred_element_type=jnp.float32))
+  return jnp.concatenate(dq, axis=1), dk.astype(k.dtype), dv.astype(v.dtype), None
+
+
+causal_attention.defvjp(_attention_vjp_fwd, _attention_vjp_bwd)
+
+
 class Attention(nn.Module):
   """Causal grouped-query self-attention with RoPE; optionally reads and writes a KV cache."""
   cfg: Any  # model.ModelConfig
@@ -126,12 +190,14 @@ class Attention(nn.Module):
     D, H, G, K = cfg.dim, cfg.n_heads, cfg.n_kv_heads, cfg.head_dim
     init = fan_in_init((0,), (1, 2))
     zeros = nn.initializers.zeros
-    q = einsum("BTD,DHK->BTHK", x, param(
-        self, "q", (D, H, K), ("embed", "heads", "head_dim"), init, pdtype), dtype)
-    k = einsum("BTD,DGK->BTGK", x, param(
-        self, "k", (D, G, K), ("embed", "kv_heads", "head_dim"), init, pdtype), dtype)
-    v = einsum("BTD,DGK->BTGK", x, param(
-        self, "v", (D, G, K), ("embed", "kv_heads", "head_dim"), init, pdtype), dtype)
+    B, T = x.shape[:2]
+    x2 = x.reshape(B * T, D)  # two-dimensional matmuls (see MLP)
+
+    def project(name, n, heads):
+      w = param(self, name, (D, n, K), ("embed", heads, "head_dim"), init, pdtype)
+      return einsum("ND,DM->NM", x2, w.reshape(D, n * K), dtype).reshape(B, T, n, K)
+
+    q, k, v = project("q", H, "heads"), project("k", G, "kv_heads"), project("v", G, "kv_heads")
     if cfg.attention_bias:
       q += param(self, "q_bias", (H, K), ("heads", "head_dim"), zeros, pdtype).astype(dtype)
       k += param(self, "k_bias", (G, K), ("kv_heads", "head_dim"), zeros, pdtype).astype(dtype)
@@ -151,17 +217,21 @@ class Attention(nn.Module):
       new_kv = {"k": k_all, "v": v_all}
       k, v = k_all.astype(dtype), v_all.astype(dtype)
 
-    B, T = q.shape[:2]
-    q = q.reshape(B, T, G, H // G, K)  # query head h uses kv head h // (H / G)
-    logits = jnp.einsum("BTGRK,BSGK->BGRTS", q, k, preferred_element_type=jnp.float32) * K**-0.5
-    logits = jnp.where(mask, logits, jnp.finfo(jnp.float32).min)
-    probs = jax.nn.softmax(logits, axis=-1).astype(dtype)
-    out = jnp.einsum("BGRTS,BSGK->BTGRK", probs, v).reshape(B, T, H, K)
+    if cfg.attention_impl == "cudnn" and kv is None:
+      # cuDNN's fused flash attention (NVIDIA GPUs, bfloat16/float16); the mask keeps packed
+      # segments apart. Query head h uses kv head h // (H / G) here too.
+      out = jax.nn.dot_product_attention(q, k, v, mask=mask[:, 0], implementation="cudnn")
+    else:
+      q = q.reshape(B, T, G, H // G, K)  # query head h uses kv head h // (H / G)
+      # Without a cache, slot t is query t and key t, so causal blocks can skip later keys.
+      block = cfg.attention_block if kv is None and cfg.attention_block < T else 0
+      out = causal_attention(q, k, v, mask, block).reshape(B, T, H, K)
     out = nn.with_logical_constraint(
         out, ("activation_batch", "activation_length", "activation_heads", None))
-    out = einsum("BTHK,HKD->BTD", out, param(
-        self, "o", (H, K, D), ("heads", "head_dim", "embed"), fan_in_init((0, 1), (2,)),
-        pdtype), dtype)
+    w_o = param(self, "o", (H, K, D), ("heads", "head_dim", "embed"), fan_in_init((0, 1), (2,)),
+                pdtype)
+    out = einsum("NM,MD->ND", out.reshape(B * T, H * K), w_o.reshape(H * K, D), dtype).reshape(
+        B, T, D)
     if cfg.attention_bias:
       out += param(self, "o_bias", (D,), ("embed",), zeros, pdtype).astype(dtype)
     return out, new_kv
@@ -185,11 +255,15 @@ class MLP(nn.Module):
         y += param(self, f"{name}_bias", bias_shape, bias_names, zeros, pdtype).astype(dtype)
       return y
 
-    gate = proj("gate", x, (D, F), ("embed", "mlp"), "BTD,DF->BTF", (F,), ("mlp",))
-    up = proj("up", x, (D, F), ("embed", "mlp"), "BTD,DF->BTF", (F,), ("mlp",))
-    h = nn.with_logical_constraint(
-        nn.silu(gate) * up, ("activation_batch", "activation_length", "activation_mlp"))
-    return proj("down", h, (F, D), ("mlp", "embed"), "BTF,FD->BTD", (D,), ("embed",))
+    # Two-dimensional matmuls: on CPU, XLA lays out their gradients without the transposes
+    # that [B, T, F] einsums get.
+    B, T = x.shape[:2]
+    x = x.reshape(B * T, D)
+    gate = proj("gate", x, (D, F), ("embed", "mlp"), "ND,DF->NF", (F,), ("mlp",))
+    up = proj("up", x, (D, F), ("embed", "mlp"), "ND,DF->NF", (F,), ("mlp",))
+    h = nn.with_logical_constraint(nn.silu(gate) * up, ("activation_batch", "activation_mlp"))
+    return proj("down", h, (F, D), ("mlp", "embed"), "NF,FD->ND", (D,), ("embed",)).reshape(
+        B, T, D)
 
 
 class Embed(nn.Module):

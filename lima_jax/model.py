@@ -26,6 +26,7 @@ REMAT_POLICIES = {
     "save_dots_no_batch": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
 }
 DROPOUT_SCHEDULES = ("linear", "constant", "none")
+ATTENTION_IMPLS = ("xla", "cudnn")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -55,6 +56,12 @@ class ModelConfig:
   param_dtype: str = "float32"
   scan_layers: bool = True
   remat_policy: str = "none"
+  # Query block of causal self-attention without a cache: block i meets keys up to its end only
+  # (0: one block). Smaller skips more of the masked half; larger makes bigger matmuls.
+  attention_block: int = 128
+  # 'xla': lima_jax's attention in plain XLA (every backend); 'cudnn': jax.nn.dot_product_attention
+  # on cuDNN (NVIDIA GPUs, bfloat16) for training and prefill. Decoding steps always use 'xla'.
+  attention_impl: str = "xla"
   dropout_top: float = 0.0
   dropout_schedule: str = "linear"
 
@@ -79,6 +86,10 @@ class ModelConfig:
     if self.dropout_schedule not in DROPOUT_SCHEDULES:
       problems.append(
           f"dropout_schedule={self.dropout_schedule!r} is not one of {list(DROPOUT_SCHEDULES)}")
+    if self.attention_impl not in ATTENTION_IMPLS:
+      problems.append(f"attention_impl={self.attention_impl!r} is not one of {list(ATTENTION_IMPLS)}")
+    if self.attention_block < 0:
+      problems.append(f"attention_block={self.attention_block} is negative")
     if not 0.0 <= self.dropout_top < 1.0:
       problems.append(f"dropout_top={self.dropout_top} is not in [0, 1)")
     if self.rope_scaling is not None:
@@ -213,6 +224,8 @@ class Transformer(nn.Module):
   - cache (from `init_cache`) and cache_index (int or int32 scalar, the slot of tokens[:, 0]):
     the tokens' keys/values are written at slots cache_index.. and attention covers every
     filled slot; returns (logits, new_cache) instead of logits.
+  - return_hidden=True returns the final-norm outputs [B, T, D] instead of logits, for a loss
+    that applies the output projection itself (lima_jax.loss).
 
   Decoding a batch of prompts of different lengths: right-pad them to P, prefill with
   cache_index=0 and segment_ids 1 on real tokens, 0 on padding (the pad slots are then never
@@ -223,7 +236,7 @@ class Transformer(nn.Module):
 
   @nn.compact
   def __call__(self, tokens, positions=None, segment_ids=None, deterministic=True, cache=None,
-               cache_index=None):
+               cache_index=None, return_hidden=False):
     cfg = self.cfg
     dtype, pdtype = layers.as_dtype(cfg.dtype), layers.as_dtype(cfg.param_dtype)
     B, T = tokens.shape
@@ -263,6 +276,10 @@ class Transformer(nn.Module):
     x, new_kv = stack(cfg, deterministic, name="layers")(x, per_layer, shared)
 
     x = layers.RMSNorm(cfg.norm_eps, dtype, pdtype, name="final_norm")(x)
+    if return_hidden:
+      if cache is not None:
+        raise ValueError("return_hidden does not combine with a cache")
+      return x
     if cfg.tie_embeddings:
       logits = embedding.attend(x)
     else:

@@ -29,6 +29,8 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 from tqdm import tqdm
 
 from lima_jax import checkpoint, data, sharding
+from lima_jax import loss as loss_lib
+from lima_jax import metrics_log as metrics_log_lib
 from lima_jax import tokenizer as tokenizer_lib
 from lima_jax import model as model_lib
 from lima_jax.errors import UserError
@@ -121,21 +123,36 @@ def make_optimizer(c: ml_collections.ConfigDict, schedule: optax.Schedule):
 # 4. The step.
 # ----------------------------------------------------------------------------------------------
 
-def loss_sums(model: nn.Module, params, batch, rng, deterministic: bool):
-  """(sum of next-token NLL over loss tokens, number of loss tokens), in float32."""
-  logits = model.apply({"params": params}, batch["inputs"], positions=batch["positions"],
-                       segment_ids=batch["segment_ids"], deterministic=deterministic,
-                       rngs=None if deterministic else {"dropout": rng})
-  nll = optax.softmax_cross_entropy_with_integer_labels(logits, batch["targets"])
+def loss_sums(model: nn.Module, params, batch, rng, deterministic: bool, loss_chunk: int = 0):
+  """(sum of next-token NLL over loss tokens, number of loss tokens), in float32.
+
+  loss_chunk > 0 fuses the output projection into the loss over loss tokens only (lima_jax.loss);
+  0 takes the plain route through [B, T, V] logits.
+  """
+  # Inside the rules, the model's activation constraints shard activations like the batch.
+  with nn.logical_axis_rules(sharding.RULES):
+    out = model.apply({"params": params}, batch["inputs"], positions=batch["positions"],
+                      segment_ids=batch["segment_ids"], deterministic=deterministic,
+                      rngs=None if deterministic else {"dropout": rng},
+                      return_hidden=bool(loss_chunk))
+    if loss_chunk:
+      tied = model.cfg.tie_embeddings
+      w = params["embed"]["embedding"] if tied else params["lm_head"]["kernel"]
+      # Gathered over 'fsdp' once, before the chunk loop, rather than once per chunk.
+      w = nn.with_logical_constraint(w, ("vocab", None) if tied else (None, "vocab"))
+      return loss_lib.nll_sums(out, w, batch["targets"], batch["loss_mask"], chunk=loss_chunk,
+                               vocab_first=tied)
+  nll = optax.softmax_cross_entropy_with_integer_labels(out, batch["targets"])
   mask = batch["loss_mask"]
   return jnp.sum(jnp.where(mask, nll, 0.0)), jnp.sum(mask).astype(jnp.float32)
 
 
-def make_train_step(model: nn.Module, tx, schedule, grad_accum: int, deterministic: bool):
+def make_train_step(model: nn.Module, tx, schedule, grad_accum: int, deterministic: bool,
+                    loss_chunk: int = 0):
   """The pure step. With accumulation the batch is [A, B/A, T] and the loss stays exact:
   NLL sums and token counts are added over micro-batches before the one division."""
   grad_fn = jax.value_and_grad(
-      lambda p, b, r: loss_sums(model, p, b, r, deterministic), has_aux=True)
+      lambda p, b, r: loss_sums(model, p, b, r, deterministic, loss_chunk), has_aux=True)
 
   def train_step(state: TrainState, batch, rng):
     rng = jax.random.fold_in(rng, state.step)
@@ -160,8 +177,8 @@ def make_train_step(model: nn.Module, tx, schedule, grad_accum: int, determinist
   return train_step
 
 
-def make_eval_step(model: nn.Module):
-  return lambda params, batch: loss_sums(model, params, batch, None, True)
+def make_eval_step(model: nn.Module, loss_chunk: int = 0):
+  return lambda params, batch: loss_sums(model, params, batch, None, True, loss_chunk)
 
 
 @dataclasses.dataclass
@@ -200,11 +217,14 @@ def build_train_step(config, mesh, cfg: model_lib.ModelConfig, total_steps: int)
             "segment_ids": jnp.int32, "positions": jnp.int32}
   abstract_batch = {k: jax.ShapeDtypeStruct(shape, d, sharding=batch_sh) for k, d in dtypes.items()}
   deterministic = cfg.dropout_schedule == "none" or cfg.dropout_top == 0.0
-  step = jax.jit(make_train_step(model, tx, schedule, accum, deterministic),
+  chunk = config.train.get("loss_chunk", 0)
+  if chunk < 0:
+    raise UserError(f"train.loss_chunk={chunk}: must be >= 0 (0: plain logits)")
+  step = jax.jit(make_train_step(model, tx, schedule, accum, deterministic, chunk),
                  in_shardings=(state_sh, batch_sh, replicated),
                  out_shardings=(state_sh, replicated), donate_argnums=(0,))
   eval_sh = sharding.batch_sharding(mesh)
-  eval_step = jax.jit(make_eval_step(model), in_shardings=(param_sh, eval_sh),
+  eval_step = jax.jit(make_eval_step(model, chunk), in_shardings=(param_sh, eval_sh),
                       out_shardings=replicated)
   return Built(model, step, eval_step, abstract_state, state_sh, abstract_batch, tx, schedule)
 
@@ -259,7 +279,8 @@ def model_config(config, init_cfg: Optional[model_lib.ModelConfig],
   return dataclasses.replace(
       base, vocab_size=vocab, dropout_top=m.dropout_top, dropout_schedule=m.dropout_schedule,
       dtype=m.dtype, param_dtype=m.param_dtype, scan_layers=m.scan_layers,
-      remat_policy=m.remat_policy, max_seq_len=max(base.max_seq_len, config.data.max_len))
+      remat_policy=m.remat_policy, attention_block=m.attention_block,
+      attention_impl=m.attention_impl, max_seq_len=max(base.max_seq_len, config.data.max_len))
 
 
 def planned_model_config(config) -> model_lib.ModelConfig:
@@ -302,45 +323,6 @@ def _load_init_params(config, kind: str, cfg: model_lib.ModelConfig, built: Buil
 # ----------------------------------------------------------------------------------------------
 # 6. The loop, and what it writes.
 # ----------------------------------------------------------------------------------------------
-
-class MetricsLog:
-  """metrics.jsonl (+ TensorBoard) on process 0. On resume, rows past the restored step are
-  dropped, so the file reads as one uninterrupted run."""
-
-  def __init__(self, workdir: epath.Path, resume_step: int):
-    self.path = workdir / "metrics.jsonl"
-    self.rows = []
-    if self.path.exists():
-      self.rows = [r for r in map(json.loads, self.path.read_text().splitlines())
-                   if r["step"] <= resume_step]
-    self._flush()
-    self.tb = None
-    try:
-      from tensorboardX import SummaryWriter
-      self.tb = SummaryWriter(str(workdir / "tensorboard"))
-    except ImportError:
-      pass
-
-  def _flush(self):
-    # Whole-file rewrite: works on gs:// (no append there); the file stays small (a row a step).
-    tmp = self.path.parent / (self.path.name + ".tmp")
-    tmp.write_text("".join(json.dumps(r) + "\n" for r in self.rows))
-    tmp.replace(self.path)
-
-  def add(self, row: dict, flush: bool = False):
-    self.rows.append(row)
-    if self.tb:
-      for k, v in row.items():
-        if k != "step" and isinstance(v, (int, float)):
-          self.tb.add_scalar(k, v, row["step"])
-    if flush or not os.fspath(self.path).startswith("gs://"):
-      self._flush()
-
-  def close(self):
-    self._flush()
-    if self.tb:
-      self.tb.close()
-
 
 def _evaluate(built: Built, params, eval_ds, mesh) -> dict:
   nll, count = 0.0, 0.0
@@ -439,7 +421,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     # 6. The loop.
     keep = (checkpoint.parse_epochs(config.checkpoint.keep_epochs, "checkpoint.keep_epochs")
             or set(range(1, epochs + 1)))
-    metrics_log = MetricsLog(workdir, start) if is_main else None
+    metrics_log = metrics_log_lib.MetricsLog(workdir, start) if is_main else None
     meta = {"model_config": cfg.to_dict(), "tokenizer": tok.to_meta()}
     preempted = []
     signal.signal(signal.SIGTERM, lambda *_: preempted.append(True))

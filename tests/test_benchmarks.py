@@ -62,3 +62,21 @@ def test_compile_time_writes_a_table_per_depth_and_mode(tmp_path):
   assert math.isclose(result["ratios"]["scan_3_over_1"],
                       rows[3, "scan"]["total_s"] / rows[1, "scan"]["total_s"])
   assert result["model"]["dim"] == 64  # 'tiny' with --dim=0 keeps its own width.
+
+
+def test_readme_benchmark_tables_are_the_committed_results():
+  """The README's performance tables are rendered from benchmarks/results/, never typed."""
+  proc = _run("report.py", "--check")
+  assert proc.returncode == 0, proc.stderr[-2000:]
+
+
+def test_report_check_fails_on_a_stale_readme(tmp_path):
+  readme = tmp_path / "README.md"
+  readme.write_text("intro\n<!-- benchmarks:begin -->\n| made up | 9999 |\n"
+                    "<!-- benchmarks:end -->\n")
+  proc = _run("report.py", "--check", f"--readme={readme}")
+  assert proc.returncode == 1
+  assert "differ from benchmarks/results/" in proc.stderr.strip().splitlines()[-1]
+  assert _run("report.py", f"--readme={readme}").returncode == 0
+  assert "9999" not in readme.read_text() and _run(
+      "report.py", "--check", f"--readme={readme}").returncode == 0

@@ -71,6 +71,10 @@ def test_config_rejects_unknown_keys_and_bad_values():
     M.get_size("tiny", remat_policy="some")
   with pytest.raises(UserError, match="'llama9-1b' is not one of"):
     M.get_size("llama9-1b")
+  with pytest.raises(UserError, match="attention_impl='flash' is not one of"):
+    M.get_size("tiny", attention_impl="flash")
+  with pytest.raises(UserError, match="attention_block=-1 is negative"):
+    M.get_size("tiny", attention_block=-1)
 
 
 @pytest.mark.parametrize("name,billions,tol", [
@@ -264,3 +268,48 @@ def test_sharded_forward_matches_single_device():
     out = jax.jit(lambda p, t: model.apply({"params": p}, t))(
         placed, jax.device_put(tokens, sharding.batch_sharding(mesh)))
   np.testing.assert_allclose(out, ref, atol=1e-5)
+
+
+# --- attention --------------------------------------------------------------------------------
+
+def _reference_attention(q, k, v, mask):
+  """Textbook masked softmax attention, [B, T, G, R, K] queries on [B, S, G, K] keys/values."""
+  s = jnp.einsum("BTGRK,BSGK->BGRTS", q, k) * q.shape[-1]**-0.5
+  s = jnp.where(mask, s, -jnp.inf)
+  return jnp.einsum("BGRTS,BSGK->BTGRK", jax.nn.softmax(s, axis=-1), v)
+
+
+@pytest.mark.parametrize("block", [0, 1, 5, 16, 37])
+def test_blocked_attention_matches_reference_with_packed_segments(block):
+  from lima_jax import layers
+  rng = np.random.default_rng(0)
+  B, T, G, R, K = 2, 37, 2, 3, 8
+  q = jnp.asarray(rng.normal(size=(B, T, G, R, K)), jnp.float32)
+  k, v = (jnp.asarray(rng.normal(size=(B, T, G, K)), jnp.float32) for _ in range(2))
+  segments = jnp.asarray([[1] * 20 + [2] * 10 + [0] * 7, [1] * 37])  # packed, then padding
+  slots = jnp.broadcast_to(jnp.arange(T), (B, T))
+  mask = layers.attention_mask(segments, segments, slots, slots)
+  r = jnp.asarray(rng.normal(size=(B, T, G, R, K)), jnp.float32)
+  ours = lambda q, k, v: jnp.sum(layers.causal_attention(q, k, v, mask, block) * r)
+  ref = lambda q, k, v: jnp.sum(_reference_attention(q, k, v, mask) * r)
+  np.testing.assert_allclose(layers.causal_attention(q, k, v, mask, block),
+                             _reference_attention(q, k, v, mask), atol=1e-5)
+  for a, b in zip(jax.grad(ours, argnums=(0, 1, 2))(q, k, v),
+                  jax.grad(ref, argnums=(0, 1, 2))(q, k, v)):
+    np.testing.assert_allclose(a, b, atol=1e-5)
+
+
+def test_attention_block_size_does_not_change_the_model():
+  one_block = M.ModelConfig.from_dict({**BASE.to_dict(), "attention_block": 0})
+  blocked = M.ModelConfig.from_dict({**BASE.to_dict(), "attention_block": 3})  # 16 = 5 x 3 + 1
+  params, tokens = _init(BASE), _tokens()
+  segments = jnp.asarray(np.repeat([[1] * 9 + [2] * 5 + [0] * 2], SHAPE[0], axis=0))
+
+  def loss(cfg):
+    model = M.Transformer(cfg)
+    return jax.jit(jax.value_and_grad(lambda p: jnp.mean(
+        model.apply({"params": p}, tokens, segment_ids=segments) ** 2)))
+
+  (a, ga), (b, gb) = loss(one_block)(params), loss(blocked)(params)
+  np.testing.assert_allclose(a, b, rtol=1e-5)
+  jax.tree.map(lambda x, y: np.testing.assert_allclose(x, y, rtol=1e-4, atol=1e-6), ga, gb)

@@ -1,0 +1,144 @@
+r"""Renders benchmarks/results/{train_throughput,compile_time}.json into the README's tables.
+
+    python benchmarks/report.py           # rewrites the block between the README's markers
+    python benchmarks/report.py --check   # exit 1 if the README's block is not what the files say
+
+The README's performance figures are only ever written by this script, from the results files
+the benchmarks wrote, so no number in that table is typed by hand (tests/test_benchmarks.py
+runs --check).
+"""
+import json
+import pathlib
+import re
+import sys
+
+from absl import app, flags
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+RESULTS = REPO / "benchmarks/results"
+BEGIN, END = "<!-- benchmarks:begin -->", "<!-- benchmarks:end -->"
+
+_CHECK = flags.DEFINE_bool("check", False, "Only compare; exit 1 if the README is stale.")
+_README = flags.DEFINE_string("readme", str(REPO / "README.md"), "The file to update.")
+
+
+def _command(result: dict) -> str:
+  """The recorded command with the interpreter's path shortened to `python`."""
+  words = result["command"].split()
+  return " ".join(["python", *words[1:]]) if words and "python" in words[0] else result["command"]
+
+
+def _machine(result: dict) -> str:
+  m = result["machine"]
+  v = m["versions"]
+  libs = ", ".join(f"{k} {v[k]}" for k in ("jax", "flax", "torch", "transformers") if v.get(k))
+  return f"{m['cpu']}, {m['cores']} cores; {libs}"
+
+
+def throughput_table(result: dict) -> str:
+  s, settings = result["summary"], result["settings"]
+  rows = [("lima_jax", "jax")] + [(name, key) for name, key in (
+      ("PyTorch + transformers", "torch"), ("PyTorch + transformers, torch.compile",
+                                            "torch_compile")) if key in s]
+  lines = [f"Training step, `{settings['size']}`, batch {settings['batch']} x {settings['seq']}, "
+           f"{settings['dtype']}, {int(settings['assistant_fraction'] * 100)}% of tokens in the "
+           f"loss; median over {settings['rounds']} rounds of {settings['steps']} steps "
+           "(each round a fresh process per side, sides alternating):", "",
+           "| implementation | tokens/s | loss tokens/s | step (s) | peak RSS (MB) |",
+           "|---|---|---|---|---|"]
+  for name, key in rows:
+    if key not in s:
+      continue
+    f = s[key]
+    lines.append(f"| {name} | {f['tokens_per_s']['median']:.0f} | "
+                 f"{f['loss_tokens_per_s']['median']:.0f} | {f['step_time_s']['median']:.2f} "
+                 f"({f['step_time_s']['min']:.2f}-{f['step_time_s']['max']:.2f}) | "
+                 f"{f['host_peak_rss_mb']['max']:.0f} |")
+  for key in ("jax_over_torch", "jax_over_torch_compile"):
+    if key in s:
+      r = s[key]
+      lines += ["", f"**{key.replace('_', ' ').replace('jax over', 'lima_jax /')}: "
+                f"{r['median']:.2f}x** tokens/s (per-round ratios {r['min']:.2f}-{r['max']:.2f})."]
+  lines += ["", f"Machine: {_machine(result)}.", "", f"`{_command(result)}`"]
+  return "\n".join(lines)
+
+
+def compile_table(result: dict) -> str:
+  m = result["model"]
+  modes = sorted({r["mode"] for r in result["table"]}, key=["scan", "unrolled"].index)
+  depths = sorted({r["layers"] for r in result["table"]})
+  cell = {(r["layers"], r["mode"]): r for r in result["table"]}
+  lines = [f"Trace + lower + compile of the train step (seconds), `{m['size']}` at width "
+           f"{m['dim']}, batch {m['batch']} x {m['seq']}, by depth:", "",
+           "| layers | " + " | ".join(modes) + " |", "|---" * (len(modes) + 1) + "|"]
+  for n in depths:
+    vals = [f"{cell[(n, mo)]['total_s']:.1f}" if "total_s" in cell.get((n, mo), {}) else
+            "failed" for mo in modes]
+    lines.append(f"| {n} | " + " | ".join(vals) + " |")
+  ratios = "; ".join(f"{k.split('_')[0]}: {k.split('_')[1]} layers / {k.split('_')[3]} layers = "
+                     f"{v:.2f}x" for k, v in result["ratios"].items())
+  lines += ["", f"{ratios}.", "", f"`{_command(result)}`"]
+  return "\n".join(lines)
+
+
+ABLATIONS = (  # file in results/ablation/ -> what that run had
+    ("before.json", "before this work (commit 6f3568b): plain head over [B, T, V] logits, "
+     "attention storing its probabilities, 3-D einsums"),
+    ("plainhead_oneblock.json", "+ 2-D matmuls, attention recomputed in the backward pass "
+     "(`--loss_chunk=0 --attention_block=0`)"),
+    ("plainhead.json", "+ causal blocks of 128 queries (`--loss_chunk=0`)"),
+    ("oneblock.json", "2-D matmuls, recomputed attention, fused loss-token head, one "
+     "attention block (`--attention_block=0`)"),
+)
+
+
+def ablation_table() -> str:
+  lines = ["What each change bought: lima_jax alone, one round each, same machine and settings "
+           "as above (`--impl=jax --steps=8 --warmup=4 --rounds=1`):", "",
+           "| lima_jax | step (s) | tokens/s |", "|---|---|---|"]
+  for name, what in ABLATIONS:
+    path = RESULTS / "ablation" / name
+    if path.exists():
+      f = json.loads(path.read_text())["summary"]["jax"]
+      lines.append(f"| {what} | {f['step_time_s']['median']:.2f} | "
+                   f"{f['tokens_per_s']['median']:.0f} |")
+  return "\n".join(lines)
+
+
+def render() -> str:
+  parts = [BEGIN, "<!-- written by `python benchmarks/report.py` from benchmarks/results/ -->"]
+  for name, fn in (("train_throughput.json", throughput_table),
+                   ("compile_time.json", compile_table)):
+    path = RESULTS / name
+    if path.exists():
+      parts += ["", fn(json.loads(path.read_text()))]
+    else:
+      parts += ["", f"(no `benchmarks/results/{name}` yet)"]
+    if name == "train_throughput.json" and (RESULTS / "ablation").exists():
+      parts += ["", ablation_table()]
+  return "\n".join(parts + ["", END])
+
+
+def main(argv):
+  from lima_jax.errors import fail
+  readme = pathlib.Path(_README.value)
+  text = readme.read_text()
+  found = re.search(re.escape(BEGIN) + ".*?" + re.escape(END), text, flags=re.S)
+  if not found:
+    fail(f"{readme}: no '{BEGIN}' ... '{END}' block to fill")
+  block = render()
+  if _CHECK.value:
+    if found.group(0) != block:
+      fail(f"{readme}: the benchmark tables differ from benchmarks/results/; run "
+           "`python benchmarks/report.py`")
+    print(f"{readme}: benchmark tables match benchmarks/results/")
+    return
+  tmp = readme.with_suffix(".md.tmp")
+  tmp.write_text(text[:found.start()] + block + text[found.end():])
+  tmp.replace(readme)
+  print(f"updated {readme}")
+
+
+if __name__ == "__main__":
+  sys.path.insert(0, str(REPO))
+  app.run(main)

@@ -1,0 +1,89 @@
+"""The fused output projection + cross-entropy over loss tokens (lima_jax/loss.py) against the
+plain route: float32 logits [B, T, V], optax's cross-entropy, masked sum."""
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from lima_jax import loss, model as M, train
+
+B, T, D, V = 3, 37, 16, 50
+
+
+def _inputs(seed=0):
+  rng = np.random.default_rng(seed)
+  h = jnp.asarray(rng.normal(size=(B, T, D)), jnp.float32)
+  w = jnp.asarray(rng.normal(size=(V, D)) * 0.5, jnp.float32)
+  targets = jnp.asarray(rng.integers(0, V, (B, T)), jnp.int32)
+  mask = rng.random((B, T)) < 0.6
+  mask[1] = False  # a row without loss tokens (all prompt, or all padding)
+  mask[2, :] = True  # a row that is all loss tokens
+  return h, w, targets, jnp.asarray(mask)
+
+
+def _plain(h, w, targets, mask):
+  logits = jnp.einsum("BTD,VD->BTV", h, w)
+  nll = optax.softmax_cross_entropy_with_integer_labels(logits, targets)
+  return jnp.sum(jnp.where(mask, nll, 0.0))
+
+
+@pytest.mark.parametrize("chunk", [1, 5, 36, 37, 64])
+@pytest.mark.parametrize("vocab_first", [True, False])
+def test_fused_loss_and_gradients_match_plain(chunk, vocab_first):
+  h, w, targets, mask = _inputs()
+  ref, (ref_dh, ref_dw) = jax.value_and_grad(_plain, argnums=(0, 1))(h, w, targets, mask)
+  w_in = w if vocab_first else w.T  # lm_head kernels are [D, V]
+
+  def fused(h, w_in):
+    total, count = loss.nll_sums(h, w_in, targets, mask, chunk=chunk, vocab_first=vocab_first)
+    assert count.dtype == jnp.float32
+    return total, count
+
+  (total, count), (dh, dw) = jax.value_and_grad(fused, argnums=(0, 1), has_aux=True)(h, w_in)
+  assert float(count) == float(np.sum(np.asarray(mask)))
+  np.testing.assert_allclose(total, ref, rtol=1e-5)
+  np.testing.assert_allclose(dh, ref_dh, atol=1e-5)
+  np.testing.assert_allclose(dw if vocab_first else dw.T, ref_dw, atol=1e-5)
+  assert not np.any(np.asarray(dh)[1])  # no loss token in row 1: no gradient there
+
+
+def test_fused_loss_scales_its_gradient_by_the_cotangent():
+  h, w, targets, mask = _inputs(seed=1)
+  fused = lambda h, w: 2.5 * loss.nll_sums(h, w, targets, mask, chunk=8, vocab_first=True)[0]
+  plain = lambda h, w: 2.5 * _plain(h, w, targets, mask)
+  for a, b in zip(jax.grad(fused, argnums=(0, 1))(h, w), jax.grad(plain, argnums=(0, 1))(h, w)):
+    np.testing.assert_allclose(a, b, atol=2e-5)
+
+
+def test_fused_loss_under_jit_with_no_loss_token_at_all():
+  h, w, targets, _ = _inputs()
+  f = jax.jit(jax.value_and_grad(lambda h: loss.nll_sums(
+      h, w, targets, jnp.zeros((B, T), bool), chunk=4, vocab_first=True)[0]))
+  total, dh = f(h)
+  assert float(total) == 0.0 and not np.any(np.asarray(dh))
+
+
+@pytest.mark.parametrize("tied", [True, False])
+def test_train_loss_sums_same_with_and_without_the_fused_head(tied):
+  cfg = M.get_size("tiny", tie_embeddings=tied)
+  model = M.Transformer(cfg)
+  rng = np.random.default_rng(2)
+  tokens = rng.integers(0, cfg.vocab_size, (4, 17)).astype(np.int32)
+  batch = {"inputs": jnp.asarray(tokens[:, :-1]), "targets": jnp.asarray(tokens[:, 1:]),
+           "loss_mask": jnp.asarray(rng.random((4, 16)) < 0.5),
+           "segment_ids": jnp.ones((4, 16), jnp.int32),
+           "positions": jnp.broadcast_to(jnp.arange(16, dtype=jnp.int32), (4, 16))}
+  params = nn.meta.unbox(model.init(jax.random.key(0), batch["inputs"]))["params"]
+  assert ("lm_head" in params) != tied
+
+  def run(chunk):
+    f = lambda p: train.loss_sums(model, p, batch, None, True, chunk)
+    return jax.jit(jax.value_and_grad(f, has_aux=True))(params)
+
+  (nll0, n0), g0 = run(0)
+  (nll1, n1), g1 = run(3)
+  assert float(n0) == float(n1) == float(np.sum(np.asarray(batch["loss_mask"])))
+  np.testing.assert_allclose(nll1, nll0, rtol=1e-5)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=2e-5), g1, g0)
