@@ -289,6 +289,9 @@ def planned_model_config(config) -> model_lib.ModelConfig:
   if not config.model.size:
     raise UserError("model.size: the planner needs a named size (it does not read model.init)")
   base = model_lib.get_size(config.model.size)
+  if config.model.attention_impl == "cudnn":
+    raise UserError("model.attention_impl='cudnn' is for NVIDIA GPUs; the planner compiles for "
+                    "TPU: use 'xla'")
   eot = type("PlannedTokenizer", (), {"vocab_size": base.vocab_size + 1,
                                       "eot_id": base.vocab_size})
   return model_config(config, None, eot)
@@ -371,6 +374,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   init_cfg, init_tok, init_kind = read_init(config.model.init)
   tok = load_tokenizer(config, init_tok)
   cfg = model_config(config, init_cfg, tok)
+  platform = jax.devices()[0].platform
+  if cfg.attention_impl == "cudnn" and (platform != "gpu" or cfg.dtype != "bfloat16"):
+    raise UserError(f"model.attention_impl='cudnn' needs NVIDIA GPUs and model.dtype='bfloat16' "
+                    f"(this run: {platform}, {cfg.dtype}); use 'xla'")
   files = [f for f in config.data.train_files.split(",") if f]
   if not files:
     raise UserError("data.train_files: no file given")

@@ -191,6 +191,8 @@ def test_two_processes_give_the_same_loss_as_one(tmp_path):
     ("--config.train.batch_size=6", "batch shards"),
     ("--config.model.init=/nonexistent/ckpt", "model.init"),
     ("--config.data.train_files=/nonexistent.jsonl", "nonexistent.jsonl"),
+    ("--config.model.attention_impl=cudnn", "attention_impl='cudnn' needs NVIDIA GPUs"),
+    ("--config.train.loss_chunk=-1", "train.loss_chunk=-1"),
 ])
 def test_bad_config_gives_one_clear_line(tmp_path, override, message):
   out = _run_main(tmp_path, override, check=False)
