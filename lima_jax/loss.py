@@ -10,9 +10,9 @@ Here each row's loss tokens are moved to the row's front (a stable per-row sort:
 devices, the batch stays sharded), and the head and log-softmax run over chunks of `chunk`
 positions, only as many chunks as the row with most loss tokens needs (a while loop with a
 traced trip count). Under differentiation the forward pass also computes the gradients
-while each chunk's logits exist, so [B, T, V] is never stored and never recomputed. Numerically this is the plain computation reordered:
-logits accumulate in float32 whatever the compute dtype, and the weight gradient accumulates in
-float32 over chunks.
+while each chunk's logits exist, so [B, T, V] is never stored and never recomputed.
+Numerically this is the plain computation reordered: logits accumulate in float32 whatever the
+compute dtype, and the weight gradient accumulates in float32 over chunks.
 
 Worked example: T = 512, 300 loss tokens in the fullest row, chunk = 64: ceil(300 / 64) = 5
 chunks, so the head covers 320 of 512 positions in every row.

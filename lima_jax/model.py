@@ -87,7 +87,8 @@ class ModelConfig:
       problems.append(
           f"dropout_schedule={self.dropout_schedule!r} is not one of {list(DROPOUT_SCHEDULES)}")
     if self.attention_impl not in ATTENTION_IMPLS:
-      problems.append(f"attention_impl={self.attention_impl!r} is not one of {list(ATTENTION_IMPLS)}")
+      problems.append(
+          f"attention_impl={self.attention_impl!r} is not one of {list(ATTENTION_IMPLS)}")
     if self.attention_block < 0:
       problems.append(f"attention_block={self.attention_block} is negative")
     if not 0.0 <= self.dropout_top < 1.0:
