@@ -6,6 +6,7 @@ config at import time of a test module.
 """
 import os
 import pathlib
+import sys
 
 import pytest
 
@@ -23,3 +24,36 @@ def shared_file(rel: str) -> pathlib.Path:
   if not path.exists():
     pytest.skip(f"{path} not present (shared data is not bundled: licences)")
   return path
+
+
+_REPO = pathlib.Path(__file__).resolve().parents[1]
+
+
+def tiny_config(**overrides):
+  """configs/lima.py:demo shrunk to the 'tiny' model and 96 demo conversations; overrides are
+  dotted keys, e.g. tiny_config(**{"train.epochs": 1})."""
+  sys.path.insert(0, str(_REPO))
+  from configs import lima
+  c = lima.get_config("demo")
+  c.unlock()
+  c.model.size = "tiny"
+  c.model.dropout_top = 0.0
+  c.data.train_files = str(_REPO / "data/demo/train.jsonl")
+  c.data.tokenizer = str(_REPO / "data/demo/tokenizer.model")
+  c.data.max_len = 64
+  c.data.subset_size = 96
+  c.data.eval_fraction = 0.1
+  c.train.epochs = 2
+  c.train.batch_size = 8
+  c.train.warmup_steps = 0
+  c.checkpoint.keep_epochs = ""
+  c.checkpoint.async_save = False
+  c.sample_prompts = ""
+  for key, value in overrides.items():
+    node = c
+    *parents, leaf = key.split(".")
+    for p in parents:
+      node = node[p]
+    node[leaf] = value
+  c.lock()
+  return c

@@ -11,7 +11,7 @@ import torch
 from transformers import (AutoModelForCausalLM, AutoTokenizer, GenerationConfig,
                           RepetitionPenaltyLogitsProcessor)
 
-from conftest import shared_file
+from conftest import shared_file, tiny_config
 from lima_jax import data, decoding, generate, hf_tokenizer
 from lima_jax.sampling import Decoding
 from lima_jax.tokenizer import Tokenizer
@@ -30,19 +30,8 @@ def _messages(turns):
 @pytest.fixture(scope="module")
 def finetuned(tmp_path_factory):
   """(checkpoint, exported HF dir): the tiny model fine-tuned on 64 demo conversations."""
-  sys.path.insert(0, str(REPO))
-  from configs import lima
   from lima_jax import train
-  c = lima.get_config("demo")
-  c.unlock()
-  c.model.size = "tiny"
-  c.model.dropout_top = 0.0
-  c.data.train_files = str(REPO / "data/demo/train.jsonl")
-  c.data.tokenizer = str(REPO / "data/demo/tokenizer.model")
-  c.data.max_len, c.data.subset_size, c.data.eval_fraction = 64, 64, 0.0
-  c.train.epochs, c.train.batch_size, c.train.warmup_steps = 2, 8, 0
-  c.checkpoint.keep_epochs, c.checkpoint.async_save, c.sample_prompts = "", False, ""
-  c.lock()
+  c = tiny_config(**{"data.subset_size": 64, "data.eval_fraction": 0.0})
   workdir = tmp_path_factory.mktemp("finetune")
   train.train_and_evaluate(c, str(workdir))
   ckpt = max((workdir / "checkpoints").iterdir(), key=lambda p: int(p.name))

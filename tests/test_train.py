@@ -9,35 +9,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from conftest import tiny_config
+
 REPO = pathlib.Path(__file__).resolve().parents[1]
-
-
-def tiny_config(**overrides):
-  sys.path.insert(0, str(REPO))
-  from configs import lima
-  c = lima.get_config("demo")
-  c.unlock()
-  c.model.size = "tiny"
-  c.model.dropout_top = 0.0
-  c.data.train_files = str(REPO / "data/demo/train.jsonl")
-  c.data.tokenizer = str(REPO / "data/demo/tokenizer.model")
-  c.data.max_len = 64
-  c.data.subset_size = 96
-  c.data.eval_fraction = 0.1
-  c.train.epochs = 2
-  c.train.batch_size = 8
-  c.train.warmup_steps = 0
-  c.checkpoint.keep_epochs = ""
-  c.checkpoint.async_save = False
-  c.sample_prompts = ""
-  for key, value in overrides.items():
-    node = c
-    *parents, leaf = key.split(".")
-    for p in parents:
-      node = node[p]
-    node[leaf] = value
-  c.lock()
-  return c
 
 
 def read_metrics(workdir):
