@@ -48,10 +48,15 @@ def nll_sums(hidden: jax.Array, w: jax.Array, targets: jax.Array, loss_mask: jax
 
 
 def _chunk_logits(h, w, i, chunk):
-  """The chunk's hidden states [B * C, D] and float32 logits [B * C, V] (2-D matmuls: on CPU
-  XLA gives [B, C, *] einsums' gradients transposed copies)."""
+  """The chunk's hidden states [N, D] (N = B * C) and float32 logits, vocab-major: [V, N].
+
+  2-D matmuls (XLA:CPU gives [B, C, *] einsums' gradients transposed copies), and [V, N]
+  rather than [N, V]: with few rows, Eigen (XLA:CPU's matmul library under train.py's
+  compiler options) runs [V, D] x [D, N] at 143 GFLOP/s but [N, D] x [D, V] at 59 (2-core AVX2,
+  N = 256, V = 32000, D = 320).
+  """
   hc = jax.lax.dynamic_slice_in_dim(h, i * chunk, chunk, axis=1).reshape(-1, h.shape[-1])
-  logits = jnp.einsum("ND,VD->NV", hc, w.astype(h.dtype), preferred_element_type=jnp.float32)
+  logits = jnp.einsum("VD,ND->VN", w.astype(h.dtype), hc, preferred_element_type=jnp.float32)
   return hc, logits
 
 
@@ -66,17 +71,17 @@ def _forward(h, w, t, valid, n_chunks, chunk, with_grads: bool):
   def body(i, carry):
     total, dh, dw = carry
     hc, logits = _chunk_logits(h, w, i, chunk)
-    lse = jax.nn.logsumexp(logits, axis=-1, keepdims=True)
+    lse = jax.nn.logsumexp(logits, axis=0, keepdims=True)  # [1, N]
     tc, vc = _slice(t, i, chunk).reshape(-1), _slice(valid, i, chunk).reshape(-1)
-    target = jnp.take_along_axis(logits, tc[..., None], axis=-1)[..., 0]
-    total += jnp.sum(jnp.where(vc, lse[..., 0] - target, 0.0))
+    target = jnp.take_along_axis(logits, tc[None, :], axis=0)[0]
+    total += jnp.sum(jnp.where(vc, lse[0] - target, 0.0))
     if not with_grads:
       return total, dh, dw
     # d(lse - target) / d logits = softmax - onehot, on valid positions only.
-    dlogits = jnp.where(vc[..., None], jnp.exp(logits - lse) - (tc[..., None] == jnp.arange(V)),
-                        0.0).astype(h.dtype)
-    dhc = jnp.einsum("NV,VD->ND", dlogits, w.astype(h.dtype)).reshape(h.shape[0], chunk, -1)
-    dw += jnp.einsum("NV,ND->VD", dlogits, hc, preferred_element_type=jnp.float32)
+    onehot = tc[None, :] == jnp.arange(V)[:, None]
+    dlogits = jnp.where(vc[None, :], jnp.exp(logits - lse) - onehot, 0.0).astype(h.dtype)
+    dhc = jnp.einsum("VN,VD->ND", dlogits, w.astype(h.dtype)).reshape(h.shape[0], chunk, -1)
+    dw += jnp.einsum("VN,ND->VD", dlogits, hc, preferred_element_type=jnp.float32)
     return total, jax.lax.dynamic_update_slice_in_dim(dh, dhc, i * chunk, axis=1), dw
 
   init = (jnp.float32(0), jnp.zeros_like(h) if with_grads else None,

@@ -194,6 +194,12 @@ class Built:
   schedule: Any
 
 
+# XLA:CPU hands most matmuls to YNNPACK and those with a transposed operand (the weight
+# gradients) to Eigen. All-Eigen made a bench-20m step 15% faster on the 2-core benchmark machine
+# (with loss.py's vocab-major head; benchmarks/train_throughput.py, README "Performance").
+CPU_COMPILER_OPTIONS = {"xla_cpu_experimental_ynn_fusion_type": ""}
+
+
 def build_train_step(config, mesh, cfg: model_lib.ModelConfig, total_steps: int) -> Built:
   """Builds the jitted step and the abstract sharded state without allocating anything."""
   model = model_lib.Transformer(cfg)
@@ -220,12 +226,14 @@ def build_train_step(config, mesh, cfg: model_lib.ModelConfig, total_steps: int)
   chunk = config.train.get("loss_chunk", 0)
   if chunk < 0:
     raise UserError(f"train.loss_chunk={chunk}: must be >= 0 (0: plain logits)")
+  options = CPU_COMPILER_OPTIONS if mesh.devices.flat[0].platform == "cpu" else None
   step = jax.jit(make_train_step(model, tx, schedule, accum, deterministic, chunk),
                  in_shardings=(state_sh, batch_sh, replicated),
-                 out_shardings=(state_sh, replicated), donate_argnums=(0,))
+                 out_shardings=(state_sh, replicated), donate_argnums=(0,),
+                 compiler_options=options)
   eval_sh = sharding.batch_sharding(mesh)
   eval_step = jax.jit(make_eval_step(model, chunk), in_shardings=(param_sh, eval_sh),
-                      out_shardings=replicated)
+                      out_shardings=replicated, compiler_options=options)
   return Built(model, step, eval_step, abstract_state, state_sh, abstract_batch, tx, schedule)
 
 
