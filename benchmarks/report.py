@@ -98,9 +98,10 @@ def ablation_table() -> str:
   lines = ["What each change bought: lima_jax alone, one round each, same settings as above "
            "(`--impl=jax --steps=8 --warmup=4 --rounds=1`). The first four rows were measured in "
            "an earlier session, when the same code as the last row took 4.49 s a step (the shared "
-           "host was less loaded); compare the last row with the table above, not with them. The step the table above measures "
-           "adds Eigen for every CPU matmul (`train.CPU_COMPILER_OPTIONS`) and vocab-major "
-           "[V, N] head logits (`lima_jax/loss.py`).", "",
+           "host was less loaded); compare the last row with the table above, not with them. "
+           "The step the table above measures adds Eigen for every CPU matmul "
+           "(`train.CPU_COMPILER_OPTIONS`) and vocab-major [V, N] head logits "
+           "(`lima_jax/loss.py`).", "",
            "| lima_jax | step (s) | tokens/s |", "|---|---|---|"]
   for name, what in ABLATIONS:
     path = RESULTS / "ablation" / name
