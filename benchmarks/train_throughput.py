@@ -23,7 +23,8 @@ known dense peak of the accelerator for --dtype (CPU: none unless given).
 lima_jax's head runs on loss tokens only (lima_jax/loss.py) and its attention skips the masked
 upper triangle in blocks, so it executes fewer FLOPs than the formula counts; MFU and achieved
 TFLOP/s are the formula's (the work a plain implementation does) over the measured time, for
-both sides alike. --assistant_fraction changes how much the head skips.
+both sides alike. --assistant_fraction changes how much the head skips. On CPU the step is
+compiled with train.CPU_COMPILER_OPTIONS (every matmul on Eigen, not XLA's default YNNPACK).
 
 On one NVIDIA GPU (not measured yet: no GPU was lent to the sessions that wrote this), the
 accelerator target (bfloat16, ~1B LLaMA, length 2,048) is one command:
