@@ -121,16 +121,20 @@ def _scores(q, k, mask):
   return jnp.where(mask, s * q.shape[-1]**-0.5, jnp.finfo(jnp.float32).min)
 
 
-def _blocks(T: int, block: int) -> list[tuple[int, int]]:
-  """(start, end) of each query block; block 0 means one block (no skipping)."""
-  block = block or T
-  return [(i, min(i + block, T)) for i in range(0, T, block)]
+def _blocks(T: int, S: int, block: int) -> list[tuple[int, int, int]]:
+  """(start, end, keys) of each query block: queries [start, end) meet keys [0, keys).
+
+  block 0 means one block over all S keys; with blocks (S == T), a block's keys end where its
+  queries do.
+  """
+  if not block:
+    return [(0, T, S)]
+  return [(i, min(i + block, T), min(i + block, T)) for i in range(0, T, block)]
 
 
 def _attention_fwd(q, k, v, mask, block):
   outs, lses = [], []
-  for a, b in _blocks(q.shape[1], block):
-    end = b if block else k.shape[1]  # query block [a, b) sees keys [0, b) only
+  for a, b, end in _blocks(q.shape[1], k.shape[1], block):
     s = _scores(q[:, a:b], k[:, :end], mask[..., a:b, :end])
     lse = jax.nn.logsumexp(s, axis=-1)
     p = jnp.exp(s - lse[..., None]).astype(q.dtype)
@@ -162,8 +166,7 @@ def _attention_vjp_bwd(block, res, d_out):
   # sum_k d_out * out: the softmax backward's row term, [B, G, R, T].
   delta = jnp.einsum("BTGRK,BTGRK->BGRT", d_out.astype(jnp.float32), out.astype(jnp.float32))
   dq, dk, dv = [], jnp.zeros(k.shape, jnp.float32), jnp.zeros(v.shape, jnp.float32)
-  for a, b in _blocks(q.shape[1], block):
-    end = b if block else k.shape[1]
+  for a, b, end in _blocks(q.shape[1], k.shape[1], block):
     p = jnp.exp(_scores(q[:, a:b], k[:, :end], mask[..., a:b, :end]) - lse[..., a:b, None])
     do = d_out[:, a:b]
     dv = dv.at[:, :end].add(jnp.einsum("BGRTS,BTGRK->BSGK", p.astype(q.dtype), do,
