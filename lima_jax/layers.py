@@ -116,67 +116,88 @@ def attention_mask(q_segments: jax.Array, kv_segments: jax.Array, q_slots: jax.A
   return (causal & same)[:, None, None, :, :]
 
 
-def _scores(q, k, mask):
+def cached_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array) -> jax.Array:
+  """softmax(q k^T / sqrt(K), masked) v for q [B, T, G, R, K] on a cache k, v [B, S, G, K]
+  with mask [B, 1, 1, T, S] (decoding and prefill; not differentiated, so no custom VJP)."""
   s = jnp.einsum("BTGRK,BSGK->BGRTS", q, k, preferred_element_type=jnp.float32)
-  return jnp.where(mask, s * q.shape[-1]**-0.5, jnp.finfo(jnp.float32).min)
+  s = jnp.where(mask, s * q.shape[-1]**-0.5, jnp.finfo(jnp.float32).min)
+  p = jax.nn.softmax(s, axis=-1).astype(q.dtype)
+  return jnp.einsum("BGRTS,BSGK->BTGRK", p, v)
 
 
-def _blocks(T: int, S: int, block: int) -> list[tuple[int, int, int]]:
-  """(start, end, keys) of each query block: queries [start, end) meet keys [0, keys).
-
-  block 0 means one block over all S keys; with blocks (S == T), a block's keys end where its
-  queries do.
-  """
-  if not block:
-    return [(0, T, S)]
-  return [(i, min(i + block, T), min(i + block, T)) for i in range(0, T, block)]
+def _blocks(T: int, block: int) -> list[tuple[int, int]]:
+  """[a, b) of each query block; block (a, b) meets keys [0, b). block 0: one block."""
+  step = block or T
+  return [(a, min(a + step, T)) for a in range(0, T, step)]
 
 
-def _attention_fwd(q, k, v, mask, block):
+def _scores(q, k, segments, a: int, b: int):
+  """Masked, scaled float32 scores of query block [a, b) on keys [0, b), key-major:
+  [B, G, b, (b - a) * R] (the softmax then reduces over a major axis, which XLA:CPU
+  vectorises; over the minor axis it emits a scalar tree reduction)."""
+  R = q.shape[2] // k.shape[2]
+  s = jnp.einsum("BGSK,BGMK->BGSM", k[:, :, :b], q[:, :, a * R:b * R],
+                 preferred_element_type=jnp.float32) * q.shape[-1]**-0.5
+  query = a + jnp.arange((b - a) * R) // R  # row m is query a + m // R
+  causal = jnp.arange(b)[:, None] <= query[None, :]
+  same = segments[:, :b, None] == jnp.repeat(segments[:, a:b], R, axis=1)[:, None, :]
+  return jnp.where((causal & same)[:, None], s, jnp.finfo(jnp.float32).min)
+
+
+def _attention_fwd(q, k, v, segments, block):
   outs, lses = [], []
-  for a, b, end in _blocks(q.shape[1], k.shape[1], block):
-    s = _scores(q[:, a:b], k[:, :end], mask[..., a:b, :end])
-    lse = jax.nn.logsumexp(s, axis=-1)
-    p = jnp.exp(s - lse[..., None]).astype(q.dtype)
-    outs.append(jnp.einsum("BGRTS,BSGK->BTGRK", p, v[:, :end]))
-    lses.append(lse)
-  return jnp.concatenate(outs, axis=1), jnp.concatenate(lses, axis=-1)
+  for a, b in _blocks(k.shape[2], block):
+    s = _scores(q, k, segments, a, b)
+    top = jnp.max(s, axis=2, keepdims=True)  # finite: every query sees itself
+    p = jnp.exp(s - top)
+    total = jnp.sum(p, axis=2, keepdims=True)  # [B, G, 1, M]
+    o = jnp.einsum("BGSM,BGSK->BGMK", p.astype(q.dtype), v[:, :, :b],
+                   preferred_element_type=jnp.float32)
+    outs.append((o / jnp.swapaxes(total, 2, 3)).astype(q.dtype))
+    lses.append(top + jnp.log(total))
+  return jnp.concatenate(outs, axis=2), jnp.concatenate(lses, axis=3)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(4,))
-def causal_attention(q, k, v, mask, block: int):
-  """softmax(q k^T / sqrt(K) masked) v for q [B,T,G,R,K], k and v [B,S,G,K], mask [B,1,1,T,S].
+def causal_attention(q, k, v, segments, block: int):
+  """Causal self-attention within segments, head-major: q [B, G, T * R, K] (row t * R + r is
+  query t of head g * R + r), k and v [B, G, T, K], segments [B, T] (tokens attend to earlier
+  tokens with the same id; 0 is padding). Returns [B, G, T * R, K].
 
   Flash-attention's bookkeeping in plain XLA: the backward pass recomputes the scores from the
-  saved log-sum-exp instead of keeping [B, G, R, T, S] probabilities per layer (on CPU that
-  stash, written and read back, cost more than the matmuls), and with block > 0 (requires
-  S == T, keys in query order) query block [a, b) only meets keys [0, b): causal attention's
-  masked upper triangle is skipped (10 of 16 score tiles at T = 4 blocks).
+  saved log-sum-exp instead of keeping [B, G, T, T] probabilities per layer (on CPU that stash,
+  written and read back, cost more than the matmuls), and query block [a, b) only meets keys
+  [0, b): causal attention's masked upper triangle is skipped (6 of 16 score tiles at 4 blocks).
+  The mask is built from the segment ids inside each block's fusion, never stored. The
+  head-major layout gives every einsum its operands without per-block transposes.
   """
-  return _attention_fwd(q, k, v, mask, block)[0]
+  return _attention_fwd(q, k, v, segments, block)[0]
 
 
-def _attention_vjp_fwd(q, k, v, mask, block):
-  out, lse = _attention_fwd(q, k, v, mask, block)
-  return out, (q, k, v, mask, out, lse)
+def _attention_vjp_fwd(q, k, v, segments, block):
+  out, lse = _attention_fwd(q, k, v, segments, block)
+  return out, (q, k, v, segments, out, lse)
 
 
 def _attention_vjp_bwd(block, res, d_out):
-  q, k, v, mask, out, lse = res
-  # sum_k d_out * out: the softmax backward's row term, [B, G, R, T].
-  delta = jnp.einsum("BTGRK,BTGRK->BGRT", d_out.astype(jnp.float32), out.astype(jnp.float32))
+  q, k, v, segments, out, lse = res
+  R = q.shape[2] // k.shape[2]
+  # sum_k d_out * out: the softmax backward's row term, [B, G, 1, M].
+  delta = jnp.einsum("BGMK,BGMK->BGM", d_out.astype(jnp.float32), out.astype(jnp.float32))
+  delta = delta[:, :, None, :]
   dq, dk, dv = [], jnp.zeros(k.shape, jnp.float32), jnp.zeros(v.shape, jnp.float32)
-  for a, b, end in _blocks(q.shape[1], k.shape[1], block):
-    p = jnp.exp(_scores(q[:, a:b], k[:, :end], mask[..., a:b, :end]) - lse[..., a:b, None])
-    do = d_out[:, a:b]
-    dv = dv.at[:, :end].add(jnp.einsum("BGRTS,BTGRK->BSGK", p.astype(q.dtype), do,
-                                       preferred_element_type=jnp.float32))
-    dp = jnp.einsum("BTGRK,BSGK->BGRTS", do, v[:, :end], preferred_element_type=jnp.float32)
-    ds = (p * (dp - delta[..., a:b, None]) * q.shape[-1]**-0.5).astype(q.dtype)
-    dq.append(jnp.einsum("BGRTS,BSGK->BTGRK", ds, k[:, :end]))
-    dk = dk.at[:, :end].add(jnp.einsum("BGRTS,BTGRK->BSGK", ds, q[:, a:b],
-                                       preferred_element_type=jnp.float32))
-  return jnp.concatenate(dq, axis=1), dk.astype(k.dtype), dv.astype(v.dtype), None
+  for a, b in _blocks(k.shape[2], block):
+    rows = slice(a * R, b * R)
+    p = jnp.exp(_scores(q, k, segments, a, b) - lse[..., rows])  # masked entries: exactly 0
+    do = d_out[:, :, rows]
+    dv = dv.at[:, :, :b].add(jnp.einsum("BGSM,BGMK->BGSK", p.astype(q.dtype), do,
+                                        preferred_element_type=jnp.float32))
+    dp = jnp.einsum("BGSK,BGMK->BGSM", v[:, :, :b], do, preferred_element_type=jnp.float32)
+    ds = (p * (dp - delta[..., rows]) * q.shape[-1]**-0.5).astype(q.dtype)
+    dq.append(jnp.einsum("BGSM,BGSK->BGMK", ds, k[:, :, :b]))
+    dk = dk.at[:, :, :b].add(jnp.einsum("BGSM,BGMK->BGSK", ds, q[:, :, rows],
+                                        preferred_element_type=jnp.float32))
+  return jnp.concatenate(dq, axis=2), dk.astype(k.dtype), dv.astype(v.dtype), None
 
 
 causal_attention.defvjp(_attention_vjp_fwd, _attention_vjp_bwd)
@@ -187,7 +208,10 @@ class Attention(nn.Module):
   cfg: Any  # model.ModelConfig
 
   @nn.compact
-  def __call__(self, x, positions, mask, kv=None, cache_index=None):
+  def __call__(self, x, positions, segments=None, mask=None, kv=None, cache_index=None):
+    """Without a cache, `segments` [B, T] keeps packed sequences apart (slot t is query t and
+    key t); with one (kv, cache_index), `mask` [B, 1, 1, T, S] says which cache slots each
+    query sees."""
     cfg = self.cfg
     dtype, pdtype = as_dtype(cfg.dtype), as_dtype(cfg.param_dtype)
     D, H, G, K = cfg.dim, cfg.n_heads, cfg.n_kv_heads, cfg.head_dim
@@ -220,15 +244,22 @@ class Attention(nn.Module):
       new_kv = {"k": k_all, "v": v_all}
       k, v = k_all.astype(dtype), v_all.astype(dtype)
 
-    if cfg.attention_impl == "cudnn" and kv is None:
+    if kv is not None:
+      out = cached_attention(q.reshape(B, T, G, H // G, K), k, v, mask).reshape(B, T, H, K)
+    elif cfg.attention_impl == "cudnn":
       # cuDNN's fused flash attention (NVIDIA GPUs, bfloat16/float16); the mask keeps packed
       # segments apart. Query head h uses kv head h // (H / G) here too.
+      slots = jnp.broadcast_to(jnp.arange(T), (B, T))
+      mask = attention_mask(segments, segments, slots, slots)
       out = jax.nn.dot_product_attention(q, k, v, mask=mask[:, 0], implementation="cudnn")
     else:
-      q = q.reshape(B, T, G, H // G, K)  # query head h uses kv head h // (H / G)
-      # Without a cache, slot t is query t and key t, so causal blocks can skip later keys.
-      block = cfg.attention_block if kv is None and cfg.attention_block < T else 0
-      out = causal_attention(q, k, v, mask, block).reshape(B, T, H, K)
+      # Head-major for the blocked kernel; query head h uses kv head h // (H / G), so the R = H / G
+      # queries sharing a kv head are rows t * R + r of one [T * R, K] matrix.
+      qh = q.reshape(B, T, G, H // G, K).transpose(0, 2, 1, 3, 4).reshape(B, G, T * H // G, K)
+      kh, vh = k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3)
+      block = cfg.attention_block if cfg.attention_block < T else 0
+      out = causal_attention(qh, kh, vh, segments, block)
+      out = out.reshape(B, G, T, H // G, K).transpose(0, 2, 1, 3, 4).reshape(B, T, H, K)
     out = nn.with_logical_constraint(
         out, ("activation_batch", "activation_length", "activation_heads", None))
     w_o = param(self, "o", (H, K, D), ("heads", "head_dim", "embed"), fan_in_init((0, 1), (2,)),

@@ -202,8 +202,8 @@ class Block(nn.Module):
     norm = lambda name: layers.RMSNorm(cfg.norm_eps, dtype, layers.as_dtype(cfg.param_dtype),
                                        name=name)
     h, new_kv = layers.Attention(cfg, name="attn")(
-        norm("attn_norm")(x), shared["positions"], shared["mask"], per_layer.get("kv"),
-        shared.get("cache_index"))
+        norm("attn_norm")(x), shared["positions"], shared.get("segments"), shared.get("mask"),
+        per_layer.get("kv"), shared.get("cache_index"))
     x = nn.with_logical_constraint(x + self.residual_dropout(h, per_layer["rate"], "attn_keep"),
                                    names)
     h = layers.MLP(cfg, name="mlp")(norm("mlp_norm")(x))
@@ -244,7 +244,7 @@ class Transformer(nn.Module):
     segments = jnp.ones((B, T), jnp.int32) if segment_ids is None else segment_ids
     if cache is None:
       slots = jnp.broadcast_to(jnp.arange(T), (B, T))
-      mask = layers.attention_mask(segments, segments, slots, slots)
+      shared = {"segments": segments}
     else:
       if cache_index is None:
         raise ValueError("cache_index is required with a cache")
@@ -253,8 +253,8 @@ class Transformer(nn.Module):
       kv_segments = jax.lax.dynamic_update_slice_in_dim(
           cache["segment_ids"], segments.astype(jnp.int32), cache_index, 1)
       kv_slots = jnp.broadcast_to(jnp.arange(kv_segments.shape[1]), kv_segments.shape)
-      mask = layers.attention_mask(segments, kv_segments, slots, kv_slots)
-    shared = {"positions": slots if positions is None else positions, "mask": mask}
+      shared = {"mask": layers.attention_mask(segments, kv_segments, slots, kv_slots)}
+    shared["positions"] = slots if positions is None else positions
     per_layer = {"rate": jnp.asarray(dropout_rates(cfg))}
     if cache is not None:
       shared["cache_index"] = cache_index

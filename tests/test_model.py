@@ -279,6 +279,16 @@ def _reference_attention(q, k, v, mask):
   return jnp.einsum("BGRTS,BSGK->BTGRK", jax.nn.softmax(s, axis=-1), v)
 
 
+def _blocked_attention(q, k, v, segments, block):
+  """layers.causal_attention on [B, T, G, R, K] queries and [B, T, G, K] keys/values."""
+  from lima_jax import layers
+  B, T, G, R, K = q.shape
+  qh = q.transpose(0, 2, 1, 3, 4).reshape(B, G, T * R, K)
+  out = layers.causal_attention(qh, k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3),
+                                segments, block)
+  return out.reshape(B, G, T, R, K).transpose(0, 2, 1, 3, 4)
+
+
 @pytest.mark.parametrize("block", [0, 1, 5, 16, 37])
 def test_blocked_attention_matches_reference_with_packed_segments(block):
   from lima_jax import layers
@@ -290,9 +300,11 @@ def test_blocked_attention_matches_reference_with_packed_segments(block):
   slots = jnp.broadcast_to(jnp.arange(T), (B, T))
   mask = layers.attention_mask(segments, segments, slots, slots)
   r = jnp.asarray(rng.normal(size=(B, T, G, R, K)), jnp.float32)
-  ours = lambda q, k, v: jnp.sum(layers.causal_attention(q, k, v, mask, block) * r)
+  ours = lambda q, k, v: jnp.sum(_blocked_attention(q, k, v, segments, block) * r)
   ref = lambda q, k, v: jnp.sum(_reference_attention(q, k, v, mask) * r)
-  np.testing.assert_allclose(layers.causal_attention(q, k, v, mask, block),
+  np.testing.assert_allclose(_blocked_attention(q, k, v, segments, block),
+                             _reference_attention(q, k, v, mask), atol=1e-5)
+  np.testing.assert_allclose(layers.cached_attention(q, k, v, mask),
                              _reference_attention(q, k, v, mask), atol=1e-5)
   for a, b in zip(jax.grad(ours, argnums=(0, 1, 2))(q, k, v),
                   jax.grad(ref, argnums=(0, 1, 2))(q, k, v)):
