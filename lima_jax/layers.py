@@ -13,6 +13,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.ad_checkpoint import checkpoint_name
 
 Initializer = Callable[..., jax.Array]
 
@@ -176,6 +177,7 @@ def causal_attention(q, k, v, segments, block: int):
 
 def _attention_vjp_fwd(q, k, v, segments, block):
   out, lse = _attention_fwd(q, k, v, segments, block)
+  out, lse = checkpoint_name(out, "attention"), checkpoint_name(lse, "attention")
   return out, (q, k, v, segments, out, lse)
 
 
@@ -251,12 +253,16 @@ class Attention(nn.Module):
       # segments apart. Query head h uses kv head h // (H / G) here too.
       slots = jnp.broadcast_to(jnp.arange(T), (B, T))
       mask = attention_mask(segments, segments, slots, slots)
-      out = jax.nn.dot_product_attention(q, k, v, mask=mask[:, 0], implementation="cudnn")
+      q, k, v = (checkpoint_name(t, "qkv") for t in (q, k, v))
+      out = checkpoint_name(
+          jax.nn.dot_product_attention(q, k, v, mask=mask[:, 0], implementation="cudnn"),
+          "attention")
     else:
       # Head-major for the blocked kernel; query head h uses kv head h // (H / G), so the R = H / G
       # queries sharing a kv head are rows t * R + r of one [T * R, K] matrix.
       qh = q.reshape(B, T, G, H // G, K).transpose(0, 2, 1, 3, 4).reshape(B, G, T * H // G, K)
       kh, vh = k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3)
+      qh, kh, vh = (checkpoint_name(t, "qkv") for t in (qh, kh, vh))
       block = cfg.attention_block if cfg.attention_block < T else 0
       out = causal_attention(qh, kh, vh, segments, block)
       out = out.reshape(B, G, T, H // G, K).transpose(0, 2, 1, 3, 4).reshape(B, T, H, K)
@@ -293,8 +299,10 @@ class MLP(nn.Module):
     # that [B, T, F] einsums get.
     B, T = x.shape[:2]
     x = x.reshape(B * T, D)
-    gate = proj("gate", x, (D, F), ("embed", "mlp"), "ND,DF->NF", (F,), ("mlp",))
-    up = proj("up", x, (D, F), ("embed", "mlp"), "ND,DF->NF", (F,), ("mlp",))
+    gate = checkpoint_name(proj("gate", x, (D, F), ("embed", "mlp"), "ND,DF->NF", (F,), ("mlp",)),
+                           "mlp")
+    up = checkpoint_name(proj("up", x, (D, F), ("embed", "mlp"), "ND,DF->NF", (F,), ("mlp",)),
+                         "mlp")
     h = nn.with_logical_constraint(nn.silu(gate) * up, ("activation_batch", "activation_mlp"))
     return proj("down", h, (F, D), ("mlp", "embed"), "NF,FD->ND", (D,), ("embed",)).reshape(
         B, T, D)

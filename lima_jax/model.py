@@ -15,6 +15,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.ad_checkpoint import checkpoint_name
 
 from lima_jax import layers
 from lima_jax.errors import UserError
@@ -24,6 +25,12 @@ REMAT_POLICIES = {
     "full": jax.checkpoint_policies.nothing_saveable,
     "save_dots": jax.checkpoint_policies.dots_saveable,
     "save_dots_no_batch": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+    # Keeps what is costly to recompute (the q/k/v and MLP matmuls, attention's output and
+    # log-sum-exp, the residual stream between attention and MLP); recomputes only elementwise
+    # work (RMSNorms, RoPE, SwiGLU's activation), which on CPU is cheaper than writing it to
+    # and reading it back from the scan's per-layer stacks.
+    "elementwise": jax.checkpoint_policies.save_only_these_names(
+        "qkv", "attention", "mlp", "residual"),
 }
 DROPOUT_SCHEDULES = ("linear", "constant", "none")
 ATTENTION_IMPLS = ("xla", "cudnn")
@@ -206,6 +213,7 @@ class Block(nn.Module):
         per_layer.get("kv"), shared.get("cache_index"))
     x = nn.with_logical_constraint(x + self.residual_dropout(h, per_layer["rate"], "attn_keep"),
                                    names)
+    x = checkpoint_name(x, "residual")
     h = layers.MLP(cfg, name="mlp")(norm("mlp_norm")(x))
     x = nn.with_logical_constraint(x + self.residual_dropout(h, per_layer["rate"], "mlp_keep"),
                                    names)
