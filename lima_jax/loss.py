@@ -6,16 +6,19 @@ matmuls (forward, d_hidden, d_weight) on every position, although only loss toke
 assistant's; padding and prompts are masked out) have a gradient. In SFT that is 40-60% of
 the head's work wasted, and the head is ~half the FLOPs of a small model with a 32K vocabulary.
 
-Here each row's loss tokens are moved to the row's front (a stable per-row sort: nothing crosses
-devices, the batch stays sharded), and the head and log-softmax run over chunks of `chunk`
-positions, only as many chunks as the row with most loss tokens needs (a while loop with a
-traced trip count). Under differentiation the forward pass also computes the gradients
-while each chunk's logits exist, so [B, T, V] is never stored and never recomputed.
-Numerically this is the plain computation reordered: logits accumulate in float32 whatever the
-compute dtype, and the weight gradient accumulates in float32 over chunks.
+Here the batch's rows are joined into `groups` sequences (one per batch shard: rows never
+leave their device), each group's loss tokens are moved to its front (a stable sort), and the
+head and log-softmax run over chunks of `chunk` positions per group, only as many chunks as the
+group with most loss tokens needs (a while loop with a traced trip count). Under
+differentiation the forward pass also computes the gradients while each chunk's logits exist,
+so [B, T, V] is never stored and never recomputed. Numerically this is the plain computation
+reordered: logits accumulate in float32 whatever the compute dtype, and the weight gradient
+accumulates in float32 over chunks.
 
-Worked example: T = 512, 300 loss tokens in the fullest row, chunk = 64: ceil(300 / 64) = 5
-chunks, so the head covers 320 of 512 positions in every row.
+Worked example: B = 8 rows of T = 512 on one device (groups = 1), 2,377 loss tokens in all,
+chunk = 256: ceil(2377 / 256) = 10 chunks, so the head covers 2,560 of the 4,096 positions.
+Per row (groups = 8, the same batch over 8 devices) with chunk = 32 and 336 loss tokens in the
+fullest row it would be 11 chunks, 8 x 352 = 2,816 positions.
 """
 import functools
 
@@ -24,14 +27,21 @@ import jax.numpy as jnp
 
 
 def nll_sums(hidden: jax.Array, w: jax.Array, targets: jax.Array, loss_mask: jax.Array, *,
-             chunk: int, vocab_first: bool) -> tuple[jax.Array, jax.Array]:
+             chunk: int, vocab_first: bool, groups: int = 1) -> tuple[jax.Array, jax.Array]:
   """(sum of next-token NLL over loss tokens, number of loss tokens), float32 scalars.
 
   hidden [B, T, D] are the final-norm outputs (compute dtype); w is the output projection,
   [V, D] if `vocab_first` (a tied embedding table) else [D, V] (lm_head); targets [B, T] int;
-  loss_mask [B, T] bool. Differentiable in hidden and w.
+  loss_mask [B, T] bool. `groups` (dividing B) is the number of batch shards: consecutive
+  rows B / groups at a time are joined, so that no token crosses devices. Differentiable in
+  hidden and w.
   """
-  B, T, _ = hidden.shape
+  B, T, D = hidden.shape
+  if B % groups:
+    raise ValueError(f"nll_sums: {B} rows do not split into {groups} groups")
+  B, T = groups, B // groups * T
+  hidden, targets, loss_mask = (hidden.reshape(B, T, D), targets.reshape(B, T),
+                                loss_mask.reshape(B, T))
   chunk = max(1, min(chunk, T))
   order = jnp.argsort(~loss_mask, axis=1, stable=True)  # loss positions first, in order
   counts = jnp.sum(loss_mask, axis=1, dtype=jnp.int32)

@@ -123,11 +123,13 @@ def make_optimizer(c: ml_collections.ConfigDict, schedule: optax.Schedule):
 # 4. The step.
 # ----------------------------------------------------------------------------------------------
 
-def loss_sums(model: nn.Module, params, batch, rng, deterministic: bool, loss_chunk: int = 0):
+def loss_sums(model: nn.Module, params, batch, rng, deterministic: bool, loss_chunk: int = 0,
+              groups: int = 1):
   """(sum of next-token NLL over loss tokens, number of loss tokens), in float32.
 
-  loss_chunk > 0 fuses the output projection into the loss over loss tokens only (lima_jax.loss);
-  0 takes the plain route through [B, T, V] logits.
+  loss_chunk > 0 fuses the output projection into the loss over loss tokens only (lima_jax.loss,
+  which joins the rows of each of the `groups` batch shards); 0 takes the plain route through
+  [B, T, V] logits.
   """
   # Inside the rules, the model's activation constraints shard activations like the batch.
   with nn.logical_axis_rules(sharding.RULES):
@@ -141,18 +143,18 @@ def loss_sums(model: nn.Module, params, batch, rng, deterministic: bool, loss_ch
       # Gathered over 'fsdp' once, before the chunk loop, rather than once per chunk.
       w = nn.with_logical_constraint(w, ("vocab", None) if tied else (None, "vocab"))
       return loss_lib.nll_sums(out, w, batch["targets"], batch["loss_mask"], chunk=loss_chunk,
-                               vocab_first=tied)
+                               vocab_first=tied, groups=groups)
   nll = optax.softmax_cross_entropy_with_integer_labels(out, batch["targets"])
   mask = batch["loss_mask"]
   return jnp.sum(jnp.where(mask, nll, 0.0)), jnp.sum(mask).astype(jnp.float32)
 
 
 def make_train_step(model: nn.Module, tx, schedule, grad_accum: int, deterministic: bool,
-                    loss_chunk: int = 0):
+                    loss_chunk: int = 0, groups: int = 1):
   """The pure step. With accumulation the batch is [A, B/A, T] and the loss stays exact:
   NLL sums and token counts are added over micro-batches before the one division."""
   grad_fn = jax.value_and_grad(
-      lambda p, b, r: loss_sums(model, p, b, r, deterministic, loss_chunk), has_aux=True)
+      lambda p, b, r: loss_sums(model, p, b, r, deterministic, loss_chunk, groups), has_aux=True)
 
   def train_step(state: TrainState, batch, rng):
     rng = jax.random.fold_in(rng, state.step)
@@ -177,8 +179,8 @@ def make_train_step(model: nn.Module, tx, schedule, grad_accum: int, determinist
   return train_step
 
 
-def make_eval_step(model: nn.Module, loss_chunk: int = 0):
-  return lambda params, batch: loss_sums(model, params, batch, None, True, loss_chunk)
+def make_eval_step(model: nn.Module, loss_chunk: int = 0, groups: int = 1):
+  return lambda params, batch: loss_sums(model, params, batch, None, True, loss_chunk, groups)
 
 
 @dataclasses.dataclass
@@ -227,12 +229,13 @@ def build_train_step(config, mesh, cfg: model_lib.ModelConfig, total_steps: int)
   if chunk < 0:
     raise UserError(f"train.loss_chunk={chunk}: must be >= 0 (0: plain logits)")
   options = CPU_COMPILER_OPTIONS if mesh.devices.flat[0].platform == "cpu" else None
-  step = jax.jit(make_train_step(model, tx, schedule, accum, deterministic, chunk),
+  groups = sharding.batch_shards(mesh)
+  step = jax.jit(make_train_step(model, tx, schedule, accum, deterministic, chunk, groups),
                  in_shardings=(state_sh, batch_sh, replicated),
                  out_shardings=(state_sh, replicated), donate_argnums=(0,),
                  compiler_options=options)
   eval_sh = sharding.batch_sharding(mesh)
-  eval_step = jax.jit(make_eval_step(model, chunk), in_shardings=(param_sh, eval_sh),
+  eval_step = jax.jit(make_eval_step(model, chunk, groups), in_shardings=(param_sh, eval_sh),
                       out_shardings=replicated, compiler_options=options)
   return Built(model, step, eval_step, abstract_state, state_sh, abstract_batch, tx, schedule)
 

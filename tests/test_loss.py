@@ -1,5 +1,7 @@
 """The fused output projection + cross-entropy over loss tokens (lima_jax/loss.py) against the
 plain route: float32 logits [B, T, V], optax's cross-entropy, masked sum."""
+import re
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -29,15 +31,17 @@ def _plain(h, w, targets, mask):
   return jnp.sum(jnp.where(mask, nll, 0.0))
 
 
-@pytest.mark.parametrize("chunk", [1, 5, 36, 37, 64])
+@pytest.mark.parametrize("chunk", [1, 5, 36, 37, 64, 200])
 @pytest.mark.parametrize("vocab_first", [True, False])
-def test_fused_loss_and_gradients_match_plain(chunk, vocab_first):
+@pytest.mark.parametrize("groups", [1, 3])  # all rows joined; one row per group
+def test_fused_loss_and_gradients_match_plain(chunk, vocab_first, groups):
   h, w, targets, mask = _inputs()
   ref, (ref_dh, ref_dw) = jax.value_and_grad(_plain, argnums=(0, 1))(h, w, targets, mask)
   w_in = w if vocab_first else w.T  # lm_head kernels are [D, V]
 
   def fused(h, w_in):
-    total, count = loss.nll_sums(h, w_in, targets, mask, chunk=chunk, vocab_first=vocab_first)
+    total, count = loss.nll_sums(h, w_in, targets, mask, chunk=chunk, vocab_first=vocab_first,
+                                 groups=groups)
     assert count.dtype == jnp.float32
     return total, count
 
@@ -55,6 +59,40 @@ def test_fused_loss_scales_its_gradient_by_the_cotangent():
   plain = lambda h, w: 2.5 * _plain(h, w, targets, mask)
   for a, b in zip(jax.grad(fused, argnums=(0, 1))(h, w), jax.grad(plain, argnums=(0, 1))(h, w)):
     np.testing.assert_allclose(a, b, atol=2e-5)
+
+
+def test_fused_loss_groups_must_divide_the_rows():
+  h, w, targets, mask = _inputs()
+  with pytest.raises(ValueError, match="3 rows do not split into 2 groups"):
+    loss.nll_sums(h, w, targets, mask, chunk=4, vocab_first=True, groups=2)
+
+
+def test_fused_loss_on_a_sharded_batch_keeps_rows_on_their_devices():
+  """groups = batch shards: under jit on 8 devices the result equals the plain one, and the
+  joined rows stay sharded (no gather of hidden states onto one device)."""
+  from lima_jax import sharding
+  if len(jax.devices()) < 8:
+    pytest.skip("needs the 8 fake CPU devices from conftest")
+  rng = np.random.default_rng(3)
+  h = jnp.asarray(rng.normal(size=(16, 9, D)), jnp.float32)
+  w = jnp.asarray(rng.normal(size=(V, D)) * 0.5, jnp.float32)
+  targets = jnp.asarray(rng.integers(0, V, (16, 9)), jnp.int32)
+  mask = jnp.asarray(rng.random((16, 9)) < 0.5)
+  mesh = sharding.make_mesh((2, 4, 1))
+  rows = sharding.batch_sharding(mesh)
+  with jax.set_mesh(mesh):
+    args = [jax.device_put(x, rows) for x in (h, targets, mask)]
+    f = jax.jit(jax.value_and_grad(lambda h, w, t, m: loss.nll_sums(
+        h, w, t, m, chunk=4, vocab_first=True, groups=8)[0], argnums=(0, 1)))
+    total, (dh, dw) = f(args[0], w, args[1], args[2])
+    hlo = f.lower(args[0], w, args[1], args[2]).compile().as_text()
+  ref, (ref_dh, ref_dw) = jax.value_and_grad(_plain, argnums=(0, 1))(h, w, targets, mask)
+  np.testing.assert_allclose(total, ref, rtol=1e-5)
+  np.testing.assert_allclose(dh, ref_dh, atol=1e-5)
+  np.testing.assert_allclose(dw, ref_dw, atol=1e-5)
+  # Joining all 16 rows (groups=1) would move [144, D] hidden states and masks between devices.
+  collectives = re.findall(r"= (.*?) (?:all-gather|all-reduce|all-to-all)\(", hlo)
+  assert collectives and not any("144" in shape for shape in collectives), collectives
 
 
 def test_fused_loss_under_jit_with_no_loss_token_at_all():
