@@ -4,7 +4,8 @@ r"""Time to trace, lower and compile lima_jax's real train step, by depth, with 
 
 Each (depth, mode) is measured in a fresh subprocess (after a throwaway compile, so that backend
 start-up is not counted): `build_train_step(...).train_step.lower(...)` (trace + lower to
-StableHLO) and `.compile()` (XLA), for the 'demo' model (dim 256) with only `n_layers` changed.
+StableHLO) and `.compile()` (XLA), for the 'demo' model (dim 256) with only `n_layers` changed
+and configs/lima.py's remat policy.
 Nothing is executed. With scan the layers are one loop body, so the time should be roughly flat
 in depth (target: 80 layers within 1.5x of 2); unrolled it grows with depth.
 """
@@ -36,12 +37,15 @@ _WORKER = flags.DEFINE_string("worker", "", "Internal: 'LAYERS,MODE' to measure 
 
 
 def model_config(n_layers: int, scan: bool):
+  """The size at `n_layers`, with configs/lima.py's remat policy (what a run compiles)."""
+  from configs import lima
   from lima_jax import model as model_lib
   base = model_lib.get_size(_SIZE.value)
   dim = _DIM.value or base.dim
   return model_lib.get_size(
       _SIZE.value, n_layers=n_layers, dim=dim, head_dim=dim // base.n_heads,
-      scan_layers=scan, dropout_top=0.0, max_seq_len=max(base.max_seq_len, _SEQ.value))
+      scan_layers=scan, dropout_top=0.0, max_seq_len=max(base.max_seq_len, _SEQ.value),
+      remat_policy=lima.get_config("demo").model.remat_policy)
 
 
 def measure(n_layers: int, scan: bool) -> dict:
@@ -127,6 +131,7 @@ def main(argv):
   cfg = model_config(layers[0], True)
   result = {"benchmark": "compile_time", "command": " ".join([sys.executable] + sys.argv),
             "model": {"size": _SIZE.value, "dim": cfg.dim, "n_heads": cfg.n_heads,
+                      "remat_policy": cfg.remat_policy,
                       "hidden_dim": cfg.hidden_dim, "vocab_size": cfg.vocab_size,
                       "batch": _BATCH.value, "seq": _SEQ.value},
             "machine": common.machine_info(), "table": table, "ratios": ratios, "runs": runs}

@@ -82,26 +82,22 @@ def compile_table(result: dict) -> str:
 
 
 ABLATIONS = (  # file in results/ablation/ -> what that run had
-    ("before.json", "before this work (commit 6f3568b): plain head over [B, T, V] logits, "
-     "attention storing its probabilities, 3-D einsums"),
-    ("plainhead_oneblock.json", "+ 2-D matmuls, attention recomputed in the backward pass "
-     "(`--loss_chunk=0 --attention_block=0`)"),
-    ("plainhead.json", "+ causal blocks of 128 queries (`--loss_chunk=0`)"),
-    ("oneblock.json", "2-D matmuls, recomputed attention, fused loss-token head, one "
-     "attention block (`--attention_block=0`)"),
-    ("session2_final.json", "all of the above (commit e0b667a: XLA's default YNNPACK matmuls, "
-     "[N, V] head logits), run right after the table above"),
+    ("session3_final.json", "commit 5de37f3: fused loss-token head in chunks of 32 positions "
+     "per row, blocked attention on [B, T, G, R, K] with a stored mask, no remat"),
+    ("head_major_attention.json", "+ head-major attention, key-major scores, masks built from "
+     "segment ids in each block (commit d879bda)"),
+    ("remat_elementwise.json", "+ remat policy `elementwise`: norms, RoPE and SwiGLU's "
+     "activation recomputed, not stacked (commit 933cdb7)"),
+    ("loss_groups.json", "+ loss tokens of each batch shard's rows joined, chunks of 512 "
+     "(commit 6e5ef43)"),
 )
 
 
 def ablation_table() -> str:
-  lines = ["What each change bought: lima_jax alone, one round each, same settings as above "
-           "(`--impl=jax --steps=8 --warmup=4 --rounds=1`). The first four rows were measured in "
-           "an earlier session, when the same code as the last row took 4.49 s a step (the shared "
-           "host was less loaded); compare the last row with the table above, not with them. "
-           "The step the table above measures adds Eigen for every CPU matmul "
-           "(`train.CPU_COMPILER_OPTIONS`) and vocab-major [V, N] head logits "
-           "(`lima_jax/loss.py`).", "",
+  lines = ["What each change bought: lima_jax alone, each commit's own code and defaults, one "
+           "round each (`--impl=jax --steps=8 --warmup=4 --rounds=1`), run one after the other "
+           "on the machine above, shortly before the table's run. Earlier sessions' rows, measured on an "
+           "AMD EPYC, are in this file's history (commit d247e95).", "",
            "| lima_jax | step (s) | tokens/s |", "|---|---|---|"]
   for name, what in ABLATIONS:
     path = RESULTS / "ablation" / name

@@ -8,9 +8,10 @@ Variants (`VARIANT`):
          (data/demo/train.jsonl, 314 of them, packed into 128-token rows) with its own
          512-piece SentencePiece tokenizer, on CPU.
            python -m lima_jax.main --config=configs/lima.py:demo --workdir=/tmp/lima_demo
-         Measured (2-core CPU, otherwise idle): 54 s wall; train loss 7.31 at step 1 -> 0.002
-         at step 96 (12 epochs); held-out loss 3.20 after epoch 1 -> 0.15 after 12;
-         "What is the capital of France?" -> "The capital of France is Paris."
+         Measured (2-core Intel Xeon with AVX-512, otherwise idle): 28 s wall, peak RSS 1.2 GB;
+         train loss 7.31 at step 1 -> 0.002 at step 96 (12 epochs); held-out loss 3.20 after
+         epoch 1 -> 0.15 after 12; "What is the capital of France?" -> "The capital of France
+         is Paris."
 
   7b     LLaMA-1 7B, the paper's ablation setting: batch 64, residual dropout up to 0.2.
          The planner: fits v5e-16 (mesh 1,16,1; peak 12.4 of 15.75 GiB a chip), and v4-16
@@ -54,13 +55,14 @@ def get_config(variant: str = "demo") -> ml_collections.ConfigDict:
   c.model.scan_layers = True  # nn.scan over layers: compile time flat in depth.
   # What the backward pass recomputes instead of storing (lima_jax.model.REMAT_POLICIES):
   # 'elementwise' keeps the matmul and attention outputs and recomputes norms, RoPE and SwiGLU's
-  # activation (CPU: 0.27 s of a 2.47 s bench-20m step saved); 'none' stores everything;
+  # activation (CPU, bench-20m at 8 x 512: 2.57 -> 2.32 s a step, temporaries 1.4 -> 0.7 GB,
+  # benchmarks/results/ablation/); 'none' stores everything;
   # 'full' keeps only each layer's input (large models on small slices); also 'save_dots',
   # 'save_dots_no_batch'.
   c.model.remat_policy = "elementwise"
   c.model.vocab_multiple = 128  # Embedding rows padded to a multiple of this (after EOT).
   # Causal attention in query blocks of this many tokens, each meeting only earlier keys
-  # (0: one block). 128 was fastest on CPU at length 512 (benchmarks/train_throughput.py).
+  # (0: one block). On CPU at length 512: 2.48 s a step with 128 or 256, 2.56 s with 64.
   c.model.attention_block = 128
   c.model.attention_impl = "xla"  # 'xla' (any backend) | 'cudnn' (NVIDIA GPUs, bfloat16).
 
@@ -94,7 +96,8 @@ def get_config(variant: str = "demo") -> ml_collections.ConfigDict:
   # Loss tokens per batch shard per chunk of the fused output projection + cross-entropy,
   # which runs on loss tokens only (each shard's rows joined) and never builds [B, T, V]
   # logits (lima_jax/loss.py); 0: plain logits. Larger chunks make bigger matmuls and fewer
-  # weight-gradient additions; the last chunk is padded. 512 was fastest on CPU at 8 x 512.
+  # weight-gradient additions; the last chunk is padded. On CPU at 8 x 512 (one shard), 512
+  # was fastest: 2.12 s a step against 2.14 s for 256 and 2.19 s for 128.
   c.train.loss_chunk = 512
 
   # --- Mesh --------------------------------------------------------------------------------

@@ -140,6 +140,15 @@ class Manager:
   def delete(self, step: int) -> None:
     self._mngr.delete(step)
 
+  def prune(self, keep_steps: set[int]) -> None:
+    """Deletes every checkpoint that is neither in `keep_steps` nor the newest complete one
+    (which a resume needs). Waits for the save in flight first, so the newest is complete."""
+    self.wait()
+    newest = self.latest_step()
+    for step in self.all_steps():
+      if step != newest and step not in keep_steps:
+        self.delete(step)
+
   def wait(self) -> None:
     self._mngr.wait_until_finished()
 

@@ -17,7 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.ad_checkpoint import checkpoint_name
 
-from lima_jax import layers
+from lima_jax import attention, layers
 from lima_jax.errors import UserError
 
 REMAT_POLICIES = {
@@ -261,7 +261,7 @@ class Transformer(nn.Module):
       kv_segments = jax.lax.dynamic_update_slice_in_dim(
           cache["segment_ids"], segments.astype(jnp.int32), cache_index, 1)
       kv_slots = jnp.broadcast_to(jnp.arange(kv_segments.shape[1]), kv_segments.shape)
-      shared = {"mask": layers.attention_mask(segments, kv_segments, slots, kv_slots)}
+      shared = {"mask": attention.attention_mask(segments, kv_segments, slots, kv_slots)}
     shared["positions"] = slots if positions is None else positions
     per_layer = {"rate": jnp.asarray(dropout_rates(cfg))}
     if cache is not None:

@@ -197,8 +197,8 @@ class Built:
 
 
 # XLA:CPU hands most matmuls to YNNPACK and those with a transposed operand (the weight
-# gradients) to Eigen. All-Eigen made a bench-20m step 15% faster on the 2-core benchmark machine
-# (with loss.py's vocab-major head; benchmarks/train_throughput.py, README "Performance").
+# gradients) to Eigen. All-Eigen made a bench-20m step 15% faster on a 2-core AMD EPYC (AVX2)
+# and 11% on a 2-core Xeon with AVX-512, with loss.py's vocab-major head (README "Performance").
 CPU_COMPILER_OPTIONS = {"xla_cpu_experimental_ynn_fusion_type": ""}
 
 
@@ -439,6 +439,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     # 6. The loop.
     keep = (checkpoint.parse_epochs(config.checkpoint.keep_epochs, "checkpoint.keep_epochs")
             or set(range(1, epochs + 1)))
+    keep_steps = {epoch_ends[e - 1] for e in keep if 0 < e <= len(epoch_ends)}
     metrics_log = metrics_log_lib.MetricsLog(workdir, start) if is_main else None
     meta = {"model_config": cfg.to_dict(), "tokenizer": tok.to_meta()}
     preempted = []
@@ -475,7 +476,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
       stop = bool(preempted)
       if epoch_end or stop or (config.checkpoint.every_steps
                                and done % config.checkpoint.every_steps == 0):
-        _prune(manager, epoch_ends, keep)
+        manager.prune(keep_steps)
         manager.save(done, state.params, state.opt_state,
                      dict(meta, step=done, epoch=epoch + 1 if epoch_end else epoch,
                           eval_loss=last.get("eval_loss") if epoch_end else None))
@@ -488,7 +489,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         log(f"SIGTERM: saved step {done}; rerun the same command to resume")
         break
     bar.close()
-    _prune(manager, epoch_ends, keep)
+    manager.prune(keep_steps)
     manager.close()
     if metrics_log:
       metrics_log.close()
@@ -500,13 +501,3 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
       f"--out={workdir / 'hf'}")
   return last
 
-
-def _prune(manager: checkpoint.Manager, epoch_ends: list[int], keep: set[int]):
-  """Deletes checkpoints that are neither kept epochs nor the newest complete one (which a
-  resume needs). Waits for the save in flight first, so the newest is really complete."""
-  manager.wait()
-  kept_steps = {epoch_ends[e - 1] for e in keep if 0 < e <= len(epoch_ends)}
-  newest = manager.latest_step()
-  for step in manager.all_steps():
-    if step != newest and step not in kept_steps:
-      manager.delete(step)

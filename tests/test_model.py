@@ -300,31 +300,31 @@ def _reference_attention(q, k, v, mask):
 
 
 def _blocked_attention(q, k, v, segments, block):
-  """layers.causal_attention on [B, T, G, R, K] queries and [B, T, G, K] keys/values."""
-  from lima_jax import layers
+  """attention.causal_attention on [B, T, G, R, K] queries and [B, T, G, K] keys/values."""
+  from lima_jax import attention
   B, T, G, R, K = q.shape
   qh = q.transpose(0, 2, 1, 3, 4).reshape(B, G, T * R, K)
-  out = layers.causal_attention(qh, k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3),
-                                segments, block)
+  out = attention.causal_attention(qh, k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3),
+                                   segments, block)
   return out.reshape(B, G, T, R, K).transpose(0, 2, 1, 3, 4)
 
 
 @pytest.mark.parametrize("block", [0, 1, 5, 16, 37])
 def test_blocked_attention_matches_reference_with_packed_segments(block):
-  from lima_jax import layers
+  from lima_jax import attention
   rng = np.random.default_rng(0)
   B, T, G, R, K = 2, 37, 2, 3, 8
   q = jnp.asarray(rng.normal(size=(B, T, G, R, K)), jnp.float32)
   k, v = (jnp.asarray(rng.normal(size=(B, T, G, K)), jnp.float32) for _ in range(2))
   segments = jnp.asarray([[1] * 20 + [2] * 10 + [0] * 7, [1] * 37])  # packed, then padding
   slots = jnp.broadcast_to(jnp.arange(T), (B, T))
-  mask = layers.attention_mask(segments, segments, slots, slots)
+  mask = attention.attention_mask(segments, segments, slots, slots)
   r = jnp.asarray(rng.normal(size=(B, T, G, R, K)), jnp.float32)
   ours = lambda q, k, v: jnp.sum(_blocked_attention(q, k, v, segments, block) * r)
   ref = lambda q, k, v: jnp.sum(_reference_attention(q, k, v, mask) * r)
   np.testing.assert_allclose(_blocked_attention(q, k, v, segments, block),
                              _reference_attention(q, k, v, mask), atol=1e-5)
-  np.testing.assert_allclose(layers.cached_attention(q, k, v, mask),
+  np.testing.assert_allclose(attention.cached_attention(q, k, v, mask),
                              _reference_attention(q, k, v, mask), atol=1e-5)
   for a, b in zip(jax.grad(ours, argnums=(0, 1, 2))(q, k, v),
                   jax.grad(ref, argnums=(0, 1, 2))(q, k, v)):
