@@ -14,7 +14,7 @@ Variants (`VARIANT`):
          is Paris."
 
   7b     LLaMA-1 7B, the paper's ablation setting: batch 64, residual dropout up to 0.2.
-         The planner: fits v5e-16 (mesh 1,16,1; peak 12.4 of 15.75 GiB a chip), and v4-16
+         The planner: fits v5e-16 (mesh 1,16,1; peak 12.5 of 15.75 GiB a chip), and v4-16
          (1,8,1) with --config.train.grad_accum_steps=2 (peak 22.2 of 30.75 GiB).
   65b    LLaMA-1 65B, the paper's run: 1,000 + 30 LIMA conversations, 15 epochs, batch 32,
          AdamW (0.9, 0.95), weight decay 0.1, lr 1e-5 -> 1e-6 linear without warmup, residual

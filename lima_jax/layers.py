@@ -145,11 +145,8 @@ class Attention(nn.Module):
       k_all = jax.lax.dynamic_update_slice_in_dim(kv["k"], k.astype(kv["k"].dtype), cache_index, 1)
       v_all = jax.lax.dynamic_update_slice_in_dim(kv["v"], v.astype(kv["v"].dtype), cache_index, 1)
       new_kv = {"k": k_all, "v": v_all}
-      k, v = k_all.astype(dtype), v_all.astype(dtype)
-
-    if kv is not None:
-      q = q.reshape(B, T, G, H // G, K)
-      out = attention.cached_attention(q, k, v, mask).reshape(B, T, H, K)
+      out = attention.cached_attention(q.reshape(B, T, G, H // G, K), k_all.astype(dtype),
+                                       v_all.astype(dtype), mask).reshape(B, T, H, K)
     elif cfg.attention_impl == "cudnn":
       # cuDNN's fused flash attention (NVIDIA GPUs, bfloat16/float16); the mask keeps packed
       # segments apart. Query head h uses kv head h // (H / G) here too.
