@@ -60,6 +60,14 @@ def throughput_table(result: dict) -> str:
       lines += ["", f"**{key.replace('_', ' ').replace('jax over', 'lima_jax /')}: "
                 f"{r['median']:.2f}x** tokens/s (per-round ratios {r['min']:.2f}-{r['max']:.2f})."]
   lines += ["", f"Machine: {_machine(result)}.", "", f"`{_command(result)}`"]
+  for path in sorted(RESULTS.glob("train_throughput_rerun*.json")):
+    again = json.loads(path.read_text())["summary"]
+    if "jax_over_torch" in again:
+      r = again["jax_over_torch"]
+      lines += ["", f"The same command rerun later (`{path.relative_to(REPO)}`): lima_jax "
+                f"{again['jax']['step_time_s']['median']:.2f} s, torch "
+                f"{again['torch']['step_time_s']['median']:.2f} s a step, **{r['median']:.2f}x** "
+                f"(per-round ratios {r['min']:.2f}-{r['max']:.2f})."]
   return "\n".join(lines)
 
 
