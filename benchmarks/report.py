@@ -104,8 +104,8 @@ ABLATIONS = (  # file in results/ablation/ -> what that run had
 def ablation_table() -> str:
   lines = ["What each change bought: lima_jax alone, each commit's own code and defaults, one "
            "round each (`--impl=jax --steps=8 --warmup=4 --rounds=1`), run one after the other "
-           "on the machine above, shortly before the table's run. Earlier sessions' rows, measured on an "
-           "AMD EPYC, are in this file's history (commit d247e95).", "",
+           "on the machine above, shortly before the table's run. Earlier sessions' rows, "
+           "measured on an AMD EPYC, are in this file's history (commit d247e95).", "",
            "| lima_jax | step (s) | tokens/s |", "|---|---|---|"]
   for name, what in ABLATIONS:
     path = RESULTS / "ablation" / name

@@ -75,10 +75,11 @@ def define_flags() -> None:
   flags.DEFINE_float("assistant_fraction", 0.6,
                      "Fraction of tokens that are assistant tokens (those in the loss).")
   flags.DEFINE_bool("scan_layers", True, "jax: nn.scan over layers (False: unrolled).")
-  flags.DEFINE_enum("remat_policy", "elementwise",
-                    ["none", "full", "save_dots", "save_dots_no_batch", "elementwise"],
-                    "jax: rematerialisation policy of each layer (lima_jax.model.REMAT_POLICIES; "
-                    "the default is configs/lima.py's).")
+  from configs import lima
+  from lima_jax.model import REMAT_POLICIES
+  flags.DEFINE_enum("remat_policy", lima.get_config("demo").model.remat_policy,
+                    list(REMAT_POLICIES), "jax: rematerialisation policy of each layer "
+                    "(lima_jax.model.REMAT_POLICIES; the default is configs/lima.py's).")
   flags.DEFINE_string("attention", "", "jax: ModelConfig.attention_impl ('': the model's "
                       "default, 'xla'; 'cudnn' on NVIDIA GPUs with --dtype=bfloat16).")
   flags.DEFINE_integer("attention_block", -1, "jax: ModelConfig.attention_block (-1: the "

@@ -500,4 +500,3 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
       f"export to Hugging Face: python -m lima_jax.convert to-hf --checkpoint={newest} "
       f"--out={workdir / 'hf'}")
   return last
-
