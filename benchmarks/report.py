@@ -1,4 +1,8 @@
-r"""Renders benchmarks/results/{train_throughput,compile_time}.json into the README's tables.
+r"""Renders benchmarks/results/ into the README's tables.
+
+train_throughput.json is the main table; every other train_throughput_*.json (a rerun, another
+machine, a GPU run) becomes one line under it, naming its machine; ablation/<machine>/*.json
+fill one column each of the ablation table; compile_time.json the compile-time table.
 
     python benchmarks/report.py           # rewrites the block between the README's markers
     python benchmarks/report.py --check   # exit 1 if the README's block is not what the files say
@@ -26,6 +30,13 @@ def _command(result: dict) -> str:
   """The recorded command with the interpreter's path shortened to `python`."""
   words = result["command"].split()
   return " ".join(["python", *words[1:]]) if words and "python" in words[0] else result["command"]
+
+
+def _same_run(a: dict, b: dict) -> bool:
+  """Whether two results came from the same command, wherever each wrote its file."""
+  def words(r):
+    return [w for w in _command(r).split() if not w.startswith("--out=")]
+  return words(a) == words(b)
 
 
 def _machine(result: dict) -> str:
@@ -60,14 +71,24 @@ def throughput_table(result: dict) -> str:
       lines += ["", f"**{key.replace('_', ' ').replace('jax over', 'lima_jax /')}: "
                 f"{r['median']:.2f}x** tokens/s (per-round ratios {r['min']:.2f}-{r['max']:.2f})."]
   lines += ["", f"Machine: {_machine(result)}.", "", f"`{_command(result)}`"]
-  for path in sorted(RESULTS.glob("train_throughput_rerun*.json")):
-    again = json.loads(path.read_text())["summary"]
+  others = sorted(RESULTS.glob("train_throughput_*.json"))
+  if others:
+    lines += ["", "Other runs (each file's own machine; the command above, apart from --out, "
+              "unless shown):", ""]
+  for path in others:
+    other = json.loads(path.read_text())
+    again, cpu = other["summary"], other["machine"]["cpu"]
+    line = (f"- `{path.relative_to(REPO)}`, {cpu}: lima_jax "
+            f"{again['jax']['step_time_s']['median']:.2f} s")
     if "jax_over_torch" in again:
       r = again["jax_over_torch"]
-      lines += ["", f"The same command rerun later (`{path.relative_to(REPO)}`): lima_jax "
-                f"{again['jax']['step_time_s']['median']:.2f} s, torch "
-                f"{again['torch']['step_time_s']['median']:.2f} s a step, **{r['median']:.2f}x** "
-                f"(per-round ratios {r['min']:.2f}-{r['max']:.2f})."]
+      line += (f", torch {again['torch']['step_time_s']['median']:.2f} s a step, "
+               f"**{r['median']:.2f}x** (per-round ratios {r['min']:.2f}-{r['max']:.2f})")
+    else:
+      line += " a step"
+    if not _same_run(other, result):
+      line += f"; `{_command(other)}`"
+    lines.append(line + ".")
   return "\n".join(lines)
 
 
@@ -102,17 +123,21 @@ ABLATIONS = (  # file in results/ablation/ -> what that run had
 
 
 def ablation_table() -> str:
+  """One column per machine: results/ablation/<machine>/<file> for each row of ABLATIONS."""
+  machines = sorted(d for d in (RESULTS / "ablation").iterdir() if d.is_dir())
+  runs = {(d.name, name): json.loads((d / name).read_text())
+          for d in machines for name, _ in ABLATIONS if (d / name).exists()}
+  cpus = {d.name: next((r["machine"]["cpu"] for (m, _), r in runs.items() if m == d.name), "?")
+          for d in machines}
   lines = ["What each change bought: lima_jax alone, each commit's own code and defaults, one "
-           "round each (`--impl=jax --steps=8 --warmup=4 --rounds=1`), run one after the other "
-           "on the machine above, shortly before the table's run. Earlier sessions' rows, "
-           "measured on an AMD EPYC, are in this file's history (commit d247e95).", "",
-           "| lima_jax | step (s) | tokens/s |", "|---|---|---|"]
+           "round each (`--impl=jax --steps=8 --warmup=4 --rounds=1`), run one after the other; "
+           "step time in seconds, one column per machine (`benchmarks/results/ablation/`).", "",
+           "| lima_jax | " + " | ".join(cpus[d.name] for d in machines) + " |",
+           "|---" * (len(machines) + 1) + "|"]
   for name, what in ABLATIONS:
-    path = RESULTS / "ablation" / name
-    if path.exists():
-      f = json.loads(path.read_text())["summary"]["jax"]
-      lines.append(f"| {what} | {f['step_time_s']['median']:.2f} | "
-                   f"{f['tokens_per_s']['median']:.0f} |")
+    cells = [f"{runs[d.name, name]['summary']['jax']['step_time_s']['median']:.2f}"
+             if (d.name, name) in runs else "-" for d in machines]
+    lines.append(f"| {what} | " + " | ".join(cells) + " |")
   return "\n".join(lines)
 
 

@@ -55,8 +55,8 @@ def get_config(variant: str = "demo") -> ml_collections.ConfigDict:
   c.model.scan_layers = True  # nn.scan over layers: compile time flat in depth.
   # What the backward pass recomputes instead of storing (lima_jax.model.REMAT_POLICIES):
   # 'elementwise' keeps the matmul and attention outputs and recomputes norms, RoPE and SwiGLU's
-  # activation (CPU, bench-20m at 8 x 512: 2.57 -> 2.32 s a step, temporaries 1.4 -> 0.7 GB,
-  # benchmarks/results/ablation/); 'none' stores everything;
+  # activation (CPU, bench-20m at 8 x 512: 2.57 -> 2.32 s a step on an Intel Xeon, 3.92 -> 3.69 s
+  # on an AMD EPYC, temporaries 1.4 -> 0.7 GB, benchmarks/results/ablation/); 'none' stores all;
   # 'full' keeps only each layer's input (large models on small slices); also 'save_dots',
   # 'save_dots_no_batch'.
   c.model.remat_policy = "elementwise"
