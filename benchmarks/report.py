@@ -19,11 +19,12 @@ import sys
 from absl import app, flags
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
-RESULTS = REPO / "benchmarks/results"
 BEGIN, END = "<!-- benchmarks:begin -->", "<!-- benchmarks:end -->"
 
 _CHECK = flags.DEFINE_bool("check", False, "Only compare; exit 1 if the README is stale.")
 _README = flags.DEFINE_string("readme", str(REPO / "README.md"), "The file to update.")
+_RESULTS = flags.DEFINE_string("results", str(REPO / "benchmarks/results"),
+                               "The results folder the tables are rendered from.")
 
 
 def _command(result: dict) -> str:
@@ -39,14 +40,28 @@ def _same_run(a: dict, b: dict) -> bool:
   return words(a) == words(b)
 
 
+def _device(result: dict) -> str:
+  """The accelerator lima_jax ran on, with its host CPU, or the CPU it ran on."""
+  first = next((r["jax"] for r in result["rounds"] if "platform" in r.get("jax", {})), {})
+  cpu = result["machine"]["cpu"]
+  return cpu if first.get("platform", "cpu") == "cpu" else f"{first['device_kind']} (host {cpu})"
+
+
+def _mfu(summary: dict) -> str:
+  """', MFU a% (lima_jax), b% (torch)' against the device's peak, where one is known."""
+  parts = [f"{summary[k]['mfu']['median']:.1%} ({name})" for k, name in (
+      ("jax", "lima_jax"), ("torch", "torch")) if (summary.get(k) or {}).get("mfu")]
+  return f", MFU {', '.join(parts)}" if parts else ""
+
+
 def _machine(result: dict) -> str:
   m = result["machine"]
   v = m["versions"]
   libs = ", ".join(f"{k} {v[k]}" for k in ("jax", "flax", "torch", "transformers") if v.get(k))
-  return f"{m['cpu']}, {m['cores']} cores; {libs}"
+  return f"{_device(result)}, {m['cores']} cores; {libs}"
 
 
-def throughput_table(result: dict) -> str:
+def throughput_table(result: dict, results: pathlib.Path) -> str:
   s, settings = result["summary"], result["settings"]
   rows = [("lima_jax", "jax")] + [(name, key) for name, key in (
       ("PyTorch + transformers", "torch"), ("PyTorch + transformers, torch.compile",
@@ -70,15 +85,15 @@ def throughput_table(result: dict) -> str:
       r = s[key]
       lines += ["", f"**{key.replace('_', ' ').replace('jax over', 'lima_jax /')}: "
                 f"{r['median']:.2f}x** tokens/s (per-round ratios {r['min']:.2f}-{r['max']:.2f})."]
-  lines += ["", f"Machine: {_machine(result)}.", "", f"`{_command(result)}`"]
-  others = sorted(RESULTS.glob("train_throughput_*.json"))
+  lines += ["", f"Machine: {_machine(result)}{_mfu(s)}.", "", f"`{_command(result)}`"]
+  others = sorted(results.glob("train_throughput_*.json"))
   if others:
     lines += ["", "Other runs (each file's own machine; the command above, apart from --out, "
               "unless shown):", ""]
   for path in others:
     other = json.loads(path.read_text())
-    again, cpu = other["summary"], other["machine"]["cpu"]
-    line = (f"- `{path.relative_to(REPO)}`, {cpu}: lima_jax "
+    again = other["summary"]
+    line = (f"- `benchmarks/results/{path.name}`, {_device(other)}: lima_jax "
             f"{again['jax']['step_time_s']['median']:.2f} s")
     if "jax_over_torch" in again:
       r = again["jax_over_torch"]
@@ -86,6 +101,7 @@ def throughput_table(result: dict) -> str:
                f"**{r['median']:.2f}x** (per-round ratios {r['min']:.2f}-{r['max']:.2f})")
     else:
       line += " a step"
+    line += _mfu(again)
     if not _same_run(other, result):
       line += f"; `{_command(other)}`"
     lines.append(line + ".")
@@ -122,9 +138,9 @@ ABLATIONS = (  # file in results/ablation/ -> what that run had
 )
 
 
-def ablation_table() -> str:
+def ablation_table(results: pathlib.Path) -> str:
   """One column per machine: results/ablation/<machine>/<file> for each row of ABLATIONS."""
-  machines = sorted(d for d in (RESULTS / "ablation").iterdir() if d.is_dir())
+  machines = sorted(d for d in (results / "ablation").iterdir() if d.is_dir())
   runs = {(d.name, name): json.loads((d / name).read_text())
           for d in machines for name, _ in ABLATIONS if (d / name).exists()}
   cpus = {d.name: next((r["machine"]["cpu"] for (m, _), r in runs.items() if m == d.name), "?")
@@ -141,17 +157,17 @@ def ablation_table() -> str:
   return "\n".join(lines)
 
 
-def render() -> str:
+def render(results: pathlib.Path) -> str:
   parts = [BEGIN, "<!-- written by `python benchmarks/report.py` from benchmarks/results/ -->"]
-  for name, fn in (("train_throughput.json", throughput_table),
+  for name, fn in (("train_throughput.json", lambda r: throughput_table(r, results)),
                    ("compile_time.json", compile_table)):
-    path = RESULTS / name
+    path = results / name
     if path.exists():
       parts += ["", fn(json.loads(path.read_text()))]
     else:
       parts += ["", f"(no `benchmarks/results/{name}` yet)"]
-    if name == "train_throughput.json" and (RESULTS / "ablation").exists():
-      parts += ["", ablation_table()]
+    if name == "train_throughput.json" and (results / "ablation").exists():
+      parts += ["", ablation_table(results)]
   return "\n".join(parts + ["", END])
 
 
@@ -162,7 +178,7 @@ def main(argv):
   found = re.search(re.escape(BEGIN) + ".*?" + re.escape(END), text, flags=re.S)
   if not found:
     fail(f"{readme}: no '{BEGIN}' ... '{END}' block to fill")
-  block = render()
+  block = render(pathlib.Path(_RESULTS.value))
   if _CHECK.value:
     if found.group(0) != block:
       fail(f"{readme}: the benchmark tables differ from benchmarks/results/; run "

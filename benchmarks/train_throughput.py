@@ -34,7 +34,10 @@ accelerator target (bfloat16, ~1B LLaMA, length 2,048) is one command:
         --out=benchmarks/results/train_throughput_gpu.json
 
 (--remat_policy=save_dots_no_batch if it runs out of memory; --peak_tflops is known for H100,
-H200 and A100 in bfloat16.)
+H200 and A100 in bfloat16.) It needs jax with CUDA (`pip install "jax[cuda12]==0.10.2"`) and, for
+the torch side, a CUDA build of torch: requirements-test.txt pins the CPU wheel, and the torch
+worker then stops with one line instead of timing a CPU torch against a GPU lima_jax. The
+torch side always runs on the platform lima_jax ran on (round 1 runs lima_jax first).
 
 Results go to --out (JSON: figures per implementation and round, the ratio, machine, versions,
 the exact command). Worker processes are this script with --worker_out.
@@ -97,6 +100,8 @@ def define_flags() -> None:
                       "Where to write the results JSON (atomically).")
   flags.DEFINE_string("worker_out", "", "Internal: run ONE implementation (--impl) for one "
                       "round and write its figures to this path.")
+  flags.DEFINE_enum("worker_platform", "", ["", "cpu", "gpu", "tpu"], "Internal: the platform "
+                    "lima_jax ran on, which the torch worker must match ('': torch's choice).")
 
 
 FLAGS = flags.FLAGS
@@ -254,6 +259,21 @@ def run_jax() -> dict:
           "n_params": model_lib.param_count(cfg), "cfg": cfg.to_dict(), "batch": batch_np}
 
 
+def torch_device(jax_platform: str):
+  """Where torch runs: where lima_jax ran, or a clear error (a CPU-only torch beside a GPU jax
+  would time a 1B model on the host for hours and report a meaningless ratio)."""
+  import torch
+  from lima_jax.errors import UserError
+  has_cuda = torch.cuda.is_available()
+  if jax_platform == "tpu":
+    raise UserError("lima_jax ran on a TPU, where the torch side has no path: use --impl=jax")
+  if jax_platform == "gpu" and not has_cuda:
+    raise UserError(f"lima_jax ran on a GPU but torch {torch.__version__} has no CUDA: "
+                    "install a CUDA build of torch for the side-by-side run, or time lima_jax "
+                    "alone with --impl=jax")
+  return torch.device("cuda" if has_cuda and jax_platform != "cpu" else "cpu")
+
+
 def run_torch(compile_model: bool) -> dict:
   import numpy as np
   import torch
@@ -261,7 +281,7 @@ def run_torch(compile_model: bool) -> dict:
 
   torch.set_num_threads(os.cpu_count())
   cfg = model_config()
-  dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+  dev = torch_device(FLAGS.worker_platform)
   dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16}[FLAGS.dtype]
   hf = transformers.LlamaConfig(
       vocab_size=cfg.vocab_size, hidden_size=cfg.dim, intermediate_size=cfg.hidden_dim,
@@ -307,7 +327,8 @@ def run_torch(compile_model: bool) -> dict:
   wall, cpu = _time_steps(step, FLAGS.warmup, FLAGS.steps,
                           "torch.compile" if compile_model else "torch")
   return {"step_s": wall, "cpu_s": cpu, "loss": step.loss, "platform": dev.type,
-          "device_kind": torch.cuda.get_device_name() if dev.type == "cuda" else platform.processor(),
+          "device_kind": (torch.cuda.get_device_name() if dev.type == "cuda"
+                          else platform.processor()),
           "device_peak_bytes": torch.cuda.max_memory_allocated() if dev.type == "cuda" else None,
           "n_params": sum(p.numel() for p in model.parameters()),
           "torch_threads": torch.get_num_threads(), "optimizer": kind,
@@ -340,13 +361,14 @@ def worker(impl: str) -> None:
 # Driver: alternate fresh worker processes, then summarise.
 # ---------------------------------------------------------------------------------------------
 
-def _spawn(impl: str) -> dict:
+def _spawn(impl: str, jax_platform: str) -> dict:
   """Runs one worker; its progress bar passes through, its stderr tail names any failure."""
   with tempfile.TemporaryDirectory() as tmp:
     out = os.path.join(tmp, "worker.json")
     args = [f"--{k}={FLAGS[k].value}" for k in _OWN_FLAGS if k not in ("impl", "torch_compile")]
     args += [f"--impl={'jax' if impl == 'jax' else 'torch'}", f"--worker_out={out}",
-             "--torch_compile" if impl == "torch_compile" else "--notorch_compile"]
+             "--torch_compile" if impl == "torch_compile" else "--notorch_compile",
+             f"--worker_platform={jax_platform}"]
     load = os.getloadavg()[0]
     proc = subprocess.Popen([sys.executable, os.path.abspath(__file__), *args],
                             stderr=subprocess.PIPE)
@@ -382,20 +404,29 @@ def main(argv):
   except UserError as e:
     fail(str(e))
   if FLAGS.worker_out:
-    worker("torch_compile" if FLAGS.impl == "torch" and FLAGS.torch_compile else FLAGS.impl)
+    try:
+      worker("torch_compile" if FLAGS.impl == "torch" and FLAGS.torch_compile else FLAGS.impl)
+    except UserError as e:
+      fail(str(e))
     return
   impls = {"jax": ["jax"], "torch": ["torch"], "both": ["jax", "torch"]}[FLAGS.impl]
   if FLAGS.torch_compile and "torch" in impls:
     impls.append("torch_compile")
-  rounds = []
+  rounds, jax_platform = [], ""
   for r in range(FLAGS.rounds):
-    # Alternate the order so that neither side always runs first.
+    # Alternate the order so that neither side always runs first (round 1 runs lima_jax first,
+    # so that torch is then told the platform to match).
     order = impls if r % 2 == 0 else impls[::-1]
-    rounds.append({impl: _spawn(impl) for impl in order})
-    for impl, res in rounds[-1].items():
-      shown = res.get("error") or (f"{res['tokens_per_s']:.0f} tok/s, step "
-                                   f"{res['step_time_s']:.2f}s (load {res['load_avg_1m_before']:.1f})")
+    rounds.append({})
+    for impl in order:
+      rounds[-1][impl] = res = _spawn(impl, jax_platform)
+      jax_platform = res.get("platform", jax_platform) if impl == "jax" else jax_platform
+      shown = res.get("error") or (
+          f"{res['tokens_per_s']:.0f} tok/s, step {res['step_time_s']:.2f}s"
+          f" (load {res['load_avg_1m_before']:.1f})")
       print(f"round {r + 1}/{FLAGS.rounds} {impl}: {shown}", file=sys.stderr, flush=True)
+    if any("error" in res for res in rounds[-1].values()):
+      break  # A worker's failure (a flag, a missing package, memory) repeats in every round.
   summary = {}
   for impl in impls:
     ok = [r[impl] for r in rounds if "error" not in r[impl]]

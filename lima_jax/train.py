@@ -202,8 +202,16 @@ class Built:
 CPU_COMPILER_OPTIONS = {"xla_cpu_experimental_ynn_fusion_type": ""}
 
 
+def check_platform(cfg: model_lib.ModelConfig, platform: str) -> None:
+  if cfg.attention_impl == "cudnn" and (platform != "gpu" or cfg.dtype != "bfloat16"):
+    raise UserError(f"model.attention_impl='cudnn' needs NVIDIA GPUs and model.dtype='bfloat16' "
+                    f"(this run: {platform}, {cfg.dtype}); use 'xla'")
+
+
 def build_train_step(config, mesh, cfg: model_lib.ModelConfig, total_steps: int) -> Built:
   """Builds the jitted step and the abstract sharded state without allocating anything."""
+  platform = mesh.devices.flat[0].platform
+  check_platform(cfg, platform)
   model = model_lib.Transformer(cfg)
   schedule = make_schedule(config.train, total_steps)
   tx = make_optimizer(config.train, schedule)
@@ -228,7 +236,7 @@ def build_train_step(config, mesh, cfg: model_lib.ModelConfig, total_steps: int)
   chunk = config.train.get("loss_chunk", 0)
   if chunk < 0:
     raise UserError(f"train.loss_chunk={chunk}: must be >= 0 (0: plain logits)")
-  options = CPU_COMPILER_OPTIONS if mesh.devices.flat[0].platform == "cpu" else None
+  options = CPU_COMPILER_OPTIONS if platform == "cpu" else None
   groups = sharding.batch_shards(mesh)
   step = jax.jit(make_train_step(model, tx, schedule, accum, deterministic, chunk, groups),
                  in_shardings=(state_sh, batch_sh, replicated),
@@ -385,10 +393,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   init_cfg, init_tok, init_kind = read_init(config.model.init)
   tok = load_tokenizer(config, init_tok)
   cfg = model_config(config, init_cfg, tok)
-  platform = jax.devices()[0].platform
-  if cfg.attention_impl == "cudnn" and (platform != "gpu" or cfg.dtype != "bfloat16"):
-    raise UserError(f"model.attention_impl='cudnn' needs NVIDIA GPUs and model.dtype='bfloat16' "
-                    f"(this run: {platform}, {cfg.dtype}); use 'xla'")
+  check_platform(cfg, mesh.devices.flat[0].platform)  # Before the data is read.
   files = [f for f in config.data.train_files.split(",") if f]
   if not files:
     raise UserError("data.train_files: no file given")

@@ -10,6 +10,8 @@ import pathlib
 import subprocess
 import sys
 
+import pytest
+
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
 
@@ -26,8 +28,10 @@ def test_train_throughput_both_sides_train_the_same_model(tmp_path):
   result = json.loads(out.read_text())
   (round_,) = result["rounds"]
   jax_r, torch_r = round_["jax"], round_["torch"]
-  # Same architecture on both sides: transformers' Llama built from our config.
+  # Same architecture on both sides, on the same platform: transformers' Llama built from our
+  # config, run where lima_jax ran.
   assert jax_r["n_params"] == torch_r["n_params"]
+  assert torch_r["platform"] == jax_r["platform"] == "cpu"
   for r in (jax_r, torch_r):
     assert len(r["step_s"]) == 2 and all(t > 0 for t in r["step_s"])
     # A freshly initialised model on random tokens: loss near ln(vocab) = ln(256) ~ 5.5.
@@ -47,6 +51,34 @@ def test_train_throughput_rejects_bad_flag_in_one_line(tmp_path):
   assert proc.stderr.strip().splitlines() == [
       "error: --assistant_fraction=1.5: must be in (0, 1)"]
   assert not out.exists()
+
+
+def test_train_throughput_torch_worker_refuses_a_platform_it_lacks(tmp_path):
+  """Told that lima_jax ran on a GPU, a CPU-only torch stops in one line instead of timing the
+  model on the host (which would make the ratio meaningless)."""
+  import torch
+  if torch.cuda.is_available():
+    pytest.skip("torch has CUDA here, so the GPU side-by-side is possible")
+  out = tmp_path / "worker.json"
+  proc = _run("train_throughput.py", "--impl=torch", "--size=tiny", "--seq=16", "--batch=2",
+              f"--worker_out={out}", "--worker_platform=gpu")
+  assert proc.returncode == 1
+  last = proc.stderr.strip().splitlines()[-1]
+  assert last.startswith("error: lima_jax ran on a GPU but torch ") and "--impl=jax" in last
+  assert not out.exists()
+
+
+def test_train_throughput_stops_after_a_failed_round(tmp_path):
+  """A worker's failure is reported in one line and not repeated for every round."""
+  out = tmp_path / "tt.json"
+  proc = _run("train_throughput.py", "--impl=jax", "--size=tiny", "--batch=8", "--seq=32",
+              "--rounds=3", "--attention=cudnn", f"--out={out}")
+  assert proc.returncode == 1
+  last = proc.stderr.strip().splitlines()[-1]
+  assert last.startswith("error: 1 worker(s) failed; first: jax: exit 1: error: ") and (
+      "attention_impl='cudnn'" in last), last
+  result = json.loads(out.read_text())
+  assert len(result["rounds"]) == 1 and "error" in result["rounds"][0]["jax"]
 
 
 def test_compile_time_writes_a_table_per_depth_and_mode(tmp_path):
@@ -80,3 +112,21 @@ def test_report_check_fails_on_a_stale_readme(tmp_path):
   assert _run("report.py", f"--readme={readme}").returncode == 0
   assert "9999" not in readme.read_text() and _run(
       "report.py", "--check", f"--readme={readme}").returncode == 0
+
+
+def test_report_names_the_accelerator_and_its_mfu(tmp_path):
+  """A GPU run's table names the device lima_jax ran on and the MFU, not only the host CPU."""
+  result = json.loads((REPO / "benchmarks/results/train_throughput_xeon.json").read_text())
+  for round_ in result["rounds"]:
+    round_["jax"].update(platform="gpu", device_kind="NVIDIA H100 80GB HBM3")
+  spread = {"median": 0.512, "min": 0.5, "max": 0.52, "n": 5}
+  result["summary"]["jax"]["mfu"], result["summary"]["torch"]["mfu"] = spread, None
+  results = tmp_path / "results"
+  results.mkdir()
+  (results / "train_throughput.json").write_text(json.dumps(result))
+  readme = tmp_path / "README.md"
+  readme.write_text("<!-- benchmarks:begin -->\n<!-- benchmarks:end -->\n")
+  assert _run("report.py", f"--readme={readme}", f"--results={results}").returncode == 0
+  (machine,) = [l for l in readme.read_text().splitlines() if l.startswith("Machine: ")]
+  assert machine.startswith(f"Machine: NVIDIA H100 80GB HBM3 (host {result['machine']['cpu']})")
+  assert "MFU 51.2% (lima_jax)." in machine and "(torch)" not in machine
