@@ -87,7 +87,7 @@ def _spawn(n_layers: int, mode: str) -> dict:
 
 
 def main(argv):
-  from lima_jax.errors import UserError, fail
+  from lima_jax.errors import fail
   try:
     layers = [int(x) for x in _LAYERS.value]
   except ValueError:
@@ -97,10 +97,7 @@ def main(argv):
   bad = [m for m in _MODES.value if m not in ("scan", "unrolled")]
   if bad:
     fail(f"--modes: {bad} not in ['scan', 'unrolled']")
-  try:
-    model_config(layers[0], True)
-  except UserError as e:
-    fail(str(e))
+  model_config(layers[0], True)  # A bad size stops here, before any worker starts.
   if _WORKER.value:
     n, mode = _WORKER.value.split(",")
     print(json.dumps(measure(int(n), mode == "scan")), flush=True)
@@ -150,4 +147,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  from lima_jax.errors import cli_main
+  app.run(cli_main(main))

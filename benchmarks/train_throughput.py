@@ -398,16 +398,9 @@ def main(argv):
     fail("--batch, --seq, --steps must be positive and --warmup non-negative")
   if not 0.0 < FLAGS.assistant_fraction < 1.0:
     fail(f"--assistant_fraction={FLAGS.assistant_fraction}: must be in (0, 1)")
-  from lima_jax.errors import UserError
-  try:
-    model_config()
-  except UserError as e:
-    fail(str(e))
+  model_config()  # A bad size or override stops here, before any worker starts.
   if FLAGS.worker_out:
-    try:
-      worker("torch_compile" if FLAGS.impl == "torch" and FLAGS.torch_compile else FLAGS.impl)
-    except UserError as e:
-      fail(str(e))
+    worker("torch_compile" if FLAGS.impl == "torch" and FLAGS.torch_compile else FLAGS.impl)
     return
   impls = {"jax": ["jax"], "torch": ["torch"], "both": ["jax", "torch"]}[FLAGS.impl]
   if FLAGS.torch_compile and "torch" in impls:
@@ -420,7 +413,8 @@ def main(argv):
     rounds.append({})
     for impl in order:
       rounds[-1][impl] = res = _spawn(impl, jax_platform)
-      jax_platform = res.get("platform", jax_platform) if impl == "jax" else jax_platform
+      if impl == "jax" and "platform" in res:
+        jax_platform = res["platform"]
       shown = res.get("error") or (
           f"{res['tokens_per_s']:.0f} tok/s, step {res['step_time_s']:.2f}s"
           f" (load {res['load_avg_1m_before']:.1f})")
@@ -466,4 +460,5 @@ _OWN_FLAGS = ("impl", "size", "batch", "seq", "steps", "warmup", "rounds", "dtyp
 
 if __name__ == "__main__":
   define_flags()
-  app.run(main)
+  from lima_jax.errors import cli_main
+  app.run(cli_main(main))
