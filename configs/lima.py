@@ -65,6 +65,9 @@ def get_config(variant: str = "demo") -> ml_collections.ConfigDict:
   # (0: one block). On CPU at length 512: 2.48 s a step with 128 or 256, 2.56 s with 64.
   c.model.attention_block = 128
   c.model.attention_impl = "xla"  # 'xla' (any backend) | 'cudnn' (NVIDIA GPUs, bfloat16).
+  # data.tokenizer must be the tokenizer stored with model.init (same SentencePiece model);
+  # True accepts another one whose ids you know agree.
+  c.model.allow_tokenizer_mismatch = False
 
   # --- Data --------------------------------------------------------------------------------
   c.data = ml_collections.ConfigDict()
@@ -102,7 +105,9 @@ def get_config(variant: str = "demo") -> ml_collections.ConfigDict:
 
   # --- Mesh --------------------------------------------------------------------------------
   c.mesh = ml_collections.ConfigDict()
-  c.mesh.shape = (1, -1, 1)  # (data, fsdp, tensor); one -1 takes the remaining devices.
+  # (data, fsdp, tensor), one -1 taking the remaining devices; () chooses: the micro-batch over
+  # fsdp as far as it divides, the rest on 'tensor' inside each host (sharding.auto_mesh_shape).
+  c.mesh.shape = ()
 
   # --- Checkpoints -------------------------------------------------------------------------
   c.checkpoint = ml_collections.ConfigDict()
@@ -111,6 +116,14 @@ def get_config(variant: str = "demo") -> ml_collections.ConfigDict:
   # The newest checkpoint is always kept so that a rerun can resume.
   c.checkpoint.keep_epochs = ""
   c.checkpoint.async_save = True  # Orbax writes in the background while training goes on.
+  # What a SIGTERM (preemption notice, `launch/tpu.sh stop`) saves, at the same step on every
+  # host: 'full' (params + optimizer state: resumes exactly from there), 'params' (params only,
+  # to WORKDIR/preempted/<step>/, a third of the bytes; the rerun resumes from the last periodic
+  # checkpoint, so set every_steps), 'none'. docs/tpu.md: what fits in the notice at 65B.
+  c.checkpoint.on_preemption = "full"
+  # Rerunning a workdir under another recipe (epochs, batch, data, lr, ...; lima_jax/recipe.py)
+  # is refused; True continues it under the new one (earlier recipes' checkpoints are kept).
+  c.checkpoint.allow_recipe_change = False
 
   # --- Processes -----------------------------------------------------------------------------
   c.distributed = ml_collections.ConfigDict()

@@ -9,7 +9,7 @@ be handed to `generate`, `convert to-hf` or `model.init` as it is. Orbax writes 
 directory and renames it when complete, so a killed run never leaves a half checkpoint that a
 resume would pick up.
 """
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import jax
 import numpy as np
@@ -140,13 +140,15 @@ class Manager:
   def delete(self, step: int) -> None:
     self._mngr.delete(step)
 
-  def prune(self, keep_steps: set[int]) -> None:
+  def prune(self, keep_steps: set[int],
+              deletable: Optional[Callable[[int], bool]] = None) -> None:
     """Deletes every checkpoint that is neither in `keep_steps` nor the newest complete one
-    (which a resume needs). Waits for the save in flight first, so the newest is complete."""
+    (which a resume needs), and for which `deletable(step)` holds (training: only its own
+    recipe's). Waits for the save in flight first, so the newest is complete."""
     self.wait()
     newest = self.latest_step()
     for step in self.all_steps():
-      if step != newest and step not in keep_steps:
+      if step != newest and step not in keep_steps and (deletable is None or deletable(step)):
         self.delete(step)
 
   def wait(self) -> None:

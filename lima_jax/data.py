@@ -20,6 +20,7 @@ CLI (`python -m lima_jax.data stats|show ...`, console script `lima-data`): see
 `lima_jax.datasets.cli`.
 """
 import dataclasses
+import hashlib
 from typing import Iterator, Sequence
 
 import numpy as np
@@ -134,20 +135,17 @@ class SFTDataset:
   """Shuffled (per seed and epoch), padded or packed batches; step N's batch is a pure
   function of (seed, N), so a resumed run sees exactly the data it would have seen.
 
-  `global_batch` counts rows (conversations when not packing). `batch(step)` returns only this
-  process's rows: process p of P gets rows [p*b, (p+1)*b) of the global batch, b = global/P.
-  With packing, conversations are shuffled and then packed afresh each epoch, so the number of
-  rows, and of steps, may differ a little between epochs.
+  `global_batch` counts rows (conversations when not packing). `batch(step, rows)` builds only
+  the global rows asked for: on a pod each process asks for the rows its devices hold
+  (`sharding.process_rows`), so no host builds the whole batch and hosts that hold replicas of
+  a row build the same row. With packing, conversations are shuffled and then packed afresh
+  each epoch, so the number of rows, and of steps, may differ a little between epochs.
   """
 
   def __init__(self, encoded: Sequence[Encoded], *, global_batch: int, row_len: int, pack: bool,
-               seed: int, process_index: int = 0, process_count: int = 1,
-               drop_remainder: bool = False):
-    if global_batch <= 0 or global_batch % process_count:
-      raise ValueError(f"global_batch {global_batch} must be a positive multiple of "
-                       f"process_count {process_count}")
-    if not 0 <= process_index < process_count:
-      raise ValueError(f"process_index {process_index} not in [0, {process_count})")
+               seed: int, drop_remainder: bool = False):
+    if global_batch <= 0:
+      raise ValueError(f"global_batch {global_batch} must be positive")
     if not encoded:
       raise ValueError("no examples")
     self.encoded = list(encoded)
@@ -158,8 +156,6 @@ class SFTDataset:
       raise ValueError("every example must have a loss token (drop the others first)")
     self._lengths = lengths
     self.global_batch, self.row_len, self.pack, self.seed = global_batch, row_len, pack, seed
-    self.process_index, self.process_count = process_index, process_count
-    self.local_batch = global_batch // process_count
     self.drop_remainder = drop_remainder
     # Row counts of every epoch seen, but the rows themselves only for the latest epoch: a
     # large set over many epochs would otherwise hold every epoch's plan in memory.
@@ -204,23 +200,35 @@ class SFTDataset:
       epoch += 1
     return epoch, step
 
-  def _local(self, rows: list[list[int]]) -> dict[str, np.ndarray]:
-    """This process's slice of a global batch, padded to the full global batch first."""
-    rows = rows + [[]] * (self.global_batch - len(rows))  # all-padding rows: mask False
-    b, p = self.local_batch, self.process_index
-    return _fill_rows(self.encoded, rows[p * b:(p + 1) * b], self.row_len)
+  def _rows(self, plan: list[list[int]], rows) -> dict[str, np.ndarray]:
+    """Global rows `rows` (default: all) of a batch planned as `plan`, padded to the global
+    batch first with all-padding rows (mask False)."""
+    plan = plan + [[]] * (self.global_batch - len(plan))
+    rows = range(self.global_batch) if rows is None else rows
+    return _fill_rows(self.encoded, [plan[int(r)] for r in rows], self.row_len)
 
-  def batch(self, step: int) -> dict[str, np.ndarray]:
-    """This process's [global_batch / process_count, row_len] arrays for `step`."""
+  def batch(self, step: int, rows=None) -> dict[str, np.ndarray]:
+    """Arrays [len(rows), row_len]: rows `rows` of the global batch of `step` (default all)."""
     epoch, k = self.locate(step)
     g = self.global_batch
-    return self._local(self._plan(epoch)[k * g:(k + 1) * g])
+    return self._rows(self._plan(epoch)[k * g:(k + 1) * g], rows)
 
-  def eval_batches(self) -> Iterator[dict[str, np.ndarray]]:
-    """Every example once, in the given order (packed if `pack`), in padded global batches."""
+  def eval_batches(self, rows=None) -> Iterator[dict[str, np.ndarray]]:
+    """Every example once, in the given order (packed if `pack`), in padded global batches
+    (rows `rows` of each, as for `batch`)."""
     plan = _plan_rows(range(len(self.encoded)), self._lengths, self.row_len, self.pack)
     for k in range(0, len(plan), self.global_batch):
-      yield self._local(plan[k:k + self.global_batch])
+      yield self._rows(plan[k:k + self.global_batch], rows)
+
+  def fingerprint(self) -> str:
+    """sha256 of every encoded example and the epoch-0 plan: hosts with the same data, tokenizer
+    and settings agree on it, a stale copy of a file on one host does not."""
+    h = hashlib.sha256(f"{self.global_batch},{self.row_len},{self.pack},{self.seed}".encode())
+    for e in self.encoded:
+      h.update(e.tokens.tobytes())
+      h.update(np.packbits(e.loss_mask).tobytes())
+    h.update(np.asarray([i for row in self._plan(0) for i in row + [-1]], np.int64).tobytes())
+    return h.hexdigest()
 
 
 def encode_records(records: Sequence[Record], tok: Tokenizer, max_len: int,
@@ -278,8 +286,7 @@ def _summary(records: Sequence[Record], encoded: Sequence[Encoded]) -> dict:
 def load_sft_data(files: str | Sequence[str], tok: Tokenizer, *, max_len: int, pack: bool,
                   global_batch: int, seed: int, subset_size: int = 0,
                   eval_files: str | Sequence[str] = (), eval_fraction: float = 0.0,
-                  on_error: str = "raise", process_index: int = 0, process_count: int = 1
-                  ) -> tuple[SFTDataset, SFTDataset | None, dict]:
+                  on_error: str = "raise") -> tuple[SFTDataset, SFTDataset | None, dict]:
   """Reads, encodes, splits and wraps conversation files; rows are `max_len` long.
 
   The held-out split (`eval_fraction`) is drawn before the subset (`subset_size`), both from
@@ -313,8 +320,7 @@ def load_sft_data(files: str | Sequence[str], tok: Tokenizer, *, max_len: int, p
     pick = np.random.default_rng((seed, _SUBSET)).permutation(len(idx))[:subset_size]
     idx = idx[np.sort(pick)]
 
-  common = dict(global_batch=global_batch, row_len=max_len, pack=pack, seed=seed,
-                process_index=process_index, process_count=process_count)
+  common = dict(global_batch=global_batch, row_len=max_len, pack=pack, seed=seed)
   train = SFTDataset([encoded[i] for i in idx], **common)
   report["train"] = dict(_summary([records[i] for i in idx], train.encoded),
                          steps_in_epoch_0=train.steps_in_epoch(0))

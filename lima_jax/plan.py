@@ -31,7 +31,7 @@ import jax.numpy as jnp
 from absl import app, flags
 from ml_collections import config_flags
 
-from lima_jax import sharding, tpu_specs, train
+from lima_jax import base_model, sharding, tpu_specs, train
 from lima_jax.errors import UserError, cli_main
 
 MFUS = (0.4, 0.6)
@@ -63,6 +63,9 @@ class Plan:
   tokens_per_step: int = 0
   step_seconds: dict[str, float] = dataclasses.field(default_factory=dict)  # MFU -> seconds.
   oom_message: str = ""
+  # Some 'tensor' group spans hosts: those hosts feed identical batch rows (each host loads and
+  # sends more rows than its share); the collectives still run over ICI.
+  tensor_across_hosts: bool = False
   suggestions: list[str] = dataclasses.field(default_factory=list)
 
 
@@ -93,8 +96,9 @@ def _libtpu_noise_hidden():
       os.close(saved)
 
 
-def topology_mesh(slice_: tpu_specs.Slice, mesh_shape) -> jax.sharding.Mesh:
-  """A ('data', 'fsdp', 'tensor') mesh over compile-only devices of the slice."""
+def topology_mesh(slice_: tpu_specs.Slice, mesh_shape, micro_batch: int) -> jax.sharding.Mesh:
+  """A ('data', 'fsdp', 'tensor') mesh over compile-only devices of the slice: `mesh_shape`,
+  or () for the one training would choose (`sharding.choose_mesh`)."""
   from jax.experimental import topologies
   require_libtpu()
   # libtpu lets one process per machine hold the TPU; compiling touches no TPU, so planners and
@@ -108,7 +112,7 @@ def topology_mesh(slice_: tpu_specs.Slice, mesh_shape) -> jax.sharding.Mesh:
   except (RuntimeError, jax.errors.JaxRuntimeError) as e:
     raise UserError(f"--topology={slice_.topology}: libtpu could not describe this slice: "
                     f"{str(e).splitlines()[0]}") from None
-  return sharding.make_mesh(mesh_shape, devices)
+  return sharding.choose_mesh(mesh_shape, devices, micro_batch)
 
 
 def _bytes_per_chip(tree) -> int:
@@ -139,7 +143,8 @@ def plan_step(built, mesh: jax.sharding.Mesh, slice_: tpu_specs.Slice, seq_len: 
            param_bytes=_bytes_per_chip(state.params),
            opt_state_bytes=_bytes_per_chip(state.opt_state), batch_bytes=_bytes_per_chip(batch),
            usable_hbm_bytes=slice_.chip.usable_hbm_bytes, nominal_hbm_bytes=slice_.chip.hbm_bytes,
-           fits=True, compile_seconds=0.0, tokens_per_step=tokens)
+           fits=True, compile_seconds=0.0, tokens_per_step=tokens,
+           tensor_across_hosts=sharding.tensor_groups_cross_hosts(mesh.devices))
   rng = jax.eval_shape(lambda: jax.random.key(0))
   start = time.perf_counter()
   try:
@@ -201,10 +206,16 @@ def format_plan(p: Plan, title: str) -> str:
   mesh = " ".join(f"{k}={v}" for k, v in p.mesh.items())
   lines = [title,
            f"slice {p.accelerator_type} ({p.topology}): {p.chips} chips on {p.hosts} hosts; "
-           f"mesh {mesh}; compiled in {p.compile_seconds:.1f} s", "",
-           "memory per chip", f"  parameters           {_size(p.param_bytes)}",
-           f"  optimizer state      {_size(p.opt_state_bytes)}",
-           f"  batch                {_size(p.batch_bytes)}"]
+           f"mesh {mesh}; compiled in {p.compile_seconds:.1f} s"]
+  if p.tensor_across_hosts:
+    lines.append(
+        f"note: each 'tensor' group of {p.mesh['tensor']} chips spans several hosts, which then "
+        "feed identical batch rows (more host input work and host-to-chip traffic per host; "
+        "the collectives still run over ICI); with mesh.shape=() the planner and training "
+        "keep 'tensor' inside a host")
+  lines += ["", "memory per chip", f"  parameters           {_size(p.param_bytes)}",
+            f"  optimizer state      {_size(p.opt_state_bytes)}",
+            f"  batch                {_size(p.batch_bytes)}"]
   if p.fits:
     usable = p.usable_hbm_bytes / tpu_specs.GIB
     lines += [f"  the rest at peak     {_size(p.peak_bytes - p.argument_bytes)}   (activations, "
@@ -230,8 +241,8 @@ def format_plan(p: Plan, title: str) -> str:
 def make_plan(config, topology: str, mesh_shape=None) -> Plan:
   """Plans `config` on the slice named `topology` ('v4-256' or 'v4:4x4x8')."""
   slice_ = tpu_specs.parse_slice(topology)
-  mesh = topology_mesh(slice_, mesh_shape or config.mesh.shape)
   micro = config.train.batch_size // max(config.train.grad_accum_steps, 1)
+  mesh = topology_mesh(slice_, config.mesh.shape if mesh_shape is None else mesh_shape, micro)
   shards = mesh.shape["data"] * mesh.shape["fsdp"]
   if micro % shards == 0 or config.train.batch_size % config.train.grad_accum_steps:
     sharding.check_batch(config.train.batch_size, config.train.grad_accum_steps, mesh)
@@ -242,7 +253,7 @@ def make_plan(config, topology: str, mesh_shape=None) -> Plan:
                     f"{dict(mesh.shape)}; put the other chips on 'tensor', e.g. "
                     f"--mesh=1,{fsdp},{slice_.chips // fsdp}")
   with jax.set_mesh(mesh):
-    built = train.build_train_step(config, mesh, train.planned_model_config(config),
+    built = train.build_train_step(config, mesh, base_model.planned_model_config(config),
                                    total_steps=1000)  # The schedule's length changes nothing.
   p = plan_step(built, mesh, slice_, config.data.max_len)
   if not p.fits or p.peak_bytes > 0.9 * p.usable_hbm_bytes:
@@ -295,7 +306,8 @@ def run():
   flags.DEFINE_string("topology", None, "TPU slice: a Cloud accelerator type (v4-256, v5p-128, "
                       "v5litepod-16, v6e-64) or a chip grid (v4:4x4x8, v5e:4x4).")
   flags.DEFINE_string("mesh", None, "Mesh sizes data,fsdp,tensor (one may be -1: the rest of "
-                      "the chips); default: the config's mesh.shape.")
+                      "the chips); default: the config's mesh.shape ((): the mesh training "
+                      "would choose).")
   flags.DEFINE_string("out", None, "Also write the plan as JSON to this file.")
   flags.mark_flags_as_required(["config", "topology"])
   app.run(cli_main(main))

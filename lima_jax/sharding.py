@@ -7,7 +7,7 @@ matrix is split along its embedding dimension over N devices and the batch over 
 between blocks replicated.
 """
 import math
-from typing import Any, Sequence
+from typing import Any, Optional, Sequence
 
 import flax.linen as nn
 import jax
@@ -61,18 +61,67 @@ def resolve_mesh_shape(shape: Sequence[int], n_devices: int) -> tuple[int, ...]:
   return shape
 
 
+def device_grid(shape: Sequence[int], devices: Sequence[Any]) -> np.ndarray:
+  """The devices as a (data, fsdp, tensor) array in JAX's topology-aware order (TPU: rings
+  along the torus; elsewhere: the given order)."""
+  shape = resolve_mesh_shape(shape, len(devices))
+  try:
+    return mesh_utils.create_device_mesh(shape, devices)
+  except (NotImplementedError, ValueError):
+    # A TPU torus (e.g. 4x4x4) cannot give every logical shape (1, 32, 2) without splitting a
+    # physical axis; allow it rather than refusing a valid mesh (some links go unused).
+    return mesh_utils.create_device_mesh(shape, devices, allow_split_physical_axes=True)
+
+
 def make_mesh(shape: Sequence[int], devices=None) -> jax.sharding.Mesh:
   """A ('data', 'fsdp', 'tensor') mesh with Auto axes (Explicit breaks logical constraints)."""
   devices = jax.devices() if devices is None else devices
-  shape = resolve_mesh_shape(shape, len(devices))
-  axis_types = (jax.sharding.AxisType.Auto,) * len(AXES)
-  try:
-    return jax.make_mesh(shape, AXES, axis_types=axis_types, devices=devices)
-  except NotImplementedError:
-    # A TPU torus (e.g. 4x4x4) cannot give every logical shape (1, 32, 2) without splitting a
-    # physical axis; allow it rather than refusing a valid mesh (some links go unused).
-    grid = mesh_utils.create_device_mesh(shape, devices, allow_split_physical_axes=True)
-    return jax.sharding.Mesh(grid, AXES, axis_types=axis_types)
+  grid = device_grid(shape, devices)
+  return jax.sharding.Mesh(grid, AXES, axis_types=(jax.sharding.AxisType.Auto,) * len(AXES))
+
+
+def auto_mesh_shape(n_devices: int, devices_per_host: int, micro_batch: int) -> tuple[int, ...]:
+  """The mesh training uses when `mesh.shape` is (): the batch over fsdp as far as the
+  micro-batch divides, the remaining factor on 'tensor', which must fit inside one host.
+
+  E.g. 128 chips, 4 a host, micro-batch 32 -> (1, 32, 4); 8 devices, batch 8 -> (1, 8, 1).
+  """
+  fsdp = max(f for f in range(1, n_devices + 1) if n_devices % f == 0 and micro_batch % f == 0)
+  tensor = n_devices // fsdp
+  if tensor > devices_per_host or devices_per_host % tensor:
+    raise UserError(
+        f"mesh.shape=(): the micro-batch of {micro_batch} (train.batch_size/"
+        f"train.grad_accum_steps) splits over at most {fsdp} of the {n_devices} devices, and "
+        f"the other factor {tensor} does not fit on 'tensor' inside a host of "
+        f"{devices_per_host}: raise train.batch_size or set mesh.shape explicitly")
+  return (1, fsdp, tensor)
+
+
+def host_major_grid(shape: Sequence[int], devices: Sequence[Any]) -> np.ndarray:
+  """Devices sorted by (process, id) and reshaped: each 'tensor' group inside one host when
+  'tensor' divides the devices per host."""
+  ordered = sorted(devices, key=lambda d: (d.process_index, d.id))
+  return np.asarray(ordered, dtype=object).reshape(resolve_mesh_shape(shape, len(devices)))
+
+
+def tensor_groups_cross_hosts(grid: np.ndarray) -> bool:
+  """Whether some 'tensor' group (devices that hold one batch shard) spans several hosts."""
+  procs = np.vectorize(lambda d: d.process_index, otypes=[int])(grid)
+  return bool(np.any(procs != procs[..., :1]))
+
+
+def choose_mesh(mesh_shape: Sequence[int], devices: Sequence[Any],
+                micro_batch: int) -> jax.sharding.Mesh:
+  """`mesh.shape` as given, or () for `auto_mesh_shape` laid out with 'tensor' inside hosts."""
+  if tuple(mesh_shape):
+    return make_mesh(mesh_shape, devices)
+  per_host = max(sum(d.process_index == p for d in devices)
+                 for p in {d.process_index for d in devices})
+  shape = auto_mesh_shape(len(devices), per_host, micro_batch)
+  grid = device_grid(shape, devices)
+  if tensor_groups_cross_hosts(grid):
+    grid = host_major_grid(shape, devices)
+  return jax.sharding.Mesh(grid, AXES, axis_types=(jax.sharding.AxisType.Auto,) * len(AXES))
 
 
 def _divisible_spec(spec: P, shape: Sequence[int], mesh: jax.sharding.Mesh) -> P:
@@ -112,32 +161,78 @@ def batch_shards(mesh: jax.sharding.Mesh) -> int:
   return math.prod(mesh.shape[a] for a in BATCH_AXES)
 
 
-def check_batch(global_batch: int, grad_accum: int, mesh: jax.sharding.Mesh) -> None:
-  """A micro-batch must split evenly over the batch axes and over the processes."""
-  if global_batch % grad_accum:
+def micro_batch(global_batch: int, grad_accum: int) -> int:
+  if grad_accum < 1 or global_batch % grad_accum:
     raise UserError(f"train.batch_size={global_batch} is not divisible by "
                     f"train.grad_accum_steps={grad_accum}")
-  micro, shards = global_batch // grad_accum, batch_shards(mesh)
+  return global_batch // grad_accum
+
+
+def check_batch(global_batch: int, grad_accum: int, mesh: jax.sharding.Mesh) -> None:
+  """Each micro-batch must split evenly over the batch shards (data x fsdp). Any number of
+  processes works: each feeds the rows its own devices hold (`process_rows`)."""
+  micro, shards = micro_batch(global_batch, grad_accum), batch_shards(mesh)
   if micro % shards:
     raise UserError(f"micro-batch {micro} (train.batch_size/train.grad_accum_steps) is not "
                     f"divisible by the {shards} batch shards of mesh {dict(mesh.shape)}")
-  if global_batch % jax.process_count():
-    raise UserError(f"train.batch_size={global_batch} is not divisible by the "
-                    f"{jax.process_count()} processes")
+
+
+def device_rows(grid: np.ndarray, global_batch: int, grad_accum: int = 1) -> dict[Any, np.ndarray]:
+  """Global batch rows each device holds under `batch_sharding`: micro-batch j is rows
+  [j*m, (j+1)*m) (m = global_batch / grad_accum), split over data x fsdp in grid order, and the
+  devices of one 'tensor' group hold the same rows. Pure index arithmetic, so it can be checked
+  on devices that are not real (tests/test_multihost.py compares it with JAX's own map).
+
+  E.g. grid (1, 2, 2) = [[[a, b], [c, d]]], batch 8, grad_accum 2 (m = 4):
+    a, b -> rows [0, 1, 4, 5];  c, d -> rows [2, 3, 6, 7].
+  """
+  data, fsdp, _ = grid.shape
+  m = global_batch // grad_accum
+  per_shard = m // (data * fsdp)
+  out = {}
+  for (d, f, _), device in np.ndenumerate(grid):
+    shard = np.arange(per_shard) + (d * fsdp + f) * per_shard
+    out[device] = (shard[None, :] + m * np.arange(grad_accum)[:, None]).ravel()
+  return out
+
+
+def process_rows(grid: np.ndarray, global_batch: int, grad_accum: int = 1,
+                 process: Optional[int] = None) -> np.ndarray:
+  """The sorted global rows that `process`'s devices hold (default: this process): exactly what
+  it must feed. Replicas of a row on other hosts are fed the same row by those hosts."""
+  process = jax.process_index() if process is None else process
+  rows = [r for dev, r in device_rows(grid, global_batch, grad_accum).items()
+          if dev.process_index == process]
+  return np.unique(np.concatenate(rows)) if rows else np.zeros(0, np.int64)
 
 
 def put_batch(local: dict[str, np.ndarray], mesh: jax.sharding.Mesh,
+              rows: Optional[np.ndarray] = None, global_batch: Optional[int] = None,
               grad_accum: int = 1) -> dict[str, jax.Array]:
-  """Assembles the global batch from each process's own rows (no host holds all of it).
-
-  With accumulation each process cuts its rows into A equal chunks; micro-batch j is the union
-  of every process's chunk j. Any split gives the same summed loss and gradient.
-  """
+  """Assembles the global batch from this process's rows: `local[k][i]` is global row
+  `rows[i]` (from `process_rows`; default: `local` is the whole batch); the global shape is
+  [B, T], or [A, B/A, T] with accumulation (micro-batch j = rows [j*B/A, (j+1)*B/A)). No host
+  holds more than its rows."""
+  if rows is None:
+    global_batch = len(next(iter(local.values())))
+    rows = np.arange(global_batch)
   sharding = batch_sharding(mesh, grad_accum)
+  where = {int(r): i for i, r in enumerate(rows)}
+  m = global_batch // grad_accum
 
   def one(v):
-    if grad_accum > 1:
-      v = v.reshape(grad_accum, v.shape[0] // grad_accum, *v.shape[1:])
-    return jax.make_array_from_process_local_data(sharding, v)
+    shape = ((grad_accum, m) if grad_accum > 1 else (global_batch,)) + v.shape[1:]
+
+    def fetch(index):
+      if grad_accum > 1:
+        micro = np.arange(grad_accum)[index[0]]
+        inner = np.arange(m)[index[1]]
+        wanted = (micro[:, None] * m + inner[None, :]).ravel()
+        part = v[[where[int(r)] for r in wanted]].reshape(len(micro), len(inner), *v.shape[1:])
+        return part[(slice(None), slice(None)) + tuple(index[2:])]
+      return v[[where[int(r)] for r in np.arange(global_batch)[index[0]]]][
+          (slice(None),) + tuple(index[1:])]
+
+    return jax.make_array_from_callback(shape, sharding, fetch)
 
   return {k: one(v) for k, v in local.items()}

@@ -1,21 +1,21 @@
 """LIMA fine-tuning: `train_and_evaluate(config, workdir)`, read top to bottom.
 
-1. processes and mesh;  2. tokenizer, model config and data;  3. optimizer and schedule;
-4. the pure, jitted `train_step(state, batch, rng)`;  5. state: resume, or init / load weights
-straight into their shardings;  6. the loop: log, evaluate and checkpoint each epoch.
+1. processes and mesh;  2. tokenizer, model config, data and starting weights;  3. optimizer
+and schedule;  4. the pure, jitted `train_step(state, batch, rng)`;  5. state: resume (under
+the same recipe only), or init / load weights straight into their shardings;  6. the loop:
+one step, then logging, evaluation, checkpoints and preemption, each a small object.
 
 Resuming is exact: the batch of step N and the dropout key of step N are pure functions of
-(seed, N), and a checkpoint holds params, optimizer state and step.
+(seed, N), and a checkpoint holds params, optimizer state, step and the run's fingerprint
+(lima_jax.recipe). On a pod every process feeds exactly the batch rows its devices hold
+(`sharding.process_rows`), and the hosts check that they agree on data, tokenizer and recipe
+before the first step (`distributed.agree`).
 """
 import dataclasses
 import json
 import os
-import signal
-import socket
-import subprocess
-import sys
 import time
-from typing import Any, Optional
+from typing import Any
 
 import flax.linen as nn
 import flax.struct
@@ -28,7 +28,7 @@ from etils import epath
 from jax.sharding import NamedSharding, PartitionSpec as P
 from tqdm import tqdm
 
-from lima_jax import checkpoint, data, sharding
+from lima_jax import base_model, checkpoint, data, distributed, recipe, sharding
 from lima_jax import loss as loss_lib
 from lima_jax import metrics_log as metrics_log_lib
 from lima_jax import tokenizer as tokenizer_lib
@@ -47,40 +47,30 @@ class TrainState:
 # 1. Processes and mesh.
 # ----------------------------------------------------------------------------------------------
 
-_ENV_RANK, _ENV_WORLD, _ENV_COORD = "LIMA_JAX_PROCESS_ID", "LIMA_JAX_NUM_PROCESSES", "LIMA_JAX_COORD"
+def make_mesh(config: ml_collections.ConfigDict) -> jax.sharding.Mesh:
+  """`mesh.shape`, or () for one chosen from the devices and the micro-batch (errors name the
+  mesh and batch fields, before anything is read or compiled)."""
+  accum = config.train.grad_accum_steps
+  micro = sharding.micro_batch(config.train.batch_size, accum)
+  mesh = sharding.choose_mesh(config.mesh.shape, jax.devices(), micro)
+  sharding.check_batch(config.train.batch_size, accum, mesh)
+  return mesh
 
 
-def _start_local_processes(config: ml_collections.ConfigDict, workdir: str) -> None:
-  """Runs this job as N local CPU processes talking through jax.distributed (for testing)."""
-  n = config.distributed.local_processes
-  with socket.socket() as s:
-    s.bind(("localhost", 0))
-    port = s.getsockname()[1]
-  child_config = config.to_dict()
-  child_config["distributed"]["local_processes"] = 0
-  code = ("import json,sys,ml_collections; from lima_jax import train; "
-          "train.train_and_evaluate(ml_collections.ConfigDict(json.loads(sys.argv[1])), sys.argv[2])")
-  procs = []
-  for rank in range(n):
-    env = dict(os.environ, JAX_PLATFORMS="cpu", **{
-        _ENV_RANK: str(rank), _ENV_WORLD: str(n), _ENV_COORD: f"localhost:{port}"})
-    if config.distributed.local_devices:
-      env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count="
-                          f"{config.distributed.local_devices}")
-    procs.append(subprocess.Popen(
-        [sys.executable, "-c", code, json.dumps(child_config), workdir], env=env))
-  codes = [p.wait() for p in procs]
-  if any(codes):
-    raise UserError(f"local processes exited with codes {codes} (see their output above)")
+# ----------------------------------------------------------------------------------------------
+# 2. Tokenizer, model config, data and starting weights (lima_jax.base_model).
+# ----------------------------------------------------------------------------------------------
 
-
-def _init_distributed(config: ml_collections.ConfigDict) -> None:
-  if _ENV_RANK in os.environ:
-    jax.config.update("jax_cpu_collectives_implementation", "gloo")
-    jax.distributed.initialize(os.environ[_ENV_COORD], int(os.environ[_ENV_WORLD]),
-                               int(os.environ[_ENV_RANK]))
-  elif config.distributed.initialize:
-    jax.distributed.initialize()
+def load_data(config, tok: tokenizer_lib.Tokenizer):
+  files = [f for f in config.data.train_files.split(",") if f]
+  if not files:
+    raise UserError("data.train_files: no file given")
+  return data.load_sft_data(
+      files, tok, max_len=config.data.max_len, pack=config.data.pack,
+      global_batch=config.train.batch_size, seed=config.seed,
+      subset_size=config.data.subset_size,
+      eval_files=[f for f in config.data.eval_files.split(",") if f],
+      eval_fraction=config.data.eval_fraction, on_error=config.data.on_error)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -170,7 +160,9 @@ def make_train_step(model: nn.Module, tx, schedule, grad_accum: int, determinist
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     seg = batch["segment_ids"]
-    metrics = {"loss": nll / count, "loss_tokens": count,
+    loss = nll / count
+    metrics = {"loss": loss, "loss_tokens": count,
+               "finite": jnp.isfinite(loss) & jnp.isfinite(optax.global_norm(grads)),
                "tokens": jnp.sum(seg > 0), "examples": jnp.sum(jnp.max(seg, axis=-1)),
                "grad_norm": optax.global_norm(grads), "param_norm": optax.global_norm(params),
                "learning_rate": schedule(state.step)}
@@ -249,107 +241,141 @@ def build_train_step(config, mesh, cfg: model_lib.ModelConfig, total_steps: int)
 
 
 # ----------------------------------------------------------------------------------------------
-# 2. Tokenizer, model config, starting weights.
+# 5. State: resume under the same recipe, else init or load the starting weights.
 # ----------------------------------------------------------------------------------------------
 
-_ARCH_FIELDS = ("dim", "n_layers", "n_heads", "n_kv_heads", "hidden_dim", "head_dim")
-
-
-def read_init(path: str) -> tuple[Optional[model_lib.ModelConfig], Optional[dict], str]:
-  """(architecture, tokenizer meta, kind) of `model.init` without loading any array."""
-  if not path:
-    return None, None, ""
-  p = epath.Path(path)
-  if (p / "meta").exists():
-    meta = checkpoint.read_meta(p)
-    return model_lib.ModelConfig.from_dict(meta["model_config"]), meta.get("tokenizer"), "lima"
-  from lima_jax import convert  # Imports safetensors/HF helpers only when needed.
-  if (p / "config.json").exists():
-    return convert.read_hf_config(p), None, "hf"
-  if p.is_file():
-    return convert.read_llama2c_config(p), None, "llama2c"
-  raise UserError(f"model.init: {path}: not a lima_jax checkpoint, a Hugging Face directory "
-                  "or a llama2.c .bin file")
-
-
-def model_config(config, init_cfg: Optional[model_lib.ModelConfig],
-                 tok: tokenizer_lib.Tokenizer) -> model_lib.ModelConfig:
-  """The architecture from `init` (or `model.size`), the training knobs from the config, and
-  the vocabulary grown to hold EOT (padded to `model.vocab_multiple`)."""
-  m = config.model
-  if m.size:
-    sized = model_lib.get_size(m.size)
-    if init_cfg is not None:
-      wrong = [f"{f}: config {getattr(sized, f)} vs init {getattr(init_cfg, f)}"
-               for f in _ARCH_FIELDS if getattr(sized, f) != getattr(init_cfg, f)]
-      if wrong:
-        raise UserError(f"model.size={m.size!r} does not match model.init={m.init}: "
-                        + "; ".join(wrong))
-  base = init_cfg if init_cfg is not None else model_lib.get_size(m.size) if m.size else None
-  if base is None:
-    raise UserError("model: set model.size (random init) or model.init (weights to start from)")
-  vocab = base.vocab_size
-  if init_cfg is None or tok.vocab_size > vocab:
-    if init_cfg is not None and tok.eot_id > vocab:
-      raise UserError(f"data.tokenizer has {tok.eot_id} pieces but model.init has only {vocab} "
-                      "embedding rows: the tokenizer does not belong to these weights")
-    mult = m.vocab_multiple
-    vocab = -(-tok.vocab_size // mult) * mult
-  return dataclasses.replace(
-      base, vocab_size=vocab, dropout_top=m.dropout_top, dropout_schedule=m.dropout_schedule,
-      dtype=m.dtype, param_dtype=m.param_dtype, scan_layers=m.scan_layers,
-      remat_policy=m.remat_policy, attention_block=m.attention_block,
-      attention_impl=m.attention_impl, max_seq_len=max(base.max_seq_len, config.data.max_len))
-
-
-def planned_model_config(config) -> model_lib.ModelConfig:
-  """The model a run of `config` would train, from `model.size` alone (for the planner): the
-  named size's vocabulary plus EOT, padded, and the config's training knobs."""
-  if not config.model.size:
-    raise UserError("model.size: the planner needs a named size (it does not read model.init)")
-  base = model_lib.get_size(config.model.size)
-  if config.model.attention_impl == "cudnn":
-    raise UserError("model.attention_impl='cudnn' is for NVIDIA GPUs; the planner compiles for "
-                    "TPU: use 'xla'")
-  eot = type("PlannedTokenizer", (), {"vocab_size": base.vocab_size + 1,
-                                      "eot_id": base.vocab_size})
-  return model_config(config, None, eot)
-
-
-def load_tokenizer(config, init_tok_meta: Optional[dict]) -> tokenizer_lib.Tokenizer:
-  if config.data.tokenizer:
-    return tokenizer_lib.Tokenizer.load(config.data.tokenizer)
-  if init_tok_meta:
-    return tokenizer_lib.Tokenizer.from_meta(init_tok_meta)
-  raise UserError("data.tokenizer: required (model.init holds no tokenizer)")
-
-
-def _load_init_params(config, kind: str, cfg: model_lib.ModelConfig, built: Built, mesh):
-  """Starting weights placed straight into their shardings (resized for EOT if needed)."""
-  path = config.model.init
-  if kind == "lima":
-    stored = checkpoint.params_metadata(path)
-    stored_cfg = dataclasses.replace(cfg, vocab_size=stored["embed"]["embedding"].shape[0])
-    boxed = jax.eval_shape(lambda: model_lib.Transformer(stored_cfg).init(
-        jax.random.key(0), jnp.zeros((1, 8), jnp.int32)))["params"]
-    params, _ = checkpoint.load(path, sharding.logical_shardings(boxed, mesh))
+def initial_state(config, built: Built, cfg, init_kind: str, mesh, log) -> TrainState:
+  if init_kind:
+    params = base_model.load_init_params(config, init_kind, cfg, built.state_shardings.params, mesh)
+    log(f"loaded weights from {config.model.init}")
   else:
-    from lima_jax import convert
-    _, params = convert.load_hf(path) if kind == "hf" else convert.load_llama2c(path)
-  params = jax.tree.map(lambda x: x.astype(cfg.param_dtype), params)
-  param_sh = built.state_shardings.params
-  return jax.jit(lambda p: model_lib.resize_vocab(p, cfg.vocab_size), out_shardings=param_sh)(
-      params)
+    init = lambda rng: nn.meta.unbox(built.model.init(rng, jnp.zeros((1, 8), jnp.int32))["params"])
+    params = jax.jit(init, out_shardings=built.state_shardings.params)(jax.random.key(config.seed))
+  opt_state = jax.jit(built.tx.init, out_shardings=built.state_shardings.opt_state)(params)
+  return TrainState(jax.device_put(jnp.int32(0), built.state_shardings.step), params, opt_state)
+
+
+def restored_state(manager: checkpoint.Manager, step: int, built: Built) -> TrainState:
+  abstract = built.abstract_state
+  params, opt_state, _ = manager.restore(step, abstract.params, abstract.opt_state)
+  return TrainState(jax.device_put(jnp.int32(step), built.state_shardings.step), params, opt_state)
 
 
 # ----------------------------------------------------------------------------------------------
 # 6. The loop, and what it writes.
 # ----------------------------------------------------------------------------------------------
 
-def _evaluate(built: Built, params, eval_ds, mesh) -> dict:
+class NonFinite:
+  """The first step whose loss or gradient norm was NaN/inf, kept on the device (no host sync
+  per step) and read before every checkpoint and on logged steps, so no checkpoint holding NaNs
+  is ever written or called good."""
+
+  def __init__(self):
+    self._first = jnp.int32(-1)
+    self._update = jax.jit(lambda first, ok, step: jnp.where((first < 0) & ~ok, step, first))
+
+  def update(self, metrics, step: int) -> None:
+    self._first = self._update(self._first, metrics["finite"], step)
+
+  def check(self, manager: checkpoint.Manager) -> None:
+    bad = int(self._first)
+    if bad >= 0:
+      manager.wait()
+      good = manager.latest_step()
+      raise UserError(f"step {bad}: the loss or gradient is not finite; stopped. The last good "
+                      f"checkpoint is {manager.step_dir(good) if good else 'none'}")
+
+
+class Checkpoints:
+  """When to save, what to keep, what a preemption saves."""
+
+  def __init__(self, config, manager: checkpoint.Manager, epoch_ends: list[int],
+               fingerprint: dict, workdir: epath.Path):
+    epochs = len(epoch_ends)
+    keep = (checkpoint.parse_epochs(config.checkpoint.keep_epochs, "checkpoint.keep_epochs")
+            or set(range(1, epochs + 1)))
+    self.keep_steps = {epoch_ends[e - 1] for e in keep if 0 < e <= epochs}
+    self.manager, self.every = manager, config.checkpoint.every_steps
+    self.on_preemption, self.fingerprint = config.checkpoint.on_preemption, fingerprint
+    self.preempted_dir = workdir / "preempted"
+    if self.on_preemption not in ("full", "params", "none"):
+      raise UserError(f"checkpoint.on_preemption={self.on_preemption!r}: not one of full, "
+                      "params, none")
+
+  def due(self, done: int, epoch_end: bool) -> bool:
+    return epoch_end or bool(self.every and done % self.every == 0)
+
+  def _ours(self, step: int) -> bool:
+    """Only checkpoints of this recipe may be pruned (another recipe's epochs are kept)."""
+    meta = checkpoint.read_meta(self.manager.step_dir(step))
+    return meta.get("fingerprint") == self.fingerprint
+
+  def save(self, state: TrainState, meta: dict) -> None:
+    self.manager.prune(self.keep_steps, deletable=self._ours)
+    self.manager.save(meta["step"], state.params, state.opt_state, meta)
+
+  def save_preempted(self, state: TrainState, meta: dict) -> str:
+    """What the notice leaves time for (docs/tpu.md): the whole state, params only, or
+    nothing (resume from the last periodic checkpoint)."""
+    if self.on_preemption == "full":
+      self.save(state, meta)
+      self.manager.wait()
+      return f"saved step {meta['step']} to {self.manager.step_dir(meta['step'])}"
+    if self.on_preemption == "params":
+      where = self.preempted_dir / str(meta["step"])
+      if not where.exists():
+        checkpoint.save(where, state.params, meta)
+      self.manager.wait()
+      return (f"saved the params of step {meta['step']} to {where}; the rerun resumes from step "
+              f"{self.manager.latest_step() or 0}")
+    self.manager.wait()
+    return f"saved nothing; the rerun resumes from step {self.manager.latest_step() or 0}"
+
+  def close(self) -> None:
+    self.manager.prune(self.keep_steps, deletable=self._ours)
+    self.manager.close()
+
+
+class StepLog:
+  """metrics.jsonl rows on logged steps, epoch ends and the last step, with throughput."""
+
+  def __init__(self, config, workdir, start: int, total_steps: int, is_main: bool):
+    self.every, self.total = config.train.log_every, total_steps
+    self.file = metrics_log_lib.MetricsLog(workdir, start) if is_main else None
+    self.bar = tqdm(total=total_steps, initial=start, disable=None if is_main else True,
+                    desc="train", unit="step")
+    self.t0, self.steps, self.last = time.perf_counter(), 0, {}
+
+  def step(self, done: int, metrics, epoch: float, epoch_end: bool) -> bool:
+    """Counts a step; on a logged one fetches its metrics. Returns whether it was logged."""
+    self.steps += 1
+    self.bar.update(1)
+    if not (done % self.every == 0 or epoch_end or done == self.total):
+      return False
+    m = {k: v.item() for k, v in jax.device_get(metrics).items() if k != "finite"}
+    dt = time.perf_counter() - self.t0
+    self.last = {"step": done, "epoch": round(epoch, 4), **m,
+                 "tokens_per_s": m["tokens"] * self.steps / dt,
+                 "examples_per_s": m["examples"] * self.steps / dt, "step_time_s": dt / self.steps}
+    self.t0, self.steps = time.perf_counter(), 0
+    self.bar.set_postfix(loss=f"{m['loss']:.4f}", lr=f"{m['learning_rate']:.2e}")
+    return True
+
+  def write(self, flush: bool) -> None:
+    if self.file:
+      self.file.add(self.last, flush=flush)
+
+  def close(self) -> None:
+    self.bar.close()
+    if self.file:
+      self.file.close()
+
+
+def _evaluate(built: Built, params, eval_ds, mesh, global_batch: int) -> dict:
+  rows = sharding.process_rows(mesh.devices, global_batch)
   nll, count = 0.0, 0.0
-  for local in eval_ds.eval_batches():
-    n, c = built.eval_step(params, sharding.put_batch(local, mesh))
+  for local in eval_ds.eval_batches(rows):
+    n, c = built.eval_step(params, sharding.put_batch(local, mesh, rows, global_batch))
     nll, count = nll + float(n), count + float(c)
   loss = nll / max(count, 1.0)
   return {"eval_loss": loss, "eval_perplexity": float(np.exp(min(loss, 50.0))),
@@ -371,137 +397,111 @@ def _samples(config, params, cfg, tok, mesh, label: str, workdir, log) -> None:
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
-  """Trains per `config` in `workdir`, resuming there if a checkpoint exists.
+  """Trains per `config` in `workdir`, resuming there if a checkpoint of the same recipe exists.
 
   Returns the last logged metrics (process 0) so that tests can check them.
   """
-  if config.distributed.local_processes and _ENV_RANK not in os.environ:
-    _start_local_processes(config, workdir)
+  if config.distributed.local_processes and not distributed.is_local_child():
+    distributed.run_local_processes(config, workdir)  # Testing: N processes on this machine.
     return {}
-  _init_distributed(config)
+  distributed.initialize(config)
   is_main = jax.process_index() == 0
   log = (lambda msg: print(msg, flush=True)) if is_main else (lambda msg: None)
   workdir = epath.Path(workdir)
   workdir.mkdir(parents=True, exist_ok=True)
 
-  # 1. Mesh (errors here name the mesh field, before anything is compiled).
-  mesh = sharding.make_mesh(config.mesh.shape)
-  accum = config.train.grad_accum_steps
-  sharding.check_batch(config.train.batch_size, accum, mesh)
+  # 1. Mesh.
+  mesh = make_mesh(config)
+  batch_size, accum = config.train.batch_size, config.train.grad_accum_steps
 
-  # 2. Tokenizer, model, data.
-  init_cfg, init_tok, init_kind = read_init(config.model.init)
-  tok = load_tokenizer(config, init_tok)
-  cfg = model_config(config, init_cfg, tok)
+  # 2. Tokenizer, model, data; every host must hold the same.
+  init_cfg, init_tok, init_kind = base_model.read_init(config.model.init)
+  tok = base_model.load_tokenizer(config, init_tok, init_kind)
+  cfg = base_model.model_config(config, init_cfg, tok)
   check_platform(cfg, mesh.devices.flat[0].platform)  # Before the data is read.
-  files = [f for f in config.data.train_files.split(",") if f]
-  if not files:
-    raise UserError("data.train_files: no file given")
-  train_ds, eval_ds, report = data.load_sft_data(
-      files, tok, max_len=config.data.max_len, pack=config.data.pack,
-      global_batch=config.train.batch_size, seed=config.seed,
-      subset_size=config.data.subset_size,
-      eval_files=[f for f in config.data.eval_files.split(",") if f],
-      eval_fraction=config.data.eval_fraction, on_error=config.data.on_error,
-      process_index=jax.process_index(), process_count=jax.process_count())
+  train_ds, eval_ds, report = load_data(config, tok)
   epochs = config.train.epochs
-  total_steps = train_ds.total_steps(epochs)
-  epoch_ends = np.cumsum([train_ds.steps_in_epoch(e) for e in range(epochs)]).tolist()
+  steps_per_epoch = [train_ds.steps_in_epoch(e) for e in range(epochs)]
+  total_steps, epoch_ends = sum(steps_per_epoch), np.cumsum(steps_per_epoch).tolist()
+  fingerprint = recipe.fingerprint(config, cfg, tok)
+  distributed.agree({
+      "data": train_ds.fingerprint() + (eval_ds.fingerprint() if eval_ds else ""),
+      "tokenizer": distributed.digest(tok.to_meta()), "steps": distributed.digest(epoch_ends),
+      "recipe": distributed.digest(fingerprint)})
   log(f"data: {json.dumps(report)}")
   log(f"model: {model_lib.param_count(cfg):,} parameters, vocab {cfg.vocab_size} "
-      f"(tokenizer {tok.vocab_size}); mesh {dict(mesh.shape)}; {total_steps} steps "
-      f"({epochs} epochs)")
-  if is_main:
-    (workdir / "config.json").write_text(config.to_json_best_effort(indent=2))
+      f"(tokenizer {tok.vocab_size}); mesh {dict(mesh.shape)} on {jax.process_count()} "
+      f"process(es); {total_steps} steps ({epochs} epochs)")
 
-  # 3-4. Optimizer, step, shardings.
   with jax.set_mesh(mesh):
+    # 3-4. Optimizer, step, shardings.
     built = build_train_step(config, mesh, cfg, total_steps)
 
-    # 5. State: resume from the newest checkpoint, else init or load the starting weights.
+    # 5. State.
     manager = checkpoint.Manager(workdir / "checkpoints", async_save=config.checkpoint.async_save)
     start = manager.latest_step() or 0
     if start:
-      abstract = built.abstract_state
-      params, opt_state, _ = manager.restore(start, abstract.params, abstract.opt_state)
-      state = TrainState(jax.device_put(jnp.int32(start), built.state_shardings.step),
-                         params, opt_state)
+      diffs = recipe.check_resume(checkpoint.read_meta(manager.step_dir(start)), fingerprint,
+                                  config.checkpoint.allow_recipe_change, manager.step_dir(start))
+      if diffs:
+        log(f"continuing under a changed recipe (checkpoint.allow_recipe_change): {diffs}")
+    if is_main:
+      recipe.write_config(workdir, config, start)
+    if start:
+      state = restored_state(manager, start, built)
       log(f"resumed from {manager.step_dir(start)}")
     else:
-      if init_kind:
-        params = _load_init_params(config, init_kind, cfg, built, mesh)
-        log(f"loaded weights from {config.model.init}")
-      else:
-        init = lambda rng: nn.meta.unbox(
-            built.model.init(rng, jnp.zeros((1, 8), jnp.int32))["params"])
-        params = jax.jit(init, out_shardings=built.state_shardings.params)(
-            jax.random.key(config.seed))
-      opt_state = jax.jit(built.tx.init, out_shardings=built.state_shardings.opt_state)(params)
-      state = TrainState(jax.device_put(jnp.int32(0), built.state_shardings.step),
-                         params, opt_state)
+      state = initial_state(config, built, cfg, init_kind, mesh, log)
       _samples(config, state.params, cfg, tok, mesh, "before", workdir, log)
 
     # 6. The loop.
-    keep = (checkpoint.parse_epochs(config.checkpoint.keep_epochs, "checkpoint.keep_epochs")
-            or set(range(1, epochs + 1)))
-    keep_steps = {epoch_ends[e - 1] for e in keep if 0 < e <= len(epoch_ends)}
-    metrics_log = metrics_log_lib.MetricsLog(workdir, start) if is_main else None
-    meta = {"model_config": cfg.to_dict(), "tokenizer": tok.to_meta()}
-    preempted = []
-    signal.signal(signal.SIGTERM, lambda *_: preempted.append(True))
-    rng = jax.random.key(config.seed + 1)
-    last, t0, t_steps = {}, time.perf_counter(), 0
-    bar = tqdm(total=total_steps, initial=start, disable=None if is_main else True,
-               desc="train", unit="step")
+    ckpts = Checkpoints(config, manager, epoch_ends, fingerprint, workdir)
+    steplog = StepLog(config, workdir, start, total_steps, is_main)
+    nonfinite, preemption = NonFinite(), distributed.Preemption()
+    meta = {"model_config": cfg.to_dict(), "tokenizer": tok.to_meta(),
+            "fingerprint": fingerprint, "code_version": recipe.code_version()}
+    rows = sharding.process_rows(mesh.devices, batch_size, accum)
+    rng, preempted = jax.random.key(config.seed + 1), False
     for step in range(start, total_steps):
       epoch, in_epoch = train_ds.locate(step)
-      batch = sharding.put_batch(train_ds.batch(step), mesh, accum)
+      batch = sharding.put_batch(train_ds.batch(step, rows), mesh, rows, batch_size, accum)
       state, metrics = built.train_step(state, batch, rng)
-      t_steps += 1
       done = step + 1
+      nonfinite.update(metrics, done)
       epoch_end = done in epoch_ends
-      if done % config.train.log_every == 0 or epoch_end or done == total_steps:
-        m = {k: v.item() for k, v in jax.device_get(metrics).items()}
-        if not np.isfinite(m["loss"]):
-          manager.wait()
-          raise UserError(f"step {done}: loss is {m['loss']}; stopped. The last good checkpoint "
-                          f"is step {manager.latest_step()} in {workdir / 'checkpoints'}")
-        dt = time.perf_counter() - t0
-        last = {"step": done, "epoch": round(epoch + (in_epoch + 1) / train_ds.steps_in_epoch(
-            epoch), 4), **m, "tokens_per_s": m["tokens"] * t_steps / dt,
-            "examples_per_s": m["examples"] * t_steps / dt, "step_time_s": dt / t_steps}
-        t0, t_steps = time.perf_counter(), 0
-        bar.set_postfix(loss=f"{m['loss']:.4f}", lr=f"{m['learning_rate']:.2e}")
+      if steplog.step(done, metrics, epoch + (in_epoch + 1) / steps_per_epoch[epoch], epoch_end):
+        nonfinite.check(manager)
       if epoch_end and eval_ds is not None:
-        last.update(_evaluate(built, state.params, eval_ds, mesh))
-        log(f"epoch {epoch + 1}: loss {last['loss']:.4f}  eval loss {last['eval_loss']:.4f} "
-            f"(perplexity {last['eval_perplexity']:.2f})")
-      if metrics_log and last.get("step") == done:
-        metrics_log.add(last, flush=epoch_end)
-      stop = bool(preempted)
-      if epoch_end or stop or (config.checkpoint.every_steps
-                               and done % config.checkpoint.every_steps == 0):
-        manager.prune(keep_steps)
-        manager.save(done, state.params, state.opt_state,
-                     dict(meta, step=done, epoch=epoch + 1 if epoch_end else epoch,
-                          eval_loss=last.get("eval_loss") if epoch_end else None))
-      if done == config.debug.crash_after_step:
-        manager.wait()
-        os._exit(3)  # Simulates a killed process: no cleanup, no final save.
-      bar.update(1)
-      if stop:
-        manager.wait()
-        log(f"SIGTERM: saved step {done}; rerun the same command to resume")
+        steplog.last.update(_evaluate(built, state.params, eval_ds, mesh, batch_size))
+        log(f"epoch {epoch + 1}: loss {steplog.last['loss']:.4f}  eval loss "
+            f"{steplog.last['eval_loss']:.4f} (perplexity {steplog.last['eval_perplexity']:.2f})")
+      if steplog.last.get("step") == done:
+        steplog.write(flush=epoch_end)
+      step_meta = dict(meta, step=done, epoch=epoch + 1 if epoch_end else epoch,
+                       eval_loss=steplog.last.get("eval_loss") if epoch_end else None)
+      preempted = preemption.reached(done)
+      if ckpts.due(done, epoch_end):
+        nonfinite.check(manager)
+        ckpts.save(state, step_meta)
+      _debug_crash(config, done, manager)
+      if preempted:
+        nonfinite.check(manager)
+        print(f"process {jax.process_index()}: SIGTERM: {ckpts.save_preempted(state, step_meta)};"
+              " rerun the same command to resume", flush=True)
         break
-    bar.close()
-    manager.prune(keep_steps)
-    manager.close()
-    if metrics_log:
-      metrics_log.close()
+    steplog.close()
+    ckpts.close()
     if not preempted and start < total_steps:
       _samples(config, state.params, cfg, tok, mesh, "after", workdir, log)
   newest = workdir / "checkpoints" / str(total_steps)
   log(f"done: checkpoints in {workdir / 'checkpoints'}, metrics in {workdir / 'metrics.jsonl'}\n"
       f"export to Hugging Face: python -m lima_jax.convert to-hf --checkpoint={newest} "
       f"--out={workdir / 'hf'}")
-  return last
+  return steplog.last
+
+
+def _debug_crash(config, done: int, manager: checkpoint.Manager) -> None:
+  """Testing (`debug.crash_after_step`): exit abruptly once step N's checkpoint is written."""
+  if done == config.debug.crash_after_step:
+    manager.wait()
+    os._exit(3)  # A killed process: no cleanup, no final save.

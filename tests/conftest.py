@@ -19,9 +19,11 @@ SHARED_DATA = pathlib.Path(__file__).resolve().parents[1].parent / "shared" / "d
 
 
 def shared_file(rel: str) -> pathlib.Path:
-  """Path of a file under ../shared/data, or skip the test saying why."""
+  """Path of a file under ../shared/data, or skip the test saying why (fail under CI)."""
   path = SHARED_DATA / rel
   if not path.exists():
+    if os.environ.get("CI") == "true":  # CI always has ../shared: its absence is a failure.
+      pytest.fail(f"{path} not present, but CI must have ../shared/data")
     pytest.skip(f"{path} not present (shared data is not bundled: licences)")
   return path
 

@@ -225,20 +225,31 @@ def test_packed_epochs_cover_every_example_once(tok):
 
 
 @pytest.mark.parametrize("pack", [False, True])
-def test_host_slices_concatenate_to_the_global_batch(tok, pack):
-  whole = _dataset(tok, pack=pack)
-  hosts = [_dataset(tok, pack=pack, process_index=p, process_count=2) for p in range(2)]
+def test_any_rows_of_the_global_batch(tok, pack):
+  # A host feeds the rows its devices hold, in any pattern (e.g. [0, 1, 4, 5] under
+  # accumulation): each must be exactly that row of the global batch, replicas identical.
+  ds = _dataset(tok, pack=pack)
   for step in (0, 5, 9):
-    parts = [h.batch(step) for h in hosts]
-    assert parts[0]["inputs"].shape == (2, 64)
+    whole = ds.batch(step)
+    assert whole["inputs"].shape == (4, 64)
+    for rows in ([0, 1], [2, 3], [0, 2], [3], [1, 1]):
+      part = ds.batch(step, rows)
+      for k in KEYS:
+        assert np.array_equal(part[k], whole[k][rows]), (step, rows, k)
+  evals = list(ds.eval_batches([3, 0]))
+  for got, w in zip(evals, ds.eval_batches()):
     for k in KEYS:
-      assert np.array_equal(np.concatenate([p[k] for p in parts]), whole.batch(step)[k])
-  evals = [list(h.eval_batches()) for h in hosts]
-  for k_batch, w in enumerate(whole.eval_batches()):
-    for k in KEYS:
-      assert np.array_equal(np.concatenate([e[k_batch][k] for e in evals]), w[k])
-  with pytest.raises(ValueError, match="multiple of process_count"):
-    _dataset(tok, global_batch=5, process_count=2, process_index=0)
+      assert np.array_equal(got[k], w[k][[3, 0]])
+
+
+def test_fingerprint_sees_data_and_settings(tok):
+  a, b = _dataset(tok), _dataset(tok)
+  assert a.fingerprint() == b.fingerprint()
+  assert _dataset(tok, pack=True).fingerprint() != a.fingerprint()
+  assert _dataset(tok, global_batch=2).fingerprint() != a.fingerprint()
+  changed = _dataset(tok)
+  changed.encoded[3] = Encoded(changed.encoded[3].tokens[::-1].copy(), changed.encoded[3].loss_mask)
+  assert changed.fingerprint() != a.fingerprint()
 
 
 def test_eval_batches_in_order(tok):

@@ -117,7 +117,8 @@ def test_a_config_that_does_not_fit_says_so():
 @pytest.mark.parametrize("args, message", [
     (["--topology=v9-8"], "unknown chip"),
     (["--topology=v4-8", "--mesh=1,3,-1"], "mesh.shape"),
-    (["--topology=v4-8", "--config.train.batch_size=6"], "put the other chips on 'tensor', "
+    (["--topology=v4-8", "--mesh=1,-1,1", "--config.train.batch_size=6"],
+     "put the other chips on 'tensor', "
      "e.g. --mesh=1,2,2"),
     (["--topology=v4-8", "--mesh=a,b"], "--mesh"),
 ])
@@ -126,3 +127,15 @@ def test_bad_input_is_one_line(args, message):
   assert proc.returncode == 1
   lines = proc.stderr.strip().splitlines()
   assert len(lines) == 1 and lines[0].startswith("error:") and message in lines[0], proc.stderr
+
+
+@needs_libtpu
+def test_tensor_across_hosts_is_stated_and_the_chosen_mesh_avoids_it():
+  # v4 hosts hold 2x2x1 chips; JAX lays a 4-way 'tensor' along the 4-chip x axis of v4-256.
+  base = [*TINY[:-1], "--config.train.batch_size=32", "--topology=v4-256"]
+  explicit = plan_cli(*base, "--mesh=1,32,4")
+  assert explicit.returncode == 0, explicit.stderr
+  assert "note: each 'tensor' group of 4 chips spans several hosts" in explicit.stdout
+  chosen = plan_cli(*base)  # mesh.shape=(): the mesh training would choose
+  assert chosen.returncode == 0, chosen.stderr
+  assert "mesh data=1 fsdp=32 tensor=4" in chosen.stdout and "note:" not in chosen.stdout
