@@ -20,6 +20,7 @@ from typing import Any
 from etils import epath
 
 import lima_jax
+from lima_jax import distributed
 from lima_jax.errors import UserError
 
 CONFIG_FIELDS = (
@@ -62,7 +63,7 @@ def fingerprint(config, model_cfg, tok) -> dict[str, Any]:
     out[f"model.{field}"] = model.get(field)
   for key in ("train_files", "eval_files"):
     out[f"data.{key}"] = [file_sha256(f) for f in _files(config.data[key])]
-  out["tokenizer"] = hashlib.sha256(json.dumps(tok.to_meta(), sort_keys=True).encode()).hexdigest()
+  out["tokenizer"] = distributed.digest(tok.to_meta())
   return json.loads(json.dumps(out))  # Tuples as lists, as they come back from a checkpoint.
 
 
