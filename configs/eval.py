@@ -1,0 +1,117 @@
+r"""Judged evaluation: LIMA's pairwise and 1-6 protocols, MT-Bench and AlpacaEval-style rates.
+
+    python -m lima_jax.eval --config=configs/eval.py:PROTOCOL --workdir=DIR \
+      --config.answers=A.jsonl [--config.baseline=B.jsonl] \
+      --config.judge.base_url=URL --config.judge.model=NAME [--config.judge.api_key_env=VAR]
+
+Protocols (`PROTOCOL`):
+
+  lima_pairwise  LIMA's annotator question (a super-intelligent assistant; is one answer
+                 significantly better?) answered [[A]], [[B]] or [[C]] (neither). Both orders
+                 are judged: a win only when both orders agree, a tie when they disagree or
+                 say C. Needs --config.baseline.
+  lima_likert    Helpfulness 1-6 (LIMA's rubric in our words), answered [[N]]; k samples a
+                 prompt (`sample` field; LIMA: 5); mean with a bootstrap over prompts in
+                 which a prompt's k grades move together.
+  mt_bench       FastChat's single-answer grading 1-10 per turn with its judge prompts
+                 (reference-guided for math, reasoning, coding; turn 2 in context);
+                 --config.mt_bench.mode=pairwise compares against --config.baseline instead.
+  alpaca_eval    Win rate against reference outputs, both orders, from the judge's
+                 log-probabilities of A/B when the endpoint returns them (else the verdict),
+                 and a length-controlled win rate fitted on this prompt set.
+  judge_free     No judge: lengths, stops at EOT, repetition, refusals, empty answers,
+                 non-English share.
+
+One command from a checkpoint to a score (answers generated first with LIMA's decoding):
+
+    python -m lima_jax.eval --config=configs/eval.py:lima_likert --workdir=/tmp/ev \
+      --config.checkpoint=/tmp/eval_demo/checkpoints/96 \
+      --config.prompts=../shared/data/lima/test.jsonl --config.generate.samples=5 ...
+
+Must-show run (300 LIMA test prompts, the demo model's last epoch against its 4th, through
+the scripted local judge `python -m lima_jax.eval.scripted_judge`): see README "Judged
+evaluation" for the commands and figures. A rerun of a finished evaluation makes no judge
+call (every request is in DIR/judgments.sqlite).
+
+The API key is read from the environment variable named by judge.api_key_env, never from a
+flag. The config is locked: a misspelled or wrongly typed override fails at start-up.
+"""
+import ml_collections
+
+PROTOCOLS = ("lima_pairwise", "lima_likert", "mt_bench", "alpaca_eval", "judge_free")
+
+# USD per million tokens (prompt, completion); list prices, to be checked before trusting a
+# budget. A model not listed costs 0 here: then judge.max_cost cannot be enforced and the
+# run says so (local judges cost nothing but time).
+PRICES = ("gpt-4o=2.5/10,gpt-4o-mini=0.15/0.6,gpt-4.1=2/8,gpt-4.1-mini=0.4/1.6,"
+          "gpt-4-turbo=10/30,gpt-4=30/60,gpt-3.5-turbo=0.5/1.5")
+
+
+def get_config(protocol: str = "lima_pairwise") -> ml_collections.ConfigDict:
+  if protocol not in PROTOCOLS:
+    raise ValueError(f"unknown eval protocol {protocol!r}; choose one of {PROTOCOLS}")
+  c = ml_collections.ConfigDict()
+  c.protocol = protocol
+  # The system judged: lima_jax.generate JSONL (prompt or conversations, answer, id, sample)
+  # or an AlpacaEval-style JSON list (instruction, output, generator).
+  c.answers = ""
+  c.baseline = ""  # Same formats; pairwise protocols and mt_bench pairwise mode.
+  c.name = ""  # System name in the report ('' = the answers file's stem).
+  c.baseline_name = ""
+  # Generate the answers first: a lima_jax checkpoint and a prompts file (then `answers` is
+  # written to WORKDIR/answers.jsonl). LIMA's decoding unless overridden below.
+  c.checkpoint = ""
+  c.prompts = ""
+  c.generate = ml_collections.ConfigDict()
+  c.generate.samples = 5 if protocol == "lima_likert" else 1  # k answers a prompt.
+  c.generate.max_new_tokens = 2048
+  c.generate.temperature = 0.7
+  c.generate.top_p = 0.9
+  c.generate.repetition_penalty = 1.2
+  c.generate.batch_size = 8
+  c.generate.seed = 0
+  # Print the calls, tokens and cost this run would spend (nothing is sent), then stop.
+  c.dry_run = False
+  c.max_prompts = 0  # Judge only the first N matched prompts (0 = all): a cheap first look.
+
+  c.judge = ml_collections.ConfigDict()
+  c.judge.base_url = ""  # Any OpenAI-compatible endpoint, e.g. http://127.0.0.1:8000/v1.
+  c.judge.model = ""
+  c.judge.api_key_env = "OPENAI_API_KEY"  # Unset: a placeholder key (local servers).
+  c.judge.temperature = 0.0
+  c.judge.seed = 0  # Sent as the request's seed (endpoints that honour it); part of the key.
+  c.judge.max_tokens = 16 if protocol == "alpaca_eval" else 1024
+  c.judge.max_concurrency = 8
+  c.judge.max_retries = 6  # Per request, after the first try: 429, 5xx, timeouts, refused.
+  c.judge.timeout_s = 120.0
+  c.judge.backoff_s = 1.0  # First wait, doubled each retry; a Retry-After header wins.
+  c.judge.max_backoff_s = 60.0
+  c.judge.max_calls = 0  # Stop before more than this many calls (0 = no cap).
+  c.judge.max_cost = 0.0  # Stop before the estimated spend exceeds this many USD (0 = none).
+  c.judge.prices = PRICES
+  # Ask for log-probabilities (alpaca_eval's soft preference). An endpoint that refuses
+  # them is a failure: turn this off for it.
+  c.judge.logprobs = protocol == "alpaca_eval"
+
+  c.bootstrap = ml_collections.ConfigDict()
+  c.bootstrap.rounds = 2000  # Resamples of prompts (Arena-Hard's 100 leaves the CI noisy).
+  c.bootstrap.seed = 0
+
+  c.alpaca_eval = ml_collections.ConfigDict()
+  # L2 weight on the per-prompt terms of the length-controlled model (they are identified
+  # only through it, with two orders of one pair a prompt).
+  c.alpaca_eval.prompt_l2 = 1.0
+  c.alpaca_eval.lc_rounds = 200  # Bootstrap refits of the LC model (each is a Newton solve).
+
+  c.mt_bench = ml_collections.ConfigDict()
+  c.mt_bench.mode = "single"  # 'single' (1-10 per turn) | 'pairwise' (against baseline).
+  c.mt_bench.questions = "../shared/data/eval/mt_bench/question.jsonl"
+  c.mt_bench.judge_prompts = "../shared/data/eval/mt_bench/judge_prompts.jsonl"
+  c.mt_bench.references = "../shared/data/eval/mt_bench/reference_answer_gpt-4.jsonl"
+
+  c.judge_free = ml_collections.ConfigDict()
+  c.judge_free.min_ascii_letters = 0.8  # Below this share of ASCII letters: not English.
+
+  c.report = ml_collections.ConfigDict()
+  c.report.examples = 300  # Prompts shown side by side in report.html (the judge's reasons).
+  return c

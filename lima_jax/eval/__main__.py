@@ -1,0 +1,92 @@
+r"""Command line: judge answers; compare runs; agreement between judges.
+
+  python -m lima_jax.eval --config=configs/eval.py:PROTOCOL --workdir=DIR \
+    --config.answers=A.jsonl [--config.baseline=B.jsonl] \
+    --config.judge.base_url=URL --config.judge.model=NAME [--config.dry_run=True]
+  python -m lima_jax.eval compare DIR1 DIR2 ...
+  python -m lima_jax.eval agreement A/judgments.sqlite B/judgments.sqlite|LABELS.jsonl
+
+Protocols and every config field: configs/eval.py. Bad input stops with one line naming the
+file and row before anything is written or sent; exit status 3 means a budget cap stopped
+the run (what was judged is kept; rerun with a larger cap to finish).
+"""
+import sys
+
+from absl import app, flags
+from ml_collections import config_flags
+
+from lima_jax.errors import UserError, cli_main, parse_flags
+
+_CONFIG = config_flags.DEFINE_config_file(
+    "config", None, "Eval config: configs/eval.py:PROTOCOL (lima_pairwise, lima_likert, "
+    "mt_bench, alpaca_eval, judge_free); override fields with --config.a.b=value.",
+    lock_config=True)
+_WORKDIR = flags.DEFINE_string("workdir", None, "Where results.json, judgments.sqlite, "
+                               "report.html and the figure go (a rerun resumes from it).")
+
+
+@cli_main
+def main(argv):
+  command, rest = (argv[1], argv[2:]) if len(argv) > 1 else ("evaluate", [])
+  # pylint: disable=g-import-not-at-top  (keep --help and flag errors fast)
+  if command == "compare":
+    if not rest:
+      raise UserError("compare: give one or more evaluation directories")
+    from lima_jax.eval import compare
+    print(compare.compare(rest))
+    return
+  if command == "agreement":
+    if len(rest) != 2:
+      raise UserError("agreement: give two judgments.sqlite files (or one and a human label "
+                      "file, JSONL)")
+    from lima_jax.eval import compare
+    print(compare.agreement(*rest))
+    return
+  if command != "evaluate" or rest:
+    raise app.UsageError(f"unknown command {' '.join(argv[1:])!r}: use compare, agreement, or "
+                         "flags alone")
+  if _CONFIG.value is None or not _WORKDIR.value:
+    raise UserError("needs --config=configs/eval.py:PROTOCOL and --workdir=DIR")
+  from lima_jax.eval import run
+  out = run.evaluate(_CONFIG.value, _WORKDIR.value)
+  if out is None:
+    return
+  print(summary(out, _WORKDIR.value))
+  if out.get("stopped_reason"):
+    sys.exit(run.EXIT_BUDGET)
+
+
+def summary(out: dict, workdir) -> str:
+  def ci(key):
+    v, c = out.get(key), out.get(key + "_ci95")
+    if v is None:
+      return "-"
+    return f"{v:.3f} [{c[0]:.3f}, {c[1]:.3f}]" if c and None not in c else f"{v:.3f}"
+
+  if "wins" in out:
+    head = (f"{out['system']} vs {out['baseline']}: {out['wins']} W / {out['ties']} T / "
+            f"{out['losses']} L of {out['n']}; win {ci('win_rate')}, tie {ci('tie_rate')}, "
+            f"loss {ci('loss_rate')}, equal or better {ci('equal_or_better')}, position flips "
+            f"{out['position_flip_rate'] if out['position_flip_rate'] is not None else '-'}")
+    if "lc_win_rate" in out:
+      head += f"; preference {ci('preference')}, length-controlled {ci('lc_win_rate')}"
+  elif "mean" in out:
+    head = (f"{out['system']}: mean {ci('mean')} over {out['n']} answers to "
+            f"{out['n_prompts']} prompts ({out['samples_per_prompt']} a prompt)")
+    for t in out.get("turns", []):
+      c = t["mean_ci95"]
+      head += f"; turn {t['turn']} {t['mean']:.3f} [{c[0]:.3f}, {c[1]:.3f}]"
+  else:
+    return f"{out['system']}: judge-free figures of {out['n']} answers -> {workdir}/results.json"
+  return (head + f"\njudge calls {out['judge_calls']} (retries {out['retries']}), cache hits "
+          f"{out['cache_hits']}, failed {out['n_failed']}, unparsed {out['n_unparsed']}, "
+          f"pending {out['n_pending']}; tokens {out['prompt_tokens']} + "
+          f"{out['completion_tokens']}, ${out['cost_usd']:.4f} -> {workdir}/results.json")
+
+
+def run_cli():
+  app.run(main, flags_parser=parse_flags)
+
+
+if __name__ == "__main__":
+  run_cli()

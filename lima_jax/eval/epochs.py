@@ -1,0 +1,48 @@
+"""Checkpoint choice by judge: what lima_jax.select calls to name LIMA's best epoch.
+
+Every epoch's answers get a lima_likert grade; then a ladder of lima_pairwise matches: each
+epoch meets the best so far and takes its place when it wins more prompts than it loses.
+All judgments of all epochs share one store (WORKDIR/judgments.sqlite is per run dir, and
+a request's key is its content), so rerunning select re-asks nothing.
+"""
+import copy
+import pathlib
+
+from lima_jax.eval import answers as answers_lib
+from lima_jax.eval import run
+
+
+def judge_epochs(answers_by_epoch, workdir, config) -> dict:
+  """answers_by_epoch: {epoch: answers file, or a list of answers.Answer}, in any order;
+  config: configs/eval.py:lima_likert with the judge set. Returns {"likert": {epoch:
+  results}, "pairwise": [{"epoch", "against", **results}], "best_epoch", "best_by_likert"}.
+  """
+  workdir = pathlib.Path(workdir)
+  loaded = {e: (answers_lib.read(a) if isinstance(a, (str, pathlib.Path)) else list(a))
+            for e, a in sorted(answers_by_epoch.items())}
+  likert_cfg = copy.deepcopy(config)
+  with likert_cfg.unlocked():
+    likert_cfg.protocol, likert_cfg.answers, likert_cfg.baseline = "lima_likert", "", ""
+  pair_cfg = copy.deepcopy(likert_cfg)
+  with pair_cfg.unlocked():
+    pair_cfg.protocol = "lima_pairwise"
+  likert = {}
+  for epoch, answers in loaded.items():
+    with likert_cfg.unlocked():
+      likert_cfg.name = f"epoch {epoch}"
+    likert[epoch] = run.evaluate(likert_cfg, workdir / f"likert_epoch{epoch}", answers=answers)
+  ladder, best = [], None
+  for epoch, answers in loaded.items():
+    if best is None:
+      best = epoch
+      continue
+    with pair_cfg.unlocked():
+      pair_cfg.name, pair_cfg.baseline_name = f"epoch {epoch}", f"epoch {best}"
+    r = run.evaluate(pair_cfg, workdir / f"pairwise_epoch{epoch}_vs_{best}", answers=answers,
+                     baseline=loaded[best])
+    ladder.append({"epoch": epoch, "against": best, **r})
+    if r["wins"] > r["losses"]:
+      best = epoch
+  graded = {e: r["mean"] for e, r in likert.items() if r.get("mean") is not None}
+  return {"likert": likert, "pairwise": ladder, "best_epoch": best,
+          "best_by_likert": max(graded, key=graded.get) if graded else None}

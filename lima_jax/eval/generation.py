@@ -1,0 +1,79 @@
+"""Answers from a checkpoint, so one command goes from a checkpoint to a score.
+
+Through lima_jax.generate's public functions only (load, read_prompts, Generator,
+render_prompt). k samples a prompt: sample s decodes with seed + s (an answer depends only on
+the seed and the prompt's index). A prompt longer than the model's context leaves room for
+the answer by keeping its last tokens (BOS first): small models meet LIMA's long prompts,
+and the count of cut prompts is printed, not hidden.
+"""
+import json
+import pathlib
+import time
+
+from lima_jax.errors import UserError
+
+
+def _decoding(g):
+  from lima_jax import generate as gen_lib
+  return gen_lib.Decoding(max_new_tokens=g.max_new_tokens, temperature=g.temperature,
+                          top_p=g.top_p, repetition_penalty=g.repetition_penalty)
+
+
+def _fit(ids: list[int], ctx: int, room: int) -> tuple[list[int], bool]:
+  keep = ctx - min(room, ctx // 2)  # Never less than half the context for the prompt.
+  if len(ids) <= keep:
+    return ids, False
+  return ids[:1] + ids[len(ids) - keep + 1:], True
+
+
+def _answer_all(gen, convs, dec, seed):
+  from lima_jax import generate as gen_lib
+  ctx = gen.cfg.max_seq_len
+  fitted = [_fit(gen_lib.render_prompt(c, gen.tok), ctx, dec.max_new_tokens) for c in convs]
+  out = gen.answer_ids([ids for ids, _ in fitted], dec, seed, progress=True)
+  return [(gen.tok.decode(ids), stopped, cut) for (ids, stopped), (_, cut) in zip(out, fitted)]
+
+
+def _read_mt_bench(path) -> list[dict]:
+  rows = []
+  for n, line in enumerate(pathlib.Path(path).read_text(encoding="utf-8").splitlines(), 1):
+    if line.strip():
+      row = json.loads(line)
+      if not isinstance(row.get("turns"), list):
+        raise UserError(f"{path}:{n}: an MT-Bench question needs 'turns'")
+      rows.append(row)
+  return rows
+
+
+def generate_answers(config, out_path) -> str:
+  """Writes the checkpoint's answers to `out_path` (JSONL, atomically); returns the path."""
+  from lima_jax import generate as gen_lib
+  g = config.generate
+  if not config.prompts:
+    raise UserError("config prompts: --config.checkpoint needs --config.prompts=F.jsonl")
+  params, cfg, tok, _ = gen_lib.load(config.checkpoint)
+  gen = gen_lib.Generator(params, cfg, tok, batch_size=g.batch_size)
+  dec = _decoding(g)
+  t0, rows, n_cut = time.perf_counter(), [], 0
+  if config.protocol == "mt_bench":
+    questions = _read_mt_bench(config.prompts)
+    for s in range(g.samples):
+      first = _answer_all(gen, [q["turns"][:1] for q in questions], dec, g.seed + s)
+      second = _answer_all(gen, [[q["turns"][0], a, q["turns"][1]]
+                                 for q, (a, _, _) in zip(questions, first)], dec, g.seed + s)
+      for q, a1, a2 in zip(questions, first, second):
+        n_cut += a1[2] + a2[2]
+        rows.append({**q, "answers": [a1[0], a2[0]], "stopped": a1[1] and a2[1], "sample": s})
+  else:
+    prompts = gen_lib.read_prompts(config.prompts)
+    for s in range(g.samples):
+      for (obj, _, _), (text, stopped, cut) in zip(
+          prompts, _answer_all(gen, [t for _, t, _ in prompts], dec, g.seed + s)):
+        n_cut += cut
+        rows.append({**obj, "answer": text, "stopped": stopped, "sample": s,
+                     "prompt_truncated": cut})
+  gen_lib.write_jsonl_atomic(out_path, rows)
+  print(f"generated {len(rows)} answers in {time.perf_counter() - t0:.0f}s -> {out_path}"
+        + (f" ({n_cut} prompts cut to the model's context of {cfg.max_seq_len} tokens)"
+           if n_cut else ""), flush=True)
+  return str(out_path)

@@ -1,0 +1,313 @@
+"""lima_jax.eval end to end against a real HTTP judge on 127.0.0.1 (no network).
+
+The judge speaks OpenAI's chat completions through the real `openai` client; its verdicts
+follow a planted rule on the answers (each answer carries `q=N`, its planted quality), so
+every figure is computed here from the plan, not from the code under test.
+"""
+import json
+import math
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from conftest import _REPO, shared_file
+
+sys.path.insert(0, str(_REPO))
+from configs import eval as eval_configs  # noqa: E402
+from lima_jax import eval as lima_eval  # noqa: E402
+from lima_jax.eval.scripted_judge import Server  # noqa: E402
+
+N = 24
+Z = 1.959963984540054
+
+
+def planted_rule(request):
+  """[[A]] / [[B]] for the higher q, [[C]] for equal; 'BIASED' prompts always get [[A]];
+  'GARBAGE' prompts get no verdict; graded prompts get the last answer's q as the grade."""
+  user = "\n".join(m["content"] for m in request["messages"])
+  qs = [int(x) for x in re.findall(r"q=(\d+)", request["messages"][-1]["content"])]
+  if "GARBAGE" in user:
+    return {"content": "I will not say."}
+  if "from 1 to 6" in user or "scale of 1 to 10" in user:
+    return {"content": f"Reasons. [[{qs[-1]}]]"}
+  if "letter of the better output" in user:  # alpaca_eval: soft preference by logprobs.
+    pa = 1 / (1 + math.exp(-(qs[0] - qs[1])))
+    return {"content": "A" if pa >= .5 else "B",
+            "logprobs": [[["A", math.log(pa)], ["B", math.log(1 - pa)]]]}
+  label = "A" if "BIASED" in user or qs[0] > qs[1] else "B" if qs[1] > qs[0] else "C"
+  return {"content": f"Compared. Not [[C]] here, but:\n[[{label}]]"}
+
+
+def sys_q(i):
+  return 1 + i % 5
+
+
+BASE_Q = 3
+
+
+def prompt(i):
+  tag = " BIASED" if i % 8 == 7 else ""
+  return f"Question number {i}{tag}?"
+
+
+def write_answers(path, q_of, n=N, samples=1, fmt="generate", who="answer", per_sample=False):
+  rows = []
+  for s in range(samples):
+    for i in range(n):
+      q = q_of(i, s) if per_sample else q_of(i)
+      rows.append({"id": f"p{i}", "conversations": [prompt(i)], "sample": s,
+                   "answer": f"{who} {i}.{s} q={q}", "stopped": True})
+  if fmt == "alpaca":
+    path.write_text(json.dumps([{"instruction": r["conversations"][0], "output": r["answer"],
+                                 "generator": "base"} for r in rows]))
+  else:
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+  return path
+
+
+def config(protocol, server, answers, baseline=None, **judge):
+  c = eval_configs.get_config(protocol)
+  c.answers, c.baseline = str(answers), str(baseline or "")
+  c.judge.base_url, c.judge.model = server.url, "scripted"
+  c.judge.backoff_s, c.judge.max_concurrency = 0.01, 4
+  c.bootstrap.rounds = 300
+  for k, v in judge.items():
+    c.judge[k] = v
+  return c
+
+
+def wilson(k, n):
+  # Textbook form (Wilson 1927), written out again here on purpose.
+  p = k / n
+  d = 1 + Z * Z / n
+  c = (p + Z * Z / (2 * n)) / d
+  h = Z / d * math.sqrt(p * (1 - p) / n + Z * Z / (4 * n * n))
+  return [max(0, c - h), min(1, c + h)]
+
+
+def expected_pairwise():
+  w = t = l = 0
+  for i in range(N):
+    if "BIASED" in prompt(i) or sys_q(i) == BASE_Q:
+      t += 1  # Biased: A in both orders = the orders disagree; equal q: [[C]] twice.
+    elif sys_q(i) > BASE_Q:
+      w += 1
+    else:
+      l += 1
+  return w, t, l
+
+
+@pytest.fixture
+def judge():
+  with Server(planted_rule) as s:
+    yield s
+
+
+def test_pairwise_both_orders_retries_and_cache(tmp_path, judge):
+  judge.rate_limit, judge.server_error, judge.retry_after = 0.25, 0.15, 0.2
+  a = write_answers(tmp_path / "a.jsonl", sys_q)
+  b = write_answers(tmp_path / "b.jsonl", lambda i: BASE_Q, who="base")
+  t0 = time.perf_counter()
+  r = lima_eval.evaluate(config("lima_pairwise", judge, a, b), tmp_path / "run")
+  w, t, l = expected_pairwise()
+  assert (r["wins"], r["ties"], r["losses"], r["n"]) == (w, t, l, N)
+  assert r["win_rate"] == pytest.approx(w / N)
+  assert r["win_rate_ci95"] == pytest.approx(wilson(w, N))
+  assert r["equal_or_better_ci95"] == pytest.approx(wilson(w + t, N))
+  assert r["position_flip_rate"] == pytest.approx(sum("BIASED" in prompt(i) for i in range(N))
+                                                  / N)
+  # 429s (Retry-After: 0.2 s) and 500s were served, retried, and nothing failed.
+  assert 429 in judge.statuses and 500 in judge.statuses
+  assert r["n_failed"] == 0 and r["retries"] == judge.statuses.count(429) + \
+      judge.statuses.count(500)
+  assert time.perf_counter() - t0 >= 0.2
+  assert r["judge_calls"] == 2 * N and max(judge.answered.values()) == 1
+  for f in ("results.json", "judgments.sqlite", "report.html", "winrates.png"):
+    assert (tmp_path / "run" / f).stat().st_size > 0
+  on_disk = json.loads((tmp_path / "run/results.json").read_text())
+  assert on_disk["wins"] == w and on_disk["judge_prompt_sha256"] and on_disk["answers_sha256"]
+  # A rerun asks nothing; an edited judge setting asks everything again.
+  again = lima_eval.evaluate(config("lima_pairwise", judge, a, b), tmp_path / "run")
+  assert again["judge_calls"] == 0 and again["cache_hits"] == 2 * N
+  assert {k: again[k] for k in ("wins", "ties", "losses")} == {"wins": w, "ties": t, "losses": l}
+  hotter = lima_eval.evaluate(config("lima_pairwise", judge, a, b, temperature=0.5),
+                              tmp_path / "run")
+  assert hotter["judge_calls"] == 2 * N
+
+
+def test_garbage_is_unparsed_and_retried_next_run(tmp_path, judge):
+  a = tmp_path / "a.jsonl"
+  write_answers(a, sys_q)
+  rows = [json.loads(l) for l in a.read_text().splitlines()]
+  rows[0]["conversations"] = ["GARBAGE please"]
+  a.write_text("".join(json.dumps(r) + "\n" for r in rows))
+  b = tmp_path / "b.jsonl"
+  write_answers(b, lambda i: BASE_Q, who="base")
+  rows = [json.loads(l) for l in b.read_text().splitlines()]
+  rows[0]["conversations"] = ["GARBAGE please"]
+  b.write_text("".join(json.dumps(r) + "\n" for r in rows))
+  r = lima_eval.evaluate(config("lima_pairwise", judge, a, b), tmp_path / "run")
+  assert r["n_unparsed"] == 2 and r["n"] == N - 1  # Not a tie: left out, and said so.
+  before = dict(judge.seen)
+  r2 = lima_eval.evaluate(config("lima_pairwise", judge, a, b), tmp_path / "run")
+  asked = [k for k in judge.seen if judge.seen[k] > before.get(k, 0)]
+  assert r2["judge_calls"] == 2 and len(asked) == 2 and r2["n_unparsed"] == 2
+
+
+def test_likert_k_samples_clustered(tmp_path, judge):
+  a = write_answers(tmp_path / "a.jsonl", lambda i, s: 1 + (i + s) % 6, samples=3,
+                    per_sample=True)
+  r = lima_eval.evaluate(config("lima_likert", judge, a), tmp_path / "run")
+  grades = [1 + (i + s) % 6 for s in range(3) for i in range(N)]
+  assert r["mean"] == pytest.approx(sum(grades) / len(grades))
+  assert (r["n"], r["n_prompts"], r["samples_per_prompt"]) == (3 * N, N, 3)
+  lo, hi = r["mean_ci95"]
+  assert lo < r["mean"] < hi
+  # A prompt's grades move together: the interval is that of N prompt means.
+  means = [sum(1 + (i + s) % 6 for s in range(3)) / 3 for i in range(N)]
+  m = sum(means) / N
+  se = math.sqrt(sum((x - m) ** 2 for x in means) / (N - 1) / N)
+  assert hi - lo == pytest.approx(2 * Z * se, rel=0.3)
+
+
+def test_alpaca_eval_logprobs_and_json_list(tmp_path, judge):
+  a = write_answers(tmp_path / "a.jsonl", sys_q)
+  # An AlpacaEval-style JSON list without ids: matched by prompt text.
+  b = write_answers(tmp_path / "b.json", lambda i: BASE_Q, fmt="alpaca", who="base")
+  r = lima_eval.evaluate(config("alpaca_eval", judge, a, b), tmp_path / "run")
+  # Both orders: P(system better) = sigmoid(q_sys - q_base) in each (the biased-prompt rule
+  # does not apply to the letter-only prompt).
+  pref = [1 / (1 + math.exp(-(sys_q(i) - BASE_Q))) for i in range(N)]
+  assert r["preference"] == pytest.approx(sum(pref) / N, abs=1e-6)
+  assert r["logprobs_share"] == 1.0
+  assert 0 < r["lc_win_rate"] < 1 and r["lc_win_rate_ci95"][0] <= r["lc_win_rate_ci95"][1]
+
+
+def test_mt_bench_reference_and_turn_two_in_context(tmp_path, judge):
+  questions = [json.loads(l) for l in
+               shared_file("eval/mt_bench/question.jsonl").read_text().splitlines()]
+  chosen = [q for q in questions if q["category"] == "writing"][:2] + \
+      [q for q in questions if q["category"] == "math"][:2]
+  rows = [{"question_id": q["question_id"], "category": q["category"], "turns": q["turns"],
+           "answers": [f"first q={2 + j}", f"second q={5 + j}"]} for j, q in enumerate(chosen)]
+  a = tmp_path / "mt.jsonl"
+  a.write_text("".join(json.dumps(r) + "\n" for r in rows))
+  c = config("mt_bench", judge, a)
+  c.mt_bench.judge_prompts = str(shared_file("eval/mt_bench/judge_prompts.jsonl"))
+  c.mt_bench.references = str(shared_file("eval/mt_bench/reference_answer_gpt-4.jsonl"))
+  r = lima_eval.evaluate(c, tmp_path / "run")
+  turn = {t["turn"]: t for t in r["turns"]}
+  assert turn[1]["mean"] == pytest.approx(sum(2 + j for j in range(4)) / 4)
+  assert turn[2]["mean"] == pytest.approx(sum(5 + j for j in range(4)) / 4)
+  from lima_jax.eval.store import read_rows
+  rows = read_rows(tmp_path / "run/judgments.sqlite")
+  math_turn2 = [x for x in rows if x["item"]["turn"] == 2 and x["item"]["prompt"] == str(
+      chosen[2]["question_id"])][0]["messages"][-1]["content"]
+  assert "Reference answer" in math_turn2 and "first q=4" in math_turn2  # turn 1 in context
+
+
+def test_judge_epochs_ladder(tmp_path, judge):
+  quality = {5: 2, 6: 4, 7: 3}
+  files = {e: write_answers(tmp_path / f"e{e}.jsonl", lambda i, q=q: q)
+           for e, q in quality.items()}
+  c = config("lima_likert", judge, "")
+  out = lima_eval.judge_epochs(files, tmp_path / "select", c)
+  assert out["best_epoch"] == 6 and out["best_by_likert"] == 6
+  assert [(m["epoch"], m["against"]) for m in out["pairwise"]] == [(6, 5), (7, 6)]
+  assert out["likert"][7]["mean"] == 3
+
+
+def _cli(args, **kw):
+  return subprocess.run([sys.executable, "-m", "lima_jax.eval", *args], cwd=_REPO,
+                        capture_output=True, text=True, timeout=120, **kw)
+
+
+def _flags(judge, a, b, workdir, protocol="lima_pairwise"):
+  return [f"--config=configs/eval.py:{protocol}", f"--workdir={workdir}",
+          f"--config.answers={a}", f"--config.baseline={b}",
+          f"--config.judge.base_url={judge.url}", "--config.judge.model=scripted",
+          "--config.judge.backoff_s=0.01", "--config.bootstrap.rounds=200"]
+
+
+def test_bad_answers_files_one_line_no_results(tmp_path, judge):
+  a = write_answers(tmp_path / "a.jsonl", sys_q)
+  b = write_answers(tmp_path / "b.jsonl", lambda i: BASE_Q, n=N - 1, who="base")
+  p = _cli(_flags(judge, a, b, tmp_path / "w1"))
+  assert p.returncode == 1 and len(p.stderr.strip().splitlines()) == 1, p.stderr
+  assert "no partner" in p.stderr and f"p{N - 1}" in p.stderr and "a.jsonl:24" in p.stderr
+  lines = a.read_text().splitlines()
+  lines[2] = '{"id": "p2", "answer": '
+  a.write_text("\n".join(lines) + "\n")
+  p = _cli(_flags(judge, a, b, tmp_path / "w2"))
+  assert p.returncode == 1 and p.stderr.strip() == f"error: {a}:3: invalid JSON (Expecting " \
+      "value)", p.stderr
+  assert not (tmp_path / "w1").exists() and not (tmp_path / "w2").exists()
+  assert not judge.seen
+
+
+def test_dry_run_and_budget_cap(tmp_path, judge):
+  a = write_answers(tmp_path / "a.jsonl", sys_q)
+  b = write_answers(tmp_path / "b.jsonl", lambda i: BASE_Q, who="base")
+  p = _cli(_flags(judge, a, b, tmp_path / "w") + ["--config.dry_run=True"])
+  assert p.returncode == 0 and f"dry run: {2 * N} judge calls" in p.stdout, p.stdout + p.stderr
+  assert not judge.seen and not (tmp_path / "w").exists()
+  p = _cli(_flags(judge, a, b, tmp_path / "w") + ["--config.judge.max_calls=5"])
+  assert p.returncode == 3 and "judge.max_calls=5 reached" in p.stderr, p.stderr
+  r = json.loads((tmp_path / "w/results.json").read_text())
+  assert r["judge_calls"] == 5 and len(judge.seen) == 5 and r["n_pending"] == 2 * N - 5
+  assert not r["complete"]
+  p = _cli(_flags(judge, a, b, tmp_path / "w"))
+  r = json.loads((tmp_path / "w/results.json").read_text())
+  assert p.returncode == 0 and r["complete"] and r["judge_calls"] == 2 * N - 5
+  assert (r["wins"], r["ties"], r["losses"]) == expected_pairwise()
+
+
+def test_sigkill_mid_run_then_resume(tmp_path, judge):
+  a = write_answers(tmp_path / "a.jsonl", sys_q)
+  b = write_answers(tmp_path / "b.jsonl", lambda i: BASE_Q, who="base")
+  judge.hang_after = 10
+  proc = subprocess.Popen([sys.executable, "-m", "lima_jax.eval",
+                           *_flags(judge, a, b, tmp_path / "w")], cwd=_REPO,
+                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+  try:
+    deadline = time.time() + 60
+    while sum(judge.answered.values()) < 10 or len(judge.seen) <= 10:
+      assert time.time() < deadline and proc.poll() is None
+      time.sleep(0.05)
+    time.sleep(0.5)  # The ten replies are committed; the later requests hang in flight.
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+  finally:
+    if proc.poll() is None:
+      proc.kill()
+  assert not (tmp_path / "w/results.json").exists()
+  judge.hang_after = None
+  judge.release.set()
+  p = _cli(_flags(judge, a, b, tmp_path / "w"))
+  r = json.loads((tmp_path / "w/results.json").read_text())
+  assert p.returncode == 0, p.stderr
+  assert (r["wins"], r["ties"], r["losses"]) == expected_pairwise()
+  assert r["cache_hits"] == 10 and r["judge_calls"] == 2 * N - 10
+  assert max(judge.answered.values()) == 1 and len(judge.answered) == 2 * N
+
+
+def test_compare_and_agreement(tmp_path, judge):
+  a = write_answers(tmp_path / "a.jsonl", sys_q)
+  b = write_answers(tmp_path / "b.jsonl", lambda i: BASE_Q, who="base")
+  lima_eval.evaluate(config("lima_pairwise", judge, a, b), tmp_path / "one")
+  with Server(lambda req: {"content": "[[C]]"}) as ties:
+    lima_eval.evaluate(config("lima_pairwise", ties, a, b), tmp_path / "two")
+  p = _cli(["agreement", str(tmp_path / "one/judgments.sqlite"),
+            str(tmp_path / "two/judgments.sqlite")])
+  w, t, l = expected_pairwise()
+  # Every unit of run two is a tie: agreement 1 on the ties, 1/2 on every other unit.
+  assert f"tie-discounted agreement {(t + 0.5 * (w + l)) / N:.3f} on {N}" in p.stdout, p.stderr
+  p = _cli(["compare", str(tmp_path / "one"), str(tmp_path / "two")])
+  assert p.returncode == 0 and "paired bootstrap over 24 shared prompts" in p.stdout
+  diff = (w + 0.5 * t) / N - 0.5
+  assert f"= {diff:+.3f}" in p.stdout, p.stdout
