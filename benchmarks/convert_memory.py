@@ -5,7 +5,9 @@ r"""Peak host memory of `convert to-hf` on a ~200M-parameter checkpoint, against
 Writes a random checkpoint with `checkpoint.save`, then runs, each in its own subprocess and
 measured with os.wait4 (the child's own peak RSS; MB = 10^6 bytes throughout):
   baseline   the imports and JAX/orbax start-up that to-hf pays before touching any weight;
-  to-hf      `python -m lima_jax.convert to-hf` (loads one parameter at a time);
+  to-hf      `python -m lima_jax.convert to-hf` (bfloat16 export, its default), which reads
+             the checkpoint through TensorStore a layer slice at a time;
+  to-hf-url  the same from a file:// URL (the path any gs:// checkpoint takes);
   full-load  for comparison, `checkpoint.load` of the whole tree followed by `save_hf`.
 Writes benchmarks/results/convert_memory.json.
 """
@@ -52,6 +54,7 @@ checkpoint.save(path, jax.tree.unflatten(treedef, values),
 per_layer = [v[0].nbytes for v, s in zip(values, leaves) if len(s.shape) > 2]
 print(json.dumps({"params": model.param_count(cfg),
                   "largest_parameter_mb": round(max(v.nbytes for v in values) / 1e6, 1),
+                  "largest_layer_slice_mb": round(max(per_layer) / 1e6, 1),
                   "largest_hf_tensor_mb": round(max(per_layer + [values[0].nbytes]) / 1e6, 1)}))
 """
 _FULL_LOAD = ("import sys, pathlib; from lima_jax import checkpoint, convert, model; "
@@ -90,8 +93,8 @@ def main(argv):
   del argv
   work = pathlib.Path(FLAGS.workdir or tempfile.mkdtemp(prefix="convert_memory_"))
   work.mkdir(parents=True, exist_ok=True)
-  ckpt, out, out_full = work / "ckpt", work / "hf", work / "hf_full"
-  for p in (ckpt, out, out_full):
+  ckpt, out, out_url, out_full = work / "ckpt", work / "hf", work / "hf_url", work / "hf_full"
+  for p in (ckpt, out, out_url, out_full):
     shutil.rmtree(p, ignore_errors=True)
   try:
     written = measure([sys.executable, "-c", _WRITE, FLAGS.size, FLAGS.dtype, str(ckpt)])
@@ -99,15 +102,20 @@ def main(argv):
     baseline = measure([sys.executable, "-c", _BASELINE])
     to_hf = measure([sys.executable, "-m", "lima_jax.convert", "to-hf", f"--checkpoint={ckpt}",
                      f"--out={out}"])
+    to_hf_url = measure([sys.executable, "-m", "lima_jax.convert", "to-hf",
+                         f"--checkpoint={ckpt.absolute().as_uri()}", f"--out={out_url}"])
     full = measure([sys.executable, "-c", _FULL_LOAD, str(ckpt), str(out_full)])
-    for r in (baseline, to_hf, full):
+    for r in (baseline, to_hf, to_hf_url, full):
       r.pop("stdout")
     result = {
         "benchmark": "convert_memory", "size": FLAGS.size, "dtype": FLAGS.dtype, **info,
         "checkpoint_mb": dir_mb(ckpt), "hf_output_mb": dir_mb(out),
-        "baseline": baseline, "to_hf": to_hf, "full_load_then_save_hf": full,
+        "baseline": baseline, "to_hf": to_hf, "to_hf_file_url": to_hf_url,
+        "full_load_then_save_hf": full,
         "to_hf_increment_over_baseline_mb": round(
             to_hf["peak_rss_mb"] - baseline["peak_rss_mb"], 1),
+        "to_hf_file_url_increment_over_baseline_mb": round(
+            to_hf_url["peak_rss_mb"] - baseline["peak_rss_mb"], 1),
         "full_load_increment_over_baseline_mb": round(
             full["peak_rss_mb"] - baseline["peak_rss_mb"], 1),
         "command": " ".join(["python", "benchmarks/convert_memory.py"] + sys.argv[1:]),

@@ -9,6 +9,8 @@ be handed to `generate`, `convert to-hf` or `model.init` as it is. Orbax writes 
 directory and renames it when complete, so a killed run never leaves a half checkpoint that a
 resume would pick up.
 """
+import json
+import os
 from typing import Any, Callable, Optional
 
 import jax
@@ -21,13 +23,27 @@ from lima_jax.errors import UserError
 PyTree = Any
 
 
-def _abstract(tree: PyTree, shardings: Optional[PyTree]) -> PyTree:
-  """ShapeDtypeStructs for a restore target; without shardings, everything on one device."""
+def _abstract(tree: PyTree, shardings: Optional[PyTree], dtype=None) -> PyTree:
+  """ShapeDtypeStructs for a restore target; without shardings, everything on one device;
+  a dtype casts every array while it is read."""
   if shardings is None:
     device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
     shardings = jax.tree.map(lambda _: device, tree)
   return jax.tree.map(
-      lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), tree, shardings)
+      lambda x, s: jax.ShapeDtypeStruct(x.shape, dtype or x.dtype, sharding=s), tree, shardings)
+
+
+def _save_args(tree: PyTree) -> PyTree:
+  """One storage chunk per layer for stacked parameters (and their optimizer moments), so an
+  export or a reader can take one layer slice without decoding the whole stack (orbax's
+  default chunk is the whole shard: 57.7 GB for 65B's `mlp/gate` on one host)."""
+  def args(path, x):
+    if not any(getattr(k, "key", None) == "layers" for k in path) or np.ndim(x) < 2:
+      return ocp.SaveArgs()
+    shape = x.sharding.shard_shape(x.shape) if isinstance(x, jax.Array) else np.shape(x)
+    layer = int(np.prod(shape[1:])) * np.dtype(x.dtype).itemsize
+    return ocp.SaveArgs(chunk_byte_size=max(layer, 1), shard_axes=(0,))
+  return jax.tree_util.tree_map_with_path(args, tree)
 
 
 def _check_dir(path: epath.Path, items: tuple[str, ...]) -> None:
@@ -60,22 +76,24 @@ def save(path, params: PyTree, meta: dict, opt_state: Optional[PyTree] = None) -
   path = epath.Path(path)
   if path.exists():
     raise UserError(f"{path}: already exists; refusing to overwrite a checkpoint")
-  items = {"params": ocp.args.StandardSave(params), "meta": ocp.args.JsonSave(meta)}
+  items = {"params": ocp.args.StandardSave(params, save_args=_save_args(params)),
+           "meta": ocp.args.JsonSave(meta)}
   if opt_state is not None:
-    items["opt_state"] = ocp.args.StandardSave(opt_state)
+    items["opt_state"] = ocp.args.StandardSave(opt_state, save_args=_save_args(opt_state))
   with ocp.Checkpointer(ocp.CompositeCheckpointHandler()) as ckptr:
     ckptr.save(path, ocp.args.Composite(**items))
 
 
-def load(path, shardings: Optional[PyTree] = None) -> tuple[PyTree, dict]:
-  """Loads (params, meta); `shardings` (a tree matching the params) places them directly.
+def load(path, shardings: Optional[PyTree] = None, dtype=None) -> tuple[PyTree, dict]:
+  """Loads (params, meta); `shardings` (a tree matching the params) places them directly;
+  `dtype` (e.g. 'bfloat16') casts while reading.
 
   Without shardings every array lands on the first local device. The stored shapes are checked
   against nothing here: callers compare `meta["model_config"]` with what they expect.
   """
   path = epath.Path(path)
   _check_dir(path, ("params", "meta"))
-  target = _abstract(params_metadata(path), shardings)
+  target = _abstract(params_metadata(path), shardings, dtype and jax.numpy.dtype(dtype))
   with ocp.Checkpointer(ocp.CompositeCheckpointHandler()) as ckptr:
     restored = ckptr.restore(path, ocp.args.Composite(
         params=ocp.args.StandardRestore(target), meta=ocp.args.JsonRestore()))
@@ -86,6 +104,64 @@ def load_numpy(path) -> tuple[dict, dict]:
   """Loads params as host numpy arrays (for export); returns (params, meta)."""
   params, meta = load(path)
   return jax.tree.map(np.asarray, params), meta
+
+
+class StoredArray:
+  """One stored parameter, read on indexing: `x[i]` reads layer i only (see `_save_args`),
+  `np.asarray(x)` reads all of it."""
+
+  def __init__(self, store):
+    self._store = store
+    self.shape, self.dtype = tuple(store.shape), np.dtype(store.dtype.numpy_dtype)
+    self.ndim = len(self.shape)
+
+  def __getitem__(self, index):
+    return self._store[index].read().result()
+
+  def __array__(self, dtype=None, copy=None):
+    x = self._store.read().result()
+    return x if dtype is None else x.astype(dtype)
+
+
+def _url(path) -> str:
+  """A TensorStore kvstore URL for a checkpoint: local paths become file:// URLs."""
+  s = os.fspath(path)
+  return (s if "://" in s else "file://" + os.path.abspath(s)).rstrip("/") + "/"
+
+
+def read_stored(path) -> tuple[dict, PyTree]:
+  """(meta, params as `StoredArray`s) through TensorStore alone, so any location it reads works
+  (a local path, file://, gs://, s3://) with no epath backend, and reading costs host memory
+  for what is indexed, not for the whole tree. Follows the layout `save` and `Manager` write
+  (orbax: params/_METADATA, zarr arrays in an OCDBT store, meta/metadata JSON)."""
+  import tensorstore as ts  # orbax's own storage layer
+  url = _url(path)
+  try:
+    kv = ts.KvStore.open(url).result()
+    raw = {k: kv.read(k).result() for k in ("meta/metadata", "params/_METADATA")}
+  except (ValueError, RuntimeError) as e:
+    raise UserError(f"{path}: cannot read ({e})") from None
+  for key, r in raw.items():
+    if r.state != "value":
+      raise UserError(f"{path}: not a lima_jax checkpoint (no {key})")
+  meta, info = json.loads(bytes(raw["meta/metadata"].value)), json.loads(
+      bytes(raw["params/_METADATA"].value))
+  driver = "zarr3" if info.get("use_zarr3") else "zarr"
+  params: dict = {}
+  for entry in info["tree_metadata"].values():
+    keys = [k["key"] for k in entry["key_metadata"]]
+    name = ".".join(keys) + "/"
+    kvstore = ({"driver": "ocdbt", "base": url + "params/", "path": name}
+               if info.get("use_ocdbt") else url + "params/" + name)
+    try:
+      store = ts.open({"driver": driver, "kvstore": kvstore}, open=True).result()
+    except (ValueError, RuntimeError) as e:
+      raise UserError(f"{path}: cannot open params/{name} ({e})") from None
+    node = params
+    for k in keys[:-1]:
+      node = node.setdefault(k, {})
+    node[keys[-1]] = StoredArray(store)
+  return meta, params
 
 
 def parse_epochs(spec: str, field: str) -> set[int]:
@@ -124,8 +200,8 @@ class Manager:
 
   def save(self, step: int, params: PyTree, opt_state: PyTree, meta: dict) -> None:
     self._mngr.save(step, args=ocp.args.Composite(
-        params=ocp.args.StandardSave(params),
-        opt_state=ocp.args.StandardSave(opt_state),
+        params=ocp.args.StandardSave(params, save_args=_save_args(params)),
+        opt_state=ocp.args.StandardSave(opt_state, save_args=_save_args(opt_state)),
         meta=ocp.args.JsonSave(meta)), force=True)
 
   def restore(self, step: int, abstract_params: PyTree,

@@ -108,32 +108,6 @@ def load_llama2c(path):
   return cfg, params
 
 
-def _lazy_checkpoint_params(ckpt: pathlib.Path, shapes) -> dict:
-  """The params tree of a lima_jax checkpoint as zero-argument loaders, one per parameter.
-
-  Orbax restores a subtree on request, so an export holds one stacked parameter (not the
-  whole model) in host memory at a time.
-  """
-  import orbax.checkpoint as ocp  # only the CLI needs orbax
-  def loader(keys, sds):
-    def load():
-      target, args = np.empty(0, sds.dtype), ocp.RestoreArgs(restore_type=np.ndarray)
-      for key in reversed(keys):
-        target, args = {key: target}, {key: args}
-      handler = ocp.PyTreeCheckpointHandler()
-      # Host numpy, not a device array: the export then slices it without copies.
-      tree = handler.restore(ckpt / "params", args=ocp.args.PyTreeRestore(
-          item=target, restore_args=args, partial_restore=True))
-      handler.close()
-      for key in keys:
-        tree = tree[key]
-      return tree
-    return load
-
-  return jax.tree_util.tree_map_with_path(
-      lambda kp, sds: loader(tuple(k.key for k in kp), sds), shapes)
-
-
 def _meta_config(ckpt: pathlib.Path, meta: dict) -> model_lib.ModelConfig:
   if "model_config" not in meta:
     raise UserError(f"{ckpt}: checkpoint meta has no 'model_config'")
@@ -170,12 +144,14 @@ def _meta(cfg, tok_meta):
 
 def _cmd_to_hf(ckpt: str, out: str, dtype: str | None, max_shard_mb: int) -> None:
   from lima_jax import checkpoint
-  ckpt = pathlib.Path(ckpt).absolute()
-  meta = checkpoint.read_meta(ckpt)
+  if "://" in out:
+    raise UserError(f"--out={out}: to-hf writes a local directory (copy it to the bucket after)")
+  # TensorStore reads the checkpoint wherever it is (gs:// as training prints it) and one layer
+  # slice of one stacked parameter at a time: host memory stays near the largest such slice.
+  meta, params = checkpoint.read_stored(ckpt)
   cfg = _meta_config(ckpt, meta)
-  params = _lazy_checkpoint_params(ckpt, checkpoint.params_metadata(ckpt))
   try:
-    save_hf(cfg, params, out, meta.get("tokenizer"), dtype, max_shard_mb * 10**6)
+    save_hf(cfg, params, out, meta.get("tokenizer"), dtype or "bfloat16", max_shard_mb * 10**6)
   except UserError as e:
     raise UserError(f"{ckpt}: {e}") from None
 
@@ -209,7 +185,8 @@ def _define_flags() -> None:
   from absl import flags
   flags.DEFINE_string("hf_dir", None, "from-hf: Hugging Face Llama directory (config.json and "
                       "model.safetensors or model.safetensors.index.json + shards).")
-  flags.DEFINE_string("checkpoint", None, "to-hf: lima_jax checkpoint directory to export.")
+  flags.DEFINE_string("checkpoint", None, "to-hf: lima_jax checkpoint to export: a directory or "
+                      "any URL TensorStore reads (gs://BUCKET/run/checkpoints/STEP, file://...).")
   flags.DEFINE_string("model", None, "from-llama2c: llama2.c checkpoint (legacy v0 .bin).")
   flags.DEFINE_string("tokenizer", None, "from-llama2c: llama2.c tokenizer .bin (or a "
                       "SentencePiece .model) stored in the checkpoint; from-hf: a SentencePiece "
@@ -217,7 +194,8 @@ def _define_flags() -> None:
   flags.DEFINE_string("out", None, "Output directory: a lima_jax checkpoint (from-hf, "
                       "from-llama2c) or a Hugging Face directory (to-hf). Must not exist.")
   flags.DEFINE_enum("dtype", None, ["float32", "bfloat16"], "Parameter dtype to store. Default: "
-                    "as the source (float16 HF weights become float32).")
+                    "to-hf bfloat16; from-hf and from-llama2c as the source (float16 HF weights "
+                    "become float32).")
   flags.DEFINE_integer("max_shard_mb", 5000, "to-hf: largest safetensors shard, in MB (10^6 "
                        "bytes).", lower_bound=1)
 

@@ -16,6 +16,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.experimental import multihost_utils
 from jax.sharding import NamedSharding, PartitionSpec as P
 from tqdm import tqdm
 
@@ -148,8 +149,7 @@ class Generator:
       if not 0 < len(p) < ctx:
         raise UserError(f"prompt {i}: {len(p)} tokens; the model's context is {ctx}")
     n_new = min(dec.max_new_tokens, ctx - 1)
-    room = min(_bucket(n_new), ctx - 1)
-    spec = _Spec(self.cfg, self.mesh, self.tok.vocab_size, room, dec.greedy, dec.top_k)
+    spec = _spec(self.cfg, self.mesh, self.tok.vocab_size, dec)
     knobs = jnp.asarray([dec.temperature, dec.top_p, dec.repetition_penalty], jnp.float32)
     stops = jnp.asarray(self.stop_ids + (-1,) * (_MAX_STOPS - len(self.stop_ids)), jnp.int32)
     decode = _decode_on_device if self.loop == "device" else _decode_on_host
@@ -157,9 +157,11 @@ class Generator:
     put = jnp.asarray
     if self.mesh is not None:
       rows_sharding = NamedSharding(self.mesh, P(sharding.BATCH_AXES))
-      put = lambda x: jax.device_put(x, rows_sharding)
+      # Every host holds every prompt and places the rows its own devices hold (a pod's hosts
+      # cannot device_put to each other's devices).
+      put = lambda x: jax.make_array_from_callback(x.shape, rows_sharding, lambda i: x[i])
     bar = tqdm(total=len(prompts), desc="generate", unit="prompt", leave=False,
-               disable=None if progress else True)
+               disable=None if progress and jax.process_index() == 0 else True)
     t0, total = time.perf_counter(), 0
     with _on_mesh(self.mesh):
       for start in range(0, len(prompts), B):
@@ -171,7 +173,7 @@ class Generator:
         rows = np.arange(start, start + B, dtype=np.int32)
         s = decode(spec, self.params, *map(put, (tokens, lengths, budget, rows)),
                    jnp.int32(seed), knobs, stops)
-        out, n, stopped = jax.device_get((s["out"], s["n"], s["stopped"]))
+        out, n, stopped = _fetch((s["out"], s["n"], s["stopped"]))
         results += [(out[b, :n[b]].tolist(), bool(stopped[b])) for b in range(len(chunk))]
         total += int(n.sum())
         bar.update(len(chunk))
@@ -185,6 +187,28 @@ class Generator:
     prompts = [render_prompt(c, self.tok) for c in conversations]
     return [Answer(self.tok.decode(ids), ids, stopped)
             for ids, stopped in self.answer_ids(prompts, dec, seed, progress)]
+
+
+def _spec(cfg: model_lib.ModelConfig, mesh, vocab_size: int, dec: Decoding) -> _Spec:
+  n_new = min(dec.max_new_tokens, cfg.max_seq_len - 1)
+  return _Spec(cfg, mesh, vocab_size, min(_bucket(n_new), cfg.max_seq_len - 1), dec.greedy,
+               dec.top_k)
+
+
+def lower(params, cfg: model_lib.ModelConfig, mesh, vocab_size: int, batch_size: int,
+          prompt_len: int, dec: Decoding = LIMA) -> jax.stages.Lowered:
+  """The decode loop `Generator.answer_ids` runs for one batch of `batch_size` prompts of up
+  to `prompt_len` tokens, lowered for `params` given as jax.ShapeDtypeStructs placed on
+  `mesh`: the planner compiles it for a TPU slice it cannot touch."""
+  cfg = dataclasses.replace(cfg, remat_policy="none", dropout_top=0.0)
+  rows, whole = NamedSharding(mesh, P(sharding.BATCH_AXES)), NamedSharding(mesh, P())
+  shape = lambda s, sh, dtype=jnp.int32: jax.ShapeDtypeStruct(s, dtype, sharding=sh)
+  B = batch_size
+  args = (shape((B, _bucket(prompt_len)), rows), shape((B,), rows), shape((B,), rows),
+          shape((B,), rows), shape((), whole), shape((3,), whole, jnp.float32),
+          shape((_MAX_STOPS,), whole))
+  with _on_mesh(mesh):
+    return _decode_on_device.lower(_spec(cfg, mesh, vocab_size, dec), params, *args)
 
 
 @functools.partial(jax.jit, static_argnums=0)
@@ -208,6 +232,13 @@ def _decode_on_host(spec: _Spec, params, *args):
   while int(state["t"]) < spec.n_new and not bool(jnp.all(state["done"])):
     state = _body_step(spec, params, state)
   return state
+
+
+def _fetch(tree):
+  """Host numpy copies of batch-sharded results; across hosts, every host gets all rows."""
+  if all(x.is_fully_addressable for x in jax.tree.leaves(tree)):
+    return jax.device_get(tree)
+  return multihost_utils.process_allgather(tree, tiled=True)
 
 
 @contextlib.contextmanager

@@ -34,23 +34,28 @@ def is_local_child() -> bool:
 def run_local_processes(config: ml_collections.ConfigDict, workdir: str) -> None:
   """Runs `train.train_and_evaluate(config, workdir)` as N local CPU processes; SIGTERM to this
   launcher is passed on to all of them (as a pod scheduler would send it to every host)."""
-  n = config.distributed.local_processes
-  with socket.socket() as s:
-    s.bind(("localhost", 0))
-    port = s.getsockname()[1]
   child_config = config.to_dict()
   child_config["distributed"]["local_processes"] = 0
   code = ("import json,sys,ml_collections; from lima_jax import train; "
           "train.train_and_evaluate(ml_collections.ConfigDict(json.loads(sys.argv[1])), sys.argv[2])")
+  launch_local([sys.executable, "-c", code, json.dumps(child_config), workdir],
+               config.distributed.local_processes, config.distributed.local_devices)
+
+
+def launch_local(command: list[str], processes: int, devices: int = 0) -> None:
+  """Runs `command` as `processes` local CPU processes of one JAX job (`devices` CPU devices
+  each, 0: JAX's default), each of which calls `initialize`; SIGTERM is passed on to all."""
+  with socket.socket() as s:
+    s.bind(("localhost", 0))
+    port = s.getsockname()[1]
   procs = []
-  for rank in range(n):
+  for rank in range(processes):
     env = dict(os.environ, JAX_PLATFORMS="cpu", **{
-        _ENV_RANK: str(rank), _ENV_WORLD: str(n), _ENV_COORD: f"localhost:{port}"})
-    if config.distributed.local_devices:
+        _ENV_RANK: str(rank), _ENV_WORLD: str(processes), _ENV_COORD: f"localhost:{port}"})
+    if devices:
       env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count="
-                          f"{config.distributed.local_devices}")
-    procs.append(subprocess.Popen(
-        [sys.executable, "-c", code, json.dumps(child_config), workdir], env=env))
+                          f"{devices}")
+    procs.append(subprocess.Popen(command, env=env))
   previous = signal.signal(signal.SIGTERM, lambda *_: [p.send_signal(signal.SIGTERM)
                                                        for p in procs if p.poll() is None])
   try:
@@ -61,16 +66,41 @@ def run_local_processes(config: ml_collections.ConfigDict, workdir: str) -> None
     raise UserError(f"local processes exited with codes {codes} (see their output above)")
 
 
-def initialize(config: ml_collections.ConfigDict) -> None:
-  """`jax.distributed.initialize` for a pod (`distributed.initialize`) or a local child."""
+def initialize(config: ml_collections.ConfigDict | None = None, pod: bool = False) -> None:
+  """`jax.distributed.initialize` for a pod (`distributed.initialize` in a training config, or
+  `pod=True` from a CLI flag) or a local child of `launch_local`."""
   if jax.distributed.is_initialized():
     return
   if is_local_child():
     jax.config.update("jax_cpu_collectives_implementation", "gloo")
     jax.distributed.initialize(os.environ[_ENV_COORD], int(os.environ[_ENV_WORLD]),
                                int(os.environ[_ENV_RANK]))
-  elif config.distributed.initialize:
+  elif pod or (config is not None and config.distributed.initialize):
     jax.distributed.initialize()
+
+
+def define_flags() -> None:
+  """Flags of the CLIs that run on a pod (generate, select)."""
+  from absl import flags
+  flags.DEFINE_bool("distributed", False, "Call jax.distributed.initialize() first: one process "
+                    "per host of a TPU pod slice, each started with the same flags (`launch/tpu.sh "
+                    "--worker=all ssh -- ...`: docs/tpu.md). Process 0 writes the outputs.")
+  flags.DEFINE_integer("local_processes", 0, "Testing: run as this many local CPU processes of "
+                       "one JAX job, as simulated hosts (0: off).", lower_bound=0)
+  flags.DEFINE_integer("local_devices", 0, "Testing: CPU devices per local process (0: JAX's "
+                       "default).", lower_bound=0)
+
+
+def start(f, module: str) -> bool:
+  """For the CLI `python -m module` with `define_flags`: False when this process only launched
+  the local processes (which did the work); True when it is to run, after `jax.distributed`
+  is up where asked."""
+  if f.local_processes and not is_local_child():
+    launch_local([sys.executable, "-m", module, *sys.argv[1:]], f.local_processes,
+                 f.local_devices)
+    return False
+  initialize(pod=f.distributed)
+  return True
 
 
 def digest(value) -> str:

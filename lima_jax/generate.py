@@ -20,6 +20,7 @@ from typing import Sequence
 import jax
 import jax.numpy as jnp
 
+from lima_jax import distributed
 from lima_jax import model as model_lib
 from lima_jax import sharding
 from lima_jax.decoding import Answer, Generator, render_prompt
@@ -44,8 +45,13 @@ def generate(params, cfg: model_lib.ModelConfig, tok, conversations: Sequence[Se
   return [a.text for a in gen.answer(conversations, decoding, seed)]
 
 
-def load(path, mesh=None):
-  """(params, cfg, tok, meta) of a checkpoint; params go straight into their shardings."""
+def load(path, mesh=None, dtype: str | None = None):
+  """(params, cfg, tok, meta) of a checkpoint; params go straight into their shardings.
+
+  dtype ('bfloat16' or 'float32'): cast while restoring, so only the cast copy is ever
+  resident (bfloat16 halves a float32 checkpoint's bytes); cfg.param_dtype says what was
+  loaded. Default: as stored.
+  """
   from lima_jax import checkpoint
   from lima_jax.tokenizer import Tokenizer
   meta = checkpoint.read_meta(path)
@@ -62,13 +68,17 @@ def load(path, mesh=None):
   if tok.vocab_size > cfg.vocab_size:
     raise UserError(f"{path}: tokenizer has {tok.vocab_size} ids but the model only "
                     f"{cfg.vocab_size} embedding rows")
+  if dtype is not None:
+    if dtype not in ("float32", "bfloat16"):
+      raise UserError(f"dtype: {dtype!r} is not 'float32' or 'bfloat16'")
+    cfg = dataclasses.replace(cfg, param_dtype=dtype)
   shardings = None
   if mesh is not None:
     boxed = jax.eval_shape(lambda: model_lib.Transformer(cfg).init(
         jax.random.key(0), jnp.zeros((1, 8), jnp.int32)))["params"]
     shardings = sharding.logical_shardings(boxed, mesh)
   try:
-    params, _ = checkpoint.load(path, shardings)
+    params, _ = checkpoint.load(path, shardings, dtype)
   except (ValueError, KeyError, OSError) as e:
     raise UserError(f"{path}: cannot restore the parameters ({type(e).__name__}: {e})") from None
   return params, cfg, tok, meta
@@ -161,11 +171,15 @@ def main(argv) -> None:
     logging.set_verbosity(logging.ERROR)  # orbax's INFO lines would bury the answers
   if not f.checkpoint or not (f.interactive or (f.prompts and f.out)):
     raise UserError("needs --checkpoint and either --prompts and --out, or --interactive")
-  dec, mesh = decoding_from_flags(f), mesh_from_flags(f)
   rows = [] if f.interactive else read_prompts(f.prompts)
   if rows and not pathlib.Path(f.out).absolute().parent.is_dir():
     raise UserError(f"{f.out}: its directory does not exist")
-  params, cfg, tok, _ = load(f.checkpoint, mesh)
+  if f.interactive and (f.local_processes or f.distributed):
+    raise UserError("--interactive runs in one process; drop --distributed/--local_processes")
+  if not distributed.start(f, "lima_jax.generate"):
+    return
+  dec, mesh = decoding_from_flags(f), mesh_from_flags(f)
+  params, cfg, tok, _ = load(f.checkpoint, mesh, f.dtype)
   gen = Generator(params, cfg, tok, mesh=mesh, batch_size=f.batch_size)
   if f.interactive:
     return _chat(gen, dec, f.seed)
@@ -177,6 +191,8 @@ def main(argv) -> None:
   t0 = time.perf_counter()
   results = gen.answer_ids(prompts, dec, f.seed, progress=True)
   seconds = time.perf_counter() - t0
+  if jax.process_index() != 0:  # every host holds every answer; one writes them
+    return
   write_jsonl_atomic(f.out, [
       {**obj, "answer": tok.decode(ids), "n_tokens": len(ids), "stopped": stopped}
       for (obj, _, _), (ids, stopped) in zip(rows, results)])
@@ -202,8 +218,11 @@ def define_decoding_flags() -> None:
                     "applies; add --repetition_penalty=1 for plain greedy).")
   flags.DEFINE_integer("seed", 0, "Sampling seed; an answer depends on it and on the prompt's "
                        "index in the file, not on the batch size.")
-  flags.DEFINE_list("mesh", ["1", "-1", "1"], "Device mesh (data,fsdp,tensor); one -1 takes the "
-                    "remaining devices.")
+  flags.DEFINE_list("mesh", ["1", "-1", "1"], "Device mesh (data,fsdp,tensor) over every "
+                    "device of the job (all hosts); one -1 takes the remaining devices.")
+  flags.DEFINE_enum("dtype", None, ["float32", "bfloat16"], "Parameter dtype to load (cast while "
+                    "restoring; bfloat16 halves a float32 checkpoint). Default: as stored.")
+  distributed.define_flags()
 
 
 def decoding_from_flags(f) -> Decoding:

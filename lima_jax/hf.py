@@ -183,6 +183,7 @@ def _hf_config(cfg: model_lib.ModelConfig, dtype: str, ids: dict) -> dict:
           **(cfg.rope_scaling_dict or {})}
   return {
       "architectures": ["LlamaForCausalLM"], "model_type": "llama", "dtype": dtype,
+      "torch_dtype": dtype,  # what transformers 4 and vLLM read; transformers 5 reads dtype
       "vocab_size": cfg.vocab_size, "hidden_size": cfg.dim, "intermediate_size": cfg.hidden_dim,
       "num_hidden_layers": cfg.n_layers, "num_attention_heads": cfg.n_heads,
       "num_key_value_heads": cfg.n_kv_heads, "head_dim": cfg.head_dim, "hidden_act": "silu",
@@ -298,12 +299,13 @@ def save_hf(cfg: model_lib.ModelConfig, params, out_dir, tokenizer_meta: dict | 
   generation = {"bos_token_id": ids["bos"], "eos_token_id": eos if len(eos) > 1 else eos[0],
                 "pad_token_id": ids.get("pad")}
   if "eot" in ids:  # a LIMA-format model: LIMA's decoding by default
+    from lima_jax import hf_card
     from lima_jax.sampling import LIMA
-    # transformers' repetition penalty also counts the prompt's tokens; LIMA's (and
-    # lima_jax.generate's) counts only the answer's.
+    # No repetition penalty: transformers and vLLM would apply it to the prompt's tokens too,
+    # which LIMA's does not (README.md, written beside the weights, says how to get LIMA's).
     generation.update(do_sample=True, temperature=LIMA.temperature, top_p=LIMA.top_p,
-                      repetition_penalty=LIMA.repetition_penalty,
-                      max_new_tokens=LIMA.max_new_tokens)
+                      repetition_penalty=1.0, max_new_tokens=LIMA.max_new_tokens)
+    files["README.md"] = hf_card.model_card(cfg, dtype).encode()
   if cfg.vocab_size > ids.get("n_tokens", cfg.vocab_size):
     # Embedding rows past the tokenizer are sharding padding: no text has those ids.
     generation["suppress_tokens"] = list(range(ids["n_tokens"], cfg.vocab_size))

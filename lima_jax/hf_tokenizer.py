@@ -24,6 +24,17 @@ from sentencepiece import sentencepiece_model_pb2 as sp_pb2
 from lima_jax import tokenizer as tokenizer_lib
 
 _SPACE = "\u2581"
+# The text form of every special token in the export. tokenizers always matches an added
+# token's text in the input, but training never parses text for special tokens: a user who
+# types "<eot>" or "</s>" gets ordinary text there. A private-use character (U+E000) inside
+# the name keeps that true of the export for any text short of the marker itself.
+_MARK = "\ue000"
+EOT_TEXT = f"<eot{_MARK}>"
+
+
+def special_text(piece: str) -> str:
+  """'<eot>' -> '<eot\ue000>', '</s>' -> '</s\ue000>'."""
+  return piece[:-1] + _MARK + ">" if piece.startswith("<") and piece.endswith(">") else piece
 
 
 def chat_template(eot: str) -> str:
@@ -66,12 +77,13 @@ def _normalizer(spec) -> dict:
 
 def tokenizer_json(tok: tokenizer_lib.Tokenizer, proto) -> dict:
   """A `tokenizers` JSON description equivalent to `tok.encode` (see the module docstring)."""
-  added = [{"id": i, "content": tok.id_to_piece(i), "single_word": False, "lstrip": False,
-            "rstrip": False, "normalized": False, "special": True}
-           for i in sorted({proto.trainer_spec.unk_id, tok.bos_id, tok.eos_id, tok.eot_id,
-                            tok.pad_id} - {-1})]
+  specials = sorted({proto.trainer_spec.unk_id, tok.bos_id, tok.eos_id, tok.eot_id,
+                     tok.pad_id} - {-1})
+  added = [{"id": i, "content": special_text(tok.id_to_piece(i)), "single_word": False,
+            "lstrip": False, "rstrip": False, "normalized": False, "special": True}
+           for i in specials]
   dummy = proto.normalizer_spec.add_dummy_prefix
-  bos = tok.id_to_piece(tok.bos_id)
+  bos = special_text(tok.id_to_piece(tok.bos_id))
   decoders = [{"type": "Replace", "pattern": {"String": _SPACE}, "content": " "},
               {"type": "ByteFallback"}, {"type": "Fuse"}]
   if dummy:
@@ -90,11 +102,14 @@ def tokenizer_json(tok: tokenizer_lib.Tokenizer, proto) -> dict:
           "special_tokens": {bos: {"id": bos, "ids": [tok.bos_id], "tokens": [bos]}}},
       "decoder": {"type": "Sequence", "decoders": decoders},
       "model": {"type": "BPE", "dropout": None,
-                "unk_token": proto.pieces[proto.trainer_spec.unk_id].piece,
+                "unk_token": special_text(proto.pieces[proto.trainer_spec.unk_id].piece),
                 "continuing_subword_prefix": None, "end_of_word_suffix": None,
                 "fuse_unk": True, "byte_fallback": proto.trainer_spec.byte_fallback,
                 "ignore_merges": False,
-                "vocab": {p.piece: i for i, p in enumerate(proto.pieces)},
+                # Special pieces under their exported text: an added token keeps its id only
+                # when the model's vocabulary holds its text.
+                "vocab": {special_text(p.piece) if i in specials else p.piece: i
+                          for i, p in enumerate(proto.pieces)},
                 "merges": _merges(proto)}}
 
 
@@ -112,10 +127,10 @@ def tokenizer_files(meta: dict, vocab_size: int, max_len: int) -> tuple[dict, di
   for key, i in (("eot", tok.eot_id), ("pad", tok.pad_id)):
     if i < vocab_size:  # an id past the embedding could never be produced
       ids[key] = i
-  name = tok.id_to_piece
+  name = lambda i: special_text(tok.id_to_piece(i))
   config = {"tokenizer_class": "PreTrainedTokenizerFast", "bos_token": name(tok.bos_id),
             "eos_token": name(tok.eos_id),
-            "unk_token": proto.pieces[proto.trainer_spec.unk_id].piece,
+            "unk_token": special_text(proto.pieces[proto.trainer_spec.unk_id].piece),
             "pad_token": name(tok.pad_id), "add_bos_token": True, "add_eos_token": False,
             "clean_up_tokenization_spaces": False, "model_max_length": max_len}
   if "eot" in ids:

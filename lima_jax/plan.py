@@ -1,6 +1,9 @@
 r"""Ahead-of-time planner: will a config fit a TPU slice, and how fast could it go?
 
   python -m lima_jax.plan --config=configs/lima.py:65b --topology=v4-256 [--mesh=1,-1,1]
+  python -m lima_jax.plan --decode --config=configs/lima.py:65b --topology=v4-16 --mesh=1,1,8
+
+(--decode: see lima_jax/plan_decode.py.)
 
 The training step is compiled for the slice by libtpu's compiler on this machine (no TPU,
 network or credentials), from abstract inputs, on a mesh of "compile-only" devices
@@ -289,10 +292,32 @@ def main(argv: list[str]) -> None:
   f = flags.FLAGS
   config = f.config
   mesh = _parse_mesh(f.mesh) if f.mesh else None
+  if f.decode:
+    return _main_decode(config, f, mesh)
   p = make_plan(config, f.topology, mesh)
   size = config.model.size or "(size from model.init)"
   print(format_plan(p, f"lima_jax plan: {size}, batch {config.train.batch_size} x "
                     f"{config.data.max_len} tokens, step: train.build_train_step"))
+  if f.out:
+    _write_json(p, f.out)
+  if not p.fits:
+    sys.exit(3)
+
+
+def _main_decode(config, f, mesh_shape) -> None:
+  from lima_jax import plan_decode
+  slice_ = tpu_specs.parse_slice(f.topology)
+  mesh = topology_mesh(slice_, config.mesh.shape if mesh_shape is None else mesh_shape,
+                       f.decode_batch)
+  if f.decode_batch % sharding.batch_shards(mesh):
+    raise UserError(f"--decode_batch={f.decode_batch} does not split over the "
+                    f"{sharding.batch_shards(mesh)} batch shards of mesh {dict(mesh.shape)}")
+  cfg = dataclasses.replace(base_model.planned_model_config(config), param_dtype=f.dtype)
+  with jax.set_mesh(mesh):
+    p = plan_decode.plan_decode(cfg, mesh, slice_, cfg.vocab_size, f.decode_batch,
+                                f.prompt_len, f.prompts)
+  size = config.model.size or "(size from model.init)"
+  print(plan_decode.format_decode_plan(p, f"lima_jax plan --decode: {size}, LIMA's decoding"))
   if f.out:
     _write_json(p, f.out)
   if not p.fits:
@@ -309,6 +334,16 @@ def run():
                       "the chips); default: the config's mesh.shape ((): the mesh training "
                       "would choose).")
   flags.DEFINE_string("out", None, "Also write the plan as JSON to this file.")
+  flags.DEFINE_bool("decode", False, "Plan decoding (generate, select) instead of training: "
+                    "memory of one batch, and a bandwidth-bound time estimate.")
+  flags.DEFINE_enum("dtype", "bfloat16", ["bfloat16", "float32"], "--decode: parameter dtype "
+                    "(as generate --dtype loads it).")
+  flags.DEFINE_integer("decode_batch", 8, "--decode: prompts decoded together (generate "
+                       "--batch_size).", lower_bound=1)
+  flags.DEFINE_integer("prompt_len", 512, "--decode: longest prompt, in tokens (rounded up to a "
+                       "power of two, as the decoder does).", lower_bound=1)
+  flags.DEFINE_integer("prompts", 50, "--decode: prompts to estimate the time of (LIMA's dev "
+                       "set: 50).", lower_bound=1)
   flags.mark_flags_as_required(["config", "topology"])
   app.run(cli_main(main))
 

@@ -16,10 +16,11 @@ import os
 import pathlib
 import sys
 
+import jax
 from etils import epath
 from tqdm import tqdm
 
-from lima_jax import checkpoint
+from lima_jax import checkpoint, distributed
 from lima_jax import generate as gen_lib
 from lima_jax.decoding import Generator
 from lima_jax.sampling import LIMA, Decoding
@@ -99,11 +100,12 @@ def parse_epochs(spec: str, available: dict[int, EpochCheckpoint], where: str) -
 
 def compare_epochs(workdir, prompts_path, epochs: str = "5-10", out_dir=None,
                    dec: Decoding = LIMA, seed: int = 0, batch_size: int = 8,
-                   mesh=None) -> list[dict]:
+                   mesh=None, dtype: str | None = None) -> list[dict]:
   """Answers from each chosen epoch; writes OUT/answers.jsonl and OUT/index.html.
 
   Returns the JSONL rows: each prompt row plus "answers": [{epoch, step, eval_loss, answer,
-  n_tokens, stopped}, ...] in epoch order.
+  n_tokens, stopped}, ...] in epoch order. On several processes (a pod), every process
+  returns all rows and process 0 writes the files. dtype: as for `generate.load`.
   """
   workdir = epath.Path(workdir)
   if out_dir is None and "://" in os.fspath(workdir):
@@ -113,8 +115,10 @@ def compare_epochs(workdir, prompts_path, epochs: str = "5-10", out_dir=None,
   chosen = [available[e] for e in parse_epochs(epochs, available, str(workdir / "checkpoints"))]
   out_dir = pathlib.Path(out_dir or os.fspath(workdir / "select"))
   out = [{**obj, "answers": []} for obj, _, _ in rows]
-  for ck in tqdm(chosen, desc="epochs", unit="epoch", disable=None):
-    params, cfg, tok, _ = gen_lib.load(ck.path, mesh)
+  quiet = None if jax.process_index() == 0 else True  # one bar on a pod, not one per host
+  bar = tqdm(chosen, desc="epochs", unit="epoch", disable=quiet)
+  for ck in bar:
+    params, cfg, tok, _ = gen_lib.load(ck.path, mesh, dtype)
     # Same model every epoch: the compiled decoder is shared, only the weights change.
     generator = Generator(params, cfg, tok, mesh=mesh, batch_size=batch_size)
     answers = generator.answer([turns for _, turns, _ in rows], dec, seed, progress=True)
@@ -122,6 +126,8 @@ def compare_epochs(workdir, prompts_path, epochs: str = "5-10", out_dir=None,
       row["answers"].append({"epoch": ck.epoch, "step": ck.step, "eval_loss": ck.eval_loss,
                              "answer": a.text, "n_tokens": len(a.tokens), "stopped": a.stopped})
     del params, generator  # one checkpoint in memory at a time
+  if jax.process_index() != 0:
+    return out
   out_dir.mkdir(parents=True, exist_ok=True)
   gen_lib.write_jsonl_atomic(out_dir / "answers.jsonl", out)
   page = render_html(workdir, [turns for _, turns, _ in rows], out, chosen, dec, seed)
@@ -184,8 +190,12 @@ def main(argv) -> None:
     logging.set_verbosity(logging.ERROR)
   if not f.workdir or not f.prompts:
     raise UserError("needs --workdir and --prompts")
+  if not distributed.start(f, "lima_jax.select"):
+    return
   out = compare_epochs(f.workdir, f.prompts, f.epochs, f.out, gen_lib.decoding_from_flags(f),
-                       f.seed, f.batch_size, gen_lib.mesh_from_flags(f))
+                       f.seed, f.batch_size, gen_lib.mesh_from_flags(f), f.dtype)
+  if jax.process_index() != 0:
+    return
   out_dir = f.out or os.path.join(f.workdir, "select")
   print(f"wrote {os.path.join(out_dir, 'index.html')} and answers.jsonl "
         f"({len(out)} prompts x {len(out[0]['answers'])} epochs)")

@@ -1,9 +1,9 @@
 """TPU chips and slice names: what the planner needs to know about a slice it cannot touch.
 
 Figures are the public ones from Google Cloud's TPU pages (cloud.google.com/tpu/docs/v4, /v5e,
-/v5p, /v6e): peak bf16 FLOP/s and HBM per chip. `usable_hbm` is what libtpu itself lets a
-program use (it keeps the rest); it was read from libtpu 0.0.42.1's out-of-memory message
-("exceeds available HBM (30.75G)" on v4), so a newer libtpu may differ slightly.
+/v5p, /v6e): peak bf16 FLOP/s, HBM and HBM bandwidth per chip. `usable_hbm` is what libtpu
+itself lets a program use (it keeps the rest); it was read from libtpu 0.0.42.1's
+out-of-memory message ("exceeds available HBM (30.75G)" on v4), so a newer libtpu may differ.
 
 Cloud names a slice by accelerator type: v4 and v5p count TensorCores (two per chip, used
 as one "megacore" device by JAX), so v4-256 is 128 chips; v5e ("v5litepod") and v6e count
@@ -30,21 +30,22 @@ class Chip:
   chip_config: str  # libtpu's chip_config_name: 'megacore' puts both cores in one device.
   runtime_version: str  # Default TPU VM software version (cloud.google.com/tpu/docs/runtimes).
   aliases: tuple[str, ...] = ()  # Other accelerator-type prefixes for this chip.
+  hbm_bytes_per_s: float = 0.0  # Peak HBM bandwidth per chip: what bounds a decode step.
 
 
 CHIPS = {
-    # v4: 275 TFLOP/s bf16, 32 GiB HBM2 per chip, 2 TensorCores per chip.
+    # v4: 275 TFLOP/s bf16, 32 GiB HBM2 at 1,200 GB/s per chip, 2 TensorCores per chip.
     "v4": Chip("v4", "v4", 32 * GIB, int(30.75 * GIB), 275e12, 2, 3, "megacore",
-               "tpu-ubuntu2204-base"),
-    # v5e: 197 TFLOP/s bf16, 16 GB HBM2 per chip, 1 TensorCore per chip.
+               "tpu-ubuntu2204-base", hbm_bytes_per_s=1200e9),
+    # v5e: 197 TFLOP/s bf16, 16 GB HBM2 at 819 GB/s per chip, 1 TensorCore per chip.
     "v5e": Chip("v5e", "v5e", 16 * GIB, int(15.75 * GIB), 197e12, 1, 2, "default",
-                "v2-alpha-tpuv5-lite", aliases=("v5litepod",)),
-    # v5p: 459 TFLOP/s bf16, 95 GB HBM2e per chip, 2 TensorCores per chip.
+                "v2-alpha-tpuv5-lite", aliases=("v5litepod",), hbm_bytes_per_s=819e9),
+    # v5p: 459 TFLOP/s bf16, 95 GB HBM2e at 2,765 GB/s per chip, 2 TensorCores per chip.
     "v5p": Chip("v5p", "v5", 95 * GIB, int(95.74 * GIB), 459e12, 2, 3, "megacore",
-                "v2-alpha-tpuv5"),
-    # v6e (Trillium): 918 TFLOP/s bf16, 32 GB HBM per chip, 1 TensorCore per chip.
+                "v2-alpha-tpuv5", hbm_bytes_per_s=2765e9),
+    # v6e (Trillium): 918 TFLOP/s bf16, 32 GB HBM at 1,640 GB/s per chip, 1 TensorCore/chip.
     "v6e": Chip("v6e", "v6e", 32 * GIB, int(31.25 * GIB), 918e12, 1, 2, "default",
-                "v2-alpha-tpuv6e"),
+                "v2-alpha-tpuv6e", hbm_bytes_per_s=1640e9),
 }
 
 # Single-slice sizes Cloud offers for the 2D chips (cloud.google.com/tpu/docs/v5e, /v6e).

@@ -16,7 +16,7 @@ from safetensors import safe_open
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from conftest import shared_file
-from lima_jax import convert
+from lima_jax import convert, hf_tokenizer
 from lima_jax import model as M
 from lima_jax.errors import UserError
 
@@ -172,7 +172,8 @@ def test_save_hf_exports_the_tokenizer_with_eot(tmp_path):
       tok.bos_id, tok.eos_id, tok.pad_id)
   assert generation["eos_token_id"] == [tok.eos_id, tok.eot_id]  # generation stops at EOT
   hf_tok = AutoTokenizer.from_pretrained(tmp_path / "hf")
-  assert hf_tok.convert_tokens_to_ids(["<eot>", "<pad>"]) == [tok.eot_id, tok.pad_id]
+  assert hf_tok.convert_tokens_to_ids([hf_tokenizer.EOT_TEXT, hf_tokenizer.special_text("<pad>")]
+                                      ) == [tok.eot_id, tok.pad_id]
   text = "Once upon a time, Lily saw a big red ball."
   assert hf_tok(text).input_ids == [tok.bos_id] + tok.encode(text)
 
@@ -279,7 +280,8 @@ def test_cli_llama2c_to_lima_to_hf_tells_the_story(tmp_path):
   ckpt, hf_dir = tmp_path / "ckpt", tmp_path / "hf"
   result = _cli("from-llama2c", f"--model={model}", f"--tokenizer={tokenizer}", f"--out={ckpt}")
   assert result.returncode == 0, result.stderr
-  result = _cli("to-hf", f"--checkpoint={ckpt}", f"--out={hf_dir}", "--max_shard_mb=1")
+  result = _cli("to-hf", f"--checkpoint={ckpt}", f"--out={hf_dir}", "--max_shard_mb=1",
+                "--dtype=float32")
   assert result.returncode == 0, result.stderr
   assert (hf_dir / "model.safetensors.index.json").exists()
   from transformers import AutoTokenizer

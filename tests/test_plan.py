@@ -139,3 +139,35 @@ def test_tensor_across_hosts_is_stated_and_the_chosen_mesh_avoids_it():
   chosen = plan_cli(*base)  # mesh.shape=(): the mesh training would choose
   assert chosen.returncode == 0, chosen.stderr
   assert "mesh data=1 fsdp=32 tensor=4" in chosen.stdout and "note:" not in chosen.stdout
+
+
+@needs_libtpu
+def test_decode_plan_compiles_the_decoder_and_counts_weights_and_cache(tmp_path):
+  """`--decode`: bfloat16 weights are half of float32's; the KV cache is what the model's
+  shapes give (K and V, every layer, the prompt bucket plus LIMA's answer room)."""
+  plans = {}
+  for dtype in ("float32", "bfloat16"):
+    out = tmp_path / f"{dtype}.json"
+    proc = plan_cli("--decode", "--config=configs/lima.py:demo", "--topology=v4-8",
+                    "--mesh=1,1,4", f"--dtype={dtype}", "--decode_batch=4", "--prompt_len=100",
+                    f"--out={out}")
+    assert proc.returncode == 0, proc.stderr
+    assert "fits" in proc.stdout and "not a measurement" in proc.stdout
+    plans[dtype] = json.loads(out.read_text())
+  f32, bf16 = plans["float32"], plans["bfloat16"]
+  assert f32["param_bytes"] == 2 * bf16["param_bytes"]
+  demo = model.get_size("demo")  # 4 layers, 4 KV heads of 32: one head per chip
+  rows, length = 4, 128 + (demo.max_seq_len - 1)  # prompt bucket 128, answer room 511
+  assert bf16["cache_bytes"] == 2 * demo.n_layers * rows * length * 1 * demo.head_dim * 4
+  assert bf16["peak_bytes"] >= bf16["param_bytes"] + bf16["cache_bytes"]
+  assert bf16["new_tokens"] == demo.max_seq_len - 1
+
+
+@needs_libtpu
+def test_decode_batch_must_split_over_the_batch_shards():
+  proc = plan_cli("--decode", "--config=configs/lima.py:demo", "--topology=v4-8",
+                  "--mesh=1,4,1", "--decode_batch=6")
+  assert proc.returncode == 1
+  assert proc.stderr.strip().splitlines() == [
+      "error: --decode_batch=6 does not split over the 4 batch shards of mesh "
+      "{'data': 1, 'fsdp': 4, 'tensor': 1}"]
