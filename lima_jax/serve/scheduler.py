@@ -134,10 +134,15 @@ class Scheduler:
           self._cv.wait()
         if self._stopping:
           break
-      self._drop_cancelled()
-      self._admit()
-      if self._slots:
-        self._step()
+      try:
+        self._drop_cancelled()
+        self._admit()
+        if self._slots:
+          self._step()
+      except Exception as e:  # a bug here fails the requests in flight, not the server
+        log.exception("engine loop failed")
+        for run in list(self._slots.values()):
+          self._end(run, "error", f"engine failure: {type(e).__name__}: {e}")
     for run in list(self._slots.values()):
       self._end(run, "abort")
     while self._waiting:
@@ -155,16 +160,16 @@ class Scheduler:
           break
         req = self._waiting.popleft()
       try:
+        text = TextStream(self._decode, req.stop or ())
         self.engine.insert(slot, list(req.prompt), seed=req.seed, index=req.index,
                            temperature=req.temperature, top_p=req.top_p, top_k=req.top_k,
                            penalty=req.penalty, greedy=req.greedy)
       except Exception as e:  # a failed prefill fails its request, not the server
         log.exception("prefill failed")
-        self._deliver(req, Event(f"prefill failed: {e}", "error"))
+        self._deliver(req, Event(f"prefill failed: {type(e).__name__}: {e}", "error"))
         continue
       budget = min(req.max_tokens, self.engine.max_len - len(req.prompt))
-      self._slots[slot] = _Running(req, TextStream(self._decode, req.stop), budget,
-                                   time.perf_counter())
+      self._slots[slot] = _Running(req, text, budget, time.perf_counter())
       if self.metrics is not None:
         self.metrics.prompt_tokens.inc(len(req.prompt))
     self._gauge()

@@ -1,0 +1,435 @@
+"""lima_jax.serve end to end: a live server on 127.0.0.1 (uvicorn on a thread, a tiny random
+model on one device) spoken to with the official `openai` client (max_retries=0), plus raw
+HTTP where the client hides the wire. Answers are checked against lima_jax's own offline
+decoder (`Generator`, what `python -m lima_jax.generate` runs), token for token.
+
+A second server over a fake engine whose step can be held or slowed makes the full queue
+(429) and the mass client time-outs deterministic; the command line is tested in a
+subprocess at the end."""
+import concurrent.futures
+import json
+import os
+import pathlib
+import socket
+import subprocess
+import sys
+import threading
+import time
+
+import flax.linen as nn
+import httpx2 as httpx  # the HTTP library the pinned openai client is built on
+import jax
+import jax.numpy as jnp
+import numpy as np
+import openai
+import pytest
+import uvicorn
+from prometheus_client.parser import text_string_to_metric_families
+
+from lima_jax import checkpoint, decoding
+from lima_jax import model as M
+from lima_jax.sampling import Decoding
+from lima_jax.serve.api import create_app
+from lima_jax.serve.engine import Engine, buckets
+from lima_jax.tokenizer import Tokenizer
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+KEY = "sekrit"
+SLOTS = 4
+N_NEW = 16
+CONVS = [["What is the capital of France?"], ["Hi"],
+         ["Write a short poem about the sea, with waves and wind and salt in every line."],
+         ["How many legs does a spider have?", "Eight.", "And an ant?"],
+         ["Tell me a story."], ["Why is the sky blue? Explain it to a child please."],
+         ["ok"], ["List three colours and a fruit."]]
+
+
+@pytest.fixture(scope="module")
+def model():
+  tok = Tokenizer.load(REPO / "data/demo/tokenizer.model")
+  cfg = M.get_size("tiny", vocab_size=tok.padded_vocab_size(128))
+  shapes = jax.eval_shape(lambda: M.Transformer(cfg).init(
+      jax.random.key(0), jnp.zeros((1, 4), jnp.int32)))["params"]
+  rng = np.random.RandomState(0)
+  params = jax.tree.map(lambda s: jnp.asarray(rng.standard_normal(s.shape) * 0.3, s.dtype),
+                        nn.meta.unbox(shapes))
+  # EOT's logit scaled up: some greedy answers end on EOT within N_NEW tokens, others run out.
+  head = params["lm_head"]["kernel"]
+  params["lm_head"]["kernel"] = head.at[:, tok.eot_id].multiply(3.0)
+  return params, cfg, tok
+
+
+class Live:
+  """uvicorn serving `app` on a free 127.0.0.1 port, on a thread; waits for /health."""
+
+  def __init__(self, app, timeout=120):
+    self.app = app
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    self.url = f"http://127.0.0.1:{sock.getsockname()[1]}"
+    self.server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
+    self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [sock]},
+                                   daemon=True)
+    self.thread.start()
+    t0 = time.time()
+    while httpx.get(self.url + "/health").status_code != 200:
+      assert time.time() - t0 < timeout, "server never became healthy"
+      time.sleep(0.05)
+
+  def client(self, key=KEY, timeout=60.0):
+    return openai.OpenAI(base_url=self.url + "/v1", api_key=key, max_retries=0, timeout=timeout)
+
+  def metrics(self):
+    text = httpx.get(self.url + "/metrics").text
+    return {s.name: s.value for f in text_string_to_metric_families(text) for s in f.samples}
+
+  def close(self):
+    self.server.should_exit = True
+    self.thread.join(10)
+
+
+@pytest.fixture(scope="module")
+def live(model):
+  params, cfg, tok = model
+  app = create_app(lambda: (Engine(params, cfg, tok.vocab_size, slots=SLOTS), tok),
+                   served_model_name="tiny", api_key=KEY, max_queue=32)
+  server = Live(app)
+  yield server
+  server.close()
+
+
+@pytest.fixture(scope="module")
+def reference(model):
+  """Generator's answers (ids, stopped) with decoding `dec` and seed 0."""
+  params, cfg, tok = model
+  gen = decoding.Generator(params, cfg, tok, batch_size=SLOTS)
+
+  def ref(convs, dec):
+    prompts = [decoding.render_prompt(c, tok) for c in convs]
+    return gen.answer_ids(prompts, dec, 0)
+
+  return ref
+
+
+def messages(turns):
+  return [{"role": "user" if i % 2 == 0 else "assistant", "content": t}
+          for i, t in enumerate(turns)]
+
+
+def chat(client, turns, **kw):
+  kw.setdefault("max_tokens", N_NEW)
+  return client.chat.completions.create(model="tiny", messages=messages(turns), **kw)
+
+
+GREEDY = dict(temperature=0, extra_body={"repetition_penalty": 1.0})
+PLAIN = Decoding(greedy=True, repetition_penalty=1.0, max_new_tokens=N_NEW)
+
+
+def test_greedy_equals_generator_alone_and_with_twice_the_slots_at_once(live, model, reference):
+  tok = model[2]
+  want = reference(CONVS, PLAIN)
+  client = live.client()
+
+  def ask(turns):
+    r = chat(client, turns, **GREEDY)
+    return r.choices[0].message.content, r.usage.completion_tokens, r.choices[0].finish_reason
+
+  expected = [(tok.decode(ids), len(ids) + stopped, "stop" if stopped else "length")
+              for ids, stopped in want]
+  assert {f for _, _, f in expected} == {"stop", "length"}  # both endings are exercised
+  assert [ask(c) for c in CONVS[:3]] == expected[:3]
+  assert len(CONVS) == 2 * SLOTS
+  with concurrent.futures.ThreadPoolExecutor(len(CONVS)) as pool:
+    assert list(pool.map(ask, CONVS)) == expected
+
+
+def test_chat_and_completion_schema_and_usage(live, model):
+  tok = model[2]
+  client = live.client()
+  r = chat(client, CONVS[3], **GREEDY)
+  assert (r.object, r.model, len(r.choices), r.choices[0].index) == ("chat.completion", "tiny",
+                                                                      1, 0)
+  assert r.id.startswith("chatcmpl-") and r.choices[0].message.role == "assistant"
+  assert r.usage.prompt_tokens == len(decoding.render_prompt(CONVS[3], tok))
+  assert r.usage.total_tokens == r.usage.prompt_tokens + r.usage.completion_tokens
+  c = client.completions.create(model="tiny", prompt="Once upon a time", max_tokens=5,
+                                temperature=0)
+  assert (c.object, c.choices[0].finish_reason, c.usage.completion_tokens) == (
+      "text_completion", "length", 5)
+  assert c.usage.prompt_tokens == 1 + len(tok.encode("Once upon a time"))  # BOS + text
+  # Token-id prompts are taken as they are; n choices share the prompt's count once.
+  ids = [tok.bos_id] + tok.encode("Once upon a time")
+  c2 = client.completions.create(model="tiny", prompt=ids, max_tokens=5, temperature=0, n=2)
+  assert [ch.text for ch in c2.choices] == [c.choices[0].text] * 2
+  assert [ch.index for ch in c2.choices] == [0, 1]
+  assert (c2.usage.prompt_tokens, c2.usage.completion_tokens) == (len(ids), 10)
+  models = client.models.list().data
+  assert [(m.id, m.model_extra["max_model_len"]) for m in models] == [("tiny", 128)]
+  t = httpx.post(live.url + "/tokenize", json={"messages": messages(CONVS[3])},
+                 headers={"Authorization": f"Bearer {KEY}"}).json()
+  assert t["tokens"] == decoding.render_prompt(CONVS[3], tok) and t["count"] == len(t["tokens"])
+
+
+def test_stream_concatenates_to_the_plain_answer(live):
+  client = live.client()
+  for turns in (CONVS[0], CONVS[2]):
+    plain = chat(client, turns, **GREEDY)
+    chunks = list(chat(client, turns, stream=True, stream_options={"include_usage": True},
+                       **GREEDY))
+    assert chunks[0].choices[0].delta.role == "assistant"
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    finishes = [c.choices[0].finish_reason for c in chunks if c.choices
+                if c.choices[0].finish_reason]
+    assert text == plain.choices[0].message.content
+    assert finishes == [plain.choices[0].finish_reason]
+    assert chunks[-1].choices == [] and chunks[-1].usage == plain.usage
+    assert all(c.usage is None for c in chunks[:-1])
+  c = client.completions.create(model="tiny", prompt="Once upon", max_tokens=8, temperature=0,
+                                stream=True)
+  plain = client.completions.create(model="tiny", prompt="Once upon", max_tokens=8,
+                                    temperature=0)
+  assert "".join(x.choices[0].text for x in c) == plain.choices[0].text
+  # On the wire: SSE events, then [DONE].
+  with httpx.stream("POST", live.url + "/v1/chat/completions", headers={
+      "Authorization": f"Bearer {KEY}"}, json={"model": "tiny", "messages": messages(CONVS[1]),
+                                               "stream": True, "max_tokens": 4}) as r:
+    assert r.headers["content-type"].startswith("text/event-stream")
+    body = r.read().decode()
+  events = [e for e in body.split("\n\n") if e]
+  assert all(e.startswith("data: ") for e in events) and events[-1] == "data: [DONE]"
+  assert sum(json.loads(e[6:])["choices"][0]["finish_reason"] is not None
+             for e in events[:-1]) == 1
+
+
+def test_seeded_sampling_gives_the_same_text_whatever_the_batch(live):
+  client = live.client()
+  kw = dict(temperature=0.9, top_p=0.95, seed=1234, max_tokens=N_NEW)
+  alone = chat(client, CONVS[4], **kw).choices[0].message.content
+  other = chat(client, CONVS[4], **{**kw, "seed": 99}).choices[0].message.content
+  assert other != alone  # the seed matters (else the test below proves nothing)
+  with concurrent.futures.ThreadPoolExecutor(6) as pool:
+    crowd = [pool.submit(chat, client, c, temperature=0.7) for c in CONVS[:5]]
+    same = [pool.submit(chat, client, CONVS[4], **kw) for _ in range(3)]
+    assert [f.result().choices[0].message.content for f in same] == [alone] * 3
+    [f.result() for f in crowd]
+  # Choice 0 of n is the n=1 answer; choice 1 has its own stream of keys.
+  two = chat(client, CONVS[4], n=2, **kw).choices
+  assert two[0].message.content == alone and two[1].message.content != alone
+
+
+def test_stop_strings_and_max_tokens(live, model, reference):
+  client = live.client()
+  (ids, _), = reference([CONVS[2]], PLAIN)
+  full = model[2].decode(ids)
+  stop = full[5:8]
+  assert len(full) > 8 and stop.strip()
+  r = chat(client, CONVS[2], stop=[stop, "\u2603never"], **GREEDY)
+  assert (r.choices[0].message.content, r.choices[0].finish_reason) == (
+      full[:full.index(stop)], "stop")
+  streamed = "".join(c.choices[0].delta.content or "" for c in chat(
+      client, CONVS[2], stop=stop, stream=True, **GREEDY))
+  assert streamed == full[:full.index(stop)]
+  r = chat(client, CONVS[2], **{**GREEDY, "max_tokens": 3})
+  assert (r.choices[0].finish_reason, r.usage.completion_tokens) == ("length", 3)
+
+
+def test_errors_are_openai_shaped_with_the_right_status(live):
+  client = live.client()
+  bad = [
+      (openai.BadRequestError, dict(temperature=5), "temperature"),
+      (openai.BadRequestError, dict(stream_options={"include_usage": True}), "stream_options"),
+      (openai.BadRequestError, dict(tools=[{"type": "function", "function": {"name": "f"}}]),
+       "tools"),
+      (openai.BadRequestError, dict(extra_body={"logit_bias": {"5": 10}}), "logit_bias"),
+      (openai.BadRequestError, dict(stop=["a", "b", "c", "d", "e"]), "stop"),
+      (openai.NotFoundError, dict(model="gpt-4"), "model"),
+  ]
+  for error, kw, param in bad:
+    kw = {"model": "tiny", "messages": messages(["hi"]), **kw}
+    with pytest.raises(error) as e:
+      client.chat.completions.create(**kw)
+    assert e.value.body["param"] == param, e.value.body
+    assert set(e.value.body) == {"message", "type", "param", "code"}
+  system = [{"role": "system", "content": "be nice"}, {"role": "user", "content": "hi"}]
+  for msgs, param in ((system, "messages[0].role"), (messages(["a", "b"]), "messages"),
+                      (messages(["word " * 200]), "messages")):
+    with pytest.raises(openai.BadRequestError) as e:
+      client.chat.completions.create(model="tiny", messages=msgs)
+    assert e.value.body["param"] == param
+  with pytest.raises(openai.AuthenticationError) as e:
+    chat(live.client(key="wrong"), ["hi"])
+  assert e.value.body["type"] == "authentication_error"
+  r = httpx.post(live.url + "/v1/chat/completions", json={"model": "tiny",
+                                                          "messages": messages(["hi"])})
+  assert r.status_code == 401 and r.json()["error"]["type"] == "authentication_error"
+  r = httpx.post(live.url + "/v1/chat/completions", content=b"{not json",
+                 headers={"Authorization": f"Bearer {KEY}"})
+  assert r.status_code == 400 and r.json()["error"]["type"] == "invalid_request_error"
+  assert httpx.get(live.url + "/v1/models").status_code == 401  # no key
+  assert chat(client, ["hi"]).choices  # and the server is fine after all that
+
+
+# --- a fake engine: held or slow steps make queueing and time-outs deterministic ----------------
+
+class FakeEngine:
+  """Every slot says 'a' forever (max_tokens ends it); `gate` cleared holds every step."""
+
+  def __init__(self, tok, slots, step_s=0.0):
+    self.slots, self.max_len, self.step_s = slots, 128, step_s
+    self.token, self.compiles, self.inserts = tok.encode("a")[-1], {}, 0
+    self.gate = threading.Event()
+    self.gate.set()
+
+  def warm_up(self):
+    pass
+
+  def insert(self, slot, prompt, **knobs):
+    self.inserts += 1
+
+  def step(self):
+    self.gate.wait()
+    time.sleep(self.step_s)
+    return [self.token] * self.slots
+
+
+@pytest.fixture
+def fake(model):
+  tok = model[2]
+  holder = {}
+
+  def start(slots, max_queue, step_s=0.0):
+    holder["engine"] = FakeEngine(tok, slots, step_s)
+    holder["live"] = Live(create_app(lambda: (holder["engine"], tok), served_model_name="tiny",
+                                     api_key=KEY, max_queue=max_queue, keepalive_s=0.1))
+    return holder["live"], holder["engine"]
+
+  yield start
+  if "live" in holder:
+    holder["engine"].gate.set()
+    holder["live"].close()
+
+
+def test_full_queue_is_429_and_the_queued_request_still_runs(fake):
+  live, engine = fake(slots=1, max_queue=1)
+  client = live.client()
+  engine.gate.clear()
+  with concurrent.futures.ThreadPoolExecutor(2) as pool:
+    first = pool.submit(chat, client, ["one"], max_tokens=3)
+    queued = pool.submit(chat, client, ["two"], max_tokens=3)
+    t0 = time.time()
+    while live.metrics()["lima_jax:num_requests_waiting"] < 1:
+      assert time.time() - t0 < 10
+      time.sleep(0.02)
+    with pytest.raises(openai.RateLimitError) as e:
+      chat(client, ["three"])
+    assert e.value.body["code"] == "queue_full"
+    engine.gate.set()
+    three = live.app.state.server.tok.decode([engine.token] * 3)
+    assert [f.result().choices[0].message.content for f in (first, queued)] == [three] * 2
+  assert live.metrics()["lima_jax:requests_rejected_total"] == 1
+
+
+def test_clients_that_time_out_leave_nothing_running(fake):
+  live, engine = fake(slots=2, max_queue=64, step_s=0.05)
+  quick = live.client(timeout=0.5)
+
+  def ask(stream):
+    """Plain: the client's 0.5 s timeout; streamed: tokens keep coming, so the client hangs up
+    after 0.5 s itself."""
+    t0 = time.time()
+    try:
+      r = chat(quick, ["go"], max_tokens=100_000, stream=stream)
+      if stream:
+        for _ in r:
+          if time.time() - t0 > 0.5:
+            r.close()
+            return "left"
+    except openai.APITimeoutError:
+      return "left"
+    return "answered"
+
+  with concurrent.futures.ThreadPoolExecutor(16) as pool:
+    outcomes = list(pool.map(ask, [i % 2 == 0 for i in range(16)]))
+  assert outcomes == ["left"] * 16
+  t0 = time.time()
+  while True:
+    m = live.metrics()
+    if (m["lima_jax:num_requests_running"], m["lima_jax:slots_in_use"],
+        m["lima_jax:num_requests_waiting"]) == (0, 0, 0):
+      break
+    assert time.time() - t0 < 3, m
+    time.sleep(0.02)
+  assert m["lima_jax:requests_aborted_total"] == 16
+  assert engine.inserts < 16  # queued requests whose clients left were never prefilled
+  t0 = time.time()
+  r = chat(live.client(), ["now"], max_tokens=5)
+  assert r.usage.completion_tokens == 5 and time.time() - t0 < 2
+
+
+# --- metrics last: nothing above may have compiled anything new ---------------------------------
+
+def test_metrics_parse_and_nothing_compiled_after_warm_up(live):
+  m = live.metrics()
+  engine = live.app.state.server.engine
+  assert m["lima_jax:compiles"] == len(buckets(engine.max_len)) + 2  # prefills, insert, step
+  assert engine.compiles == {"prefill": len(buckets(engine.max_len)), "insert": 1, "step": 1}
+  assert m["lima_jax:time_to_first_token_seconds_count"] > 0
+  assert m["lima_jax:generation_tokens_total"] > m["lima_jax:e2e_request_latency_seconds_count"]
+  assert (m["lima_jax:num_requests_running"], m["lima_jax:slots_in_use"]) == (0, 0)
+
+
+# --- the command line ---------------------------------------------------------------------------
+
+def _env():
+  env = dict(os.environ)
+  env["XLA_FLAGS"] = env.get("XLA_FLAGS", "").replace(
+      "--xla_force_host_platform_device_count=8", "")  # one device: the server's default
+  return env
+
+
+def test_cli_bad_input_is_one_line(tmp_path):
+  env = {**_env(), "EMPTY_KEY": ""}
+  cases = [([f"--checkpoint={tmp_path / 'nope'}"], "no such checkpoint directory"),
+           ([f"--checkpoint={tmp_path}", "--api_key_env=EMPTY_KEY"], "EMPTY_KEY"),
+           ([f"--checkpoint={tmp_path}"], "meta")]
+  for args, message in cases:
+    r = subprocess.run([sys.executable, "-m", "lima_jax.serve", *args], cwd=REPO, env=env,
+                       capture_output=True, text=True, timeout=120)
+    lines = r.stderr.strip().splitlines()
+    assert r.returncode == 1 and len(lines) == 1 and message in lines[0], r.stderr
+
+
+def test_cli_serves_a_checkpoint_to_the_openai_client(model, tmp_path):
+  params, cfg, tok = model
+  ckpt = tmp_path / "ckpt"
+  checkpoint.save(ckpt, params, {"model_config": cfg.to_dict(), "tokenizer": tok.to_meta(),
+                                 "step": 0, "epoch": 0})
+  sock = socket.socket()
+  sock.bind(("127.0.0.1", 0))
+  port = sock.getsockname()[1]
+  sock.close()
+  proc = subprocess.Popen([sys.executable, "-m", "lima_jax.serve", f"--checkpoint={ckpt}",
+                           f"--port={port}", "--slots=2", "--served_model_name=mini",
+                           "--api_key_env=TEST_KEY"], cwd=REPO, env={**_env(), "TEST_KEY": KEY},
+                          stderr=subprocess.PIPE, text=True)
+  try:
+    url, t0 = f"http://127.0.0.1:{port}", time.time()
+    while True:
+      assert proc.poll() is None, proc.stderr.read()
+      try:
+        if httpx.get(url + "/health").status_code == 200:
+          break
+      except httpx.TransportError:
+        pass
+      assert time.time() - t0 < 120, "never healthy"
+      time.sleep(0.2)
+    client = openai.OpenAI(base_url=url + "/v1", api_key=KEY, max_retries=0, timeout=60)
+    stream = client.chat.completions.create(model="mini", messages=messages(CONVS[0]),
+                                            max_tokens=N_NEW, stream=True, **GREEDY)
+    text = "".join(c.choices[0].delta.content or "" for c in stream)
+    (ids, _), = decoding.Generator(params, cfg, tok, batch_size=1).answer_ids(
+        [decoding.render_prompt(CONVS[0], tok)], PLAIN)
+    assert text == tok.decode(ids)
+  finally:
+    proc.terminate()
+    proc.wait(30)
