@@ -39,6 +39,8 @@ def planted_rule(request):
     pa = 1 / (1 + math.exp(-(qs[0] - qs[1])))
     return {"content": "A" if pa >= .5 else "B",
             "logprobs": [[["A", math.log(pa)], ["B", math.log(1 - pa)]]]}
+  if len(qs) == 4:  # MT-Bench turn 2: A's two answers, then B's; the second ones count.
+    qs = [qs[1], qs[3]]
   label = "A" if "BIASED" in user or qs[0] > qs[1] else "B" if qs[1] > qs[0] else "C"
   return {"content": f"Compared. Not [[C]] here, but:\n[[{label}]]"}
 
@@ -209,6 +211,16 @@ def test_mt_bench_reference_and_turn_two_in_context(tmp_path, judge):
   math_turn2 = [x for x in rows if x["item"]["turn"] == 2 and x["item"]["prompt"] == str(
       chosen[2]["question_id"])][0]["messages"][-1]["content"]
   assert "Reference answer" in math_turn2 and "first q=4" in math_turn2  # turn 1 in context
+  # Pairwise mode against a baseline whose answers have q=3 in both turns: per turn, the
+  # system wins where its q is higher, loses where lower, ties where equal.
+  b = tmp_path / "mt_base.jsonl"
+  b.write_text("".join(json.dumps({**r, "answers": ["base q=3", "base q=3"]}) + "\n"
+                       for r in [json.loads(l) for l in a.read_text().splitlines()]))
+  c.mt_bench.mode, c.baseline = "pairwise", str(b)
+  r = lima_eval.evaluate(c, tmp_path / "pair")
+  qs = [2 + j for j in range(4)] + [5 + j for j in range(4)]
+  assert (r["wins"], r["ties"], r["losses"]) == (sum(q > 3 for q in qs), qs.count(3),
+                                                 sum(q < 3 for q in qs))
 
 
 def test_judge_epochs_ladder(tmp_path, judge):

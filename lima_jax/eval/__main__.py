@@ -12,7 +12,7 @@ the run (what was judged is kept; rerun with a larger cap to finish).
 """
 import sys
 
-from absl import app, flags
+from absl import app, flags, logging
 from ml_collections import config_flags
 
 from lima_jax.errors import UserError, cli_main, parse_flags
@@ -48,6 +48,8 @@ def main(argv):
   if _CONFIG.value is None or not _WORKDIR.value:
     raise UserError("needs --config=configs/eval.py:PROTOCOL and --workdir=DIR")
   from lima_jax.eval import run
+  if _CONFIG.value.checkpoint and not flags.FLAGS["verbosity"].present:
+    logging.set_verbosity(logging.ERROR)  # orbax's INFO lines would bury the progress
   out = run.evaluate(_CONFIG.value, _WORKDIR.value)
   if out is None:
     return
@@ -67,7 +69,7 @@ def summary(out: dict, workdir) -> str:
     head = (f"{out['system']} vs {out['baseline']}: {out['wins']} W / {out['ties']} T / "
             f"{out['losses']} L of {out['n']}; win {ci('win_rate')}, tie {ci('tie_rate')}, "
             f"loss {ci('loss_rate')}, equal or better {ci('equal_or_better')}, position flips "
-            f"{out['position_flip_rate'] if out['position_flip_rate'] is not None else '-'}")
+            f"{ci('position_flip_rate')}")
     if "lc_win_rate" in out:
       head += f"; preference {ci('preference')}, length-controlled {ci('lc_win_rate')}"
   elif "mean" in out:

@@ -33,7 +33,8 @@ def winrate_figure(rows, path, title="") -> bytes:
   for i, (label, w, t, l) in enumerate(rows):
     n = max(w + t + l, 1)
     left = 0.0
-    for name, count, text in (("win", w, "wins"), ("tie", t, "neither"), ("loss", l, "loses")):
+    for name, count, text in (("win", w, "system wins"), ("tie", t, "neither significantly "
+                              "better"), ("loss", l, "baseline wins")):
       share = count / n
       ax.barh(i, share, left=left, color=_COLORS[name], edgecolor="white",
               label=text if i == 0 else None)
@@ -128,7 +129,7 @@ def _examples(us, detail, system, pairs, limit) -> str:
     if b is not None:
       cols += f"<div class=col><h4>baseline</h4><pre>{html.escape(b.answer[turn])}</pre></div>"
     parts.append(
-        f"<details><summary><span class='tag {html.escape(str(head))}'>{html.escape(head)}"
+        f"<details{' open' if i < 2 else ''}><summary><span class='tag {html.escape(str(head))}'>{html.escape(head)}"
         f"</span> {html.escape(str(u[0]))} s{u[1]}{f' t{u[2]}' if u[2] else ''}: "
         f"{html.escape(a.turns[turn][:120])}</summary><pre class=prompt>"
         f"{html.escape(a.turns[turn])}</pre><div class=row>{cols}</div>"
