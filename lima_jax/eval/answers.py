@@ -63,9 +63,9 @@ def _parse(where: str, row) -> Answer:
   sample = row.get("sample", 0)
   if not isinstance(sample, int) or isinstance(sample, bool) or sample < 0:
     raise UserError(f"{where}: 'sample' must be a non-negative integer, got {sample!r}")
-  if "instruction" in row and "output" in row:  # AlpacaEval.
+  if "instruction" in row and ("output" in row or "answer" in row):  # AlpacaEval.
     turns = [row["instruction"] + (f"\n\n{row['input']}" if row.get("input") else "")]
-    answer = [row["output"]]
+    answer = [row.get("output", row.get("answer"))]
   else:
     turns = row.get("conversations", row.get("turns"))
     if turns is None and isinstance(row.get("prompt"), str):

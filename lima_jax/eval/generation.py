@@ -45,6 +45,25 @@ def _read_mt_bench(path) -> list[dict]:
   return rows
 
 
+def _read_prompts(path):
+  """lima_jax.generate's prompt files, and AlpacaEval's (`instruction`, optional `input`)."""
+  from lima_jax import generate as gen_lib
+  first = pathlib.Path(path).read_text(encoding="utf-8").lstrip().split("\n", 1)[0]
+  if '"instruction"' not in first:
+    return gen_lib.read_prompts(path)
+  rows = []
+  for n, line in enumerate(pathlib.Path(path).read_text(encoding="utf-8").splitlines(), 1):
+    if not line.strip():
+      continue
+    try:
+      obj = json.loads(line)
+      text = obj["instruction"] + (f"\n\n{obj['input']}" if obj.get("input") else "")
+    except (json.JSONDecodeError, KeyError, TypeError):
+      raise UserError(f"{path}:{n}: needs 'instruction' (AlpacaEval prompts)") from None
+    rows.append((obj, [text], n))
+  return rows
+
+
 def generate_answers(config, out_path) -> str:
   """Writes the checkpoint's answers to `out_path` (JSONL, atomically); returns the path."""
   from lima_jax import generate as gen_lib
@@ -65,7 +84,7 @@ def generate_answers(config, out_path) -> str:
         n_cut += a1[2] + a2[2]
         rows.append({**q, "answers": [a1[0], a2[0]], "stopped": a1[1] and a2[1], "sample": s})
   else:
-    prompts = gen_lib.read_prompts(config.prompts)
+    prompts = _read_prompts(config.prompts)
     for s in range(g.samples):
       for (obj, _, _), (text, stopped, cut) in zip(
           prompts, _answer_all(gen, [t for _, t, _ in prompts], dec, g.seed + s)):
