@@ -33,6 +33,9 @@ def _abstract(tree: PyTree, shardings: Optional[PyTree], dtype=None) -> PyTree:
       lambda x, s: jax.ShapeDtypeStruct(x.shape, dtype or x.dtype, sharding=s), tree, shardings)
 
 
+_MIN_CHUNK_BYTES = 2**20
+
+
 def _save_args(tree: PyTree) -> PyTree:
   """One storage chunk per layer for stacked parameters (and their optimizer moments), so an
   export or a reader can take one layer slice without decoding the whole stack (orbax's
@@ -42,7 +45,9 @@ def _save_args(tree: PyTree) -> PyTree:
       return ocp.SaveArgs()
     shape = x.sharding.shard_shape(x.shape) if isinstance(x, jax.Array) else np.shape(x)
     layer = int(np.prod(shape[1:])) * np.dtype(x.dtype).itemsize
-    return ocp.SaveArgs(chunk_byte_size=max(layer, 1), shard_axes=(0,))
+    # Below 1 MiB a layer a chunk holds several (orbax warns about smaller chunks, and such
+    # stacks are cheap to read whole anyway).
+    return ocp.SaveArgs(chunk_byte_size=max(layer, _MIN_CHUNK_BYTES), shard_axes=(0,))
   return jax.tree_util.tree_map_with_path(args, tree)
 
 

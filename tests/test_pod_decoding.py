@@ -7,6 +7,7 @@ slice of a stacked parameter at a time.
 """
 import hashlib
 import json
+import logging
 import pathlib
 import subprocess
 import sys
@@ -123,6 +124,24 @@ def test_bfloat16_load_halves_bytes_and_keeps_greedy_answers(tmp_path):
   assert nbytes["bfloat16"] * 2 == nbytes[None]
   assert [a.tokens for a in answers["bfloat16"]] == [a.tokens for a in answers[None]]
   assert sum(len(a.tokens) for a in answers[None]) > 10
+
+
+def test_small_layers_save_without_orbax_chunk_warnings(tmp_path, caplog):
+  """Layers under 1 MiB ask orbax for 1 MiB chunks (below that it warns on every save); a
+  1 MiB layer still gets a chunk of its own, and slices read back exactly."""
+  from lima_jax import checkpoint
+  rng = np.random.default_rng(0)
+  params = {"layers": {"big": rng.standard_normal((4, 512, 512), np.float32),
+                       "small": rng.standard_normal((4, 8, 8), np.float32)},
+            "embed": rng.standard_normal((64, 8), np.float32)}
+  with caplog.at_level(logging.WARNING):
+    checkpoint.save(tmp_path / "c", params, {"step": 0})
+  assert "too small" not in caplog.text
+  _, stored = checkpoint.read_stored(tmp_path / "c")
+  assert stored["layers"]["big"]._store.chunk_layout.read_chunk.shape == (1, 512, 512)
+  np.testing.assert_array_equal(stored["layers"]["big"][2], params["layers"]["big"][2])
+  np.testing.assert_array_equal(stored["layers"]["small"][3], params["layers"]["small"][3])
+  np.testing.assert_array_equal(np.asarray(stored["embed"]), params["embed"])
 
 
 def _tree_hash(directory: pathlib.Path) -> dict:
