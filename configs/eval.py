@@ -73,6 +73,9 @@ def get_config(protocol: str = "lima_pairwise") -> ml_collections.ConfigDict:
   # Print the calls, tokens and cost this run would spend (nothing is sent), then stop.
   c.dry_run = False
   c.max_prompts = 0  # Judge only the first N matched prompts (0 = all): a cheap first look.
+  # The judgments store ('' = WORKDIR/judgments.sqlite). One file shared by several runs asks
+  # a request they have in common once (two checkpoints that give the same answer).
+  c.store = ""
 
   c.judge = ml_collections.ConfigDict()
   c.judge.base_url = ""  # Any OpenAI-compatible endpoint, e.g. http://127.0.0.1:8000/v1.

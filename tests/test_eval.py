@@ -127,6 +127,13 @@ def test_pairwise_both_orders_retries_and_cache(tmp_path, judge):
   assert 429 in judge.statuses and 500 in judge.statuses
   assert r["n_failed"] == 0 and r["retries"] == judge.statuses.count(429) + \
       judge.statuses.count(500)
+  # Retry-After is honoured: a body's retry after a 429 comes 0.2 s later, after a 500 it
+  # comes after the client's own backoff (0.01 s).
+  first = {}
+  for digest, at, status in judge.log:
+    if digest in first and first[digest][1] == 429:
+      assert at - first[digest][0] >= 0.2
+    first.setdefault(digest, (at, status))
   assert time.perf_counter() - t0 >= 0.2
   assert r["judge_calls"] == 2 * N and max(judge.answered.values()) == 1
   for f in ("results.json", "judgments.sqlite", "report.html", "winrates.png"):
@@ -232,6 +239,10 @@ def test_judge_epochs_ladder(tmp_path, judge):
   assert out["best_epoch"] == 6 and out["best_by_likert"] == 6
   assert [(m["epoch"], m["against"]) for m in out["pairwise"]] == [(6, 5), (7, 6)]
   assert out["likert"][7]["mean"] == 3
+  assert (tmp_path / "select/judgments.sqlite").exists()  # one store for every epoch
+  seen = sum(judge.seen.values())
+  again = lima_eval.judge_epochs(files, tmp_path / "select", c)
+  assert sum(judge.seen.values()) == seen and again["best_epoch"] == 6
 
 
 def _cli(args, **kw):

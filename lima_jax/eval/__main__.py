@@ -3,7 +3,7 @@ r"""Command line: judge answers; compare runs; agreement between judges.
   python -m lima_jax.eval --config=configs/eval.py:PROTOCOL --workdir=DIR \
     --config.answers=A.jsonl [--config.baseline=B.jsonl] \
     --config.judge.base_url=URL --config.judge.model=NAME [--config.dry_run=True]
-  python -m lima_jax.eval compare DIR1 DIR2 ...
+  python -m lima_jax.eval compare DIR1 DIR2 ... [--png=F.png]
   python -m lima_jax.eval agreement A/judgments.sqlite B/judgments.sqlite|LABELS.jsonl
 
 Protocols and every config field: configs/eval.py. Bad input stops with one line naming the
@@ -23,6 +23,8 @@ _CONFIG = config_flags.DEFINE_config_file(
     lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Where results.json, judgments.sqlite, "
                                "report.html and the figure go (a rerun resumes from it).")
+_PNG = flags.DEFINE_string("png", "", "compare: also draw the pairwise runs' win/tie/loss bars "
+                           "(LIMA's Figure 1) to this PNG.")
 
 
 @cli_main
@@ -33,7 +35,7 @@ def main(argv):
     if not rest:
       raise UserError("compare: give one or more evaluation directories")
     from lima_jax.eval import compare
-    print(compare.compare(rest))
+    print(compare.compare(rest, png=_PNG.value))
     return
   if command == "agreement":
     if len(rest) != 2:

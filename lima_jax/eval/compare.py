@@ -25,8 +25,17 @@ def _ci(r, key) -> str:
   return f"{v:.3f} [{ci[0]:.3f}, {ci[1]:.3f}]" if ci and None not in ci else f"{v:.3f}"
 
 
-def compare(dirs, rounds: int = 2000, seed: int = 0) -> str:
+def compare(dirs, rounds: int = 2000, seed: int = 0, png: str = "") -> str:
+  """The table; with `png`, LIMA's Figure 1 over the pairwise runs (one bar a baseline)."""
   runs = [(d, _load(d)) for d in dirs]
+  if png:
+    bars = [(f"{r['system']} vs {r['baseline']} ({r['protocol']})", r["wins"], r["ties"],
+             r["losses"])
+            for _, r in runs if r.get("wins") is not None]
+    if not bars:
+      raise UserError("compare --png: none of these runs is pairwise")
+    from lima_jax.eval import report
+    report.winrate_figure(bars, png, title="judged win / tie / loss")
   lines = [f"{'run':28} {'protocol':13} {'n':>5} {'W/T/L':>13} {'main figure (95% CI)':32} "
            f"{'failed':>6} {'unparsed':>8} {'calls':>6}"]
   for d, r in runs:

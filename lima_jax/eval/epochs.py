@@ -2,8 +2,8 @@
 
 Every epoch's answers get a lima_likert grade; then a ladder of lima_pairwise matches: each
 epoch meets the best so far and takes its place when it wins more prompts than it loses.
-All judgments of all epochs share one store (WORKDIR/judgments.sqlite is per run dir, and
-a request's key is its content), so rerunning select re-asks nothing.
+All judgments of all epochs share one store, WORKDIR/judgments.sqlite (a request's key is
+its content), so rerunning select re-asks nothing, nor do epochs that answer alike.
 """
 import copy
 import pathlib
@@ -23,6 +23,7 @@ def judge_epochs(answers_by_epoch, workdir, config) -> dict:
   likert_cfg = copy.deepcopy(config)
   with likert_cfg.unlocked():
     likert_cfg.protocol, likert_cfg.answers, likert_cfg.baseline = "lima_likert", "", ""
+    likert_cfg.store = likert_cfg.store or str(workdir / "judgments.sqlite")
   pair_cfg = copy.deepcopy(likert_cfg)
   with pair_cfg.unlocked():
     pair_cfg.protocol = "lima_pairwise"

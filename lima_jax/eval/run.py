@@ -194,7 +194,7 @@ def evaluate(config, workdir, *, answers=None, baseline=None) -> dict | None:
     raise UserError(f"config judge.max_cost: no price for {config.judge.model!r} in "
                     "judge.prices, so the cap cannot be enforced; add MODEL=PROMPT/COMPLETION")
   keyed = [(job, request_key(job.messages, params, job.parser)) for job in jobs]
-  db = workdir / "judgments.sqlite"
+  db = pathlib.Path(config.store) if config.store else workdir / "judgments.sqlite"
   if not config.dry_run:
     workdir.mkdir(parents=True, exist_ok=True)
   store = Store(db) if db.exists() or not config.dry_run else None

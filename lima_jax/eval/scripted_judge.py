@@ -74,6 +74,7 @@ class Server:
     self.seen: dict[str, int] = {}  # body hash -> requests received
     self.answered: dict[str, int] = {}  # body hash -> 200 replies sent
     self.statuses: list[int] = []
+    self.log: list[tuple[str, float, int]] = []  # (body hash, arrival time, status sent)
     self.hang_after: int | None = None
     self.release = threading.Event()
     self.httpd = ThreadingHTTPServer(("127.0.0.1", port), self._handler())
@@ -96,6 +97,13 @@ class Server:
   def _reply(self, body: bytes):
     request = json.loads(body)
     digest = hashlib.sha256(body).hexdigest()
+    arrived = time.monotonic()
+    status, headers, payload = self._answer(request, digest)
+    with self.lock:
+      self.log.append((digest, arrived, status))
+    return status, headers, payload
+
+  def _answer(self, request: dict, digest: str):
     with self.lock:
       first = digest not in self.seen
       self.seen[digest] = self.seen.get(digest, 0) + 1
