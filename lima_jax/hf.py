@@ -1,4 +1,7 @@
-"""Hugging Face Llama format: config.json <-> ModelConfig, safetensors <-> the param tree.
+"""Hugging Face format: config.json <-> ModelConfig, safetensors <-> the param tree.
+
+model_type llama, mistral (v0.2+: no sliding window) and qwen2 (q/k/v biases) share one
+layout; `ModelConfig.arch` remembers which one to write back.
 
 The model keeps HF's rotate_half RoPE layout, so conversion is renaming, transposing and
 stacking layers. Tensors move one at a time (safetensors `safe_open` in; a streaming
@@ -42,6 +45,8 @@ _LAYER = [(("attn_norm", "scale"), "input_layernorm.weight", "same"),
           (("mlp", "up"), "mlp.up_proj.weight", ("T", 1)),
           (("mlp", "down"), "mlp.down_proj.weight", ("T", 1))]
 _ATTN_BIAS = [(("attn", f"{n}_bias"), f"self_attn.{n}_proj.bias", "flat") for n in "qkvo"]
+_HF_CLASS = {"llama": "LlamaForCausalLM", "mistral": "MistralForCausalLM",
+             "qwen2": "Qwen2ForCausalLM"}
 _MLP_BIAS = [(("mlp", f"{n}_bias"), f"mlp.{n}_proj.bias", "flat") for n in ("gate", "up", "down")]
 
 
@@ -65,7 +70,8 @@ def _tensor_plan(cfg: model_lib.ModelConfig):
       tuple(shapes["layers"][path[1]][path[2]].value.shape[1:])
   plan = [(p, None, n, lay, shape(p)) for p, n, lay in _TOP
           if not (cfg.tie_embeddings and p[0] == "lm_head")]
-  specs = _LAYER + (_ATTN_BIAS if cfg.attention_bias else []) + (_MLP_BIAS if cfg.mlp_bias else [])
+  attn_bias = _ATTN_BIAS if cfg.attention_bias else _ATTN_BIAS[:3] if cfg.qkv_bias else []
+  specs = _LAYER + attn_bias + (_MLP_BIAS if cfg.mlp_bias else [])
   for p, n, lay in specs:
     path = ("layers",) + p
     plan += [(path, i, f"model.layers.{i}.{n}", lay, shape(path)) for i in range(cfg.n_layers)]
@@ -86,11 +92,16 @@ def _read_json(path: pathlib.Path) -> dict:
 
 
 def read_hf_config(hf_dir) -> model_lib.ModelConfig:
-  """The ModelConfig of a Hugging Face Llama directory (reads config.json only)."""
+  """The ModelConfig of a Hugging Face llama, mistral or qwen2 directory (reads config.json)."""
   path = pathlib.Path(hf_dir) / "config.json"
   c = _read_json(path)
-  if c.get("model_type") != "llama":
-    raise UserError(f"{path}: model_type {c.get('model_type')!r} is not supported (only 'llama')")
+  arch = c.get("model_type")
+  if arch not in _HF_CLASS:
+    raise UserError(f"{path}: model_type {arch!r} is not supported (one of {list(_HF_CLASS)})")
+  window = c.get("sliding_window") if arch == "mistral" or c.get("use_sliding_window") else None
+  if window is not None and window < c.get("max_position_embeddings", 2048):
+    raise UserError(f"{path}: sliding_window={window} attention is not supported (Mistral v0.1; "
+                    "v0.2 and later have none)")
   if c.get("hidden_act", "silu") != "silu":
     raise UserError(f"{path}: hidden_act {c['hidden_act']!r} is not supported (only 'silu')")
   rope = dict(c.get("rope_parameters") or c.get("rope_scaling") or {})  # transformers 5 / 4
@@ -109,8 +120,9 @@ def read_hf_config(hf_dir) -> model_lib.ModelConfig:
         rope_theta=float(theta),
         rope_scaling=rope if rope_type == "llama3" else None,
         tie_embeddings=bool(c.get("tie_word_embeddings", False)),
-        attention_bias=bool(c.get("attention_bias", False)),
-        mlp_bias=bool(c.get("mlp_bias", False)))
+        attention_bias=arch == "llama" and bool(c.get("attention_bias", False)),
+        qkv_bias=arch == "qwen2", mlp_bias=arch == "llama" and bool(c.get("mlp_bias", False)),
+        arch=arch)
   except KeyError as e:
     raise UserError(f"{path}: missing field {e.args[0]!r}") from None
   except UserError as e:
@@ -181,8 +193,16 @@ def load_hf(hf_dir, param_dtype: str | None = None):
 def _hf_config(cfg: model_lib.ModelConfig, dtype: str, ids: dict) -> dict:
   rope = {"rope_theta": cfg.rope_theta, "rope_type": "llama3" if cfg.rope_scaling else "default",
           **(cfg.rope_scaling_dict or {})}
+  if cfg.arch != "llama" and (cfg.attention_bias or cfg.mlp_bias or cfg.qkv_bias != (
+      cfg.arch == "qwen2")):
+    # Mistral has no biases and Qwen2 exactly q/k/v ones: anything else would load wrongly.
+    raise UserError(f"model_config: arch={cfg.arch!r} cannot hold attention_bias="
+                    f"{cfg.attention_bias}, qkv_bias={cfg.qkv_bias}, mlp_bias={cfg.mlp_bias}")
+  if cfg.arch == "llama" and cfg.qkv_bias and not cfg.attention_bias:
+    raise UserError("model_config: qkv_bias without o's bias is Qwen2's layout: set arch='qwen2'")
+  extra = {"sliding_window": None, "use_sliding_window": False} if cfg.arch != "llama" else {}
   return {
-      "architectures": ["LlamaForCausalLM"], "model_type": "llama", "dtype": dtype,
+      "architectures": [_HF_CLASS[cfg.arch]], "model_type": cfg.arch, "dtype": dtype, **extra,
       "torch_dtype": dtype,  # what transformers 4 and vLLM read; transformers 5 reads dtype
       "vocab_size": cfg.vocab_size, "hidden_size": cfg.dim, "intermediate_size": cfg.hidden_dim,
       "num_hidden_layers": cfg.n_layers, "num_attention_heads": cfg.n_heads,

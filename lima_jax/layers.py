@@ -128,7 +128,7 @@ class Attention(nn.Module):
       return einsum("ND,DM->NM", x2, w.reshape(D, n * K), dtype).reshape(B, T, n, K)
 
     q, k, v = project("q", H, "heads"), project("k", G, "kv_heads"), project("v", G, "kv_heads")
-    if cfg.attention_bias:
+    if cfg.attention_bias or cfg.qkv_bias:
       q += param(self, "q_bias", (H, K), ("heads", "head_dim"), zeros, pdtype).astype(dtype)
       k += param(self, "k_bias", (G, K), ("kv_heads", "head_dim"), zeros, pdtype).astype(dtype)
       v += param(self, "v_bias", (G, K), ("kv_heads", "head_dim"), zeros, pdtype).astype(dtype)

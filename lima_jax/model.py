@@ -1,4 +1,8 @@
-"""The LLaMA 1/2/3 decoder in Flax linen: config, named sizes, and the Transformer.
+"""The LLaMA-family decoder in Flax linen: config, named sizes, and the Transformer.
+
+One architecture covers LLaMA 1/2/3.x, Mistral (v0.2+, no sliding window), Qwen2/2.5 (biases on
+q, k and v only) and SmolLM2 (a small Llama with tied embeddings); `arch` only says which
+Hugging Face model_type a checkpoint came from and is written back to.
 
 The parameter tree (docs/INTERFACES.md) stacks every per-layer tensor on a leading 'layers'
 axis and is the same whether the layers run under `nn.scan` (default: an 80-layer model
@@ -34,6 +38,7 @@ REMAT_POLICIES = {
 }
 DROPOUT_SCHEDULES = ("linear", "constant", "none")
 ATTENTION_IMPLS = ("xla", "cudnn")
+ARCHS = ("llama", "mistral", "qwen2")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -57,8 +62,10 @@ class ModelConfig:
   rope_theta: float = 10000.0
   rope_scaling: Any = None
   tie_embeddings: bool = False
-  attention_bias: bool = False
+  attention_bias: bool = False  # q, k, v and o (HF Llama's attention_bias)
+  qkv_bias: bool = False  # q, k and v only (Qwen2)
   mlp_bias: bool = False
+  arch: str = "llama"
   dtype: str = "float32"
   param_dtype: str = "float32"
   scan_layers: bool = True
@@ -96,6 +103,8 @@ class ModelConfig:
     if self.attention_impl not in ATTENTION_IMPLS:
       problems.append(
           f"attention_impl={self.attention_impl!r} is not one of {list(ATTENTION_IMPLS)}")
+    if self.arch not in ARCHS:
+      problems.append(f"arch={self.arch!r} is not one of {list(ARCHS)}")
     if self.attention_block < 0:
       problems.append(f"attention_block={self.attention_block} is negative")
     if not 0.0 <= self.dropout_top < 1.0:
@@ -130,6 +139,23 @@ def _llama(**kw) -> ModelConfig:
   return ModelConfig(**kw)
 
 
+def _llama3(factor, **kw) -> ModelConfig:
+  """Llama-3.1/3.2: Llama-3 with RoPE scaling from an 8K original context to 128K."""
+  scaling = {"factor": factor, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+             "original_max_position_embeddings": 8192}
+  return ModelConfig(vocab_size=128256, n_kv_heads=8, max_seq_len=131072, norm_eps=1e-5,
+                     rope_theta=500000.0, rope_scaling=scaling, **kw)
+
+
+def _qwen2(**kw) -> ModelConfig:
+  return ModelConfig(arch="qwen2", qkv_bias=True, norm_eps=1e-6, rope_theta=1e6,
+                     max_seq_len=32768, **kw)
+
+
+def _smollm2(**kw) -> ModelConfig:
+  return ModelConfig(vocab_size=49152, norm_eps=1e-5, max_seq_len=8192, tie_embeddings=True, **kw)
+
+
 SIZES: dict[str, ModelConfig] = {
     # Published LLaMA architectures (Meta's params.json / HF config.json).
     "llama1-7b": _llama(dim=4096, n_layers=32, n_heads=32, hidden_dim=11008),
@@ -146,6 +172,27 @@ SIZES: dict[str, ModelConfig] = {
                         hidden_dim=14336, max_seq_len=8192, norm_eps=1e-5, rope_theta=500000.0),
     "llama3-70b": _llama(vocab_size=128256, dim=8192, n_layers=80, n_heads=64, n_kv_heads=8,
                          hidden_dim=28672, max_seq_len=8192, norm_eps=1e-5, rope_theta=500000.0),
+    "llama3.1-8b": _llama3(8.0, dim=4096, n_layers=32, n_heads=32, hidden_dim=14336),
+    "llama3.1-70b": _llama3(8.0, dim=8192, n_layers=80, n_heads=64, hidden_dim=28672),
+    "llama3.2-1b": _llama3(32.0, dim=2048, n_layers=16, n_heads=32, hidden_dim=8192,
+                           head_dim=64, tie_embeddings=True),
+    "llama3.2-3b": _llama3(32.0, dim=3072, n_layers=28, n_heads=24, hidden_dim=8192,
+                           head_dim=128, tie_embeddings=True),
+    "mistral-7b-v0.3": _llama(arch="mistral", vocab_size=32768, dim=4096, n_layers=32,
+                              n_heads=32, n_kv_heads=8, hidden_dim=14336, max_seq_len=32768,
+                              norm_eps=1e-5, rope_theta=1e6),
+    "qwen2.5-0.5b": _qwen2(vocab_size=151936, dim=896, n_layers=24, n_heads=14, n_kv_heads=2,
+                           hidden_dim=4864, tie_embeddings=True),
+    "qwen2.5-7b": _qwen2(vocab_size=152064, dim=3584, n_layers=28, n_heads=28, n_kv_heads=4,
+                         hidden_dim=18944),
+    "qwen2.5-72b": _qwen2(vocab_size=152064, dim=8192, n_layers=80, n_heads=64, n_kv_heads=8,
+                          hidden_dim=29568),
+    "smollm2-135m": _smollm2(dim=576, n_layers=30, n_heads=9, n_kv_heads=3, hidden_dim=1536,
+                             rope_theta=1e5),
+    "smollm2-360m": _smollm2(dim=960, n_layers=32, n_heads=15, n_kv_heads=5, hidden_dim=2560,
+                             rope_theta=1e5),
+    "smollm2-1.7b": _smollm2(dim=2048, n_layers=24, n_heads=32, hidden_dim=8192,
+                             rope_theta=130000.0),
     # Small ones: unit tests, the CPU demo, and benchmarks.
     "tiny": _llama(vocab_size=256, dim=64, n_layers=2, n_heads=4, n_kv_heads=2, hidden_dim=128,
                    max_seq_len=128),

@@ -189,7 +189,7 @@ def test_save_hf_refuses_mismatched_params_and_leaves_nothing(tmp_path, hf_root)
 def test_load_hf_reports_bad_configs(tmp_path, hf_root):
   _, path = _saved("mha", hf_root)
   config = json.loads((path / "config.json").read_text())
-  for change, message in [({"model_type": "mistral"}, "model_type 'mistral' is not supported"),
+  for change, message in [({"model_type": "gemma"}, "model_type 'gemma' is not supported"),
                           ({"rope_parameters": {"rope_type": "yarn", "rope_theta": 1e4}},
                            "rope .*'yarn'.* is not supported"),
                           ({"hidden_size": 40}, "has shape")]:
