@@ -334,3 +334,23 @@ def test_compare_and_agreement(tmp_path, judge):
   assert p.returncode == 0 and "paired bootstrap over 24 shared prompts" in p.stdout
   diff = (w + 0.5 * t) / N - 0.5
   assert f"= {diff:+.3f}" in p.stdout, p.stdout
+
+
+def test_timeouts_are_retried_and_fatal_replies_stop_with_one_line(tmp_path):
+  a = write_answers(tmp_path / "a.jsonl", sys_q, n=6)
+  b = write_answers(tmp_path / "b.jsonl", lambda i: BASE_Q, n=6, who="base")
+  with Server(planted_rule, stall=0.5, stall_s=1.0) as slow:
+    r = lima_eval.evaluate(config("lima_pairwise", slow, a, b, timeout_s=0.3),
+                           tmp_path / "slow")
+    stalled = sum(1 for v in slow.seen.values() if v > 1)
+    assert stalled > 0 and r["n_failed"] == 0 and r["retries"] == stalled
+    assert r["n"] == 6
+  from lima_jax.errors import UserError
+  with Server(lambda req: {"status": 401, "content": "bad key"}) as locked:
+    with pytest.raises(UserError, match=r"401 .*check judge.model, judge.base_url and "
+                                        r"\$OPENAI_API_KEY"):
+      lima_eval.evaluate(config("lima_pairwise", locked, a, b), tmp_path / "locked")
+  with Server(lambda req: {"status": 400, "content": "logprobs are not supported"}) as nolp:
+    with pytest.raises(UserError, match="judge.logprobs=False"):
+      lima_eval.evaluate(config("alpaca_eval", nolp, a, b), tmp_path / "nolp")
+  assert not (tmp_path / "locked/results.json").exists()

@@ -94,6 +94,9 @@ class Judge:
           raise UserError(f"judge {self.cfg.base_url}: {e.status_code} for model "
                           f"{self.cfg.model!r} ({_brief(e)}); check judge.model, "
                           f"judge.base_url and ${self.cfg.api_key_env}") from None
+        if e.status_code == 400 and self.cfg.logprobs and "logprob" in str(e).lower():
+          raise UserError(f"judge {self.cfg.base_url}: the endpoint refuses log-probabilities "
+                          f"({_brief(e)}); rerun with --config.judge.logprobs=False") from None
         if e.status_code not in _RETRY_STATUS and e.status_code < 500:
           raise JudgeFailure(f"{e.status_code}: {_brief(e)}", attempt) from None
         error = e

@@ -62,14 +62,16 @@ def default_rule(request: dict) -> dict:
 class Server:
   """ThreadingHTTPServer in a daemon thread. `rule(request) -> {'content', 'logprobs'?}`.
   rate_limit / server_error / garbage: shares of request bodies whose FIRST request gets a
-  429 (Retry-After: retry_after), a 500, or an unparseable 200. `hang_after`: answer that
+  429 (Retry-After: retry_after), a 500, or an unparseable 200; `stall`: a share whose first
+  request is answered only after stall_s seconds (a timeout). `hang_after`: answer that
   many requests, then hold every later one open (a client killed mid-run)."""
 
   def __init__(self, rule=default_rule, *, port: int = 0, rate_limit: float = 0.0,
                server_error: float = 0.0, garbage: float = 0.0, retry_after: float = 1.0,
-               delay: float = 0.0):
+               delay: float = 0.0, stall: float = 0.0, stall_s: float = 1.0):
     self.rule, self.rate_limit, self.server_error = rule, rate_limit, server_error
     self.garbage, self.retry_after, self.delay = garbage, retry_after, delay
+    self.stall, self.stall_s = stall, stall_s
     self.lock = threading.Lock()
     self.seen: dict[str, int] = {}  # body hash -> requests received
     self.answered: dict[str, int] = {}  # body hash -> 200 replies sent
@@ -121,7 +123,11 @@ class Server:
       return 429, {"Retry-After": str(self.retry_after)}, {"error": {"message": "slow down"}}
     if first and h < self.rate_limit + self.server_error:
       return 500, {}, {"error": {"message": "internal"}}
+    if first and self.stall and h > 1 - self.stall:  # Longer than the client waits.
+      time.sleep(self.stall_s)
     out = self.rule(request)
+    if "status" in out:  # A rule may answer as a failing endpoint would (401, 400, ...).
+      return out["status"], {}, {"error": {"message": out.get("content", "error")}}
     if self.garbage and _unit_hash(digest + "g") < self.garbage:
       out = {"content": "I would rather not say."}
     choice = {"index": 0, "finish_reason": "stop",
