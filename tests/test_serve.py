@@ -313,13 +313,18 @@ def test_full_queue_is_429_and_the_queued_request_still_runs(fake):
   live, engine = fake(slots=1, max_queue=1)
   client = live.client()
   engine.gate.clear()
+
+  def until(name, value):
+    t0 = time.time()
+    while live.metrics()[name] != value:
+      assert time.time() - t0 < 10, (name, live.metrics())
+      time.sleep(0.02)
+
   with concurrent.futures.ThreadPoolExecutor(2) as pool:
     first = pool.submit(chat, client, ["one"], max_tokens=3)
+    until("lima_jax:slots_in_use", 1)
     queued = pool.submit(chat, client, ["two"], max_tokens=3)
-    t0 = time.time()
-    while live.metrics()["lima_jax:num_requests_waiting"] < 1:
-      assert time.time() - t0 < 10
-      time.sleep(0.02)
+    until("lima_jax:num_requests_waiting", 1)
     with pytest.raises(openai.RateLimitError) as e:
       chat(client, ["three"])
     assert e.value.body["code"] == "queue_full"
@@ -369,6 +374,7 @@ def test_clients_that_time_out_leave_nothing_running(fake):
 # --- metrics last: nothing above may have compiled anything new ---------------------------------
 
 def test_metrics_parse_and_nothing_compiled_after_warm_up(live):
+  chat(live.client(), CONVS[5], max_tokens=4)
   m = live.metrics()
   engine = live.app.state.server.engine
   assert m["lima_jax:compiles"] == len(buckets(engine.max_len)) + 2  # prefills, insert, step

@@ -68,3 +68,19 @@ def test_buckets():
   assert buckets(128) == [16, 32, 64, 128]
   assert buckets(100) == [16, 32, 64, 100]
   assert [bucket_for(n, 100) for n in (1, 16, 17, 65, 99)] == [16, 16, 32, 100, 100]
+
+
+def test_on_a_mesh_gives_the_same_tokens(setup):
+  """Params sharded (fsdp x tensor over 4 of the fake devices), the cache over the batch: the
+  same tokens as on one device (what `--mesh` serves)."""
+  from lima_jax import sharding
+  tok, cfg, params, engine, prompts = setup
+  mesh = sharding.make_mesh([1, 2, 2], jax.devices()[:4])
+  boxed = jax.eval_shape(lambda: model_lib.Transformer(cfg).init(
+      jax.random.key(1), jnp.zeros((1, 8), jnp.int32)))["params"]
+  placed = jax.device_put(params, sharding.logical_shardings(boxed, mesh))
+  sharded = Engine(placed, cfg, tok.vocab_size, slots=3, mesh=mesh)
+  assert sharded.slots == 4  # rounded up to the 2 batch shards
+  dec = Decoding(max_new_tokens=N_NEW, top_k=50)
+  assert _run(sharded, tok, prompts, [1, 3, 0], dec, 5) == _run(engine, tok, prompts, [0, 1, 2],
+                                                                dec, 5)

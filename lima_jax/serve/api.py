@@ -11,7 +11,6 @@ races its answer against `request.receive()`, which reports `http.disconnect`.
 """
 import asyncio
 import hmac
-import json
 import logging
 import secrets
 import threading
@@ -21,12 +20,12 @@ from typing import Callable
 
 from fastapi import Depends, FastAPI, Request as HTTPRequest
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, Response, StreamingResponse
+from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.exceptions import HTTPException
 
 from lima_jax.decoding import render_prompt
-from lima_jax.serve import protocol
+from lima_jax.serve import stream
 from lima_jax.serve.engine import int32_seed
 from lima_jax.serve.metrics import Metrics
 from lima_jax.serve.protocol import APIError, ChatRequest, CompletionRequest, TokenizeRequest
@@ -55,7 +54,6 @@ class _Server:
       self.engine, self.tok = engine, tok
       self.scheduler = Scheduler(engine, tok.decode, (tok.eot_id, tok.eos_id),
                                  max_queue=self.max_queue, metrics=self.metrics)
-      self.metrics.compiles.set(sum(engine.compiles.values()))
       self.scheduler.start()
       self.ready = True
       log.info("ready: %d slots of %d tokens", engine.slots, engine.max_len)
@@ -220,7 +218,7 @@ async def _generate(srv: _Server, request: HTTPRequest, body, prompts, *, chat: 
   meta = {"id": f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex}", "created": int(time.time()),
           "model": srv.name}
   usage = {"prompt_tokens": sum(map(len, prompts))}
-  events = _events(queue, len(reqs), srv.keepalive_s)
+  events = stream.events(queue, len(reqs), srv.keepalive_s)
 
   closed = []
 
@@ -233,11 +231,11 @@ async def _generate(srv: _Server, request: HTTPRequest, body, prompts, *, chat: 
 
   if body.stream:
     include_usage = bool(body.stream_options and body.stream_options.include_usage)
-    return _Stream(_sse(events, meta, usage, len(reqs), chat, include_usage, done), done,
-                   media_type="text/event-stream",
-                   headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
-  work = asyncio.ensure_future(_collect(events, len(reqs)))
-  gone = asyncio.ensure_future(_disconnected(request))
+    sse = stream.sse(events, meta, usage, len(reqs), chat, include_usage, done)
+    return stream.SSEResponse(sse, done, media_type="text/event-stream",
+                              headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+  work = asyncio.ensure_future(stream.collect(events, len(reqs)))
+  gone = asyncio.ensure_future(stream.disconnected(request))
   try:
     await asyncio.wait({work, gone}, return_when=asyncio.FIRST_COMPLETED)
   finally:
@@ -258,106 +256,3 @@ async def _generate(srv: _Server, request: HTTPRequest, body, prompts, *, chat: 
                for i, (t, f) in enumerate(zip(texts, finishes))]
   return {**meta, "object": "chat.completion" if chat else "text_completion",
           "choices": choices, "usage": usage}
-
-
-class _Stream(StreamingResponse):
-  """Cleans up even when the client left before the body generator ever started (then its
-  own `finally` never runs)."""
-
-  def __init__(self, content, on_close, **kw):
-    super().__init__(content, **kw)
-    self._on_close = on_close
-
-  async def __call__(self, scope, receive, send):
-    try:
-      await super().__call__(scope, receive, send)
-    finally:
-      self._on_close()
-
-
-async def _events(queue: asyncio.Queue, count: int, keepalive_s: float):
-  """(choice index, Event) until every choice finished; None when nothing came for a while."""
-  left = count
-  while left:
-    try:
-      item = await asyncio.wait_for(queue.get(), keepalive_s)
-    except asyncio.TimeoutError:
-      yield None
-      continue
-    if item[1].finish is not None:
-      left -= 1
-    yield item
-
-
-async def _disconnected(request: HTTPRequest) -> None:
-  while (await request.receive())["type"] != "http.disconnect":
-    pass
-
-
-def _failed(event) -> APIError | None:
-  if event.finish == "error":
-    return APIError(500, event.text, type="server_error")
-  if event.finish == "abort":  # the server is shutting down
-    return APIError(503, "the server is shutting down", type="server_error")
-  return None
-
-
-async def _collect(events, count):
-  texts, finishes, tokens = [""] * count, [None] * count, [0] * count
-  async for item in events:
-    if item is None:
-      continue
-    i, ev = item
-    if (err := _failed(ev)) is not None:
-      raise err
-    texts[i] += ev.text
-    if ev.finish is not None:
-      finishes[i], tokens[i] = ev.finish, ev.tokens
-  return texts, finishes, tokens
-
-
-async def _sse(events, meta, usage, count, chat, include_usage, done):
-  obj = "chat.completion.chunk" if chat else "text_completion"
-  completion = 0
-
-  def chunk(choices, **extra):
-    c = {**meta, "object": obj, "choices": choices, **extra}
-    if include_usage and "usage" not in c:
-      c["usage"] = None
-    return f"data: {json.dumps(c, ensure_ascii=False)}\n\n"
-
-  def choice(i, text=None, finish=None, role=None):
-    if chat:
-      delta = {} if text is None else {"content": text}
-      if role:
-        delta["role"] = role
-      return {"index": i, "delta": delta, "logprobs": None, "finish_reason": finish}
-    return {"index": i, "text": text or "", "logprobs": None, "finish_reason": finish}
-
-  try:
-    if chat:
-      for i in range(count):
-        yield chunk([choice(i, "", role="assistant")])
-    async for item in events:
-      if item is None:
-        yield ": keep-alive\n\n"  # bytes while waiting for a slot (proxies, clients' timers)
-        continue
-      i, ev = item
-      if (err := _failed(ev)) is not None:
-        yield f"data: {json.dumps(err.body())}\n\n"
-        break
-      if ev.text:
-        yield chunk([choice(i, ev.text)])
-      if ev.finish is not None:
-        completion += ev.tokens
-        yield chunk([choice(i, None if chat else "", finish=ev.finish)])
-    else:
-      if include_usage:
-        yield chunk([], usage={**usage, "completion_tokens": completion,
-                               "total_tokens": usage["prompt_tokens"] + completion})
-    yield "data: [DONE]\n\n"
-  finally:
-    done()
-
-
-__all__ = ["create_app", "protocol"]

@@ -78,7 +78,11 @@ class Scheduler:
     self._thread = threading.Thread(target=self._loop, name="lima_jax-engine", daemon=True)
     self.steps = 0
     if metrics is not None:
+      # Read when scraped: values set from two threads could be left stale.
       metrics.slots.set(engine.slots)
+      metrics.requests_waiting.set_function(lambda: len(self._waiting))
+      metrics.slots_in_use.set_function(lambda: len(self._slots))
+      metrics.compiles.set_function(lambda: sum(getattr(engine, "compiles", {}).values()))
 
   # -- the HTTP side's calls (any thread) -------------------------------------------------------
 
@@ -101,7 +105,6 @@ class Scheduler:
         raise QueueFull(f"{len(self._waiting)} requests are waiting already")
       self._waiting.append(req)
       self._cv.notify_all()
-    self._gauge()
 
   def cancel(self, req: Request) -> None:
     """The client is gone: a queued request is dropped now; a running one leaves its slot
@@ -172,7 +175,6 @@ class Scheduler:
       self._slots[slot] = _Running(req, text, budget, time.perf_counter())
       if self.metrics is not None:
         self.metrics.prompt_tokens.inc(len(req.prompt))
-    self._gauge()
 
   def _step(self) -> None:
     try:
@@ -214,13 +216,11 @@ class Scheduler:
     if self.metrics is not None:
       self.metrics.e2e.observe(time.perf_counter() - run.req.arrived)
     self._deliver(run.req, Event(piece, reason, run.n))
-    self._gauge()
 
   def _finish_queued(self, req: Request) -> None:
     if self.metrics is not None:
       self.metrics.aborted.inc()
     self._deliver(req, Event("", "abort", 0))
-    self._gauge()
 
   def _deliver(self, req: Request, event: Event) -> None:
     if event.finish is not None:
@@ -229,9 +229,3 @@ class Scheduler:
       req.emit(event)
     except Exception:  # a broken consumer must not take the engine thread down
       log.exception("emit failed")
-
-  def _gauge(self) -> None:
-    if self.metrics is not None:
-      self.metrics.requests_waiting.set(len(self._waiting))
-      self.metrics.slots_in_use.set(len(self._slots))
-      self.metrics.compiles.set(sum(getattr(self.engine, "compiles", {}).values()))

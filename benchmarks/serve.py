@@ -1,0 +1,241 @@
+r"""Serving under load: lima_jax's server against `transformers serve --continuous-batching`.
+
+    python benchmarks/serve.py --checkpoint=/tmp/serve_demo/checkpoints/96 \
+        --transformers=/tmp/hfserve/bin/transformers --rates=1,2,4,inf --requests=24
+
+The checkpoint is exported once with `python -m lima_jax.convert to-hf --dtype=float32`, and
+both servers serve that same directory (lima_jax reads Hugging Face directories too), float32
+on the CPU, one after the other on the same machine, with the same requests: chat completions
+of LIMA test prompts (the demo's own prompts when the shared data is absent) cut to
+--prompt_words words, greedy (temperature 0; lima_jax also gets repetition_penalty 1, a field
+transformers refuses: its exported generation config has no penalty), at most --max_tokens
+new tokens, streamed. Requests arrive as a Poisson process at each rate (requests/s; inf: all
+at once, the saturation point) after an untimed warm-up of 2 x slots requests.
+
+Per request, from the client: TTFT = arrival to the first content chunk; TPOT = (e2e - TTFT) /
+(output tokens - 1) (vLLM's definition, TTFT excluded); e2e = arrival to the last chunk;
+output tokens from the final usage chunk. Output tokens/s = all output tokens / (last end -
+first arrival). Results: --out (JSON with per-rate p50/p90/p99, load averages and versions);
+`--markdown` prints the README table.
+"""
+import concurrent.futures
+import json
+import os
+import pathlib
+import platform
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+
+import numpy as np
+from absl import app, flags
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+SHARED = REPO.parent / "shared" / "data"
+
+_CKPT = flags.DEFINE_string("checkpoint", None, "lima_jax checkpoint to export and serve.")
+_HF_DIR = flags.DEFINE_string("hf_dir", None, "An exported float32 HF directory to use instead "
+                              "of exporting --checkpoint.")
+_TRANSFORMERS = flags.DEFINE_string("transformers", "transformers", "The `transformers` CLI "
+                                    "(a venv with torch and transformers[serving]).")
+_SERVERS = flags.DEFINE_list("servers", ["lima_jax", "transformers"], "Servers to measure.")
+_RATES = flags.DEFINE_list("rates", ["1", "2", "4", "inf"], "Arrival rates, requests/s.")
+_N = flags.DEFINE_integer("requests", 24, "Requests per rate.")
+_MAX_TOKENS = flags.DEFINE_integer("max_tokens", 64, "max_tokens of every request.")
+_WORDS = flags.DEFINE_integer("prompt_words", 40, "Prompts are cut to this many words.")
+_SLOTS = flags.DEFINE_integer("slots", 8, "lima_jax's --slots.")
+_SEED = flags.DEFINE_integer("seed", 0, "Seed of the prompt choice and the arrival times.")
+_OUT = flags.DEFINE_string("out", str(REPO / "benchmarks/results/serve.json"), "Results JSON.")
+_MD = flags.DEFINE_bool("markdown", True, "Print the README table.")
+
+
+def _prompts(n: int, words: int, rng) -> list[str]:
+  path = SHARED / "lima/test.jsonl"
+  if path.exists():
+    texts = [json.loads(l)["conversations"][0] for l in path.read_text().splitlines() if l]
+  else:
+    rows = [json.loads(l) for l in (REPO / "data/demo/train.jsonl").read_text().splitlines()]
+    texts = [r["conversations"][0] for r in rows]
+  pick = rng.choice(len(texts), n, replace=False)
+  return [" ".join(texts[i].split()[:words]) for i in pick]
+
+
+def _free_port() -> int:
+  with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    return s.getsockname()[1]
+
+
+def _start(server: str, hf_dir: str, port: int):
+  env = dict(os.environ)
+  if server == "lima_jax":
+    cmd = [sys.executable, "-m", "lima_jax.serve", f"--checkpoint={hf_dir}", f"--port={port}",
+           f"--slots={_SLOTS.value}", "--served_model_name=" + hf_dir]
+  else:
+    cmd = [_TRANSFORMERS.value, "serve", "--continuous-batching", "--device", "cpu", "--dtype",
+           "float32", "--host", "127.0.0.1", "--port", str(port), hf_dir]
+  log = tempfile.NamedTemporaryFile("w+", suffix=f".{server}.log", delete=False)
+  proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
+  import httpx2
+  t0 = time.time()
+  while True:
+    if proc.poll() is not None:
+      raise SystemExit(f"{server} exited: see {log.name}")
+    try:
+      if httpx2.get(f"http://127.0.0.1:{port}/health", timeout=2).status_code == 200:
+        break
+    except httpx2.TransportError:
+      pass
+    if time.time() - t0 > 600:
+      raise SystemExit(f"{server} never became healthy: see {log.name}")
+    time.sleep(0.5)
+  print(f"{server}: healthy after {time.time() - t0:.1f}s ({' '.join(cmd[:4])} ...)", flush=True)
+  return proc, cmd
+
+
+def _one(url: str, model: str, extra: dict, prompt: str, start_at: float) -> dict:
+  """One streamed chat completion at `start_at` (perf_counter); client-side timings."""
+  import httpx2
+  body = {"model": model, "messages": [{"role": "user", "content": prompt}], "stream": True,
+          "max_tokens": _MAX_TOKENS.value, "temperature": 0,
+          "stream_options": {"include_usage": True}, **extra}
+  time.sleep(max(0.0, start_at - time.perf_counter()))
+  t0 = time.perf_counter()
+  first, text, usage, chunks = None, [], None, 0
+  with httpx2.stream("POST", url + "/v1/chat/completions", json=body, timeout=600) as r:
+    r.raise_for_status()
+    for line in r.iter_lines():
+      if not line.startswith("data: ") or line == "data: [DONE]":
+        continue
+      event = json.loads(line[6:])
+      usage = event.get("usage") or usage
+      for c in event.get("choices", []):
+        piece = (c.get("delta") or {}).get("content")
+        if piece:
+          first = first or time.perf_counter()
+          text.append(piece)
+          chunks += 1
+  end = time.perf_counter()
+  n = usage["completion_tokens"] if usage else chunks
+  return {"start": t0, "ttft": (first or end) - t0, "e2e": end - t0, "tokens": n,
+          "tpot": (end - first) / (n - 1) if first and n > 1 else None, "text": "".join(text)}
+
+
+def _pcts(xs) -> dict:
+  xs = [x for x in xs if x is not None]
+  return {f"p{q}": float(np.percentile(xs, q)) for q in (50, 90, 99)} if xs else {}
+
+
+def _run_rate(url, model, extra, prompts, rate, rng) -> dict:
+  gaps = np.zeros(len(prompts)) if rate == float("inf") else rng.exponential(1 / rate,
+                                                                            len(prompts))
+  t0 = time.perf_counter() + 0.2
+  starts = t0 + np.cumsum(gaps) - gaps[0]
+  load0 = os.getloadavg()
+  with concurrent.futures.ThreadPoolExecutor(len(prompts)) as pool:
+    rows = list(pool.map(lambda a: _one(url, model, extra, *a), zip(prompts, starts)))
+  span = max(r["start"] + r["e2e"] for r in rows) - min(r["start"] for r in rows)
+  tokens = sum(r["tokens"] for r in rows)
+  return {"rate": rate, "requests": len(rows), "output_tokens": tokens, "duration_s": span,
+          "output_tokens_per_s": tokens / span, "ttft_s": _pcts(r["ttft"] for r in rows),
+          "tpot_s": _pcts(r["tpot"] for r in rows), "e2e_s": _pcts(r["e2e"] for r in rows),
+          "loadavg_before": load0, "loadavg_after": os.getloadavg(),
+          "texts": [r["text"] for r in rows]}
+
+
+def _versions() -> dict:
+  import jax
+  out = {"python": platform.python_version(), "jax": jax.__version__}
+  tf_python = pathlib.Path(shutil.which(_TRANSFORMERS.value) or _TRANSFORMERS.value).parent
+  probe = subprocess.run([str(tf_python / "python"), "-c", "import torch, transformers; print("
+                          "torch.__version__, transformers.__version__)"],
+                         capture_output=True, text=True)
+  if probe.returncode == 0:
+    out["torch"], out["transformers"] = probe.stdout.split()
+  return out
+
+
+def _table(result: dict) -> str:
+  lines = ["| server | rate (req/s) | output tok/s | TTFT p50 / p90 / p99 (s) | "
+           "TPOT p50 / p90 / p99 (ms) | e2e p50 / p90 / p99 (s) |", "|---|---|---|---|---|---|"]
+  for server, runs in result["servers"].items():
+    for r in runs:
+      t, p, e = r["ttft_s"], r["tpot_s"], r["e2e_s"]
+      lines.append(f"| {server} | {r['rate']:g} | {r['output_tokens_per_s']:.1f} | "
+                   f"{t['p50']:.2f} / {t['p90']:.2f} / {t['p99']:.2f} | "
+                   f"{p['p50'] * 1e3:.1f} / {p['p90'] * 1e3:.1f} / {p['p99'] * 1e3:.1f} | "
+                   f"{e['p50']:.2f} / {e['p90']:.2f} / {e['p99']:.2f} |")
+  return "\n".join(lines)
+
+
+def main(argv):
+  del argv
+  import logging
+  logging.getLogger("httpx2").setLevel(logging.WARNING)  # a line per request otherwise
+  rng = np.random.default_rng(_SEED.value)
+  rates = [float(r) for r in _RATES.value]
+  prompts = _prompts(_N.value, _WORDS.value, rng)
+  warm = _prompts(2 * _SLOTS.value, _WORDS.value, np.random.default_rng(_SEED.value + 1))
+  tmp = tempfile.mkdtemp(prefix="serve_bench_")
+  hf_dir = _HF_DIR.value
+  if hf_dir is None:
+    if not _CKPT.value:
+      raise SystemExit("give --checkpoint or --hf_dir")
+    hf_dir = os.path.join(tmp, "hf")
+    subprocess.run([sys.executable, "-m", "lima_jax.convert", "to-hf",
+                    f"--checkpoint={_CKPT.value}", f"--out={hf_dir}", "--dtype=float32"],
+                   check=True, cwd=REPO)
+  result = {"command": " ".join(["python", "benchmarks/serve.py"] + sys.argv[1:]),
+            "model": json.loads(pathlib.Path(hf_dir, "config.json").read_text()),
+            "settings": {"requests": _N.value, "max_tokens": _MAX_TOKENS.value,
+                         "prompt_words": _WORDS.value, "slots": _SLOTS.value, "rates": rates},
+            "machine": {"platform": platform.platform(), "cpus": os.cpu_count()},
+            "versions": _versions(), "servers": {}}
+  for server in _SERVERS.value:
+    port = _free_port()
+    proc, cmd = _start(server, hf_dir, port)
+    url = f"http://127.0.0.1:{port}"
+    # transformers refuses the field (422); its generation config has no penalty anyway.
+    extra = {"repetition_penalty": 1.0} if server == "lima_jax" else {}
+    try:
+      _run_rate(url, hf_dir, extra, warm, float("inf"), rng)  # untimed: first-request costs
+      runs = []
+      for rate in rates:
+        r = _run_rate(url, hf_dir, extra, prompts, rate, np.random.default_rng(_SEED.value))
+        print(f"{server} rate={rate:g}: {r['output_tokens_per_s']:.1f} tok/s, TPOT p50 "
+              f"{r['tpot_s']['p50'] * 1e3:.1f} ms, TTFT p50 {r['ttft_s']['p50']:.2f}s", flush=True)
+        runs.append(r)
+      result["servers"][server] = runs
+      result.setdefault("server_commands", {})[server] = " ".join(cmd)
+    finally:
+      proc.terminate()
+      try:
+        proc.wait(30)
+      except subprocess.TimeoutExpired:
+        proc.kill()
+  s = result["servers"]
+  if {"lima_jax", "transformers"} <= s.keys():
+    sat = lambda k: max(r["output_tokens_per_s"] for r in s[k])
+    tpot = lambda k, i: s[k][i]["tpot_s"]["p50"]
+    result["ratios"] = {
+        "output_tokens_per_s_at_saturation": sat("lima_jax") / sat("transformers"),
+        "tpot_p50_transformers_over_lima_jax": {
+            f"{rates[i]:g}": tpot("transformers", i) / tpot("lima_jax", i)
+            for i in range(len(rates))},
+        "same_answers": [float(np.mean([a == b for a, b in zip(x["texts"], y["texts"])]))
+                         for x, y in zip(s["lima_jax"], s["transformers"])]}
+  pathlib.Path(_OUT.value).write_text(json.dumps(result, indent=1) + "\n")
+  print(f"wrote {_OUT.value}")
+  if _MD.value:
+    print(_table(result))
+    if "ratios" in result:
+      print(json.dumps(result["ratios"], indent=1))
+  shutil.rmtree(tmp, ignore_errors=True)
+
+
+if __name__ == "__main__":
+  app.run(main)
