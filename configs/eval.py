@@ -89,8 +89,11 @@ def get_config(protocol: str = "lima_pairwise") -> ml_collections.ConfigDict:
   c.judge.timeout_s = 120.0
   c.judge.backoff_s = 1.0  # First wait, doubled each retry; a Retry-After header wins.
   c.judge.max_backoff_s = 60.0
-  c.judge.max_calls = 0  # Stop before more than this many calls (0 = no cap).
-  c.judge.max_cost = 0.0  # Stop before the estimated spend exceeds this many USD (0 = none).
+  # Caps on what this run sends (a rerun starts from zero, with the earlier work cached). The
+  # cost cap counts what was spent plus max_tokens for each request in flight, so it is never
+  # crossed; exit status 3 says a cap stopped the run.
+  c.judge.max_calls = 0  # Requests (0 = no cap).
+  c.judge.max_cost = 0.0  # USD, from judge.prices (0 = no cap).
   c.judge.prices = PRICES
   # Ask for log-probabilities (alpaca_eval's soft preference). An endpoint that refuses
   # them is a failure: turn this off for it.

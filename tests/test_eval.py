@@ -354,3 +354,23 @@ def test_timeouts_are_retried_and_fatal_replies_stop_with_one_line(tmp_path):
     with pytest.raises(UserError, match="judge.logprobs=False"):
       lima_eval.evaluate(config("alpaca_eval", nolp, a, b), tmp_path / "nolp")
   assert not (tmp_path / "locked/results.json").exists()
+
+
+def test_cost_cap_is_never_crossed(tmp_path, judge):
+  a = write_answers(tmp_path / "a.jsonl", sys_q)
+  b = write_answers(tmp_path / "b.jsonl", lambda i: BASE_Q, who="base")
+  c = config("lima_pairwise", judge, a, b, prices="scripted=1000/1000", max_tokens=100,
+             max_cost=1.0)
+  r = lima_eval.evaluate(c, tmp_path / "run")
+  # Spent from the server's usage: $1000 a million tokens each way.
+  spent = (r["prompt_tokens"] + r["completion_tokens"]) * 1000 / 1e6
+  assert r["cost_usd"] == pytest.approx(spent) and 0 < spent <= 1.0
+  assert "judge.max_cost=$1" in r["stopped_reason"] and r["n_pending"] > 0
+  assert r["judge_calls"] == len(judge.seen) < 2 * N
+  c.judge.max_cost = 100.0
+  r = lima_eval.evaluate(c, tmp_path / "run")
+  assert r["complete"] and (r["wins"], r["ties"], r["losses"]) == expected_pairwise()
+  c.judge.prices = ""
+  from lima_jax.errors import UserError
+  with pytest.raises(UserError, match="no price for 'scripted'"):
+    lima_eval.evaluate(c, tmp_path / "run")

@@ -80,10 +80,10 @@ def _parse(where: str, row) -> Answer:
       answer = (row["choices"] or [{}])[0].get("turns")
     else:
       answer = [row.get("answer")]
-      if "conversations" in row or "prompt" in row:  # One answer to the conversation so far.
-        if len(turns) % 2 == 0:
-          raise UserError(f"{where}: 'conversations' ends on an assistant turn")
-        turns = turns[::2]
+      if "conversations" in row and len(turns) != 1:
+        raise UserError(f"{where}: a conversation of {len(turns)} utterances; the lima and "
+                        "alpaca protocols judge single-turn prompts, mt_bench rows carry "
+                        "'turns' and 'answers'")
     if not isinstance(answer, list) or len(answer) != len(turns):
       raise UserError(f"{where}: needs 'answer' (a string), or 'answers' with one per turn "
                       f"({len(turns)})")
