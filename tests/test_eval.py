@@ -213,6 +213,8 @@ def test_mt_bench_reference_and_turn_two_in_context(tmp_path, judge):
   turn = {t["turn"]: t for t in r["turns"]}
   assert turn[1]["mean"] == pytest.approx(sum(2 + j for j in range(4)) / 4)
   assert turn[2]["mean"] == pytest.approx(sum(5 + j for j in range(4)) / 4)
+  assert r["categories"]["writing"]["mean"] == pytest.approx((2 + 3 + 5 + 6) / 4)
+  assert r["categories"]["math"]["mean"] == pytest.approx((4 + 5 + 7 + 8) / 4)
   from lima_jax.eval.store import read_rows
   rows = read_rows(tmp_path / "run/judgments.sqlite")
   math_turn2 = [x for x in rows if x["item"]["turn"] == 2 and x["item"]["prompt"] == str(
@@ -235,6 +237,8 @@ def test_judge_epochs_ladder(tmp_path, judge):
   files = {e: write_answers(tmp_path / f"e{e}.jsonl", lambda i, q=q: q)
            for e, q in quality.items()}
   c = config("lima_likert", judge, "")
+  # As lima_jax.select would pass them: rows in memory (the prompt row plus "answer").
+  files[7] = [json.loads(l) for l in files[7].read_text().splitlines()]
   out = lima_eval.judge_epochs(files, tmp_path / "select", c)
   assert out["best_epoch"] == 6 and out["best_by_likert"] == 6
   assert [(m["epoch"], m["against"]) for m in out["pairwise"]] == [(6, 5), (7, 6)]
@@ -330,6 +334,12 @@ def test_compare_and_agreement(tmp_path, judge):
   w, t, l = expected_pairwise()
   # Every unit of run two is a tie: agreement 1 on the ties, 1/2 on every other unit.
   assert f"tie-discounted agreement {(t + 0.5 * (w + l)) / N:.3f} on {N}" in p.stdout, p.stderr
+  # Against a human label file: the human says the system wins on every prompt.
+  labels = tmp_path / "human.jsonl"
+  labels.write_text("".join(json.dumps({"prompt": f"p{i}", "label": "A"}) + "\n"
+                            for i in range(N)))
+  p = _cli(["agreement", str(tmp_path / "one/judgments.sqlite"), str(labels)])
+  assert f"tie-discounted agreement {(w + 0.5 * t) / N:.3f} on {N}" in p.stdout, p.stderr
   p = _cli(["compare", str(tmp_path / "one"), str(tmp_path / "two")])
   assert p.returncode == 0 and "paired bootstrap over 24 shared prompts" in p.stdout
   diff = (w + 0.5 * t) / N - 0.5

@@ -101,9 +101,16 @@ def _parse(where: str, row) -> Answer:
 def read(path) -> list[Answer]:
   """Every answer of a file, keyed (by id when every row has one); duplicates are errors."""
   path = pathlib.Path(path)
-  answers = [_parse(where, row) for where, row in _rows(path)]
+  return from_rows(_rows(path), str(path))
+
+
+def from_rows(rows, name: str = "answers") -> list[Answer]:
+  """Answers from rows already in memory: (where, row) pairs, or plain rows (dicts as
+  lima_jax.generate writes them, e.g. lima_jax.select's), numbered from 1."""
+  rows = [r if isinstance(r, tuple) else (f"{name}:{n}", r) for n, r in enumerate(rows, 1)]
+  answers = [_parse(where, row) for where, row in rows]
   if not answers:
-    raise UserError(f"{path}: no answers")
+    raise UserError(f"{name}: no answers")
   by_id = all(a.id is not None for a in answers)
   out, seen = [], {}
   for a in answers:

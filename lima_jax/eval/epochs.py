@@ -13,13 +13,13 @@ from lima_jax.eval import run
 
 
 def judge_epochs(answers_by_epoch, workdir, config) -> dict:
-  """answers_by_epoch: {epoch: answers file, or a list of answers.Answer}, in any order;
+  """answers_by_epoch: {epoch: an answers file, a list of rows as lima_jax.generate writes
+  them (the prompt row plus "answer"), or a list of answers.Answer}, in any order;
   config: configs/eval.py:lima_likert with the judge set. Returns {"likert": {epoch:
   results}, "pairwise": [{"epoch", "against", **results}], "best_epoch", "best_by_likert"}.
   """
   workdir = pathlib.Path(workdir)
-  loaded = {e: (answers_lib.read(a) if isinstance(a, (str, pathlib.Path)) else list(a))
-            for e, a in sorted(answers_by_epoch.items())}
+  loaded = {e: _answers(a, f"epoch {e}") for e, a in sorted(answers_by_epoch.items())}
   likert_cfg = copy.deepcopy(config)
   with likert_cfg.unlocked():
     likert_cfg.protocol, likert_cfg.answers, likert_cfg.baseline = "lima_likert", "", ""
@@ -47,3 +47,10 @@ def judge_epochs(answers_by_epoch, workdir, config) -> dict:
   graded = {e: r["mean"] for e, r in likert.items() if r.get("mean") is not None}
   return {"likert": likert, "pairwise": ladder, "best_epoch": best,
           "best_by_likert": max(graded, key=graded.get) if graded else None}
+
+
+def _answers(a, name):
+  if isinstance(a, (str, pathlib.Path)):
+    return answers_lib.read(a)
+  a = list(a)
+  return a if a and isinstance(a[0], answers_lib.Answer) else answers_lib.from_rows(a, name)

@@ -155,7 +155,8 @@ def mt_bench_jobs(config, answers, pairs) -> list[Job]:
       p = prompts.get(name)
       if p is None:
         raise UserError(f"config mt_bench.judge_prompts: no prompt named {name!r}")
-      base = {"prompt": a.key, "sample": a.sample, "turn": turn, "a": sha(json.dumps(a.answer))}
+      base = {"prompt": a.key, "sample": a.sample, "turn": turn, "category": a.category,
+              "a": sha(json.dumps(a.answer))}
       if b is None:
         text = p["prompt_template"].format(**q, answer=a.answer[0], answer_1=a.answer[0],
                                            answer_2=a.answer[1])

@@ -89,12 +89,18 @@ def _score_figure(scores, mean, ci, path, top) -> bytes:
 def _table(out: dict) -> str:
   rows = []
   for key, value in out.items():
-    if key.endswith("_ci95") or isinstance(value, (dict, list)) and key != "turns":
+    if key.endswith("_ci95") or isinstance(value, (dict, list)) and key not in ("turns",
+                                                                                "categories"):
       continue
     if key == "turns":
       for t in value:
         rows.append(f"<tr><th>turn {t['turn']} mean</th><td>{_fmt(t['mean'], t['mean_ci95'])}"
                     f" (n={t['n']})</td></tr>")
+      continue
+    if key == "categories":
+      for name, t in value.items():
+        rows.append(f"<tr><th>{html.escape(name)} mean</th><td>"
+                    f"{_fmt(t['mean'], t['mean_ci95'])} (n={t['n']})</td></tr>")
       continue
     rows.append(f"<tr><th>{html.escape(key)}</th><td>{_fmt(value, out.get(key + '_ci95'))}"
                 "</td></tr>")

@@ -84,6 +84,11 @@ def graded(us: dict, config) -> tuple[dict, dict]:
   if turns != [0]:
     fig["turns"] = [{"turn": t, **_mean_fig({u: s for u, s in score.items() if u[2] == t}, b)}
                     for t in turns]
+  category = {u: js[0][0].item["category"] for u, js in us.items() if js[0][0].item.get(
+      "category")}
+  if category:  # MT-Bench's per-category means (both turns).
+    fig["categories"] = {c: _mean_fig({u: s for u, s in score.items() if category.get(u) == c},
+                                      b) for c in sorted(set(category.values()))}
   return fig, {"score": score}
 
 
