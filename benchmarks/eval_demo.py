@@ -1,5 +1,6 @@
 r"""The judged-evaluation demo: LIMA's 300 test prompts, the demo model's last epoch against
-an earlier one, every protocol, through the scripted local judge; then a rerun (all cache).
+an earlier one (and MT-Bench's 80 questions, two turns), every protocol, through the scripted
+local judge; then a rerun (all cache).
 
     python -m lima_jax.main --config=configs/lima.py:demo --workdir=/tmp/eval_demo   # ~1-2 min
     python benchmarks/eval_demo.py --demo=/tmp/eval_demo --out=/tmp/eval_ms \
@@ -21,6 +22,7 @@ sys.path.insert(0, str(_REPO))
 from lima_jax.eval.scripted_judge import Server  # noqa: E402
 
 PROMPTS = _REPO.parent / "shared/data/lima/test.jsonl"
+MT_BENCH = _REPO.parent / "shared/data/eval/mt_bench/question.jsonl"
 
 
 def _cli(*args) -> dict:
@@ -70,12 +72,18 @@ def main():
         "--config=configs/eval.py:lima_likert", f"--workdir={out}/lima_likert_epoch4",
         f"--config.checkpoint={ckpt}/32", f"--config.prompts={PROMPTS}",
         "--config.generate.samples=5", "--config.name=epoch4", *gen, *j)
+    runs["mt_bench"] = _cli(
+        "--config=configs/eval.py:mt_bench", f"--workdir={out}/mt_bench",
+        f"--config.checkpoint={ckpt}/96", f"--config.prompts={MT_BENCH}",
+        "--config.name=epoch12", *gen, *j)
     runs["compare"] = _cli("compare", f"{out}/lima_likert", f"{out}/lima_likert_epoch4")
+    runs["figure_1"] = _cli("compare", f"{out}/lima_pairwise", f"{out}/alpaca_eval",
+                            f"--png={out}/figure_1.png")
     statuses = {str(s): judge.statuses.count(s) for s in sorted(set(judge.statuses))}
     repeated = sum(1 for v in judge.answered.values() if v > 1)
   figures = {k: json.loads((out / k / "results.json").read_text())
              for k in ("lima_pairwise", "alpaca_eval", "lima_likert", "lima_likert_epoch4",
-                       "judge_free_epoch12", "judge_free_epoch4")}
+                       "mt_bench", "judge_free_epoch12", "judge_free_epoch4")}
   summary = {"runs": runs, "server_statuses": statuses, "answered_twice": repeated,
              "results": figures}
   print(f"server statuses {statuses}; requests answered twice: {repeated}")

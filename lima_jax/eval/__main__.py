@@ -75,7 +75,7 @@ def summary(out: dict, workdir) -> str:
     if "lc_win_rate" in out:
       head += f"; preference {ci('preference')}, length-controlled {ci('lc_win_rate')}"
   elif "mean" in out:
-    head = (f"{out['system']}: mean {ci('mean')} over {out['n']} answers to "
+    head = (f"{out['system']}: mean {ci('mean')} over {out['n']} grades of "
             f"{out['n_prompts']} prompts ({out['samples_per_prompt']} a prompt)")
     for t in out.get("turns", []):
       c = t["mean_ci95"]

@@ -100,7 +100,7 @@ def _mean_fig(score: dict, b) -> dict:
 
 
 def _samples(values: dict) -> int:
-  per = collections.Counter(u[0] for u in values)
+  per = collections.Counter(prompt for prompt, _ in {u[:2] for u in values})
   return max(per.values()) if per else 0
 
 

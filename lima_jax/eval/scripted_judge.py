@@ -43,6 +43,9 @@ def default_rule(request: dict) -> dict:
   question = q.group(1) if q else user
   found = blocks(user)
   answers = [v for k, v in found.items() if "Reference" not in k]
+  if not answers and "### Assistant A:" in user:  # MT-Bench turn 2: the last exchange counts.
+    question = re.findall(r"### User:\n(.*?)\n\n###", user, re.DOTALL)[-1]
+    answers = re.findall(r"### Assistant A:\n(.*?)\n\n(?:###|<\|)", user, re.DOTALL)[-1:]
   if len(answers) == 2:
     sa, sb = overlap(question, answers[0]), overlap(question, answers[1])
     biased = _unit_hash(question) < 0.1
