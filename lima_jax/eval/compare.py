@@ -85,7 +85,7 @@ def _labels(path) -> dict:
         raise UserError(f"{path}:{n}: label must be win/tie/loss or A/B/C, got {label!r}")
       out[key, row.get("sample", 0), row.get("turn", 0)] = label
     return out
-  orders = collections.defaultdict(dict)
+  orders, same = collections.defaultdict(dict), set()
   for r in store.read_rows(path):
     if r["status"] != "ok":
       continue
@@ -93,6 +93,8 @@ def _labels(path) -> dict:
     unit = (it["prompt"], it["sample"], it.get("turn", 0))
     if "order" in it:
       orders[unit][it["order"]] = _WIN.get((it["order"], r["verdict"]["label"]), "tie")
+      if it["a"] == it["b"]:  # Identical answers: both orders were one request (a tie).
+        same.add(unit)
     else:
       orders[unit]["grade"] = r["verdict"]["score"]
   out = {}
@@ -101,6 +103,8 @@ def _labels(path) -> dict:
       out[unit] = o["grade"]
     elif len(o) == 2:
       out[unit] = o["ab"] if o["ab"] == o["ba"] else "tie"
+    elif unit in same:
+      out[unit] = "tie"
   return out
 
 
