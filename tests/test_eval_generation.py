@@ -60,6 +60,13 @@ def test_checkpoint_to_judge_free_score_with_k_samples(ckpt, tmp_path):
   assert len({x["answer"] for x in rows if x["id"] == "a"}) > 1
   assert (r["n"], r["n_prompts"], r["samples_per_prompt"]) == (6, 2, 3)
   assert len(answers_lib.read(tmp_path / "run/answers.jsonl")) == 6
+  # A rerun reuses the answers (same checkpoint, prompts, decoding); other settings do not.
+  before = (tmp_path / "run/answers.jsonl").stat().st_mtime_ns
+  lima_eval.evaluate(c, tmp_path / "run")
+  assert (tmp_path / "run/answers.jsonl").stat().st_mtime_ns == before
+  c.generate.seed = 1
+  lima_eval.evaluate(c, tmp_path / "run")
+  assert (tmp_path / "run/answers.jsonl").stat().st_mtime_ns != before
 
 
 def test_mt_bench_and_alpaca_prompts_are_generated_in_their_formats(ckpt, tmp_path):

@@ -6,6 +6,7 @@ the seed and the prompt's index). A prompt longer than the model's context leave
 the answer by keeping its last tokens (BOS first): small models meet LIMA's long prompts,
 and the count of cut prompts is printed, not hidden.
 """
+import hashlib
 import json
 import pathlib
 import time
@@ -64,12 +65,33 @@ def _read_prompts(path):
   return rows
 
 
+def _recipe(config) -> dict:
+  """What the answers depend on; a rerun with the same recipe reuses them (decoding the
+  300 LIMA prompts k times is the slow part of a rerun)."""
+  prompts = pathlib.Path(config.prompts)
+  if not prompts.is_file():
+    raise UserError(f"config prompts: {prompts}: no such file")
+  meta = pathlib.Path(config.checkpoint) / "meta"
+  return {"checkpoint": str(pathlib.Path(config.checkpoint).resolve()),
+          "checkpoint_meta_mtime": meta.stat().st_mtime if meta.exists() else None,
+          "prompts_sha256": hashlib.sha256(prompts.read_bytes()).hexdigest(),
+          "protocol_turns": 2 if config.protocol == "mt_bench" else 1,
+          "generate": config.generate.to_dict()}
+
+
 def generate_answers(config, out_path) -> str:
-  """Writes the checkpoint's answers to `out_path` (JSONL, atomically); returns the path."""
+  """Writes the checkpoint's answers to `out_path` (JSONL, atomically); returns the path.
+  OUT.recipe.json records what they came from; the same recipe reuses them."""
   from lima_jax import generate as gen_lib
   g = config.generate
   if not config.prompts:
     raise UserError("config prompts: --config.checkpoint needs --config.prompts=F.jsonl")
+  out_path = pathlib.Path(out_path)
+  recipe, recipe_path = _recipe(config), out_path.with_suffix(".recipe.json")
+  if out_path.exists() and recipe_path.exists() and json.loads(
+      recipe_path.read_text()) == recipe:
+    print(f"reusing {out_path} (same checkpoint, prompts and decoding)", flush=True)
+    return str(out_path)
   params, cfg, tok, _ = gen_lib.load(config.checkpoint)
   gen = gen_lib.Generator(params, cfg, tok, batch_size=g.batch_size)
   dec = _decoding(g)
@@ -92,6 +114,7 @@ def generate_answers(config, out_path) -> str:
         rows.append({**obj, "answer": text, "stopped": stopped, "sample": s,
                      "prompt_truncated": cut})
   gen_lib.write_jsonl_atomic(out_path, rows)
+  recipe_path.write_text(json.dumps(recipe) + "\n")
   print(f"generated {len(rows)} answers in {time.perf_counter() - t0:.0f}s -> {out_path}"
         + (f" ({n_cut} prompts cut to the model's context of {cfg.max_seq_len} tokens)"
            if n_cut else ""), flush=True)
