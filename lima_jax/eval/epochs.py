@@ -4,6 +4,19 @@ Every epoch's answers get a lima_likert grade; then a ladder of lima_pairwise ma
 epoch meets the best so far and takes its place when it wins more prompts than it loses.
 All judgments of all epochs share one store, WORKDIR/judgments.sqlite (a request's key is
 its content), so rerunning select re-asks nothing, nor do epochs that answer alike.
+
+How lima_jax.select can call it, after compare_epochs() returned its rows (each prompt row
+plus "answers": [{epoch, answer, stopped, ...}]) and with a judge asked for:
+
+  from lima_jax import eval as lima_eval            # imported only then
+  per_epoch = {e: [{**{k: v for k, v in r.items() if k != "answers"}, **a}
+                   for r in rows for a in r["answers"] if a["epoch"] == e] for e in chosen}
+  choice = lima_eval.judge_epochs(per_epoch, out_dir / "judged", eval_config)
+
+eval_config: configs/eval.py:lima_likert (e.g. config_flags.DEFINE_config_file, so every
+field can be overridden) with judge.base_url and judge.model set. choice["likert"][e]
+("mean", "mean_ci95"), the ladder's wins/ties/losses and win_rate_ci95, and
+choice["best_epoch"] go in the page's summary table.
 """
 import copy
 import pathlib
