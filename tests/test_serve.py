@@ -286,6 +286,9 @@ class FakeEngine:
   def insert(self, slot, prompt, **knobs):
     self.inserts += 1
 
+  def free(self, slot):
+    pass
+
   def step(self):
     self.gate.wait()
     time.sleep(self.step_s)
@@ -377,8 +380,9 @@ def test_metrics_parse_and_nothing_compiled_after_warm_up(live):
   chat(live.client(), CONVS[5], max_tokens=4)
   m = live.metrics()
   engine = live.app.state.server.engine
-  assert m["lima_jax:compiles"] == len(buckets(engine.max_len)) + 2  # prefills, insert, step
-  assert engine.compiles == {"prefill": len(buckets(engine.max_len)), "insert": 1, "step": 1}
+  n_prefill, n_step = len(buckets(engine.max_len)), len(engine.spans)
+  assert m["lima_jax:compiles"] == n_prefill + 1 + n_step
+  assert engine.compiles == {"prefill": n_prefill, "insert": 1, "step": n_step}
   assert m["lima_jax:time_to_first_token_seconds_count"] > 0
   assert m["lima_jax:generation_tokens_total"] > m["lima_jax:e2e_request_latency_seconds_count"]
   assert (m["lima_jax:num_requests_running"], m["lima_jax:slots_in_use"]) == (0, 0)
@@ -439,3 +443,18 @@ def test_cli_serves_a_checkpoint_to_the_openai_client(model, tmp_path):
   finally:
     proc.terminate()
     proc.wait(30)
+
+
+def test_a_hugging_face_directory_serves_the_same_tokens(model, tmp_path):
+  from lima_jax import hf
+  from lima_jax.serve.__main__ import check_checkpoint, load_engine
+  params, cfg, tok = model
+  hf.save_hf(cfg, params, tmp_path / "hf", tok.to_meta(), "float32")
+  check_checkpoint(tmp_path / "hf")
+  engine, hf_tok = load_engine(tmp_path / "hf", slots=2)
+  assert (hf_tok.eot_id, hf_tok.vocab_size) == (tok.eot_id, tok.vocab_size)
+  prompt = decoding.render_prompt(CONVS[2], tok)
+  (ids, _), = decoding.Generator(params, cfg, tok, batch_size=1).answer_ids([prompt], PLAIN)
+  engine.insert(1, prompt, seed=0, index=0, temperature=1.0, top_p=1.0, top_k=0, penalty=1.0,
+                greedy=True)
+  assert [int(engine.step()[1]) for _ in ids] == ids

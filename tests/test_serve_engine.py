@@ -61,7 +61,8 @@ def test_slots_match_generator(setup, dec, seed):
 
 def test_compiled_once(setup):
   engine = setup[3]
-  assert engine.compiles == {"prefill": len(buckets(engine.max_len)), "insert": 1, "step": 1}
+  assert engine.spans == [64, 128]  # the step's cache spans at max_len 128
+  assert engine.compiles == {"prefill": len(buckets(engine.max_len)), "insert": 1, "step": 2}
 
 
 def test_buckets():

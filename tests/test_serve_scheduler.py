@@ -31,6 +31,7 @@ class FakeEngine:
     self.slots, self.max_len, self.fail_step = slots, max_len, fail_step
     self.rows = [None] * slots
     self.inserts = []  # (slot, prompt)
+    self.frees = []
     self.compiles = {"step": 1}
     self.peak = 0
 
@@ -38,6 +39,10 @@ class FakeEngine:
     self.inserts.append((slot, tuple(prompt)))
     script = [ord("x") - 96] * 10**6 if prompt[0] == FOREVER else ids(self.SCRIPTS[prompt[0]])
     self.rows[slot] = iter(script + [EOT] * 10**6)
+
+  def free(self, slot):
+    self.frees.append(slot)
+    self.rows[slot] = None
 
   def step(self):
     time.sleep(0.001)
@@ -102,6 +107,7 @@ def test_more_requests_than_slots_reuse_slots_and_each_gets_its_own_answer(make)
     assert [e.finish for e in c.events].count("stop") == 1
   assert sorted(p for _, p in engine.inserts) == sorted(map(tuple, prompts))
   assert {s for s, _ in engine.inserts} == {0, 1}
+  assert sorted(engine.frees) == sorted(s for s, _ in engine.inserts)  # each slot given back
   assert (sched.running, sched.waiting) == (0, 0)
 
 

@@ -7,8 +7,8 @@ it at once. Only this thread touches the engine (JAX calls, the donated state); 
 talks to it through `submit` / `cancel` and gets `Event`s back through each request's `emit`,
 called on this thread (the API hands them over to its event loop).
 
-The engine is anything with `slots`, `max_len`, `insert(slot, prompt, **knobs)` and `step() ->
-[slots] ids`, so the scheduler is tested with a fake one, without a model.
+The engine is anything with `slots`, `max_len`, `insert(slot, prompt, **knobs)`, `free(slot)`
+and `step() -> [slots] ids`, so the scheduler is tested with a fake one, without a model.
 """
 import collections
 import dataclasses
@@ -209,6 +209,7 @@ class Scheduler:
   def _end(self, run: _Running, reason: str, piece: str = "") -> None:
     slot = next(s for s, r in self._slots.items() if r is run)
     del self._slots[slot]
+    self.engine.free(slot)
     if reason in ("stop", "length"):
       piece += run.text.finish()
     elif reason == "abort" and self.metrics is not None:
