@@ -1,0 +1,141 @@
+r"""Studies: arms of LIMA-style ablations, each curate -> train -> answer -> judge.
+
+    python -m lima_jax.experiment run --config=configs/experiments.py:NAME --workdir=DIR \
+      [--only=ARM,...] [--executor=local|tpu] [--dry_run]
+    python -m lima_jax.experiment report --workdir=DIR
+
+Every step is a command of the project's own CLIs (lima_jax.curate, lima_jax.main,
+lima_jax.eval), recorded in DIR/manifest.json with the hash of its inputs; a rerun skips what
+is done, redoes a step whose inputs changed (its old output moved to OUTPUT.stale-HASH) and
+resumes a killed one (training from its checkpoints, judging from its store).
+
+Studies (`NAME`):
+
+  tiny            The demo model (model size 'tiny', 2 epochs), two arms: all 314 demo
+                  conversations against 100 chosen at random; judge_free plus lima_pairwise
+                  through the scripted local judge (lima_jax.eval.scripted_judge, started by
+                  the runner; not a judge of quality). About a minute an arm on 2 cores.
+                  Expected: both arms complete, `report` gives one row an arm.
+  dropout_epochs  LIMA's residual dropout 0 / 0.1 / 0.2 / 0.3 (arms dropout_0 ... dropout_30)
+                  on the demo model, every epoch checkpoint (4, 8, 12) answered and judged
+                  (judge_free, and lima_pairwise against dropout_0 through the scripted
+                  judge): the ablation LIMA ran on 7B. For real: --config.base=configs/lima.py:7b
+                  --config.judge.base_url=URL --config.judge.model=NAME
+                  --config.judge.scripted=False.
+  shared_data     Runnable on the shared data: LIMA's 1,000 against 1K chosen from the 12K
+                  Alpaca+Dolly pool by each selector (quality, diverse, longest), a random 1K
+                  and all 12K, on a base model and judge you give:
+                    --config.base_overrides='("model.init=/ckpt/llama-7b",)'
+                    --config.judge.base_url=URL --config.judge.model=NAME
+                  Plan it first: --dry_run prints every command and the judging estimate.
+
+Arms (`config.arms.NAME`): `data` (training files, comma-separated) or `curate` (a
+configs/curate.py preset) with `pool`, `n` and `curate_seed`; `overrides` (training config
+fields, 'a.b=value' strings, after the study's `base_overrides`); `seeds` (training seeds: an
+arm with 3 seeds is 3 runs, reported as one with intervals over seeds and prompts); `n_examples`
+(for the score-against-data-size figure; default: `n`, else the data's row count).
+"""
+import ml_collections
+
+SHARED = "../shared/data"
+POOL_12K = f"{SHARED}/instruct/alpaca_random_9k.json,{SHARED}/instruct/dolly_filtered_3k.json"
+
+
+def _arm(data: str = "", curate: str = "", pool: str = "", n: int = 0, overrides=(),
+         seeds=(0,), curate_seed: int = 0, n_examples: int = 0, curate_overrides=()):
+  a = ml_collections.ConfigDict()
+  a.data = data  # Training files ('' when curated).
+  a.curate = curate  # configs/curate.py preset ('' = use `data` as it is).
+  a.pool = pool  # Curation pool files (comma-separated).
+  a.n = n  # Records to choose.
+  a.curate_seed = curate_seed
+  a.curate_overrides = tuple(curate_overrides)  # More 'field=value' for lima_jax.curate.
+  a.overrides = tuple(overrides)  # Training 'field=value' overrides, after base_overrides.
+  a.seeds = tuple(seeds)
+  a.n_examples = n_examples or n  # x of the data-size figure (0: not on it).
+  return a
+
+
+def get_config(name: str = "tiny") -> ml_collections.ConfigDict:
+  c = ml_collections.ConfigDict()
+  c.name = name
+  c.base = "configs/lima.py:demo"  # The training config every arm starts from.
+  c.base_overrides = ()  # Training 'field=value' for every arm.
+  c.prompts = "data/demo/prompts.jsonl"  # Test prompts every checkpoint answers.
+  c.samples = 1  # Answers a prompt (LIMA's 1-6 ratings: 5, sampled).
+  # LIMA's decoding; max_new_tokens bounds the answer step's time.
+  c.generate = ml_collections.ConfigDict(dict(
+      max_new_tokens=2048, temperature=0.7, top_p=0.9, repetition_penalty=1.2, batch_size=8,
+      seed=0))
+  # Epochs whose checkpoints are answered and judged: '' the last, 'all', or '5-10' / '4,8'.
+  c.epochs = ""
+  # configs/eval.py protocols run on every answered checkpoint. Pairwise ones (lima_pairwise,
+  # alpaca_eval, mt_bench in pairwise mode) judge each arm against `baseline_arm`'s answers
+  # of the same seed and epoch.
+  c.protocols = ("judge_free",)
+  c.baseline_arm = ""
+  c.eval_overrides = ()  # More 'field=value' for every lima_jax.eval run.
+  c.judge = ml_collections.ConfigDict()
+  c.judge.base_url = ""
+  c.judge.model = ""
+  c.judge.api_key_env = "OPENAI_API_KEY"
+  # True: the runner starts lima_jax.eval.scripted_judge on 127.0.0.1 for the run (a stand-in
+  # that prefers answers sharing words with the question: for pipelines, not for verdicts).
+  c.judge.scripted = False
+  c.report = ml_collections.ConfigDict()
+  # The figures' metric: PROTOCOL.FIELD of results.json (docs/INTERFACES.md).
+  c.report.metric = "judge_free.stopped_rate"
+  # Paired differences to print: 'ARM_A-ARM_B' on the prompts both answered.
+  c.report.pairs = ()
+  c.report.bootstrap_rounds = 2000
+  c.tpu = ml_collections.ConfigDict()
+  # --executor=tpu: one slice per arm, named PREFIX-ARM; the workdirs under `bucket`.
+  c.tpu.name_prefix = "lima"
+  c.tpu.zone = "us-central2-b"
+  c.tpu.accelerator_type = "v4-8"
+  c.tpu.bucket = "gs://BUCKET/studies"
+  c.arms = ml_collections.ConfigDict()
+
+  demo = "data/demo/train.jsonl"
+  if name == "tiny":
+    c.base_overrides = ("model.size=tiny", "train.epochs=2", "sample_prompts=",
+                        "checkpoint.keep_epochs=", "data.eval_fraction=0.0")
+    c.generate.max_new_tokens = 32
+    c.protocols = ("judge_free", "lima_pairwise")
+    c.baseline_arm = "all"
+    c.judge.scripted = True
+    c.judge.model = "scripted"
+    c.report.metric = "lima_pairwise.equal_or_better"
+    c.report.pairs = ("random100-all",)
+    c.arms.all = _arm(data=demo, n_examples=314)
+    c.arms.random100 = _arm(curate="random", pool=demo, n=100)
+  elif name == "dropout_epochs":
+    c.base_overrides = ("sample_prompts=", "checkpoint.keep_epochs=4,8,12")
+    c.generate.max_new_tokens = 64
+    c.epochs = "all"
+    c.protocols = ("judge_free", "lima_pairwise")
+    c.baseline_arm = "dropout_0"
+    c.judge.scripted = True
+    c.judge.model = "scripted"
+    c.report.metric = "judge_free.stopped_rate"
+    c.report.pairs = ("dropout_10-dropout_0", "dropout_20-dropout_0", "dropout_30-dropout_0")
+    for percent in (0, 10, 20, 30):  # arm names cannot hold a '.': dropout_10 is p = 0.1
+      c.arms[f"dropout_{percent}"] = _arm(
+          data=demo, overrides=(f"model.dropout_top={percent / 100}",), n_examples=314)
+  elif name == "shared_data":
+    c.base = "configs/lima.py:7b"
+    c.prompts = f"{SHARED}/lima/test.jsonl"
+    c.protocols = ("judge_free", "lima_pairwise")
+    c.baseline_arm = "lima1k"
+    c.report.metric = "lima_pairwise.equal_or_better"
+    c.report.pairs = ("quality1k-random1k", "diverse1k-random1k", "all12k-lima1k")
+    c.arms.lima1k = _arm(data=f"{SHARED}/lima/train.jsonl", n_examples=1030)
+    for preset in ("quality", "diverse", "longest", "random"):
+      c.arms[f"{preset}1k"] = _arm(curate=preset, pool=POOL_12K, n=1000,
+                                   curate_overrides=("pool_on_error=skip",))
+    # 4 Alpaca rows have an empty output: skipped and reported, as curation's pool_on_error.
+    c.arms.all12k = _arm(data=POOL_12K, overrides=("data.on_error=skip",), n_examples=12000)
+  else:
+    raise ValueError(f"configs/experiments.py: unknown study {name!r}; use tiny, "
+                     "dropout_epochs or shared_data")
+  return c

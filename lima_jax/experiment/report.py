@@ -1,0 +1,287 @@
+"""A study side by side: arm x metric with 95% intervals, paired differences, figures.
+
+Reads DIR/study.json, DIR/manifest.json and each finished step's results.json and
+per_prompt.json (lima_jax.eval's contract, docs/INTERFACES.md); writes DIR/report/
+report.json, index.html (self-contained) and the PNGs it shows. One seed: the intervals
+are eval's own. Several seeds: the value is the mean over seeds, and the interval of a
+protocol's per-prompt score (`score` for pairwise, `mean` for graded) is a two-level
+bootstrap (seeds, then prompts within each drawn seed); other fields show the seeds' range.
+"""
+import base64
+import html
+import io
+import json
+import os
+import pathlib
+
+import numpy as np
+
+from lima_jax.errors import UserError
+
+FIELDS = {
+    "judge_free": ("stopped_rate", "mean_words", "empty_rate", "looping_rate"),
+    "lima_pairwise": ("win_rate", "tie_rate", "loss_rate", "equal_or_better", "score"),
+    "lima_likert": ("mean",),
+    "mt_bench": ("mean",),
+    "alpaca_eval": ("win_rate", "lc_win_rate"),
+}
+PER_PROMPT = {"score", "mean"}  # fields that are the mean of per_prompt.json's scores
+
+
+def _read_json(path: pathlib.Path):
+  try:
+    return json.loads(path.read_text())
+  except (OSError, json.JSONDecodeError) as e:
+    raise UserError(f"{path}: cannot read ({e})") from None
+
+
+def collect(workdir: pathlib.Path) -> tuple[dict, dict]:
+  """(study config dict, {(arm, protocol, epoch): {seed: (results, per_prompt)}})."""
+  if not (workdir / "manifest.json").exists():
+    raise UserError(f"{workdir}: no manifest.json (run the study first)")
+  study = _read_json(workdir / "study.json")
+  steps = _read_json(workdir / "manifest.json")["steps"]
+  found: dict = {}
+  for rec in steps.values():
+    if rec.get("status") != "done" or rec.get("kind") not in ("answer", "judge"):
+      continue
+    out = pathlib.Path(rec["output"])
+    per_prompt = out / "per_prompt.json"
+    found.setdefault((rec["arm"], rec["protocol"], rec["epoch"]), {})[rec["seed"]] = (
+        _read_json(out / "results.json"),
+        _read_json(per_prompt) if per_prompt.exists() else {})
+  if not found:
+    raise UserError(f"{workdir}: no finished answer or judge step yet")
+  return study, found
+
+
+def _bootstrap_seeds_prompts(per_seed: list[dict], rounds: int, rng) -> list[float]:
+  """95% interval of the mean score, drawing seeds, then prompts within each drawn seed."""
+  tables = [np.array(list(p.values()), float) for p in per_seed if p]
+  if not tables:
+    return [None, None]
+  means = np.empty(rounds)
+  for r in range(rounds):
+    drawn = rng.integers(len(tables), size=len(tables))
+    means[r] = np.mean([tables[i][rng.integers(len(tables[i]), size=len(tables[i]))].mean()
+                        for i in drawn])
+  return [float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5))]
+
+
+def figure(by_seed: dict, field: str, rounds: int, rng) -> dict:
+  """{value, ci95, seeds, per_seed} of one field for one arm, protocol and epoch."""
+  values = [r.get(field) for r, _ in by_seed.values()]
+  values = [v for v in values if v is not None]
+  if not values:
+    return {"value": None, "ci95": [None, None], "seeds": len(by_seed), "per_seed": []}
+  if len(by_seed) == 1:
+    results, per_prompt = next(iter(by_seed.values()))
+    ci = results.get(f"{field}_ci95")
+    if ci is None and field in PER_PROMPT:
+      ci = _bootstrap_seeds_prompts([per_prompt], rounds, rng)
+    return {"value": values[0], "ci95": ci or [None, None], "seeds": 1, "per_seed": values}
+  ci = (_bootstrap_seeds_prompts([p for _, p in by_seed.values()], rounds, rng)
+        if field in PER_PROMPT else [min(values), max(values)])
+  return {"value": float(np.mean(values)), "ci95": ci, "seeds": len(by_seed),
+          "per_seed": values, "ci_method": "seeds x prompts" if field in PER_PROMPT
+          else "range over seeds"}
+
+
+def paired(found: dict, a: str, b: str, protocol: str, epoch, rounds: int, rng,
+           baseline: str = "") -> dict:
+  """Mean per-prompt score of arm a minus arm b on the prompts both have (seeds averaged
+  per prompt), with a paired bootstrap over prompts. Pairwise scores are against the
+  baseline arm, which against itself scores 0.5 (a tie) on every prompt."""
+  def scores(arm):
+    per = [p for _, p in found.get((arm, protocol, epoch), {}).values() if p]
+    keys = set.intersection(*(set(p) for p in per)) if per else set()
+    return {k: float(np.mean([p[k] for p in per])) for k in keys}
+  sa, sb = scores(a), scores(b)
+  if baseline and protocol in ("lima_pairwise", "alpaca_eval"):
+    if a == baseline and not sa:
+      sa = {k: 0.5 for k in sb}
+    if b == baseline and not sb:
+      sb = {k: 0.5 for k in sa}
+  shared = sorted(set(sa) & set(sb))
+  if not shared:
+    return {"pair": f"{a}-{b}", "protocol": protocol, "epoch": epoch, "n_prompts": 0,
+            "difference": None, "ci95": [None, None]}
+  d = np.array([sa[k] - sb[k] for k in shared])
+  boot = [d[rng.integers(len(d), size=len(d))].mean() for _ in range(rounds)]
+  return {"pair": f"{a}-{b}", "protocol": protocol, "epoch": epoch, "n_prompts": len(shared),
+          "difference": float(d.mean()),
+          "ci95": [float(np.percentile(boot, 2.5)), float(np.percentile(boot, 97.5))]}
+
+
+def build(workdir: pathlib.Path) -> dict:
+  study, found = collect(workdir)
+  rounds, rng = study["report"]["bootstrap_rounds"], np.random.default_rng(0)
+  rows = []
+  for (arm, protocol, epoch), by_seed in sorted(found.items(), key=lambda kv: (
+      list(study["arms"]).index(kv[0][0]), kv[0][1], kv[0][2])):
+    for field in FIELDS.get(protocol, ()):
+      rows.append({"arm": arm, "protocol": protocol, "epoch": epoch, "field": field,
+                   **figure(by_seed, field, rounds, rng)})
+  last = {arm: max(e for (a, _, e) in found if a == arm) for (arm, _, _) in found}
+  metric_protocol = study["report"]["metric"].split(".")[0]
+  pairs = []
+  for spec in study["report"]["pairs"]:
+    a, _, b = spec.partition("-")
+    if a not in study["arms"] or b not in study["arms"]:
+      raise UserError(f"config report.pairs: {spec!r} is not 'ARM-ARM' of this study")
+    epoch = min(last.get(a, 0), last.get(b, 0))
+    pairs.append(paired(found, a, b, metric_protocol, epoch, rounds, rng,
+                        study.get("baseline_arm", "")))
+  return {"study": study["name"], "metric": study["report"]["metric"], "rows": rows,
+          "baseline_arm": study.get("baseline_arm", ""),
+          "pairs": pairs, "last_epoch": last,
+          "n_examples": {arm: a["n_examples"] for arm, a in study["arms"].items()}}
+
+
+def _png(fig) -> bytes:
+  buf = io.BytesIO()
+  fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
+  return buf.getvalue()
+
+
+def figures(rep: dict, workdir: pathlib.Path) -> dict[str, bytes]:
+  import matplotlib
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+  protocol, field = rep["metric"].split(".")
+  pick = {(r["arm"], r["epoch"]): r for r in rep["rows"]
+          if r["protocol"] == protocol and r["field"] == field and r["value"] is not None}
+  out = {}
+  arms = [a for a in rep["last_epoch"] if (a, rep["last_epoch"][a]) in pick]
+  if arms:  # LIMA's Figure 5: one bar an arm, with its interval
+    fig, ax = plt.subplots(figsize=(1.2 + 1.1 * len(arms), 3.4))
+    vals = [pick[(a, rep["last_epoch"][a])] for a in arms]
+    err = _errors(vals)
+    ax.bar(arms, [v["value"] for v in vals], yerr=err, capsize=4, color="#4C72B0")
+    ax.set_ylabel(rep["metric"])
+    against = (f" against {rep['baseline_arm']}" if protocol in ("lima_pairwise", "alpaca_eval")
+               and rep["baseline_arm"] else "")
+    ax.set_title(f"{rep['study']}: last epoch{against}, 95% intervals", fontsize=10)
+    ax.tick_params(axis="x", rotation=30)
+    out["arms.png"] = _png(fig)
+    plt.close(fig)
+  sized = [a for a in arms if rep["n_examples"].get(a)]
+  if len({rep["n_examples"][a] for a in sized}) >= 2:  # LIMA's Figure 6: score against data
+    fig, ax = plt.subplots(figsize=(4.6, 3.4))
+    sized.sort(key=lambda a: rep["n_examples"][a])
+    vals = [pick[(a, rep["last_epoch"][a])] for a in sized]
+    ax.errorbar([rep["n_examples"][a] for a in sized], [v["value"] for v in vals],
+                yerr=_errors(vals), marker="o", capsize=4)
+    ax.set_xscale("log")
+    ax.set_xlabel("training examples")
+    ax.set_ylabel(rep["metric"])
+    out["size.png"] = _png(fig)
+    plt.close(fig)
+  if any(len([k for k in pick if k[0] == a]) > 1 for a in arms):
+    fig, ax = plt.subplots(figsize=(4.6, 3.4))
+    for a in arms:
+      pts = sorted((e, r) for (arm, e), r in pick.items() if arm == a)
+      ax.errorbar([e for e, _ in pts], [r["value"] for _, r in pts],
+                  yerr=_errors([r for _, r in pts]), marker="o", capsize=3, label=a)
+    ax.set_xlabel("epoch")
+    ax.set_ylabel(rep["metric"])
+    ax.legend(fontsize=8)
+    out["epochs.png"] = _png(fig)
+    plt.close(fig)
+  curves = _training_curves(workdir, list(rep["last_epoch"]))
+  if curves:
+    fig, ax = plt.subplots(figsize=(4.6, 3.4))
+    for a, (steps, losses) in curves.items():
+      ax.plot(steps, losses, label=a)
+    ax.set_xlabel("step")
+    ax.set_ylabel("training loss (first seed)")
+    ax.legend(fontsize=8)
+    out["training.png"] = _png(fig)
+    plt.close(fig)
+  return out
+
+
+def _errors(vals: list[dict]):
+  lo = [v["value"] - v["ci95"][0] if v["ci95"][0] is not None else 0 for v in vals]
+  hi = [v["ci95"][1] - v["value"] if v["ci95"][1] is not None else 0 for v in vals]
+  return np.array([lo, hi])
+
+
+def _training_curves(workdir: pathlib.Path, arms: list[str]) -> dict:
+  curves = {}
+  for arm in arms:
+    runs = sorted((workdir / "arms" / arm).glob("seed*/train/metrics.jsonl"))
+    if not runs:
+      continue
+    rows = [json.loads(line) for line in runs[0].read_text().splitlines() if line.strip()]
+    rows = [r for r in rows if "loss" in r and "step" in r]
+    if rows:
+      curves[arm] = ([r["step"] for r in rows], [r["loss"] for r in rows])
+  return curves
+
+
+def _fmt(v) -> str:
+  if v is None:
+    return "-"
+  return f"{v:.3f}" if isinstance(v, float) and abs(v) < 100 else f"{v:,.1f}"
+
+
+def render(rep: dict, pngs: dict[str, bytes]) -> str:
+  esc = html.escape
+  cols = sorted({(r["protocol"], r["field"]) for r in rep["rows"]})
+  cells = {(r["arm"], r["epoch"], r["protocol"], r["field"]): r for r in rep["rows"]}
+  keys = sorted({(r["arm"], r["epoch"]) for r in rep["rows"]},
+                key=lambda k: (list(rep["n_examples"]).index(k[0]), k[1]))
+  head = "".join(f"<th>{esc(p)}<br>{esc(f)}</th>" for p, f in cols)
+  body = []
+  for arm, epoch in keys:
+    tds = []
+    for p, f in cols:
+      r = cells.get((arm, epoch, p, f))
+      if r is None:
+        baseline = arm == rep.get("baseline_arm") and p in ("lima_pairwise", "alpaca_eval")
+        tds.append("<td><small>baseline</small></td>" if baseline else "<td></td>")
+        continue
+      lo, hi = r["ci95"]
+      ci = f"<br><small>[{_fmt(lo)}, {_fmt(hi)}]</small>" if lo is not None else ""
+      tds.append(f"<td>{_fmt(r['value'])}{ci}</td>")
+    seeds = max(cells[k]["seeds"] for k in cells if k[:2] == (arm, epoch))
+    body.append(f"<tr><th>{esc(arm)}</th><td>{epoch}</td><td>{seeds}</td>{''.join(tds)}</tr>")
+  pairs = "".join(
+      f"<tr><td>{esc(p['pair'])}</td><td>{esc(p['protocol'])}</td><td>{p['epoch']}</td>"
+      f"<td>{p['n_prompts']}</td><td>{_fmt(p['difference'])}</td>"
+      f"<td>[{_fmt(p['ci95'][0])}, {_fmt(p['ci95'][1])}]</td></tr>" for p in rep["pairs"])
+  imgs = "".join(f'<figure><img src="data:image/png;base64,{base64.b64encode(b).decode()}" '
+                 f'alt="{esc(n)}"><figcaption>{esc(n)}</figcaption></figure>'
+                 for n, b in pngs.items())
+  return f"""<!doctype html><html><head><meta charset="utf-8">
+<title>lima_jax study {esc(rep['study'])}</title><style>
+body{{font-family:system-ui,sans-serif;margin:2em;max-width:1200px}}
+table{{border-collapse:collapse;margin:1em 0;font-size:13px}}td,th{{border:1px solid #ccc;padding:4px 8px;
+text-align:right;vertical-align:top}}small{{color:#666}}figure{{display:inline-block;margin:0 1em 1em 0}}
+</style></head><body><h1>Study {esc(rep['study'])}</h1>
+<p>Each cell: value and its 95% interval. Figures' metric: <code>{esc(rep['metric'])}</code>.</p>
+<table><tr><th>arm</th><th>epoch</th><th>seeds</th>{head}</tr>{''.join(body)}</table>
+<h2>Paired differences of the per-prompt score (same prompts)</h2><table><tr><th>pair</th><th>protocol</th>
+<th>epoch</th><th>prompts</th><th>difference</th><th>95% interval</th></tr>{pairs}</table>
+{imgs}</body></html>"""
+
+
+def main(workdir: pathlib.Path) -> None:
+  rep = build(workdir)
+  out = workdir / "report"
+  out.mkdir(parents=True, exist_ok=True)
+  pngs = figures(rep, workdir)
+  for name, data in pngs.items():
+    (out / name).write_bytes(data)
+  for name, text in (("report.json", json.dumps(rep, indent=1) + "\n"),
+                     ("index.html", render(rep, pngs))):
+    tmp = out / f"{name}.tmp{os.getpid()}"
+    tmp.write_text(text)
+    os.replace(tmp, out / name)
+  print(f"wrote {out / 'index.html'} ({len({r['arm'] for r in rep['rows']})} arms, "
+        f"{len(rep['pairs'])} paired differences, {len(pngs)} figures)")
+  for p in rep["pairs"]:
+    if p["difference"] is not None:
+      print(f"  {p['pair']} ({p['protocol']}, epoch {p['epoch']}, {p['n_prompts']} prompts): "
+            f"{p['difference']:+.3f} [{p['ci95'][0]:+.3f}, {p['ci95'][1]:+.3f}]")

@@ -1,0 +1,179 @@
+"""The study runner: the tiny study end to end, killed and resumed; manifest, report and the
+TPU plan checked on their own."""
+import json
+import os
+import pathlib
+import shlex
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from lima_jax.errors import UserError
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+ENV = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": ""}  # one CPU device a process
+
+
+def cli(*args, timeout=900):
+  return subprocess.run([sys.executable, "-m", "lima_jax.experiment", *args], cwd=REPO, env=ENV,
+                        capture_output=True, text=True, timeout=timeout)
+
+
+def _table(workdir: pathlib.Path) -> list:
+  rep = json.loads((workdir / "report" / "report.json").read_text())
+  return [(r["arm"], r["protocol"], r["field"], r["value"], r["ci95"]) for r in rep["rows"]]
+
+
+@pytest.mark.slow
+def test_tiny_study_killed_in_its_second_arm_resumes_to_the_same_report(tmp_path):
+  whole, killed = tmp_path / "whole", tmp_path / "killed"
+  r = cli("run", "--config=configs/experiments.py:tiny", f"--workdir={whole}")
+  assert r.returncode == 0, r.stderr[-3000:]
+  assert cli("report", f"--workdir={whole}").returncode == 0
+  steps = json.loads((whole / "manifest.json").read_text())["steps"]
+  assert sorted(steps) == ["all/seed0/e2/answer", "all/seed0/train", "random100/curate",
+                           "random100/seed0/e2/answer", "random100/seed0/e2/lima_pairwise",
+                           "random100/seed0/train"]
+  assert {s["status"] for s in steps.values()} == {"done"}
+
+  proc = subprocess.Popen([sys.executable, "-m", "lima_jax.experiment", "run",
+                           "--config=configs/experiments.py:tiny", f"--workdir={killed}"],
+                          cwd=REPO, env=ENV, stdout=subprocess.DEVNULL,
+                          stderr=subprocess.DEVNULL, start_new_session=True)
+  manifest = killed / "manifest.json"
+  deadline = time.monotonic() + 600
+  while time.monotonic() < deadline:  # kill once the second arm's training is under way
+    if manifest.exists():
+      rec = json.loads(manifest.read_text())["steps"].get("random100/seed0/train", {})
+      if rec.get("status") == "running":
+        time.sleep(4)
+        break
+    time.sleep(0.2)
+  else:
+    pytest.fail("the second arm never started training")
+  os.killpg(proc.pid, signal.SIGKILL)
+  proc.wait()
+  before = json.loads(manifest.read_text())["steps"]
+  assert before["random100/seed0/train"]["status"] == "running"
+  first_arm = {k: v for k, v in before.items() if k.startswith("all/")}
+  assert {v["status"] for v in first_arm.values()} == {"done"}
+
+  r = cli("run", "--config=configs/experiments.py:tiny", f"--workdir={killed}")
+  assert r.returncode == 0, r.stderr[-3000:]
+  assert "random100/seed0/train: resuming" in r.stdout
+  after = json.loads(manifest.read_text())["steps"]
+  assert {k: v for k, v in after.items() if k.startswith("all/")} == first_arm  # untouched
+  assert {v["status"] for v in after.values()} == {"done"} and sorted(after) == sorted(steps)
+  assert cli("report", f"--workdir={killed}").returncode == 0
+  assert _table(killed) == _table(whole)
+  page = (killed / "report" / "index.html").read_text()
+  assert "random100-all" in page and "data:image/png;base64," in page
+
+
+def test_manifest_hashes_inputs_but_not_the_judge_url(tmp_path):
+  from lima_jax.experiment import study
+  data = tmp_path / "d.jsonl"
+  data.write_text("a\n")
+  m = study.Manifest(tmp_path)
+  step = study.Step("x/train", "x", "train", ["python", "--a=1", "--config.judge.base_url=u1"],
+                    tmp_path / "out", files=(str(data),))
+  first = m.digest(step)
+  step.command[-1] = "--config.judge.base_url=u2"
+  assert m.digest(step) == first
+  data.write_text("b\n")
+  assert m.digest(step) != first
+  assert m.state(step)[0] == "new"
+  m.set("x/train", status="running", inputs_sha256=m.digest(step))
+  assert study.Manifest(tmp_path).state(step)[0] == "resume"  # reread from disk
+  m.set("x/train", status="done")
+  assert m.state(step)[0] == "done"
+  step.command[1] = "--a=2"
+  assert m.state(step)[0] == "changed"
+
+
+def test_paired_difference_and_intervals_on_known_scores():
+  from lima_jax.experiment import report
+  rng = np.random.default_rng(0)
+  a = {f"p{i}": 1.0 if i % 4 == 0 else 0.5 for i in range(40)}  # 10 wins, 30 ties
+  b = {f"p{i}": 0.5 for i in range(40)}
+  found = {("a", "lima_pairwise", 3): {0: ({}, a)}, ("b", "lima_pairwise", 3): {0: ({}, b)}}
+  p = report.paired(found, "a", "b", "lima_pairwise", 3, 2000, rng)
+  assert p["n_prompts"] == 40 and p["difference"] == pytest.approx(0.125)
+  lo, hi = p["ci95"]
+  # The bootstrap of a mean of 10 values 0.5 and 30 zeros: sd 0.5*sqrt(.25*.75/40).
+  half = 1.96 * 0.5 * np.sqrt(0.25 * 0.75 / 40)
+  assert lo == pytest.approx(0.125 - half, abs=0.02) and hi == pytest.approx(0.125 + half,
+                                                                             abs=0.02)
+  # The baseline arm has no pairwise scores of its own: against itself it ties.
+  found.pop(("b", "lima_pairwise", 3))
+  q = report.paired(found, "a", "b", "lima_pairwise", 3, 500, rng, baseline="b")
+  assert q["difference"] == pytest.approx(0.125) and q["n_prompts"] == 40
+
+
+def test_several_seeds_pool_their_values_and_draw_seeds_and_prompts():
+  from lima_jax.experiment import report
+  rng = np.random.default_rng(1)
+  by_seed = {s: ({"mean": m, "stopped_rate": r}, {f"p{i}": m + (i % 3 - 1) for i in range(30)})
+             for s, m, r in ((0, 3.0, 0.5), (1, 4.0, 0.7), (2, 5.0, 0.6))}
+  f = report.figure(by_seed, "mean", 2000, rng)
+  assert f["value"] == pytest.approx(4.0) and f["seeds"] == 3
+  lo, hi = f["ci95"]
+  assert 2.8 <= lo < 3.5 and 4.5 < hi <= 5.2  # the seeds dominate: each draw is ~3, 4 or 5
+  g = report.figure(by_seed, "stopped_rate", 100, rng)
+  assert g["value"] == pytest.approx(0.6) and g["ci95"] == [0.5, 0.7]  # the seeds' range
+
+
+def test_tpu_dry_run_prints_commands_launch_accepts():
+  r = cli("run", "--config=configs/experiments.py:dropout_epochs", "--workdir=/tmp/unused",
+          "--executor=tpu", "--dry_run", "--only=dropout_0,dropout_10,dropout_20",
+          "--config.tpu.bucket=gs://my-bucket/studies")
+  assert r.returncode == 0, r.stderr
+  launches = [shlex.split(line) for line in r.stdout.splitlines()
+              if line.startswith("launch/tpu.sh")]
+  names = {a for cmd in launches for a in cmd if a.startswith("--name=")}
+  assert names == {"--name=lima-dropout-0-s0", "--name=lima-dropout-10-s0",
+                   "--name=lima-dropout-20-s0"}
+  trains = [cmd for cmd in launches if "train" in cmd]
+  assert len(trains) == 3
+  assert all("--config.model.dropout_top=0.1" in cmd for cmd in trains
+             if "--name=lima-dropout-10-s0" in cmd)
+  for cmd in launches:  # each is a command the launcher accepts (it prints gcloud calls)
+    out = subprocess.run(["bash", cmd[0], "--dry-run", *cmd[1:]], cwd=REPO,
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, (cmd, out.stderr)
+    assert "gcloud compute tpus" in out.stdout
+
+
+def test_dry_run_plans_the_shared_data_study_with_a_judging_estimate():
+  r = cli("run", "--config=configs/experiments.py:shared_data", "--workdir=/tmp/unused",
+          "--dry_run", "--config.judge.model=gpt-4o")
+  assert r.returncode == 0, r.stderr
+  for arm in ("lima1k", "quality1k", "diverse1k", "longest1k", "random1k", "all12k"):
+    assert f"arm {arm}:" in r.stdout
+  assert "lima_jax.curate --config=configs/curate.py:quality" in r.stdout
+  # 5 arms against lima1k, 300 prompts, both orders.
+  assert "judging: 3,000 judge calls" in r.stdout and "gpt-4o's list price" in r.stdout
+  assert not pathlib.Path("/tmp/unused/manifest.json").exists()
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--only=nope"], "--only: no arm 'nope'"),
+    (["--config.baseline_arm=nope"], "config baseline_arm: 'nope' is not an arm"),
+    (["--config.arms.random100.n=0"], "config arms.random100: curate='random' needs pool"),
+])
+def test_bad_study_input_is_one_line(args, message, tmp_path):
+  r = cli("run", "--config=configs/experiments.py:tiny", f"--workdir={tmp_path}", "--dry_run",
+          *args)
+  assert r.returncode == 1
+  lines = r.stderr.strip().splitlines()
+  assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], r.stderr
+
+
+def test_report_without_a_run_says_so(tmp_path):
+  from lima_jax.experiment import report
+  with pytest.raises(UserError, match="no manifest.json"):
+    report.build(tmp_path)
