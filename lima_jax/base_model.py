@@ -1,8 +1,8 @@
 """What a run starts from: the architecture, tokenizer and weights named by `model.init`.
 
 `model.init` is a lima_jax checkpoint (restored straight into its shardings), a Hugging Face
-directory or a llama2.c `.bin` (read on every host, then each host places only its own
-devices' shards). The vocabulary grows by EOT, padded to `model.vocab_multiple`, and new rows
+directory, a GGUF file (dequantized to float32) or a llama2.c `.bin` (read on every host, then
+each host places only its own devices' shards). The vocabulary grows by EOT, padded to `model.vocab_multiple`, and new rows
 start at the mean embedding (`model.resize_vocab`).
 """
 import dataclasses
@@ -32,10 +32,13 @@ def read_init(path: str) -> tuple[Optional[model_lib.ModelConfig], Optional[dict
   from lima_jax import convert  # Imports safetensors/HF helpers only when needed.
   if (p / "config.json").exists():
     return convert.read_hf_config(p), None, "hf"
+  if p.is_file() and p.suffix == ".gguf":
+    from lima_jax import gguf_file
+    return gguf_file.read_config(p), gguf_file.read_tokenizer_meta(p), "gguf"
   if p.is_file():
     return convert.read_llama2c_config(p), None, "llama2c"
-  raise UserError(f"model.init: {path}: not a lima_jax checkpoint, a Hugging Face directory "
-                  "or a llama2.c .bin file")
+  raise UserError(f"model.init: {path}: not a lima_jax checkpoint, a Hugging Face directory, "
+                  "a .gguf file or a llama2.c .bin file")
 
 
 def model_config(config, init_cfg: Optional[model_lib.ModelConfig],
@@ -87,14 +90,15 @@ def load_tokenizer(config, init_tok_meta: Optional[dict], init_kind: str
   """`data.tokenizer`, else the one stored with `model.init`. When both exist they must be the
   same model: other pieces under the same ids would train on garbage with a finite loss."""
   path, init = config.data.tokenizer, config.model.init
-  if init_kind == "hf" and (epath.Path(init) / "tokenizer.model").exists():
-    init_tok_meta = tokenizer_lib.Tokenizer.load(epath.Path(init) / "tokenizer.model").to_meta()
+  if init_kind == "hf" and any((epath.Path(init) / f).exists()
+                               for f in ("tokenizer.model", "tokenizer.json")):
+    init_tok_meta = tokenizer_lib.Tokenizer.load(init).to_meta()
   if not path:
     if init_tok_meta:
       return tokenizer_lib.Tokenizer.from_meta(init_tok_meta)
     raise UserError("data.tokenizer: required (model.init holds no tokenizer)")
   tok = tokenizer_lib.Tokenizer.load(path)
-  if (init_tok_meta and init_tok_meta.get("model") != tok.to_meta()["model"]
+  if (init_tok_meta and init_tok_meta != tok.to_meta()
       and not config.model.allow_tokenizer_mismatch):
     raise UserError(f"data.tokenizer={path} is not the tokenizer stored with model.init={init}: "
                     "drop data.tokenizer to use the stored one, or set "
@@ -120,8 +124,12 @@ def load_init_params(config, kind: str, cfg: model_lib.ModelConfig, param_sh, me
     params = jax.tree.map(lambda x: x.astype(cfg.param_dtype), params)
     return jax.jit(lambda p: model_lib.resize_vocab(p, cfg.vocab_size), out_shardings=param_sh)(
         params)
-  from lima_jax import convert  # A Hugging Face or llama2.c file: read on every host.
-  _, params = convert.load_hf(path) if kind == "hf" else convert.load_llama2c(path)
+  from lima_jax import convert  # A Hugging Face, GGUF or llama2.c file: read on every host.
+  if kind == "gguf":
+    from lima_jax import gguf_file
+    _, params = gguf_file.load_gguf(path)
+  else:
+    _, params = convert.load_hf(path) if kind == "hf" else convert.load_llama2c(path)
   params = model_lib.resize_vocab(jax.tree.map(lambda x: x.astype(cfg.param_dtype), params),
                                   cfg.vocab_size)
   return _place(jax.tree.map(np.asarray, params), param_sh)

@@ -3,6 +3,10 @@
     python -m lima_jax.convert from-hf --hf_dir=D --out=CKPT
     python -m lima_jax.convert to-hf --checkpoint=CKPT --out=D
     python -m lima_jax.convert from-llama2c --model=F.bin --tokenizer=T.bin --out=CKPT
+    python -m lima_jax.convert from-gguf --gguf=F.gguf --out=CKPT
+
+from-hf reads model_type llama, mistral and qwen2 with tokenizer.model (SentencePiece) or
+tokenizer.json (Hugging Face tokenizers); from-gguf is `lima_jax.gguf_file`.
 
 The HF format itself lives in `lima_jax.hf` (re-exported here: load_hf, save_hf,
 read_hf_config). llama2.c checkpoints rotate interleaved pairs; they are permuted to the
@@ -85,11 +89,8 @@ def load_llama2c(path):
     offset += 4 * math.prod(shape)
   L, D, K = cfg.n_layers, cfg.dim, cfg.head_dim
 
-  def rotate_half_rows(w, heads):  # [L, heads*K, D]: rows (2i, 2i+1) -> (i, i + K/2)
-    return w.reshape(L, heads, K // 2, 2, D).swapaxes(2, 3).reshape(L, heads * K, D)
-
-  q = rotate_half_rows(raw["wq"], cfg.n_heads)
-  k = rotate_half_rows(raw["wk"], cfg.n_kv_heads)
+  q = layers.interleaved_to_rotate_half(raw["wq"], cfg.n_heads)
+  k = layers.interleaved_to_rotate_half(raw["wk"], cfg.n_kv_heads)
   params = {
       "embed": {"embedding": raw["emb"]},
       "layers": {
@@ -120,10 +121,9 @@ def _meta_config(ckpt: pathlib.Path, meta: dict) -> model_lib.ModelConfig:
 def _cmd_from_hf(hf_dir: str, out: str, dtype: str | None, tokenizer: str | None) -> None:
   from lima_jax import checkpoint, tokenizer as tokenizer_lib
   hf = pathlib.Path(hf_dir)
-  tok_path = pathlib.Path(tokenizer) if tokenizer else hf / "tokenizer.model"
   tok_meta = None
-  if tokenizer or tok_path.exists():
-    tok_meta = tokenizer_lib.Tokenizer.load(tok_path).to_meta()
+  if tokenizer or (hf / "tokenizer.model").exists() or (hf / "tokenizer.json").exists():
+    tok_meta = tokenizer_lib.Tokenizer.load(tokenizer or hf).to_meta()
   cfg, params = load_hf(hf, dtype)
   checkpoint.save(out, params, _meta(cfg, tok_meta))
 
@@ -135,6 +135,13 @@ def _cmd_from_llama2c(model_path: str, out: str, dtype: str | None, tokenizer: s
   if dtype and dtype != cfg.param_dtype:
     params = jax.tree.map(lambda x: x.astype(layers.as_dtype(dtype)), params)
     cfg = model_lib.ModelConfig.from_dict({**cfg.to_dict(), "param_dtype": dtype, "dtype": dtype})
+  checkpoint.save(out, params, _meta(cfg, tok_meta))
+
+
+def _cmd_from_gguf(path: str, out: str, dtype: str | None) -> None:
+  from lima_jax import checkpoint, gguf_file
+  tok_meta = gguf_file.read_tokenizer_meta(path)  # first: a bad vocabulary fails fast
+  cfg, params = gguf_file.load_gguf(path, dtype or "float32")
   checkpoint.save(out, params, _meta(cfg, tok_meta))
 
 
@@ -161,12 +168,12 @@ def main(argv) -> None:
   f = flags.FLAGS
   if not f["verbosity"].present:  # orbax logs every step; errors reach the user as UserError
     logging.set_verbosity(logging.ERROR)
-  commands = ("from-hf", "to-hf", "from-llama2c")
+  commands = ("from-hf", "to-hf", "from-llama2c", "from-gguf")
   if len(argv) != 2 or argv[1] not in commands:
     raise UserError(f"usage: python -m lima_jax.convert {{{'|'.join(commands)}}} --flags "
                     f"(got {' '.join(argv[1:]) or 'no command'})")
   required = {"from-hf": ("hf_dir", "out"), "to-hf": ("checkpoint", "out"),
-              "from-llama2c": ("model", "out")}[argv[1]]
+              "from-llama2c": ("model", "out"), "from-gguf": ("gguf", "out")}[argv[1]]
   missing = [name for name in required if not f[name].value]
   if missing:
     raise UserError(f"{argv[1]}: missing --{', --'.join(missing)}")
@@ -176,6 +183,8 @@ def main(argv) -> None:
     _cmd_from_hf(f.hf_dir, f.out, f.dtype, f.tokenizer)
   elif argv[1] == "from-llama2c":
     _cmd_from_llama2c(f.model, f.out, f.dtype, f.tokenizer)
+  elif argv[1] == "from-gguf":
+    _cmd_from_gguf(f.gguf, f.out, f.dtype)
   else:
     _cmd_to_hf(f.checkpoint, f.out, f.dtype, f.max_shard_mb)
   print(f"wrote {f.out}")
@@ -188,14 +197,17 @@ def _define_flags() -> None:
   flags.DEFINE_string("checkpoint", None, "to-hf: lima_jax checkpoint to export: a directory or "
                       "any URL TensorStore reads (gs://BUCKET/run/checkpoints/STEP, file://...).")
   flags.DEFINE_string("model", None, "from-llama2c: llama2.c checkpoint (legacy v0 .bin).")
+  flags.DEFINE_string("gguf", None, "from-gguf: a llama.cpp GGUF file (llama, mistral or qwen2; "
+                      "any tensor type the gguf package dequantizes); its tokenizer is stored.")
   flags.DEFINE_string("tokenizer", None, "from-llama2c: llama2.c tokenizer .bin (or a "
                       "SentencePiece .model) stored in the checkpoint; from-hf: a SentencePiece "
-                      ".model, default HF_DIR/tokenizer.model when present.")
+                      ".model or a tokenizer.json, default HF_DIR's tokenizer.model, else its "
+                      "tokenizer.json.")
   flags.DEFINE_string("out", None, "Output directory: a lima_jax checkpoint (from-hf, "
                       "from-llama2c) or a Hugging Face directory (to-hf). Must not exist.")
   flags.DEFINE_enum("dtype", None, ["float32", "bfloat16"], "Parameter dtype to store. Default: "
-                    "to-hf bfloat16; from-hf and from-llama2c as the source (float16 HF weights "
-                    "become float32).")
+                    "to-hf bfloat16; from-gguf float32; from-hf and from-llama2c as the source "
+                    "(float16 HF weights become float32).")
   flags.DEFINE_integer("max_shard_mb", 5000, "to-hf: largest safetensors shard, in MB (10^6 "
                        "bytes).", lower_bound=1)
 

@@ -129,6 +129,28 @@ def read_hf_config(hf_dir) -> model_lib.ModelConfig:
     raise UserError(f"{path}: {e}") from None
 
 
+def params_from_tensors(cfg: model_lib.ModelConfig, get, dtype, desc: str) -> dict:
+  """The param tree from tensors in HF's layout, one at a time: get(HF name) -> (where, shape,
+  read() -> array). Shapes are checked against `cfg` before each read."""
+  params = {}
+  for path, layer, name, layout, shape in tqdm(_tensor_plan(cfg), desc=desc, leave=False,
+                                               disable=None):
+    where, got, read = get(name)
+    want = _hf_shape(shape, layout)
+    if tuple(got) != want:
+      raise UserError(f"{where}: tensor {name!r} has shape {tuple(got)}, the config implies "
+                      f"{want}")
+    value = _from_hf(read(), layout, shape).astype(dtype)
+    node = params
+    for key in path[:-1]:
+      node = node.setdefault(key, {})
+    if layer is None:
+      node[path[-1]] = value
+    else:
+      node.setdefault(path[-1], np.empty((cfg.n_layers,) + shape, dtype))[layer] = value
+  return params
+
+
 def load_hf(hf_dir, param_dtype: str | None = None):
   """(ModelConfig, params) of a HF Llama directory; params are unboxed numpy arrays.
 
@@ -170,21 +192,11 @@ def load_hf(hf_dir, param_dtype: str | None = None):
     raise UserError(f"{source}: dtype {stored} is not supported (F32, BF16 or F16)")
   param_dtype = param_dtype or ("bfloat16" if stored == "BF16" else "float32")
   dtype = np.dtype(layers.as_dtype(param_dtype))
-  params = {}
-  for path, layer, name, layout, shape in tqdm(plan, desc="load_hf", leave=False, disable=None):
+  def get(name):
     fpath, tensor = open_tensor(name)
-    want = _hf_shape(shape, layout)
-    if tuple(tensor.get_shape()) != want:
-      raise UserError(f"{fpath}: tensor {name!r} has shape {tuple(tensor.get_shape())}, "
-                      f"config.json implies {want}")
-    value = _from_hf(tensor[:], layout, shape).astype(dtype)
-    node = params
-    for key in path[:-1]:
-      node = node.setdefault(key, {})
-    if layer is None:
-      node[path[-1]] = value
-    else:
-      node.setdefault(path[-1], np.empty((cfg.n_layers,) + shape, dtype))[layer] = value
+    return fpath, tuple(tensor.get_shape()), lambda: tensor[:]
+
+  params = params_from_tensors(cfg, get, dtype, "load_hf")
   cfg = model_lib.ModelConfig.from_dict(
       {**cfg.to_dict(), "param_dtype": param_dtype, "dtype": param_dtype})
   return cfg, params

@@ -15,6 +15,11 @@ tokenizer.json, loaded as it is (`PreTrainedTokenizerFast`):
 - EOT (and PAD) as special tokens; EOT is the eos_token, the pretraining EOS stays special.
 
 tokenizer.model is written too, for SentencePiece users.
+
+A `tokenizers` model (lima_jax.tokenizer_hf) is exported as the tokenizer.json it came with,
+less what training does not parse (its added tokens, the merges that spell a special token),
+plus its special tokens under marked names, EOT (and PAD), and BOS added by the
+post-processor: the same ids as training, with the same chat template.
 """
 import base64
 import json
@@ -113,6 +118,35 @@ def tokenizer_json(tok: tokenizer_lib.Tokenizer, proto) -> dict:
                 "merges": _merges(proto)}}
 
 
+def _hf_tokenizer_json(tok) -> dict:
+  """The export of a `tokenizers` model (see the module docstring)."""
+  from lima_jax import tokenizer_hf
+  spec = tokenizer_hf.bare_spec(tok.spec)
+  original = {int(t["id"]): t for t in tok.spec.get("added_tokens") or []}
+  in_vocab = set(tokenizer_hf.vocab_ids(spec["model"]).values())
+  # Non-special added tokens that BPE can spell stay plain text, as in training; the others
+  # (no piece of the vocabulary) are exported as special, so that their ids still decode.
+  specials = sorted({i for i, t in original.items() if t.get("special") or i not in in_vocab}
+                    | {tok.bos_id, tok.eos_id, tok.eot_id, tok.pad_id})
+  names = {i: special_text(tok.id_to_piece(i)) for i in specials}
+  added = [{"id": i, "content": names[i], "single_word": False, "lstrip": False,
+            "rstrip": False, "normalized": False, "special": True} for i in specials]
+  model = dict(spec["model"])
+  if isinstance(model.get("vocab"), dict):  # an added token keeps its id when vocab holds it
+    renamed = {i: names[i] for i in specials if i < tok.sp_vocab_size}
+    model["vocab"] = {renamed.get(i, piece): i for piece, i in model["vocab"].items()}
+  bos = names[tok.bos_id]
+  post = {"type": "TemplateProcessing",
+          "single": [{"SpecialToken": {"id": bos, "type_id": 0}},
+                     {"Sequence": {"id": "A", "type_id": 0}}],
+          "pair": [{"SpecialToken": {"id": bos, "type_id": 0}},
+                   {"Sequence": {"id": "A", "type_id": 0}},
+                   {"SpecialToken": {"id": bos, "type_id": 1}},
+                   {"Sequence": {"id": "B", "type_id": 1}}],
+          "special_tokens": {bos: {"id": bos, "ids": [tok.bos_id], "tokens": [bos]}}}
+  return {**spec, "added_tokens": added, "post_processor": post, "model": model}
+
+
 def tokenizer_files(meta: dict, vocab_size: int, max_len: int) -> tuple[dict, dict]:
   """(ids for the configs, {file name: bytes}) for a checkpoint's tokenizer meta.
 
@@ -121,22 +155,25 @@ def tokenizer_files(meta: dict, vocab_size: int, max_len: int) -> tuple[dict, di
   is EOT and the chat template is set.
   """
   tok = tokenizer_lib.Tokenizer.from_meta(meta)
-  raw = base64.b64decode(meta["model"])
-  proto = sp_pb2.ModelProto.FromString(raw)
+  if "model" in meta:  # SentencePiece
+    raw = base64.b64decode(meta["model"])
+    proto = sp_pb2.ModelProto.FromString(raw)
+    unk = {"unk_token": special_text(proto.pieces[proto.trainer_spec.unk_id].piece)}
+    files = {"tokenizer.model": raw, "tokenizer.json": tokenizer_json(tok, proto)}
+  else:
+    unk, files = {}, {"tokenizer.json": _hf_tokenizer_json(tok)}
+  files["tokenizer.json"] = json.dumps(files["tokenizer.json"], ensure_ascii=False).encode()
   ids = {"bos": tok.bos_id, "eos": tok.eos_id, "n_tokens": tok.vocab_size}
   for key, i in (("eot", tok.eot_id), ("pad", tok.pad_id)):
     if i < vocab_size:  # an id past the embedding could never be produced
       ids[key] = i
   name = lambda i: special_text(tok.id_to_piece(i))
   config = {"tokenizer_class": "PreTrainedTokenizerFast", "bos_token": name(tok.bos_id),
-            "eos_token": name(tok.eos_id),
-            "unk_token": special_text(proto.pieces[proto.trainer_spec.unk_id].piece),
+            "eos_token": name(tok.eos_id), **unk,
             "pad_token": name(tok.pad_id), "add_bos_token": True, "add_eos_token": False,
             "clean_up_tokenization_spaces": False, "model_max_length": max_len}
   if "eot" in ids:
     config.update(eos_token=name(tok.eot_id), additional_special_tokens=[name(tok.eos_id)],
                   chat_template=chat_template(name(tok.eot_id)))
-  files = {"tokenizer.model": raw,
-           "tokenizer.json": json.dumps(tokenizer_json(tok, proto), ensure_ascii=False).encode(),
-           "tokenizer_config.json": json.dumps(config, indent=2).encode()}
+  files["tokenizer_config.json"] = json.dumps(config, indent=2).encode()
   return ids, files

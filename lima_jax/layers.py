@@ -92,6 +92,14 @@ def rope_inv_freq(head_dim: int, theta: float,
   return np.where(is_medium, smoothed, scaled).astype(np.float32)
 
 
+def interleaved_to_rotate_half(w: np.ndarray, heads: int) -> np.ndarray:
+  """Rows [..., heads * K, in] of a q or k projection written for RoPE on adjacent pairs
+  (2i, 2i+1), as llama2.c and llama.cpp (GGUF) rotate, reordered for rotate_half's pairs
+  (i, i + K/2): HF's own permutation undone."""
+  *lead, rows, cols = w.shape
+  return w.reshape(*lead, heads, rows // heads // 2, 2, cols).swapaxes(-3, -2).reshape(w.shape)
+
+
 def rotate_half(x: jax.Array) -> jax.Array:
   half = x.shape[-1] // 2
   return jnp.concatenate([-x[..., half:], x[..., :half]], axis=-1)

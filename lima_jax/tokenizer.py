@@ -1,5 +1,8 @@
 """SentencePiece tokenizer with LIMA's end-of-turn token, and llama2.c tokenizer import.
 
+`Tokenizer.load` and `Tokenizer.from_meta` also return the Hugging Face `tokenizers` backend
+(`lima_jax.tokenizer_hf.HFTokenizer`, same contract) for a tokenizer.json or a GGUF file.
+
 LIMA ends every utterance with a new special token, EOT, distinct from the pretraining EOS
 (DESIGN.md §2). It cannot be a SentencePiece piece (the base model's vocabulary is fixed), so
 it is appended after it: EOT = the SentencePiece vocabulary size, the next free id. PAD is
@@ -108,6 +111,10 @@ class Tokenizer:
   @classmethod
   def from_meta(cls, meta: dict) -> "Tokenizer":
     """Inverse of `to_meta`; checks that the ids come out as they were saved."""
+    if isinstance(meta, dict) and meta.get("format") != _META_FORMAT:
+      from lima_jax import tokenizer_hf
+      if meta.get("format") == tokenizer_hf.META_FORMAT:
+        return tokenizer_hf.HFTokenizer.from_meta(meta)
     if not isinstance(meta, dict) or meta.get("format") != _META_FORMAT:
       raise UserError(f"tokenizer meta: expected format {_META_FORMAT!r}")
     try:
@@ -123,8 +130,19 @@ class Tokenizer:
 
   @classmethod
   def load(cls, path: str | os.PathLike) -> "Tokenizer":
-    """Loads a SentencePiece `.model` or a llama2.c `.bin` tokenizer (told apart by content)."""
-    return cls(path)
+    """Loads a SentencePiece `.model`, a llama2.c `.bin` (told apart by content), a
+    tokenizer.json, a GGUF file's tokenizer, or a directory's tokenizer.model, else its
+    tokenizer.json."""
+    p = pathlib.Path(path)
+    if p.is_dir():
+      p = p / "tokenizer.model" if (p / "tokenizer.model").exists() else p / "tokenizer.json"
+    if p.suffix == ".json":
+      from lima_jax import tokenizer_hf
+      return tokenizer_hf.HFTokenizer.load(p)
+    if p.suffix == ".gguf":
+      from lima_jax import gguf_file
+      return cls.from_meta(gguf_file.read_tokenizer_meta(p))
+    return cls(p)
 
 
 def parse_llama2c_tokenizer(raw: bytes) -> list[tuple[float, bytes]] | None:
