@@ -384,3 +384,24 @@ def test_cost_cap_is_never_crossed(tmp_path, judge):
   from lima_jax.errors import UserError
   with pytest.raises(UserError, match="no price for 'scripted'"):
     lima_eval.evaluate(c, tmp_path / "run")
+
+
+def test_pairwise_k_samples_against_one_baseline_answer(tmp_path, judge):
+  # Two samples a prompt meet the baseline's single answer; the rates' intervals then come
+  # from the bootstrap over prompts (a prompt's two outcomes move together).
+  a = write_answers(tmp_path / "a.jsonl", lambda i, s: sys_q(i + s), samples=2,
+                    per_sample=True)
+  b = write_answers(tmp_path / "b.jsonl", lambda i: BASE_Q, who="base")
+  r = lima_eval.evaluate(config("lima_pairwise", judge, a, b), tmp_path / "run")
+  outcomes = []
+  for s in range(2):
+    for i in range(N):
+      q = sys_q(i + s)
+      outcomes.append("tie" if "BIASED" in prompt(i) or q == BASE_Q else
+                      "win" if q > BASE_Q else "loss")
+  assert (r["wins"], r["ties"], r["losses"]) == tuple(outcomes.count(o)
+                                                      for o in ("win", "tie", "loss"))
+  assert (r["n"], r["n_prompts"], r["samples_per_prompt"]) == (2 * N, N, 2)
+  assert r["ci_method"] == "cluster_bootstrap"
+  lo, hi = r["win_rate_ci95"]
+  assert lo < r["win_rate"] < hi
