@@ -22,6 +22,10 @@ Studies (`NAME`):
                   judge): the ablation LIMA ran on 7B. For real: --config.base=configs/lima.py:7b
                   --config.judge.base_url=URL --config.judge.model=NAME
                   --config.judge.scripted=False.
+  lima_paper_7b   Section 5 of the paper: 2K filtered Stack Exchange vs 2K wikiHow vs 2K
+                  unfiltered Stack Exchange, and filtered Stack Exchange at 2K-32K, on 7B,
+                  graded 1-6 (lima_likert, 5 samples). Needs your pools: --config.pools.*
+                  (the run says how to make each one that is missing).
   shared_data     Runnable on the shared data: LIMA's 1,000 against 1K chosen from the 12K
                   Alpaca+Dolly pool by each selector (quality, diverse, longest), a random 1K
                   and all 12K, on a base model and judge you give:
@@ -41,12 +45,14 @@ SHARED = "../shared/data"
 POOL_12K = f"{SHARED}/instruct/alpaca_random_9k.json,{SHARED}/instruct/dolly_filtered_3k.json"
 
 
-def _arm(data: str = "", curate: str = "", pool: str = "", n: int = 0, overrides=(),
-         seeds=(0,), curate_seed: int = 0, n_examples: int = 0, curate_overrides=()):
+def _arm(data: str = "", curate: str = "", pool="", n: int = 0, overrides=(),
+         seeds=(0,), curate_seed: int = 0, n_examples: int = 0, curate_overrides=(),
+         hint: str = ""):
   a = ml_collections.ConfigDict()
+  a.hint = hint  # Said when the arm's files are missing: how to make them.
   a.data = data  # Training files ('' when curated).
   a.curate = curate  # configs/curate.py preset ('' = use `data` as it is).
-  a.pool = pool  # Curation pool files (comma-separated).
+  a.pool = pool  # Curation pool files (comma-separated; may be a reference to `pools`).
   a.n = n  # Records to choose.
   a.curate_seed = curate_seed
   a.curate_overrides = tuple(curate_overrides)  # More 'field=value' for lima_jax.curate.
@@ -117,7 +123,7 @@ def get_config(name: str = "tiny") -> ml_collections.ConfigDict:
     c.baseline_arm = "dropout_0"
     c.judge.scripted = True
     c.judge.model = "scripted"
-    c.report.metric = "judge_free.stopped_rate"
+    c.report.metric = "lima_pairwise.equal_or_better"
     c.report.pairs = ("dropout_10-dropout_0", "dropout_20-dropout_0", "dropout_30-dropout_0")
     for percent in (0, 10, 20, 30):  # arm names cannot hold a '.': dropout_10 is p = 0.1
       c.arms[f"dropout_{percent}"] = _arm(
@@ -135,7 +141,35 @@ def get_config(name: str = "tiny") -> ml_collections.ConfigDict:
                                    curate_overrides=("pool_on_error=skip",))
     # 4 Alpaca rows have an empty output: skipped and reported, as curation's pool_on_error.
     c.arms.all12k = _arm(data=POOL_12K, overrides=("data.on_error=skip",), n_examples=12000)
+  elif name == "lima_paper_7b":
+    # Section 5 as the paper ran it: 7B, 5 sampled answers a prompt graded 1-6 by ChatGPT.
+    # The pools are yours to make from the public dumps (archive.org/details/stackexchange;
+    # the wikiHow research CSV): the commands are in the arms' hints.
+    c.base = "configs/lima.py:7b"
+    c.prompts = f"{SHARED}/lima/test.jsonl"
+    c.samples = 5
+    c.protocols = ("judge_free", "lima_likert")
+    c.judge.model = "gpt-3.5-turbo"
+    c.report.metric = "lima_likert.mean"
+    c.report.pairs = ("se_filtered_2k-se_unfiltered_2k", "se_filtered_2k-wikihow_2k")
+    c.pools = ml_collections.ConfigDict()
+    c.pools.stackexchange = ""  # python -m lima_jax.datasets.stackexchange (LIMA's rules)
+    c.pools.stackexchange_unfiltered = ""  # the same reader with --unfiltered
+    c.pools.wikihow = ""  # python -m lima_jax.datasets.wikihow
+    se_hint = ("make it with python -m lima_jax.datasets.stackexchange --dumps=stem=...,other=... "
+               "--n=32000 --out=se.jsonl, then --config.pools.stackexchange=se.jsonl")
+    for k in (2, 4, 8, 16, 32):  # Figure 6: quantity of filtered Stack Exchange
+      c.arms[f"se_filtered_{k}k"] = _arm(curate="lima_rules", pool=c.pools.get_ref(
+          "stackexchange"), n=1000 * k, hint=se_hint)
+    c.arms.se_unfiltered_2k = _arm(
+        curate="random", pool=c.pools.get_ref("stackexchange_unfiltered"), n=2000,
+        hint="make it with python -m lima_jax.datasets.stackexchange --unfiltered ... "
+             "--out=se_all.jsonl, then --config.pools.stackexchange_unfiltered=se_all.jsonl")
+    c.arms.wikihow_2k = _arm(
+        curate="random", pool=c.pools.get_ref("wikihow"), n=2000,
+        hint="make it with python -m lima_jax.datasets.wikihow --csv=wikihowAll.csv "
+             "--out=wikihow.jsonl, then --config.pools.wikihow=wikihow.jsonl")
   else:
     raise ValueError(f"configs/experiments.py: unknown study {name!r}; use tiny, "
-                     "dropout_epochs or shared_data")
+                     "dropout_epochs, shared_data or lima_paper_7b")
   return c

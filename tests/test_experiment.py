@@ -177,3 +177,16 @@ def test_report_without_a_run_says_so(tmp_path):
   from lima_jax.experiment import report
   with pytest.raises(UserError, match="no manifest.json"):
     report.build(tmp_path)
+
+
+def test_the_paper_study_says_how_to_make_a_missing_pool(tmp_path):
+  pool = tmp_path / "se.jsonl"
+  pool.write_text('{"conversations": ["Why?", "Because."]}\n')
+  r = cli("run", "--config=configs/experiments.py:lima_paper_7b", f"--workdir={tmp_path}",
+          "--dry_run", f"--config.pools.stackexchange={pool}")
+  assert r.returncode == 1
+  assert "arm se_filtered_32k:" in r.stdout  # the filtered arms take the given pool
+  assert r.stderr.strip().splitlines() == [
+      "error: config arms.se_unfiltered_2k.pool: not set; make it with python -m "
+      "lima_jax.datasets.stackexchange --unfiltered ... --out=se_all.jsonl, then "
+      "--config.pools.stackexchange_unfiltered=se_all.jsonl"]

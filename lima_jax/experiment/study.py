@@ -118,6 +118,12 @@ def before_training(c, workdir: pathlib.Path, arm: str) -> list[Step]:
   """The arm's curate step (if any) and one train step a seed."""
   a, steps = c.arms[arm], []
   data = arm_data(c, workdir, arm)
+  field = "pool" if a.curate else "data"
+  for path in (a[field] or "").split(","):  # the files this arm starts from, before any work
+    if not path or not os.path.exists(path):
+      missing = f"{path} does not exist" if path else "not set"
+      raise UserError(f"config arms.{arm}.{field}: {missing}"
+                      + (f"; {a.hint}" if a.get("hint") else ""))
   if a.curate:
     if not a.pool or a.n <= 0:
       raise UserError(f"config arms.{arm}: curate={a.curate!r} needs pool and n > 0")
