@@ -405,3 +405,18 @@ def test_pairwise_k_samples_against_one_baseline_answer(tmp_path, judge):
   assert r["ci_method"] == "cluster_bootstrap"
   lo, hi = r["win_rate_ci95"]
   assert lo < r["win_rate"] < hi
+
+
+def test_an_unreachable_judge_fails_every_judgment_and_says_so(tmp_path):
+  a = write_answers(tmp_path / "a.jsonl", sys_q, n=2)
+  b = write_answers(tmp_path / "b.jsonl", lambda i: BASE_Q, n=2, who="base")
+  with Server(planted_rule) as gone:
+    url = gone.url  # A port nothing listens on once the server is closed.
+  p = _cli(["--config=configs/eval.py:lima_pairwise", f"--workdir={tmp_path / 'w'}",
+            f"--config.answers={a}", f"--config.baseline={b}", f"--config.judge.base_url={url}",
+            "--config.judge.model=m", "--config.judge.max_retries=1",
+            "--config.judge.backoff_s=0.01"])
+  r = json.loads((tmp_path / "w/results.json").read_text())
+  assert p.returncode == 4 and "4 judgments failed after every retry" in p.stderr, p.stderr
+  assert (r["n"], r["n_failed"], r["judge_calls"], r["retries"]) == (0, 4, 4, 4)
+  assert r["win_rate"] is None and "APIConnectionError" in r["first_error"]

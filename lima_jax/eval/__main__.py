@@ -7,8 +7,9 @@ r"""Command line: judge answers; compare runs; agreement between judges.
   python -m lima_jax.eval agreement A/judgments.sqlite B/judgments.sqlite|LABELS.jsonl
 
 Protocols and every config field: configs/eval.py. Bad input stops with one line naming the
-file and row before anything is written or sent; exit status 3 means a budget cap stopped
-the run (what was judged is kept; rerun with a larger cap to finish).
+file and row before anything is written or sent. Exit status 3: a budget cap stopped the
+run (what was judged is kept; rerun with a larger cap to finish); 4: some judgments failed
+after every retry (results.json counts them in n_failed; a rerun retries them).
 """
 import sys
 
@@ -56,8 +57,13 @@ def main(argv):
   if out is None:
     return
   print(summary(out, _WORKDIR.value))
+  if out.get("n_failed"):
+    print(f"error: {out['n_failed']} judgments failed after every retry (first: "
+          f"{out['first_error']}); a rerun retries them", file=sys.stderr)
   if out.get("stopped_reason"):
     sys.exit(run.EXIT_BUDGET)
+  if out.get("n_failed"):
+    sys.exit(run.EXIT_FAILED)
 
 
 def summary(out: dict, workdir) -> str:

@@ -24,6 +24,7 @@ from lima_jax.eval.store import Store, request_key
 
 PAIRED = ("lima_pairwise", "alpaca_eval")
 EXIT_BUDGET = 3  # The CLI's exit status when a budget cap stopped the run before the end.
+EXIT_FAILED = 4  # ... when judgments failed after every retry (a rerun retries them).
 
 
 def _needs_baseline(config) -> bool:
@@ -222,6 +223,8 @@ def evaluate(config, workdir, *, answers=None, baseline=None) -> dict | None:
     fig, detail = results_lib.graded(us, config)
   out.update(fig)
   out.update(results_lib.bookkeeping(us, prices))
+  errors = [r["error"] for r in rows.values() if r is not None and r["status"] == "failed"]
+  out["first_error"] = errors[0] if errors else ""
   out.update(judge_calls=budget.calls, retries=attempts - budget.calls,
              cache_hits=len(unique) - len(todo), complete=not budget.stopped and
              out["n_pending"] == 0, stopped_reason=budget.stopped,
