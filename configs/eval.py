@@ -34,7 +34,9 @@ evaluation" for the commands and figures. A rerun of a finished evaluation makes
 call (every request is in DIR/judgments.sqlite).
 
 The API key is read from the environment variable named by judge.api_key_env, never from a
-flag. The config is locked: a misspelled or wrongly typed override fails at start-up.
+flag. Exit status: 1 bad input (one line, nothing written), 3 a budget cap stopped the run,
+4 judgments failed after every retry (counted in n_failed; a rerun retries them). The config
+is locked: a misspelled or wrongly typed override fails at start-up.
 """
 import ml_collections
 
