@@ -100,12 +100,15 @@ def parse_epochs(spec: str, available: dict[int, EpochCheckpoint], where: str) -
 
 def compare_epochs(workdir, prompts_path, epochs: str = "5-10", out_dir=None,
                    dec: Decoding = LIMA, seed: int = 0, batch_size: int = 8,
-                   mesh=None, dtype: str | None = None) -> list[dict]:
+                   mesh=None, dtype: str | None = None, judge=None) -> list[dict]:
   """Answers from each chosen epoch; writes OUT/answers.jsonl and OUT/index.html.
 
   Returns the JSONL rows: each prompt row plus "answers": [{epoch, step, eval_loss, answer,
   n_tokens, stopped}, ...] in epoch order. On several processes (a pod), every process
   returns all rows and process 0 writes the files. dtype: as for `generate.load`.
+  judge: optional `judge({epoch: answer rows}, out_dir) -> choice` (the CLI passes
+  lima_jax.eval.judge_epochs with its judge); the choice (each epoch's 1-6 grade, the
+  pairwise ladder, the best epoch) heads the page and is written to OUT/judged.json.
   """
   workdir = epath.Path(workdir)
   if out_dir is None and "://" in os.fspath(workdir):
@@ -130,7 +133,16 @@ def compare_epochs(workdir, prompts_path, epochs: str = "5-10", out_dir=None,
     return out
   out_dir.mkdir(parents=True, exist_ok=True)
   gen_lib.write_jsonl_atomic(out_dir / "answers.jsonl", out)
-  page = render_html(workdir, [turns for _, turns, _ in rows], out, chosen, dec, seed)
+  choice = None
+  if judge is not None:
+    per_epoch = {ck.epoch: [{**{k: v for k, v in r.items() if k != "answers"}, **a}
+                            for r in out for a in r["answers"] if a["epoch"] == ck.epoch]
+                 for ck in chosen}
+    choice = judge(per_epoch, out_dir / "judged")
+    tmp = out_dir / f".judged.json.tmp{os.getpid()}"
+    tmp.write_text(json.dumps(choice, indent=1, default=str) + "\n")
+    os.replace(tmp, out_dir / "judged.json")
+  page = render_html(workdir, [turns for _, turns, _ in rows], out, chosen, dec, seed, choice)
   tmp = out_dir / f".index.html.tmp{os.getpid()}"
   tmp.write_text(page, encoding="utf-8")
   os.replace(tmp, out_dir / "index.html")
@@ -148,23 +160,46 @@ section{border-top:2px solid #888;margin-top:1.5em;padding-top:.5em}
 """
 
 
+def _interval(ci) -> str:
+  return "" if not ci or ci[0] is None else f" [{ci[0]:.2f}, {ci[1]:.2f}]"
+
+
 def render_html(workdir, prompts: list[list[str]], rows: list[dict], chosen, dec: Decoding,
-                seed: int) -> str:
+                seed: int, choice: dict | None = None) -> str:
   """One page, no external resources: a summary table, then each prompt and its answers."""
   e = html.escape
   loss = lambda x: "–" if x is None else f"{x:.4f}"
+  judged = ""
+  if choice is not None:
+    judged = ("<th>judge: helpfulness 1-6 (95% interval)</th>"
+              "<th>judge: against the best so far (W/T/L, win rate)</th>")
+    ladder = {m["epoch"]: m for m in choice["pairwise"]}
   parts = [f"<!doctype html><meta charset='utf-8'><title>Checkpoint selection: {e(str(workdir))}"
            f"</title><style>{_CSS}</style><h1>Checkpoint selection</h1>"
            f"<p>{e(str(workdir))} — {len(prompts)} prompts; decoding: "
            f"{e(json.dumps(dataclasses.asdict(dec)))}, seed {seed}</p>",
            "<table><tr><th>epoch</th><th>step</th><th>eval loss</th><th>mean answer tokens</th>"
-           "<th>answers cut at max_new_tokens</th></tr>"]
+           f"<th>answers cut at max_new_tokens</th>{judged}</tr>"]
   for i, ck in enumerate(chosen):
     lengths = [r["answers"][i]["n_tokens"] for r in rows]
     cut = sum(not r["answers"][i]["stopped"] for r in rows)
+    cells = ""
+    if choice is not None:
+      grade = choice["likert"].get(ck.epoch, {})
+      mean = "–" if grade.get("mean") is None else f"{grade['mean']:.2f}"
+      m = ladder.get(ck.epoch)
+      match = "first" if m is None else (
+          f"vs epoch {m['against']}: {m['wins']}/{m['ties']}/{m['losses']}, "
+          f"{m['win_rate']:.2f}{_interval(m.get('win_rate_ci95'))}")
+      cells = f"<td>{mean}{_interval(grade.get('mean_ci95'))}</td><td>{e(match)}</td>"
     parts.append(f"<tr><td>{ck.epoch}</td><td>{ck.step}</td><td>{loss(ck.eval_loss)}</td>"
-                 f"<td>{sum(lengths) / len(lengths):.1f}</td><td>{cut}</td></tr>")
+                 f"<td>{sum(lengths) / len(lengths):.1f}</td><td>{cut}</td>{cells}</tr>")
   parts.append("</table>")
+  if choice is not None:
+    parts.append(f"<p><b>Best epoch by the judge: {choice['best_epoch']}</b> (each epoch meets "
+                 "the best so far and takes its place when it wins more prompts than it loses); "
+                 f"by the 1-6 grade alone: {choice['best_by_likert']}. Judgments: "
+                 "judged/*/report.html.</p>")
   columns = f"grid-template-columns:repeat({len(chosen)},minmax(16em,1fr))"
   for n, (turns, row) in enumerate(zip(prompts, rows), 1):
     title = f"Prompt {n}" + (f" ({e(str(row['id']))})" if "id" in row else "")
@@ -192,13 +227,41 @@ def main(argv) -> None:
     raise UserError("needs --workdir and --prompts")
   if not distributed.start(f, "lima_jax.select"):
     return
+  judge = None
+  if f["judge"].value.base_url:
+    judge = _judge(f["judge"].value)
   out = compare_epochs(f.workdir, f.prompts, f.epochs, f.out, gen_lib.decoding_from_flags(f),
-                       f.seed, f.batch_size, gen_lib.mesh_from_flags(f), f.dtype)
+                       f.seed, f.batch_size, gen_lib.mesh_from_flags(f), f.dtype, judge)
   if jax.process_index() != 0:
     return
   out_dir = f.out or os.path.join(f.workdir, "select")
   print(f"wrote {os.path.join(out_dir, 'index.html')} and answers.jsonl "
         f"({len(out)} prompts x {len(out[0]['answers'])} epochs)")
+  if judge is not None:
+    choice = json.loads(pathlib.Path(out_dir, "judged.json").read_text())
+    print(f"best epoch by the judge: {choice['best_epoch']} (by the 1-6 grade alone: "
+          f"{choice['best_by_likert']}); {os.path.join(out_dir, 'judged.json')}")
+
+
+def _eval_config():
+  """configs/eval.py beside the package (the judge flags' defaults), loaded by path as
+  config_flags loads configs."""
+  import importlib.util
+  path = pathlib.Path(__file__).resolve().parents[1] / "configs" / "eval.py"
+  spec = importlib.util.spec_from_file_location("lima_eval_config", path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config("lima_likert")
+
+
+def _judge(judge_flags):
+  """judge_epochs with the flags' judge; eval is imported only when a judge is asked for."""
+  from lima_jax import eval as lima_eval
+  config = _eval_config()
+  config.judge = judge_flags
+  if not judge_flags.model:
+    raise UserError("--judge.model: the judge's model name is needed with --judge.base_url")
+  return lambda per_epoch, out_dir: lima_eval.judge_epochs(per_epoch, out_dir, config)
 
 
 def run() -> None:
@@ -212,6 +275,12 @@ def run() -> None:
   flags.DEFINE_string("out", None, "Output directory for index.html and answers.jsonl "
                       "(default WORKDIR/select).")
   gen_lib.define_decoding_flags()
+  from ml_collections import config_flags
+  config_flags.DEFINE_config_dict(
+      "judge", _eval_config().judge, "Judge the epochs (configs/eval.py's judge fields): with "
+      "--judge.base_url=URL --judge.model=NAME every epoch's answers get LIMA's 1-6 grade and a "
+      "pairwise ladder against the best so far, and the page names the best epoch.",
+      lock_config=True)
   app.run(cli_main(main))
 
 

@@ -99,3 +99,46 @@ def test_cli_missing_epochs_is_one_line_listing_the_available_ones(workdir):
       f"error: --epochs=5-10: no checkpoint for epoch(s) [5, 6, 7, 8, 9, 10] in "
       f"{root / 'checkpoints'}; available epochs: 1, 2, 3")
   assert not (root / "select").exists()
+
+
+def test_cli_with_a_judge_names_the_best_epoch_on_the_page(workdir, tmp_path):
+  """Through a real local judge (the scripted server, with a rule of this test's own): the
+  longer answer wins a pair and the 1-6 grade grows with length; the expected ladder and
+  grades are computed here from answers.jsonl."""
+  from lima_jax.eval import scripted_judge
+  root, _, _ = workdir
+  grade = lambda text: min(6, 1 + len(text.split()) // 2)
+
+  def rule(request):
+    user = request["messages"][-1]["content"]
+    answers = [v.strip() for k, v in scripted_judge.blocks(user).items() if "Reference" not in k]
+    if len(answers) == 2:
+      a, b = map(len, answers)
+      return {"content": f"[[{'A' if a > b else 'B' if b > a else 'C'}]]"}
+    return {"content": f"[[{grade(answers[0])}]]"}
+
+  out = tmp_path / "sel"
+  with scripted_judge.Server(rule) as server:
+    r = subprocess.run([sys.executable, "-m", "lima_jax.select", f"--workdir={root}",
+                        f"--prompts={root / 'prompts.jsonl'}", "--epochs=1-3", f"--out={out}",
+                        "--greedy", "--repetition_penalty=1", "--max_new_tokens=12",
+                        f"--judge.base_url={server.url}", "--judge.model=scripted",
+                        "--judge.max_retries=0"],
+                       cwd=REPO, capture_output=True, text=True, timeout=600)
+  assert r.returncode == 0, r.stderr[-3000:]
+  rows = [json.loads(l) for l in (out / "answers.jsonl").read_text().splitlines()]
+  text = {(a["epoch"], i): a["answer"].strip() for i, row in enumerate(rows)
+          for a in row["answers"]}
+  best = 1
+  for epoch in (2, 3):
+    wins = sum(len(text[epoch, i]) > len(text[best, i]) for i in range(len(rows)))
+    losses = sum(len(text[epoch, i]) < len(text[best, i]) for i in range(len(rows)))
+    best = epoch if wins > losses else best
+  means = {e: np.mean([grade(text[e, i]) for i in range(len(rows))]) for e in (1, 2, 3)}
+  choice = json.loads((out / "judged.json").read_text())
+  assert choice["best_epoch"] == best
+  assert choice["best_by_likert"] == max(means, key=means.get)
+  assert {int(e): g["mean"] for e, g in choice["likert"].items()} == pytest.approx(means)
+  page = (out / "index.html").read_text()
+  assert f"Best epoch by the judge: {best}</b>" in page and "helpfulness 1-6" in page
+  assert f"best epoch by the judge: {best}" in r.stdout
