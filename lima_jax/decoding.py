@@ -23,7 +23,7 @@ from tqdm import tqdm
 from lima_jax import model as model_lib
 from lima_jax import sharding
 from lima_jax.errors import UserError
-from lima_jax.sampling import LIMA, Decoding, Knobs, next_tokens
+from lima_jax.sampling import LIMA, Decoding, Knobs, allowed, next_tokens
 
 _MIN_BUCKET = 64
 _MAX_STOPS = 8  # stop ids are an input of fixed size: any set shares one compiled decoder
@@ -61,6 +61,7 @@ class _Spec(NamedTuple):
   n_new: int  # room for new tokens (a bucket: each row's own limit is its budget)
   greedy: bool
   top_k: int
+  banned: tuple[int, ...] = ()  # ids never emitted (BOS, PAD)
 
 
 def _decoder(spec: _Spec):
@@ -71,7 +72,7 @@ def _decoder(spec: _Spec):
   says whether any row still runs. A row stops at a stop id (not emitted; -1 pads `stops`)
   or after `budget` tokens. knobs: temperature, top_p, repetition penalty.
   """
-  cfg, mesh, vocab_size, n_new, greedy, top_k = spec
+  cfg, mesh, vocab_size, n_new, greedy, top_k, banned = spec
   model = model_lib.Transformer(cfg)
 
   def init(params, tokens, lengths, budget, rows, seed, knobs, stops):
@@ -98,7 +99,7 @@ def _decoder(spec: _Spec):
     t, B = s["t"], s["n"].shape[0]
     keys = jax.vmap(lambda k: jax.random.fold_in(k, t))(s["keys"])
     dec = Knobs(greedy, top_k, *s["knobs"])
-    token = next_tokens(s["logits"], s["seen"], keys, dec, vocab_size)
+    token = next_tokens(s["logits"], s["seen"], keys, dec, vocab_size, banned)
     stop = jnp.isin(token, s["stops"])
     emit = ~s["done"] & ~stop
     n = s["n"] + emit
@@ -138,6 +139,7 @@ class Generator:
     shards = sharding.batch_shards(mesh) if mesh is not None else 1
     self.batch_size = -(-max(batch_size, 1) // shards) * shards
     self.stop_ids = tuple(stop_ids) if stop_ids is not None else (tok.eot_id, tok.eos_id)
+    self.banned = banned_ids(tok, self.stop_ids)
     if len(self.stop_ids) > _MAX_STOPS:
       raise ValueError(f"at most {_MAX_STOPS} stop ids, got {len(self.stop_ids)}")
 
@@ -149,7 +151,7 @@ class Generator:
       if not 0 < len(p) < ctx:
         raise UserError(f"prompt {i}: {len(p)} tokens; the model's context is {ctx}")
     n_new = min(dec.max_new_tokens, ctx - 1)
-    spec = _spec(self.cfg, self.mesh, self.tok.vocab_size, dec)
+    spec = _spec(self.cfg, self.mesh, self.tok.vocab_size, dec, self.banned)
     knobs = jnp.asarray([dec.temperature, dec.top_p, dec.repetition_penalty], jnp.float32)
     stops = jnp.asarray(self.stop_ids + (-1,) * (_MAX_STOPS - len(self.stop_ids)), jnp.int32)
     decode = _decode_on_device if self.loop == "device" else _decode_on_host
@@ -189,10 +191,17 @@ class Generator:
             for ids, stopped in self.answer_ids(prompts, dec, seed, progress)]
 
 
-def _spec(cfg: model_lib.ModelConfig, mesh, vocab_size: int, dec: Decoding) -> _Spec:
+def banned_ids(tok, stop_ids: Sequence[int] = ()) -> tuple[int, ...]:
+  """Ids an answer never contains: BOS and PAD (unless one is also a stop id)."""
+  ids = {getattr(tok, name, -1) for name in ("bos_id", "pad_id")}
+  return tuple(sorted(i for i in ids if i is not None and i >= 0 and i not in stop_ids))
+
+
+def _spec(cfg: model_lib.ModelConfig, mesh, vocab_size: int, dec: Decoding,
+          banned: tuple[int, ...] = ()) -> _Spec:
   n_new = min(dec.max_new_tokens, cfg.max_seq_len - 1)
   return _Spec(cfg, mesh, vocab_size, min(_bucket(n_new), cfg.max_seq_len - 1), dec.greedy,
-               dec.top_k)
+               dec.top_k, banned)
 
 
 def lower(params, cfg: model_lib.ModelConfig, mesh, vocab_size: int, batch_size: int,
@@ -253,7 +262,8 @@ def _on_mesh(mesh):
 
 def recompute_greedy(params, cfg: model_lib.ModelConfig, vocab_size: int,
                      prompts: Sequence[Sequence[int]], max_new_tokens: int,
-                     stop_ids: Sequence[int] = ()) -> list[list[int]]:
+                     stop_ids: Sequence[int] = (), banned: Sequence[int] = ()
+                     ) -> list[list[int]]:
   """Reference decoder without a cache: a full forward pass over the sequence per token.
 
   Each row holds its prompt then its answer, unpadded in between; the causal mask makes the
@@ -266,18 +276,19 @@ def recompute_greedy(params, cfg: model_lib.ModelConfig, vocab_size: int,
   buf = np.zeros((len(prompts), max(lengths) + max_new_tokens), np.int32)
   for b, p in enumerate(prompts):
     buf[b, :len(p)] = p
-  out, n = jax.device_get(_recompute(cfg, vocab_size, max_new_tokens, params, buf, lengths, stops))
+  out, n = jax.device_get(_recompute(cfg, vocab_size, tuple(banned), max_new_tokens, params, buf,
+                                     lengths, stops))
   return [out[b, len(p):len(p) + n[b]].tolist() for b, p in enumerate(prompts)]
 
 
-@functools.partial(jax.jit, static_argnums=(0, 1, 2))
-def _recompute(cfg, vocab_size, max_new_tokens, params, buf, lengths, stops):
+@functools.partial(jax.jit, static_argnums=(0, 1, 2, 3))
+def _recompute(cfg, vocab_size, banned, max_new_tokens, params, buf, lengths, stops):
   model, rows = model_lib.Transformer(cfg), jnp.arange(buf.shape[0])
 
   def body(t, c):
     buf, n, done = c
     logits = model.apply({"params": params}, buf)[rows, lengths + t - 1]
-    logits = jnp.where(jnp.arange(logits.shape[-1]) < vocab_size, logits, -jnp.inf)
+    logits = jnp.where(allowed(logits.shape[-1], vocab_size, banned), logits, -jnp.inf)
     token = jnp.argmax(logits, axis=-1).astype(jnp.int32)
     done = done | jnp.isin(token, stops)
     return buf.at[rows, lengths + t].set(token), n + ~done, done

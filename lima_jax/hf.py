@@ -338,9 +338,13 @@ def save_hf(cfg: model_lib.ModelConfig, params, out_dir, tokenizer_meta: dict | 
     generation.update(do_sample=True, temperature=LIMA.temperature, top_p=LIMA.top_p,
                       repetition_penalty=1.0, max_new_tokens=LIMA.max_new_tokens)
     files["README.md"] = hf_card.model_card(cfg, dtype).encode()
-  if cfg.vocab_size > ids.get("n_tokens", cfg.vocab_size):
-    # Embedding rows past the tokenizer are sharding padding: no text has those ids.
-    generation["suppress_tokens"] = list(range(ids["n_tokens"], cfg.vocab_size))
+  # As lima_jax decodes (decoding.banned_ids, sampling.allowed): BOS and PAD are never an
+  # answer's token, nor are embedding rows past the tokenizer (sharding padding).
+  never = sorted({ids[k] for k in ("bos", "pad") if ids.get(k) is not None} - set(eos))
+  if tokenizer_meta is not None:
+    never += list(range(ids["n_tokens"], cfg.vocab_size))
+  if never:
+    generation["suppress_tokens"] = never
   files["generation_config.json"] = json.dumps(generation, indent=2).encode()
   if n > 1:
     weight_map = {e[0]: fname for fname, shard in zip(names, shards) for e in shard}

@@ -7,7 +7,7 @@ penalises previously *generated* tokens, so `seen` holds only the answer's own t
 Hugging Face's processor also counts the prompt unless given `prompt_ignore_length`.
 """
 import dataclasses
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -89,11 +89,17 @@ def top_p_filter(logits: jax.Array, p) -> jax.Array:
   return jnp.where(logits < threshold, -jnp.inf, logits)
 
 
+def allowed(width: int, vocab_size: int, banned: Sequence[int] = ()) -> jax.Array:
+  """[width] bool: ids a decoder may emit. Rows past the tokenizer's vocabulary are sharding
+  padding, and `banned` ids (BOS, PAD) are never an answer's token."""
+  ids = jnp.arange(width)
+  return (ids < vocab_size) & ~jnp.isin(ids, jnp.asarray(tuple(banned) or (-1,), jnp.int32))
+
+
 def processed_logits(logits: jax.Array, seen: jax.Array, dec: Decoding | Knobs,
-                     vocab_size: int) -> jax.Array:
+                     vocab_size: int, banned: Sequence[int] = ()) -> jax.Array:
   """The logits the next token is drawn from (argmax of them when greedy), [B, V]."""
-  # Rows past the tokenizer's vocabulary are sharding padding: never a token.
-  logits = jnp.where(jnp.arange(logits.shape[-1]) < vocab_size, logits, -jnp.inf)
+  logits = jnp.where(allowed(logits.shape[-1], vocab_size, banned), logits, -jnp.inf)
   logits = repetition_penalty(logits, seen, dec.repetition_penalty)
   if dec.greedy:
     return logits
@@ -101,9 +107,9 @@ def processed_logits(logits: jax.Array, seen: jax.Array, dec: Decoding | Knobs,
 
 
 def next_tokens(logits: jax.Array, seen: jax.Array, keys: jax.Array, dec: Decoding | Knobs,
-                vocab_size: int) -> jax.Array:
+                vocab_size: int, banned: Sequence[int] = ()) -> jax.Array:
   """[B] next tokens from logits [B, V]; keys [B] (one per row, unused when greedy)."""
-  logits = processed_logits(logits, seen, dec, vocab_size)
+  logits = processed_logits(logits, seen, dec, vocab_size, banned)
   if dec.greedy:
     return jnp.argmax(logits, axis=-1).astype(jnp.int32)
   return jax.vmap(jax.random.categorical)(keys, logits).astype(jnp.int32)

@@ -66,7 +66,8 @@ def test_export_loads_as_is_with_eot_as_special_end_of_turn(finetuned):
   config = json.loads((out / "config.json").read_text())
   assert config["dtype"] == config["torch_dtype"] == "bfloat16"  # the default export
   assert tok.eot_id in gen.eos_token_id and tok.eos_id in gen.eos_token_id
-  assert gen.suppress_tokens == list(range(tok.vocab_size, cfg.vocab_size))  # padding rows
+  # Never an answer's token, as in lima_jax: BOS, PAD and the vocabulary padding rows.
+  assert gen.suppress_tokens == [tok.bos_id, tok.pad_id, *range(tok.vocab_size, cfg.vocab_size)]
   assert config["eos_token_id"] == tok.eos_id
 
 

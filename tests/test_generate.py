@@ -115,8 +115,9 @@ def test_cached_greedy_equals_recomputation_batched_and_on_a_mesh(model, gen):
   params, cfg, tok = model
   prompts = _prompts(tok)
   assert len({len(p) for p in prompts}) == len(prompts)
+  stops = (tok.eot_id, tok.eos_id)
   ref = decoding.recompute_greedy(params, cfg, tok.vocab_size, prompts, PLAIN.max_new_tokens,
-                                  (tok.eot_id, tok.eos_id))
+                                  stops, decoding.banned_ids(tok, stops))
   assert len({tuple(r) for r in ref}) == len(ref) and max(map(len, ref)) >= 6
   assert [ids for ids, _ in gen.answer_ids(prompts, PLAIN)] == ref
   # The public helper the trainer calls: greedy texts of the same tokens.
@@ -223,10 +224,35 @@ def test_cli_answers_a_prompts_file(model, tmp_path):
   got = [json.loads(l) for l in out.read_text().splitlines()]
   want = decoding.recompute_greedy(params, cfg, tok.vocab_size,
                                    [decoding.render_prompt(c, tok) for c in CONVS[:2] + CONVS[3:]],
-                                   12, (tok.eot_id, tok.eos_id))
+                                   12, (tok.eot_id, tok.eos_id),
+                                   decoding.banned_ids(tok, (tok.eot_id, tok.eos_id)))
   assert [{k: g[k] for k in r_} for g, r_ in zip(got, rows)] == rows  # input fields kept
   assert [g["answer"] for g in got] == [tok.decode(w) for w in want]
   assert [g["n_tokens"] for g in got] == [len(w) for w in want]
+
+
+def test_bos_and_pad_are_never_emitted(model):
+  """A tokenizer whose BOS is the token greedy decoding would pick first: that token is
+  never emitted; the answer is the reference's with the same ids banned."""
+  params, cfg, tok = model
+  prompt = _prompts(tok)[:1]
+  first = decoding.recompute_greedy(params, cfg, tok.vocab_size, prompt, 1)[0][0]
+  assert tok.bos_id != first and tok.pad_id != first
+
+  class BosIsFirst:  # the real tokenizer, but with BOS where greedy would go
+    def __getattr__(self, name):
+      return getattr(tok, name)
+    bos_id = first
+
+  odd = BosIsFirst()
+  assert decoding.banned_ids(odd, (tok.eot_id,)) == tuple(sorted({first, tok.pad_id}))
+  dec = Decoding(greedy=True, repetition_penalty=1.0, max_new_tokens=8)
+  ids, _ = decoding.Generator(params, cfg, odd, batch_size=2).answer_ids(prompt, dec)[0]
+  assert first not in ids and tok.pad_id not in ids
+  assert ids == decoding.recompute_greedy(params, cfg, tok.vocab_size, prompt, 8,
+                                          (tok.eot_id, tok.eos_id), (first, tok.pad_id))[0]
+  mask = sampling.allowed(8, 6, (1, 3))
+  assert mask.tolist() == [True, False, True, False, True, True, False, False]
 
 
 def test_read_prompts_names_the_line_at_fault(tmp_path):
