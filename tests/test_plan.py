@@ -171,3 +171,27 @@ def test_decode_batch_must_split_over_the_batch_shards():
   assert proc.stderr.strip().splitlines() == [
       "error: --decode_batch=6 does not split over the 4 batch shards of mesh "
       "{'data': 1, 'fsdp': 4, 'tensor': 1}"]
+
+
+@pytest.mark.parametrize("variant, billions", [("7b", 6.74), ("65b", 65.29)])
+def test_the_big_configs_lower_on_cpu(variant, billions):
+  """Without libtpu: the real train step of configs/lima.py:7b and :65b traces and lowers for
+  the 8 fake CPU devices from abstract shapes (no weights), so the big configs cannot rot;
+  the parameter count is LLaMA-1's published one (vocabulary grown by EOT, padded)."""
+  import importlib.util
+  import jax
+  from lima_jax import base_model, sharding, train
+  spec = importlib.util.spec_from_file_location("lima_config", REPO / "configs" / "lima.py")
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  config = module.get_config(variant)
+  micro = config.train.batch_size // config.train.grad_accum_steps
+  mesh = sharding.choose_mesh(config.mesh.shape, jax.devices(), micro)
+  with jax.set_mesh(mesh):
+    built = train.build_train_step(config, mesh, base_model.planned_model_config(config),
+                                   total_steps=1000)
+    lowered = built.train_step.lower(built.abstract_state, built.abstract_batch,
+                                     jax.eval_shape(lambda: jax.random.key(0)))
+  n = sum(x.size for x in jax.tree.leaves(built.abstract_state.params))
+  assert n / 1e9 == pytest.approx(billions, rel=2e-3)
+  assert "stablehlo" in lowered.as_text()[:20000]
