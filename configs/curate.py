@@ -98,6 +98,9 @@ def get_config(preset: str = "quality") -> ml_collections.ConfigDict:
   c.truncated.require_end_punctuation = False
   c.truncated.min_words = 20  # With it: shorter answers may end bare ("Paris")...
   c.truncated.min_last_line_words = 8  # ...and so may shorter last lines (verse, labels).
+  # Also words cut in half ("... and th"), judged by the pool's own vocabulary. Off: on human
+  # pools it flags real rare words that begin common ones (filters.truncated says which).
+  c.truncated.mid_word = False
   c.sanity = ml_collections.ConfigDict()
   c.sanity.min_alpha_ratio = 0.5  # Letters / non-space characters of the prose.
   c.sanity.min_ascii_ratio = 0.9  # ASCII / non-space characters: a proxy for English.

@@ -164,3 +164,28 @@ def test_sanity():
   assert result.kept == [good, short, code]
   reasons = [why.split(" (")[0] for _, why in result.removed]
   assert reasons == ["mostly non-letters", "mostly non-ASCII", "repeated lines"]
+
+
+def test_words_cut_in_half_are_caught_against_the_pool_vocabulary():
+  """An answer stopped by a token limit ends inside a word ("... and th"); the pool's own
+  vocabulary tells it from answers that end on a real word, a name or a rare word."""
+  body = ("The garden needs water in the morning and the soil should stay moist while the "
+          "seeds grow, so check the original planting notes for the right amount of water")
+  pool = [rec("q", f"{body} {i}.") for i in range(6)]
+  cases = {
+      "cut_the": f"{body} and th",
+      "cut_original": "Read the orig",
+      "cut_garden": "Water the garde",
+      "name": "We flew from London to Kyiv",  # capitalised: a name, never flagged
+      "rare": "Biologists call the fertilised cell a zygote",  # begins no pool word
+      "real_word": "Plants love a sunny garden",  # the pool knows the word
+  }
+  records = pool + [rec("q", r) for r in cases.values()]
+  assert not filters.truncated(records).removed  # opt-in
+  result = filters.truncated(records, mid_word=True)
+  removed = {r.conversations[1]: why for r, why in result.removed}
+  assert {k for k, v in cases.items() if v in removed} == {"cut_the", "cut_original",
+                                                           "cut_garden"}
+  assert all(why.startswith("ends mid-word") for why in removed.values())
+  # Alone (no pool to learn words from) nothing is judged mid-word.
+  assert filters.truncation_reason(cases["cut_the"]) == ""
