@@ -6,6 +6,7 @@ each host places only its own devices' shards). The vocabulary grows by EOT, pad
 start at the mean embedding (`model.resize_vocab`).
 """
 import dataclasses
+import warnings
 from typing import Optional
 
 import jax
@@ -64,6 +65,10 @@ def model_config(config, init_cfg: Optional[model_lib.ModelConfig],
                       "embedding rows: the tokenizer does not belong to these weights")
     mult = m.vocab_multiple
     vocab = -(-tok.vocab_size // mult) * mult
+  if init_cfg is not None and config.data.max_len > init_cfg.max_seq_len:
+    warnings.warn(f"data.max_len={config.data.max_len} is longer than model.init's context of "
+                  f"{init_cfg.max_seq_len} tokens: positions past {init_cfg.max_seq_len} extend "
+                  "RoPE beyond what the weights were trained on", stacklevel=2)
   return dataclasses.replace(
       base, vocab_size=vocab, dropout_top=m.dropout_top, dropout_schedule=m.dropout_schedule,
       dtype=m.dtype, param_dtype=m.param_dtype, scan_layers=m.scan_layers,

@@ -174,3 +174,20 @@ def test_misspelled_override_fails_at_startup(tmp_path):
   assert out.stderr.strip().splitlines()[-1].startswith("error: unknown config field epochz")
   assert "Traceback" not in out.stderr
   assert not (tmp_path / "checkpoints").exists()
+
+
+def test_max_len_past_the_base_models_context_warns_with_both_numbers():
+  import warnings
+  from lima_jax import base_model
+  from lima_jax import model as model_lib
+  from lima_jax.tokenizer import Tokenizer
+  tok = Tokenizer.load(REPO / "data/demo/tokenizer.model")
+  init = model_lib.get_size("tiny", vocab_size=640)  # a context of 128 tokens
+  longer = tiny_config(**{"model.size": "", "data.max_len": 256})
+  with pytest.warns(UserWarning, match=r"data.max_len=256 is longer than model.init's context "
+                    r"of 128 tokens: positions past 128 extend RoPE"):
+    assert base_model.model_config(longer, init, tok).max_seq_len == 256
+  with warnings.catch_warnings():
+    warnings.simplefilter("error")  # within the context: nothing to say
+    base_model.model_config(tiny_config(**{"model.size": ""}), init, tok)
+    base_model.model_config(tiny_config(**{"data.max_len": 256}), None, tok)  # random init
