@@ -3,20 +3,29 @@ r"""Serving under load: lima_jax's server against `transformers serve --continuo
     python benchmarks/serve.py --checkpoint=/tmp/serve_demo/checkpoints/96 \
         --transformers=/tmp/hfserve/bin/transformers --rates=1,2,4,inf --requests=24
 
+`--transformers` is the CLI of a venv with torch and transformers[serving] (not in
+requirements.txt), e.g. `python -m venv /tmp/hfserve && /tmp/hfserve/bin/pip install
+torch==2.13.0 "transformers[serving]==5.23.0"`.
+
 The checkpoint is exported once with `python -m lima_jax.convert to-hf --dtype=float32`, and
-both servers serve that same directory (lima_jax reads Hugging Face directories too), float32
-on the CPU, one after the other on the same machine, with the same requests: chat completions
-of LIMA test prompts (the demo's own prompts when the shared data is absent) cut to
---prompt_words words, greedy (temperature 0; lima_jax also gets repetition_penalty 1, a field
-transformers refuses: its exported generation config has no penalty), at most --max_tokens
-new tokens, streamed. Requests arrive as a Poisson process at each rate (requests/s; inf: all
-at once, the saturation point) after an untimed warm-up of 2 x slots requests.
+every server serves that same directory (lima_jax reads Hugging Face directories too), float32
+on the CPU of the same machine, with the same requests: chat completions of LIMA test prompts
+(the demo's own prompts when the shared data is absent) cut to --prompt_words words, greedy
+(temperature 0; lima_jax also gets repetition_penalty 1, a field transformers refuses: its
+exported generation config has no penalty), at most --max_tokens new tokens, streamed.
+Requests arrive as a Poisson process at each rate (requests/s; inf: all at once, the
+saturation point) after an untimed warm-up of 2 x slots requests. The servers are up together
+(each one's CPU use while idle is recorded) and every round runs every rate on each, in
+alternating order, so drifts in machine load hit all alike. transformers runs twice: as it
+comes, and with OMP_NUM_THREADS=1 (torch's threads wait for each other at every op, which a
+busy machine punishes); its paged KV cache is capped at 8,192 tokens, twice lima_jax's.
 
 Per request, from the client: TTFT = arrival to the first content chunk; TPOT = (e2e - TTFT) /
 (output tokens - 1) (vLLM's definition, TTFT excluded); e2e = arrival to the last chunk;
 output tokens from the final usage chunk. Output tokens/s = all output tokens / (last end -
-first arrival). Results: --out (JSON with per-rate p50/p90/p99, load averages and versions);
-`--markdown` prints the README table.
+first arrival), the median over rounds; percentiles pool the rounds' requests. Results: --out
+(JSON with per-rate p50/p90/p99, load averages and versions); `--markdown` prints the README
+table.
 """
 import concurrent.futures
 import json
@@ -42,13 +51,16 @@ _HF_DIR = flags.DEFINE_string("hf_dir", None, "An exported float32 HF directory 
                               "of exporting --checkpoint.")
 _TRANSFORMERS = flags.DEFINE_string("transformers", "transformers", "The `transformers` CLI "
                                     "(a venv with torch and transformers[serving]).")
-_SERVERS = flags.DEFINE_list("servers", ["lima_jax", "transformers"], "Servers to measure.")
+_SERVERS = flags.DEFINE_list("servers", ["lima_jax", "transformers", "transformers_1thread"],
+                             "Servers to measure (transformers_1thread: OMP_NUM_THREADS=1).")
 _RATES = flags.DEFINE_list("rates", ["1", "2", "4", "inf"], "Arrival rates, requests/s.")
 _N = flags.DEFINE_integer("requests", 24, "Requests per rate.")
 _MAX_TOKENS = flags.DEFINE_integer("max_tokens", 64, "max_tokens of every request.")
 _WORDS = flags.DEFINE_integer("prompt_words", 40, "Prompts are cut to this many words.")
 _SLOTS = flags.DEFINE_integer("slots", 8, "lima_jax's --slots.")
 _SEED = flags.DEFINE_integer("seed", 0, "Seed of the prompt choice and the arrival times.")
+_ROUNDS = flags.DEFINE_integer("rounds", 2, "Rounds; each runs every rate on every server, the "
+                               "servers' order alternating (drifts in machine load hit both).")
 _OUT = flags.DEFINE_string("out", str(REPO / "benchmarks/results/serve.json"), "Results JSON.")
 _MD = flags.DEFINE_bool("markdown", True, "Print the README table.")
 
@@ -77,9 +89,17 @@ def _start(server: str, hf_dir: str, port: int):
            f"--slots={_SLOTS.value}", "--served_model_name=" + hf_dir]
   else:
     cmd = [_TRANSFORMERS.value, "serve", "--continuous-batching", "--device", "cpu", "--dtype",
-           "float32", "--host", "127.0.0.1", "--port", str(port), hf_dir]
+           "float32", "--host", "127.0.0.1", "--port", str(port),
+           # Its KV cache otherwise takes a share of all memory (13.8 GB here: the OOM killer
+           # took it); 256 blocks of 32 tokens is twice lima_jax's 8 slots x 512.
+           "--cb-block-size", "32", "--cb-num-blocks", "256", hf_dir]
+    if server == "transformers_1thread":
+      # torch's OpenMP threads wait for each other at every op: on a busy machine one thread
+      # can be the faster setting, so it is measured too.
+      env["OMP_NUM_THREADS"] = "1"
   log = tempfile.NamedTemporaryFile("w+", suffix=f".{server}.log", delete=False)
   proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
+  proc.log = log.name
   import httpx2
   t0 = time.time()
   while True:
@@ -143,8 +163,7 @@ def _run_rate(url, model, extra, prompts, rate, rng) -> dict:
   return {"rate": rate, "requests": len(rows), "output_tokens": tokens, "duration_s": span,
           "output_tokens_per_s": tokens / span, "ttft_s": _pcts(r["ttft"] for r in rows),
           "tpot_s": _pcts(r["tpot"] for r in rows), "e2e_s": _pcts(r["e2e"] for r in rows),
-          "loadavg_before": load0, "loadavg_after": os.getloadavg(),
-          "texts": [r["text"] for r in rows]}
+          "loadavg_before": load0, "texts": [r["text"] for r in rows], "rows": rows}
 
 
 def _versions() -> dict:
@@ -172,6 +191,23 @@ def _table(result: dict) -> str:
   return "\n".join(lines)
 
 
+def _cpu_s(pid: int) -> float:
+  fields = pathlib.Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+  return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _merge(runs: list[dict]) -> dict:
+  """One rate's rounds: percentiles over every request, tokens/s the median round's."""
+  rows = [x for r in runs for x in r["rows"]]
+  return {"rate": runs[0]["rate"], "requests": len(rows),
+          "output_tokens": sum(x["tokens"] for x in rows),
+          "output_tokens_per_s": float(np.median([r["output_tokens_per_s"] for r in runs])),
+          "rounds_output_tokens_per_s": [r["output_tokens_per_s"] for r in runs],
+          "ttft_s": _pcts(x["ttft"] for x in rows), "tpot_s": _pcts(x["tpot"] for x in rows),
+          "e2e_s": _pcts(x["e2e"] for x in rows),
+          "loadavg": [r["loadavg_before"] for r in runs], "texts": runs[0]["texts"]}
+
+
 def main(argv):
   del argv
   import logging
@@ -192,42 +228,64 @@ def main(argv):
   result = {"command": " ".join(["python", "benchmarks/serve.py"] + sys.argv[1:]),
             "model": json.loads(pathlib.Path(hf_dir, "config.json").read_text()),
             "settings": {"requests": _N.value, "max_tokens": _MAX_TOKENS.value,
-                         "prompt_words": _WORDS.value, "slots": _SLOTS.value, "rates": rates},
+                         "prompt_words": _WORDS.value, "slots": _SLOTS.value, "rates": rates,
+                         "rounds": _ROUNDS.value},
             "machine": {"platform": platform.platform(), "cpus": os.cpu_count()},
-            "versions": _versions(), "servers": {}}
-  for server in _SERVERS.value:
-    port = _free_port()
-    proc, cmd = _start(server, hf_dir, port)
-    url = f"http://127.0.0.1:{port}"
-    # transformers refuses the field (422); its generation config has no penalty anyway.
-    extra = {"repetition_penalty": 1.0} if server == "lima_jax" else {}
-    try:
-      _run_rate(url, hf_dir, extra, warm, float("inf"), rng)  # untimed: first-request costs
-      runs = []
-      for rate in rates:
-        r = _run_rate(url, hf_dir, extra, prompts, rate, np.random.default_rng(_SEED.value))
-        print(f"{server} rate={rate:g}: {r['output_tokens_per_s']:.1f} tok/s, TPOT p50 "
-              f"{r['tpot_s']['p50'] * 1e3:.1f} ms, TTFT p50 {r['ttft_s']['p50']:.2f}s", flush=True)
-        runs.append(r)
-      result["servers"][server] = runs
-      result.setdefault("server_commands", {})[server] = " ".join(cmd)
-    finally:
+            "versions": _versions(), "server_commands": {}, "idle_cpu_s_per_s": {}}
+  procs, urls = {}, {}
+  # transformers refuses the field (422); its generation config has no penalty anyway.
+  extra = {s: {"repetition_penalty": 1.0} if s == "lima_jax" else {} for s in _SERVERS.value}
+  try:
+    for server in _SERVERS.value:  # both up at once, so rounds can alternate between them
+      port = _free_port()
+      procs[server], cmd = _start(server, hf_dir, port)
+      urls[server] = f"http://127.0.0.1:{port}"
+      result["server_commands"][server] = " ".join(cmd)
+      _run_rate(urls[server], hf_dir, extra[server], warm, float("inf"), rng)  # untimed
+    before = {s: _cpu_s(p.pid) for s, p in procs.items()}
+    time.sleep(5)  # an idle server must not take CPU from the one being measured
+    for s, p in procs.items():
+      result["idle_cpu_s_per_s"][s] = (_cpu_s(p.pid) - before[s]) / 5
+    runs = {s: [[] for _ in rates] for s in procs}
+    for round_ in range(_ROUNDS.value):
+      for i, rate in enumerate(rates):
+        order = list(procs) if round_ % 2 == 0 else list(procs)[::-1]
+        for server in order:
+          r = _run_rate(urls[server], hf_dir, extra[server], prompts, rate,
+                        np.random.default_rng(_SEED.value + round_))
+          runs[server][i].append(r)
+          print(f"round {round_} {server} rate={rate:g}: {r['output_tokens_per_s']:.1f} tok/s, "
+                f"TPOT p50 {r['tpot_s']['p50'] * 1e3:.1f} ms, TTFT p50 "
+                f"{r['ttft_s']['p50']:.2f}s, load {r['loadavg_before'][0]:.1f}", flush=True)
+  except Exception:
+    for name, proc in procs.items():
+      if proc.poll() is not None:
+        print(f"{name} exited with {proc.returncode}: see {proc.log}", file=sys.stderr)
+    raise
+  finally:
+    for proc in procs.values():
       proc.terminate()
       try:
         proc.wait(30)
       except subprocess.TimeoutExpired:
         proc.kill()
+  result["servers"] = {s: [_merge(r) for r in per_rate] for s, per_rate in runs.items()}
   s = result["servers"]
-  if {"lima_jax", "transformers"} <= s.keys():
-    sat = lambda k: max(r["output_tokens_per_s"] for r in s[k])
+  if "lima_jax" in s and len(s) > 1:
+    # Against the better transformers setting at each point, so the ratios flatter nobody.
+    others = [k for k in s if k != "lima_jax"]
+    sat = lambda k: s[k][-1]["output_tokens_per_s"]
     tpot = lambda k, i: s[k][i]["tpot_s"]["p50"]
+    best_sat = max(others, key=sat)
     result["ratios"] = {
-        "output_tokens_per_s_at_saturation": sat("lima_jax") / sat("transformers"),
-        "tpot_p50_transformers_over_lima_jax": {
-            f"{rates[i]:g}": tpot("transformers", i) / tpot("lima_jax", i)
+        "output_tokens_per_s_at_saturation_lima_jax_over_best_transformers": {
+            "vs": best_sat, "ratio": sat("lima_jax") / sat(best_sat)},
+        "tpot_p50_best_transformers_over_lima_jax": {
+            f"{rates[i]:g}": {"vs": min(others, key=lambda k: tpot(k, i)),
+                              "ratio": min(tpot(k, i) for k in others) / tpot("lima_jax", i)}
             for i in range(len(rates))},
-        "same_answers": [float(np.mean([a == b for a, b in zip(x["texts"], y["texts"])]))
-                         for x, y in zip(s["lima_jax"], s["transformers"])]}
+        "same_answers_as_lima_jax": {k: [float(np.mean([a == b for a, b in zip(
+            x["texts"], y["texts"])])) for x, y in zip(s["lima_jax"], s[k])] for k in others}}
   pathlib.Path(_OUT.value).write_text(json.dumps(result, indent=1) + "\n")
   print(f"wrote {_OUT.value}")
   if _MD.value:

@@ -279,6 +279,7 @@ class FakeEngine:
     self.token, self.compiles, self.inserts = tok.encode("a")[-1], {}, 0
     self.gate = threading.Event()
     self.gate.set()
+    self.fail = False
 
   def warm_up(self):
     pass
@@ -292,6 +293,8 @@ class FakeEngine:
   def step(self):
     self.gate.wait()
     time.sleep(self.step_s)
+    if self.fail:
+      raise RuntimeError("device on fire")
     return [self.token] * self.slots
 
 
@@ -372,6 +375,29 @@ def test_clients_that_time_out_leave_nothing_running(fake):
   t0 = time.time()
   r = chat(live.client(), ["now"], max_tokens=5)
   assert r.usage.completion_tokens == 5 and time.time() - t0 < 2
+
+
+def test_keep_alive_while_waiting_and_engine_failures_are_500(fake):
+  live, engine = fake(slots=1, max_queue=4)
+  engine.gate.clear()
+  body = {"model": "tiny", "messages": messages(["hi"]), "stream": True, "max_tokens": 2}
+  with httpx.stream("POST", live.url + "/v1/chat/completions", json=body,
+                    headers={"Authorization": f"Bearer {KEY}"}, timeout=10) as r:
+    lines = r.iter_lines()
+    assert json.loads(next(lines)[6:])["choices"][0]["delta"]["role"] == "assistant"
+    assert [next(lines) for _ in range(2)] == ["", ": keep-alive"]  # the step is held
+    engine.gate.set()
+    assert [l for l in lines if l][-1] == "data: [DONE]"
+  engine.fail = True
+  with pytest.raises(openai.InternalServerError) as e:
+    chat(live.client(), ["hi"])
+  assert "device on fire" in e.value.body["message"] and e.value.body["type"] == "server_error"
+  events = [json.loads(c.removeprefix("data: ")) for c in httpx.post(
+      live.url + "/v1/chat/completions", json=body, headers={"Authorization": f"Bearer {KEY}"}
+  ).text.split("\n\n") if c.startswith("data: {")]
+  assert "device on fire" in events[-1]["error"]["message"]
+  engine.fail = False
+  assert chat(live.client(), ["hi"], max_tokens=2).usage.completion_tokens == 2
 
 
 # --- metrics last: nothing above may have compiled anything new ---------------------------------

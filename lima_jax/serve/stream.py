@@ -39,12 +39,15 @@ async def events(queue: asyncio.Queue, count: int, keepalive_s: float):
   left, getter = count, None
   try:
     while left:
-      getter = getter or asyncio.ensure_future(queue.get())
-      done, _ = await asyncio.wait({getter}, timeout=keepalive_s)
-      if not done:
-        yield None
-        continue
-      item, getter = getter.result(), None
+      if getter is None and not queue.empty():
+        item = queue.get_nowait()  # the usual case under load: no task, no wait
+      else:
+        getter = getter or asyncio.ensure_future(queue.get())
+        done, _ = await asyncio.wait({getter}, timeout=keepalive_s)
+        if not done:
+          yield None
+          continue
+        item, getter = getter.result(), None
       if item[1].finish is not None:
         left -= 1
       yield item
