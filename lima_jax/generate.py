@@ -12,7 +12,6 @@ The batched, KV-cached decoder itself is `lima_jax.decoding`.
 import dataclasses
 import itertools
 import json
-import os
 import pathlib
 import time
 from typing import Sequence
@@ -20,7 +19,7 @@ from typing import Sequence
 import jax
 import jax.numpy as jnp
 
-from lima_jax import distributed
+from lima_jax import distributed, files
 from lima_jax import model as model_lib
 from lima_jax import sharding
 from lima_jax.decoding import Answer, Generator, render_prompt
@@ -123,21 +122,6 @@ def read_prompts(path) -> list[tuple[dict, list[str], int]]:
   return rows
 
 
-def write_jsonl_atomic(path, rows: Sequence[dict]) -> None:
-  """Writes next to `path` and renames, so a good file is never replaced by half a file."""
-  path = pathlib.Path(path)
-  tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-  try:
-    with tmp.open("w", encoding="utf-8") as f:
-      for row in rows:
-        f.write(json.dumps(row, ensure_ascii=False) + "\n")
-    os.replace(tmp, path)
-  except OSError as e:
-    raise UserError(f"{path}: cannot write ({e.strerror or e})") from None
-  finally:
-    tmp.unlink(missing_ok=True)
-
-
 def _chat(gen: Generator, dec: Decoding, seed: int) -> None:
   print("chat: /reset clears the history, /quit or Ctrl-D ends", flush=True)
   history, ctx = [], gen.cfg.max_seq_len
@@ -193,7 +177,7 @@ def main(argv) -> None:
   seconds = time.perf_counter() - t0
   if jax.process_index() != 0:  # every host holds every answer; one writes them
     return
-  write_jsonl_atomic(f.out, [
+  files.write_jsonl(f.out, [
       {**obj, "answer": tok.decode(ids), "n_tokens": len(ids), "stopped": stopped}
       for (obj, _, _), (ids, stopped) in zip(rows, results)])
   total = sum(len(ids) for ids, _ in results)

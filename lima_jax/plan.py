@@ -21,7 +21,6 @@ Exit status: 0 fits, 3 does not fit, 1 bad input (one line on stderr).
 import contextlib
 import dataclasses
 import importlib.util
-import json
 import math
 import os
 import re
@@ -34,7 +33,7 @@ import jax.numpy as jnp
 from absl import app, flags
 from ml_collections import config_flags
 
-from lima_jax import base_model, sharding, tpu_specs, train
+from lima_jax import base_model, files, sharding, tpu_specs, train
 from lima_jax.errors import UserError, cli_main
 
 MFUS = (0.4, 0.6)
@@ -264,18 +263,6 @@ def make_plan(config, topology: str, mesh_shape=None) -> Plan:
   return p
 
 
-def _write_json(p: Plan, path: str) -> None:
-  tmp = f"{path}.tmp{os.getpid()}"
-  try:
-    with open(tmp, "w") as f:
-      json.dump(dataclasses.asdict(p), f, indent=2)
-    os.replace(tmp, path)
-  except OSError as e:
-    with contextlib.suppress(OSError):
-      os.remove(tmp)
-    raise UserError(f"--out={path}: {e.strerror}") from None
-
-
 def _parse_mesh(text: str) -> tuple[int, ...]:
   try:
     return tuple(int(s) for s in text.split(","))
@@ -299,7 +286,7 @@ def main(argv: list[str]) -> None:
   print(format_plan(p, f"lima_jax plan: {size}, batch {config.train.batch_size} x "
                     f"{config.data.max_len} tokens, step: train.build_train_step"))
   if f.out:
-    _write_json(p, f.out)
+    files.write_json(f.out, dataclasses.asdict(p), indent=2)
   if not p.fits:
     sys.exit(3)
 
@@ -319,7 +306,7 @@ def _main_decode(config, f, mesh_shape) -> None:
   size = config.model.size or "(size from model.init)"
   print(plan_decode.format_decode_plan(p, f"lima_jax plan --decode: {size}, LIMA's decoding"))
   if f.out:
-    _write_json(p, f.out)
+    files.write_json(f.out, dataclasses.asdict(p), indent=2)
   if not p.fits:
     sys.exit(3)
 

@@ -20,7 +20,7 @@ import jax
 from etils import epath
 from tqdm import tqdm
 
-from lima_jax import checkpoint, distributed
+from lima_jax import checkpoint, distributed, files
 from lima_jax import generate as gen_lib
 from lima_jax.decoding import Generator
 from lima_jax.sampling import LIMA, Decoding
@@ -132,20 +132,16 @@ def compare_epochs(workdir, prompts_path, epochs: str = "5-10", out_dir=None,
   if jax.process_index() != 0:
     return out
   out_dir.mkdir(parents=True, exist_ok=True)
-  gen_lib.write_jsonl_atomic(out_dir / "answers.jsonl", out)
+  files.write_jsonl(out_dir / "answers.jsonl", out)
   choice = None
   if judge is not None:
     per_epoch = {ck.epoch: [{**{k: v for k, v in r.items() if k != "answers"}, **a}
                             for r in out for a in r["answers"] if a["epoch"] == ck.epoch]
                  for ck in chosen}
     choice = judge(per_epoch, out_dir / "judged")
-    tmp = out_dir / f".judged.json.tmp{os.getpid()}"
-    tmp.write_text(json.dumps(choice, indent=1, default=str) + "\n")
-    os.replace(tmp, out_dir / "judged.json")
+    files.write_json(out_dir / "judged.json", choice)
   page = render_html(workdir, [turns for _, turns, _ in rows], out, chosen, dec, seed, choice)
-  tmp = out_dir / f".index.html.tmp{os.getpid()}"
-  tmp.write_text(page, encoding="utf-8")
-  os.replace(tmp, out_dir / "index.html")
+  files.write_atomic(out_dir / "index.html", page)
   return out
 
 

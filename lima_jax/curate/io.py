@@ -6,8 +6,6 @@ an interrupted or failed run never leaves a half-written file where a good one w
 """
 import json
 import os
-import pathlib
-import tempfile
 from typing import Any, Iterable, Sequence
 
 from absl import logging
@@ -15,6 +13,7 @@ from absl import logging
 from lima_jax.curate.selectors import Pick
 from lima_jax.datasets import read_records
 from lima_jax.errors import UserError
+from lima_jax.files import write_atomic  # noqa: F401  (curate's writer: the shared one)
 
 
 def split_paths(spec: str, field: str) -> list[str]:
@@ -52,21 +51,6 @@ def read_test_prompts(paths: Sequence[str]) -> list[tuple[str, str]]:
     for record in records:
       prompts.extend((record.origin, turn) for turn in record.conversations[0::2])
   return prompts
-
-
-def write_atomic(path: str | os.PathLike, content: str) -> None:
-  """Writes text to path via a temporary file in the same directory and a rename."""
-  path = pathlib.Path(path)
-  if not path.parent.is_dir():
-    raise UserError(f"{path}: directory {path.parent} does not exist")
-  fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-  try:
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-      f.write(content)
-    os.replace(tmp, path)
-  except BaseException:
-    os.unlink(tmp)
-    raise
 
 
 def chosen_jsonl(picks: Iterable[tuple[Any, Pick]]) -> str:

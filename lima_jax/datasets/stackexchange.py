@@ -19,8 +19,6 @@ words and does not point at the body ("this code", "the following", "below", "ab
 "attached", "here is"). A record keeps site, group, title, question and answer scores.
 """
 import html
-import json
-import os
 import pathlib
 import random
 import re
@@ -28,6 +26,7 @@ import xml.etree.ElementTree as ET
 
 from absl import app, flags
 
+from lima_jax import files
 from lima_jax.errors import UserError, cli_main
 
 _POINTS_AT_BODY = re.compile(
@@ -131,10 +130,7 @@ def main(argv):
     raise UserError(f"--out={out}: its directory does not exist")
   pool = build_pool(_parse_dumps(f.dumps), f.n, temperature=f.temperature,
                     min_answer_score=f.min_answer_score, filtered=not f.unfiltered, seed=f.seed)
-  tmp = out.with_name(f"{out.name}.tmp{os.getpid()}")
-  tmp.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in pool),
-                 encoding="utf-8")
-  os.replace(tmp, out)
+  files.write_jsonl(out, pool)
   sites = {}
   for r in pool:
     sites[r["site"]] = sites.get(r["site"], 0) + 1

@@ -13,8 +13,6 @@ it from there. The CSV has no categories, so LIMA's sampling across wikiHow's ca
 cannot be reproduced from it: the draw is uniform.
 """
 import csv
-import json
-import os
 import pathlib
 import random
 import re
@@ -22,6 +20,7 @@ import sys
 
 from absl import app, flags
 
+from lima_jax import files
 from lima_jax.errors import UserError, cli_main
 
 _THIS_ARTICLE = re.compile(r"^\s*This (article|wikiHow)\b", re.I)
@@ -68,10 +67,7 @@ def main(argv):
                     f"fewer than --n={f.n}")
   chosen = random.Random(f.seed).sample(rows, f.n)
   out = pathlib.Path(f.out)
-  tmp = out.with_name(f"{out.name}.tmp{os.getpid()}")
-  tmp.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in chosen),
-                 encoding="utf-8")
-  os.replace(tmp, out)
+  files.write_jsonl(out, chosen)
   print(f"wrote {len(chosen)} of {len(rows)} articles to {out}")
 
 

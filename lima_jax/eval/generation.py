@@ -11,6 +11,7 @@ import json
 import pathlib
 import time
 
+from lima_jax import files
 from lima_jax.errors import UserError
 
 
@@ -113,7 +114,7 @@ def generate_answers(config, out_path) -> str:
         n_cut += cut
         rows.append({**obj, "answer": text, "stopped": stopped, "sample": s,
                      "prompt_truncated": cut})
-  gen_lib.write_jsonl_atomic(out_path, rows)
+  files.write_jsonl(out_path, rows)
   recipe_path.write_text(json.dumps(recipe) + "\n")
   print(f"generated {len(rows)} answers in {time.perf_counter() - t0:.0f}s -> {out_path}"
         + (f" ({n_cut} prompts cut to the model's context of {cfg.max_seq_len} tokens)"

@@ -11,11 +11,11 @@ import collections
 import dataclasses
 import json
 import math
-import os
 import pathlib
 import sys
 import time
 
+from lima_jax import files
 from lima_jax.errors import UserError
 from lima_jax.eval import answers as answers_lib
 from lima_jax.eval import client as client_lib
@@ -142,12 +142,6 @@ async def _judge_all(judge, store: Store, todo, budget: _Budget, params: dict) -
   return attempts[0]
 
 
-def _write_json(path: pathlib.Path, obj) -> None:
-  tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-  tmp.write_text(json.dumps(obj, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
-  os.replace(tmp, path)
-
-
 def _clean(obj):
   """NaN is not JSON: an undefined figure (no units) is written as null."""
   if isinstance(obj, float) and math.isnan(obj):
@@ -265,8 +259,8 @@ def _finish(config, workdir, out, system, base, t0, us, detail, pairs=None) -> d
   out["seconds"] = round(time.perf_counter() - t0, 2)
   out = _clean(out)
   workdir.mkdir(parents=True, exist_ok=True)
-  _write_json(workdir / "results.json", out)
+  files.write_json(workdir / "results.json", out)
   if detail is not None:
-    _write_json(workdir / "per_prompt.json", results_lib.per_prompt_scores(detail))
+    files.write_json(workdir / "per_prompt.json", results_lib.per_prompt_scores(detail))
   report.write(workdir, out, us, detail, system, pairs, config)
   return out

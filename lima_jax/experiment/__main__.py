@@ -17,6 +17,7 @@ import shlex
 from absl import app, flags, logging
 from ml_collections import config_flags
 
+from lima_jax import files
 from lima_jax.errors import UserError, cli_main, parse_flags
 
 _CONFIG = config_flags.DEFINE_config_file(
@@ -156,9 +157,7 @@ def main(argv):
   if _DRY_RUN.value:
     return
   workdir.mkdir(parents=True, exist_ok=True)
-  tmp = workdir / f"study.json.tmp{os.getpid()}"
-  tmp.write_text(c.to_json(indent=1) + "\n")
-  os.replace(tmp, workdir / "study.json")
+  files.write_atomic(workdir / "study.json", c.to_json(indent=1) + "\n")
   run_local(c, workdir, arms)
   print(f"done: python -m lima_jax.experiment report --workdir={workdir}")
 

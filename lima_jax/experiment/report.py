@@ -11,11 +11,11 @@ import base64
 import html
 import io
 import json
-import os
 import pathlib
 
 import numpy as np
 
+from lima_jax import files
 from lima_jax.errors import UserError
 
 FIELDS = {
@@ -273,12 +273,9 @@ def main(workdir: pathlib.Path) -> None:
   out.mkdir(parents=True, exist_ok=True)
   pngs = figures(rep, workdir)
   for name, data in pngs.items():
-    (out / name).write_bytes(data)
-  for name, text in (("report.json", json.dumps(rep, indent=1) + "\n"),
-                     ("index.html", render(rep, pngs))):
-    tmp = out / f"{name}.tmp{os.getpid()}"
-    tmp.write_text(text)
-    os.replace(tmp, out / name)
+    files.write_atomic(out / name, data)
+  files.write_json(out / "report.json", rep)
+  files.write_atomic(out / "index.html", render(rep, pngs))
   print(f"wrote {out / 'index.html'} ({len({r['arm'] for r in rep['rows']})} arms, "
         f"{len(rep['pairs'])} paired differences, {len(pngs)} figures)")
   for p in rep["pairs"]:

@@ -20,6 +20,7 @@ import subprocess
 import sys
 import time
 
+from lima_jax import files
 from lima_jax.errors import UserError
 
 PAIRWISE = ("lima_pairwise", "alpaca_eval")
@@ -74,9 +75,8 @@ class Manifest:
 
   def set(self, key: str, **record) -> None:
     self.steps[key] = {**self.steps.get(key, {}), **record}
-    tmp = self.path.with_name(f"manifest.json.tmp{os.getpid()}")
-    tmp.write_text(json.dumps({"steps": self.steps}, indent=1, sort_keys=True) + "\n")
-    os.replace(tmp, self.path)
+    files.write_atomic(self.path, json.dumps({"steps": self.steps}, indent=1, sort_keys=True)
+                       + "\n")
 
   def state(self, step: Step) -> tuple[str, str]:
     """('done' | 'changed' | 'resume' | 'new', digest)."""
