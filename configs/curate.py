@@ -143,8 +143,8 @@ def get_config(preset: str = "quality") -> ml_collections.ConfigDict:
 
   c.report = ml_collections.ConfigDict()
   c.report.diversity = True  # Embed the candidates for the diversity figures.
-  # k-means clusters of the candidates for the coverage figure (0 = as many as chosen; slow:
-  # ~1 min for 1,000 clusters of 12K records on 2 cores).
+  # k-means clusters of the candidates for the coverage figure (0 = as many as chosen: slow,
+  # a k-means of that many clusters over the candidates).
   c.report.clusters = 100
   c.report.examples = 5  # Top and bottom examples shown.
 

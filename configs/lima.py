@@ -64,14 +64,13 @@ def get_config(variant: str = "demo") -> ml_collections.ConfigDict:
   c.model.scan_layers = True  # nn.scan over layers: compile time flat in depth.
   # What the backward pass recomputes instead of storing (lima_jax.model.REMAT_POLICIES):
   # 'elementwise' keeps the matmul and attention outputs and recomputes norms, RoPE and SwiGLU's
-  # activation (CPU, bench-20m at 8 x 512: 2.57 -> 2.32 s a step on an Intel Xeon, 3.92 -> 3.69 s
-  # on an AMD EPYC, temporaries 1.4 -> 0.7 GB, benchmarks/results/ablation/); 'none' stores all;
-  # 'full' keeps only each layer's input (large models on small slices); also 'save_dots',
-  # 'save_dots_no_batch'.
+  # activation (faster than 'none' on CPU and half its temporaries: README "Performance",
+  # benchmarks/results/ablation/); 'none' stores all; 'full' keeps only each layer's input
+  # (large models on small slices); also 'save_dots', 'save_dots_no_batch'.
   c.model.remat_policy = "elementwise"
   c.model.vocab_multiple = 128  # Embedding rows padded to a multiple of this (after EOT).
   # Causal attention in query blocks of this many tokens, each meeting only earlier keys
-  # (0: one block). On CPU at length 512: 2.48 s a step with 128 or 256, 2.56 s with 64.
+  # (0: one block). 128 was among the fastest on CPU at length 512 (README "Performance").
   c.model.attention_block = 128
   c.model.attention_impl = "xla"  # 'xla' (any backend) | 'cudnn' (NVIDIA GPUs, bfloat16).
   # data.tokenizer must be the tokenizer stored with model.init (same SentencePiece model);
@@ -109,8 +108,8 @@ def get_config(variant: str = "demo") -> ml_collections.ConfigDict:
   # Loss tokens per batch shard per chunk of the fused output projection + cross-entropy,
   # which runs on loss tokens only (each shard's rows joined) and never builds [B, T, V]
   # logits (lima_jax/loss.py); 0: plain logits. Larger chunks make bigger matmuls and fewer
-  # weight-gradient additions; the last chunk is padded. On CPU at 8 x 512 (one shard), 512
-  # was fastest: 2.12 s a step against 2.14 s for 256 and 2.19 s for 128.
+  # weight-gradient additions; the last chunk is padded. 512 was the fastest on CPU at 8 x 512
+  # (one shard; README "Performance").
   c.train.loss_chunk = 512
 
   # --- Mesh --------------------------------------------------------------------------------

@@ -4,9 +4,9 @@ recomputes probabilities in the backward pass), and plain masked attention over 
 Layouts are chosen for XLA:CPU and work on every backend: training attention is head-major
 (q [B, G, T * R, K], k and v [B, G, T, K]) with key-major scores [B, G, S, M], so that every
 einsum gets its operands without per-block transposes and the softmax reduces over a major axis
-(which XLA:CPU vectorises; over the minor axis it emits a scalar tree reduction). On 2-core
-CPUs this made a bench-20m step 4% (Intel Xeon) and 12% (AMD EPYC) faster than the
-[B, T, G, R, K] version with a stored mask (benchmarks/results/ablation/).
+(which XLA:CPU vectorises; over the minor axis it emits a scalar tree reduction). That is
+faster than the [B, T, G, R, K] version with a stored mask (README "Performance",
+benchmarks/results/ablation/).
 """
 import functools
 

@@ -189,8 +189,8 @@ class Built:
 
 
 # XLA:CPU hands most matmuls to YNNPACK and those with a transposed operand (the weight
-# gradients) to Eigen. All-Eigen made a bench-20m step 15% faster on a 2-core AMD EPYC (AVX2)
-# and 11% on a 2-core Xeon with AVX-512, with loss.py's vocab-major head (README "Performance").
+# gradients) to Eigen. All-Eigen is faster with loss.py's vocab-major head (README
+# "Performance": what each change bought, per machine).
 CPU_COMPILER_OPTIONS = {"xla_cpu_experimental_ynn_fusion_type": ""}
 
 
