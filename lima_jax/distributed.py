@@ -2,7 +2,7 @@
 
 A pod runs one process per host (`distributed.initialize`); on one machine the same code runs
 as N local CPU processes talking through `jax.distributed` and gloo
-(`distributed.local_processes`), which is how the multi-host path is tested (DESIGN.md §5).
+(`distributed.local_processes`), which is how the multi-host path is tested (tests/test_multihost.py).
 
 Preemption goes through JAX's preemption sync point: SIGTERM on any subset of hosts, in any
 order, is propagated by the coordination service, and every host learns the same step at which

@@ -4,7 +4,7 @@
 (`lima_jax.tokenizer_hf.HFTokenizer`, same contract) for a tokenizer.json or a GGUF file.
 
 LIMA ends every utterance with a new special token, EOT, distinct from the pretraining EOS
-(DESIGN.md §2). It cannot be a SentencePiece piece (the base model's vocabulary is fixed), so
+(README, "The recipe"). It cannot be a SentencePiece piece (the base model's vocabulary is fixed), so
 it is appended after it: EOT = the SentencePiece vocabulary size, the next free id. PAD is
 the model's own pad piece when it has one, else the id after EOT. Padding never needs a real
 embedding row to be right (the loss mask is explicit), but the embedding must have a row for
