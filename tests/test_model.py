@@ -345,3 +345,28 @@ def test_attention_block_size_does_not_change_the_model():
   (a, ga), (b, gb) = loss(one_block)(params), loss(blocked)(params)
   np.testing.assert_allclose(a, b, rtol=1e-5)
   jax.tree.map(lambda x, y: np.testing.assert_allclose(x, y, rtol=1e-4, atol=1e-6), ga, gb)
+
+
+def test_blocked_attention_in_bfloat16_stays_close_to_float32():
+  """bfloat16 q, k, v (what accelerator training feeds it): output and gradients within
+  bfloat16's precision of the float32 reference on the same (rounded) inputs; the softmax
+  sums run in float32, so longer rows do not drift."""
+  from lima_jax import attention
+  rng = np.random.default_rng(1)
+  B, T, G, R, K = 2, 256, 2, 2, 16
+  q = jnp.asarray(rng.normal(size=(B, T, G, R, K)), jnp.bfloat16)
+  k, v = (jnp.asarray(rng.normal(size=(B, T, G, K)), jnp.bfloat16) for _ in range(2))
+  segments = jnp.asarray([[1] * 200 + [2] * 56, [1] * 256])
+  slots = jnp.broadcast_to(jnp.arange(T), (B, T))
+  mask = attention.attention_mask(segments, segments, slots, slots)
+  f32 = lambda x: x.astype(jnp.float32)
+  r = jnp.asarray(rng.normal(size=(B, T, G, R, K)), jnp.float32)
+  ours = lambda q, k, v: jnp.sum(f32(_blocked_attention(q, k, v, segments, 64)) * r)
+  ref = lambda q, k, v: jnp.sum(_reference_attention(q, k, v, mask) * r)
+  out = _blocked_attention(q, k, v, segments, 64)
+  assert out.dtype == jnp.bfloat16
+  want = _reference_attention(f32(q), f32(k), f32(v), mask)
+  assert float(jnp.max(jnp.abs(f32(out) - want))) < 2e-2
+  for a, b in zip(jax.grad(ours, argnums=(0, 1, 2))(q, k, v),
+                  jax.grad(ref, argnums=(0, 1, 2))(f32(q), f32(k), f32(v))):
+    assert float(jnp.max(jnp.abs(f32(a) - b)) / jnp.max(jnp.abs(b))) < 2e-2
