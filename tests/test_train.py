@@ -191,3 +191,44 @@ def test_max_len_past_the_base_models_context_warns_with_both_numbers():
     warnings.simplefilter("error")  # within the context: nothing to say
     base_model.model_config(tiny_config(**{"model.size": ""}), init, tok)
     base_model.model_config(tiny_config(**{"data.max_len": 256}), None, tok)  # random init
+
+
+def test_warmup_then_cosine_schedule_follows_its_closed_form():
+  import math
+  from lima_jax import train
+  c = tiny_config(**{"train.schedule": "cosine", "train.warmup_steps": 4,
+                     "train.learning_rate": 1e-3, "train.end_learning_rate": 1e-4})
+  schedule = train.make_schedule(c.train, total_steps=20)
+  decay = 20 - 1 - 4  # LIMA's convention: the end lr is reached at the last step (19)
+  for step in range(20):
+    if step < 4:
+      want = 1e-3 * step / 4
+    else:
+      j = step - 4
+      want = 1e-4 + (1e-3 - 1e-4) * 0.5 * (1 + math.cos(math.pi * j / decay))
+    assert float(schedule(step)) == pytest.approx(want, rel=1e-5, abs=1e-9), step
+  assert float(schedule(19)) == pytest.approx(1e-4)
+
+
+def test_keep_epochs_and_every_steps_prune_to_the_kept_epochs_and_the_newest(tmp_path):
+  from lima_jax import train
+  train.train_and_evaluate(tiny_config(**{"train.epochs": 3, "checkpoint.keep_epochs": "2",
+                                          "checkpoint.every_steps": 3}), str(tmp_path))
+  rows = read_metrics(tmp_path)
+  per_epoch = rows[-1]["step"] // 3
+  assert per_epoch > 3  # so every_steps=3 saved mid-epoch checkpoints that had to go
+  kept = sorted(int(p.name) for p in (tmp_path / "checkpoints").iterdir() if p.name.isdigit())
+  assert kept == [2 * per_epoch, 3 * per_epoch]  # epoch 2's end, and the newest (for resume)
+  assert [r["step"] for r in rows] == list(range(1, 3 * per_epoch + 1))
+
+
+def test_metrics_on_resume_drop_the_rows_past_the_restored_step(tmp_path):
+  from etils import epath
+  from lima_jax import metrics_log
+  (tmp_path / "metrics.jsonl").write_text("".join(
+      json.dumps({"step": s, "loss": 1.0 / s}) + "\n" for s in range(1, 11)))
+  log = metrics_log.MetricsLog(epath.Path(tmp_path), resume_step=6)
+  assert [r["step"] for r in read_metrics(tmp_path)] == [1, 2, 3, 4, 5, 6]  # at once
+  log.add({"step": 7, "loss": 0.5})
+  log.close()
+  assert [r["step"] for r in read_metrics(tmp_path)] == [1, 2, 3, 4, 5, 6, 7]
