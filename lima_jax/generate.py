@@ -215,11 +215,7 @@ def decoding_from_flags(f) -> Decoding:
 
 
 def mesh_from_flags(f):
-  try:
-    shape = [int(s) for s in f.mesh]
-  except ValueError:
-    raise UserError(f"--mesh: {','.join(f.mesh)} is not three integers") from None
-  return sharding.make_mesh(shape)
+  return sharding.make_mesh(sharding.parse_mesh_shape(f.mesh))
 
 
 def _define_flags() -> None:

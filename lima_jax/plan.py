@@ -263,14 +263,6 @@ def make_plan(config, topology: str, mesh_shape=None) -> Plan:
   return p
 
 
-def _parse_mesh(text: str) -> tuple[int, ...]:
-  try:
-    return tuple(int(s) for s in text.split(","))
-  except ValueError:
-    raise UserError(f"--mesh={text!r}: expected three integers data,fsdp,tensor, "
-                    "e.g. 1,-1,1") from None
-
-
 def main(argv: list[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
@@ -278,7 +270,7 @@ def main(argv: list[str]) -> None:
   jax.config.update("jax_platforms", "cpu")
   f = flags.FLAGS
   config = f.config
-  mesh = _parse_mesh(f.mesh) if f.mesh else None
+  mesh = sharding.parse_mesh_shape(f.mesh) if f.mesh else None
   if f.decode:
     return _main_decode(config, f, mesh)
   p = make_plan(config, f.topology, mesh)

@@ -73,6 +73,16 @@ def device_grid(shape: Sequence[int], devices: Sequence[Any]) -> np.ndarray:
     return mesh_utils.create_device_mesh(shape, devices, allow_split_physical_axes=True)
 
 
+def parse_mesh_shape(value, flag: str = "--mesh") -> tuple[int, ...]:
+  """'1,-1,1' (or ['1', '-1', '1'], as absl lists come) -> (1, -1, 1); one line if not ints."""
+  items = value.split(",") if isinstance(value, str) else list(value)
+  try:
+    return tuple(int(s) for s in items)
+  except ValueError:
+    raise UserError(f"{flag}={','.join(items)}: expected three integers data,fsdp,tensor, "
+                    "e.g. 1,-1,1") from None
+
+
 def make_mesh(shape: Sequence[int], devices=None) -> jax.sharding.Mesh:
   """A ('data', 'fsdp', 'tensor') mesh with Auto axes (Explicit breaks logical constraints)."""
   devices = jax.devices() if devices is None else devices

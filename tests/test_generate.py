@@ -282,3 +282,10 @@ def test_cli_bad_input_is_one_line_and_leaves_the_output_alone(tmp_path):
     assert message in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
   assert out.read_text() == "good\n"
   assert sorted(p.name for p in tmp_path.iterdir()) == ["out.jsonl", "prompts.jsonl"]
+
+
+def test_mesh_flags_parse_once_for_every_cli():
+  assert sharding.parse_mesh_shape("1,-1,1") == (1, -1, 1)
+  assert sharding.parse_mesh_shape(["2", "2", "2"]) == (2, 2, 2)  # as absl's list flags give it
+  with pytest.raises(UserError, match=r"--mesh=1,x,1: expected three integers"):
+    sharding.parse_mesh_shape("1,x,1")
