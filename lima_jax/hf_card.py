@@ -5,11 +5,14 @@ from lima_jax import model as model_lib
 from lima_jax.sampling import LIMA
 
 
+_ARCH_NAMES = {"llama": "Llama", "mistral": "Mistral", "qwen2": "Qwen2"}
+
+
 def model_card(cfg: model_lib.ModelConfig, dtype: str) -> str:
   """README.md of an export: what the weights are and how its decoding relates to LIMA's."""
   return f"""# A lima_jax fine-tune (LIMA format)
 
-Exported by `python -m lima_jax.convert to-hf`: a Llama-architecture model
+Exported by `python -m lima_jax.convert to-hf`: a {_ARCH_NAMES[cfg.arch]}-architecture model
 ({model_lib.param_count(cfg):,} parameters, {cfg.n_layers} layers, context {cfg.max_seq_len}),
 weights in {dtype}. Conversations are rendered as in training: BOS, then every utterance
 followed by the end-of-turn token (the tokenizer's `eos_token`); `apply_chat_template` with
