@@ -2,8 +2,8 @@
 
 `model.init` is a lima_jax checkpoint (restored straight into its shardings), a Hugging Face
 directory, a GGUF file (dequantized to float32) or a llama2.c `.bin` (read on every host, then
-each host places only its own devices' shards). The vocabulary grows by EOT, padded to `model.vocab_multiple`, and new rows
-start at the mean embedding (`model.resize_vocab`).
+each host places only its own devices' shards). The vocabulary grows by EOT, padded to
+`model.vocab_multiple`, and new rows start at the mean embedding (`model.resize_vocab`).
 """
 import dataclasses
 import warnings
