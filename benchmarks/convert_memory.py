@@ -43,8 +43,7 @@ import jax, numpy as np
 from lima_jax import checkpoint, layers, model
 size, dtype, path = sys.argv[1:]
 cfg = model.get_size(size, param_dtype=dtype, dtype=dtype)
-boxed = jax.eval_shape(lambda: model.Transformer(cfg).init(
-    jax.random.key(0), jax.numpy.zeros((1, 1), "int32")))["params"]
+boxed = model.abstract_params(cfg)
 leaves, treedef = jax.tree.flatten(
     jax.tree.map(lambda b: b.value, boxed, is_leaf=lambda b: hasattr(b, "value")))
 rng, np_dtype = np.random.default_rng(0), np.dtype(layers.as_dtype(dtype))

@@ -10,7 +10,6 @@ import warnings
 from typing import Optional
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from etils import epath
 
@@ -123,8 +122,7 @@ def load_init_params(config, kind: str, cfg: model_lib.ModelConfig, param_sh, me
   if kind == "lima":
     stored = checkpoint.params_metadata(path)
     stored_cfg = dataclasses.replace(cfg, vocab_size=stored["embed"]["embedding"].shape[0])
-    boxed = jax.eval_shape(lambda: model_lib.Transformer(stored_cfg).init(
-        jax.random.key(0), jnp.zeros((1, 8), jnp.int32)))["params"]
+    boxed = model_lib.abstract_params(stored_cfg)
     params, _ = checkpoint.load(path, sharding.logical_shardings(boxed, mesh))
     params = jax.tree.map(lambda x: x.astype(cfg.param_dtype), params)
     return jax.jit(lambda p: model_lib.resize_vocab(p, cfg.vocab_size), out_shardings=param_sh)(

@@ -17,7 +17,6 @@ import time
 from typing import Sequence
 
 import jax
-import jax.numpy as jnp
 
 from lima_jax import distributed, files
 from lima_jax import model as model_lib
@@ -73,9 +72,7 @@ def load(path, mesh=None, dtype: str | None = None):
     cfg = dataclasses.replace(cfg, param_dtype=dtype)
   shardings = None
   if mesh is not None:
-    boxed = jax.eval_shape(lambda: model_lib.Transformer(cfg).init(
-        jax.random.key(0), jnp.zeros((1, 8), jnp.int32)))["params"]
-    shardings = sharding.logical_shardings(boxed, mesh)
+    shardings = sharding.logical_shardings(model_lib.abstract_params(cfg), mesh)
   try:
     params, _ = checkpoint.load(path, shardings, dtype)
   except (ValueError, KeyError, OSError) as e:

@@ -16,7 +16,6 @@ import shutil
 import struct
 
 import jax
-import jax.numpy as jnp
 import ml_dtypes
 import numpy as np
 from safetensors import SafetensorError, safe_open
@@ -64,8 +63,7 @@ def _from_hf(y, layout, shape):
 
 def _tensor_plan(cfg: model_lib.ModelConfig):
   """[(params path, layer or None, HF name, layout, our shape)] in parameter-major order."""
-  shapes = jax.eval_shape(lambda: model_lib.Transformer(cfg).init(
-      jax.random.key(0), jnp.zeros((1, 1), jnp.int32)))["params"]
+  shapes = model_lib.abstract_params(cfg)
   shape = lambda path: tuple(shapes[path[0]][path[1]].value.shape) if len(path) == 2 else \
       tuple(shapes["layers"][path[1]][path[2]].value.shape[1:])
   plan = [(p, None, n, lay, shape(p)) for p, n, lay in _TOP

@@ -347,10 +347,17 @@ class Transformer(nn.Module):
     return logits, {"k": new_kv["k"], "v": new_kv["v"], "segment_ids": kv_segments}
 
 
+def abstract_params(cfg: ModelConfig) -> dict:
+  """The parameter tree as shapes (nn.LogicallyPartitioned leaves over ShapeDtypeStructs):
+  shardings, sizes and checks before any weight exists. Nothing is allocated, and no key is
+  made outside the trace (so it works under a mesh of compile-only devices too)."""
+  return jax.eval_shape(lambda: Transformer(cfg).init(
+      jax.random.key(0), jnp.zeros((1, 1), jnp.int32)))["params"]
+
+
 def param_count(cfg: ModelConfig) -> int:
-  """Number of parameters, from shapes only (jax.eval_shape: nothing is allocated)."""
-  shapes = jax.eval_shape(Transformer(cfg).init, jax.random.key(0), jnp.zeros((1, 1), jnp.int32))
-  return sum(int(np.prod(x.shape)) for x in jax.tree.leaves(shapes["params"]))
+  """Number of parameters, from shapes only."""
+  return sum(int(np.prod(x.shape)) for x in jax.tree.leaves(abstract_params(cfg)))
 
 
 def resize_vocab(params: Mapping[str, Any], new_vocab_size: int) -> dict:

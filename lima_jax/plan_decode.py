@@ -52,8 +52,7 @@ class DecodePlan:
 
 
 def _abstract_params(cfg: model_lib.ModelConfig, mesh) -> dict:
-  boxed = jax.eval_shape(lambda: model_lib.Transformer(cfg).init(
-      jax.random.key(0), jnp.zeros((1, 8), jnp.int32)))["params"]
+  boxed = model_lib.abstract_params(cfg)
   shardings = sharding.logical_shardings(boxed, mesh)
   values = jax.tree.map(lambda b: b.value, boxed, is_leaf=lambda b: hasattr(b, "value"))
   return jax.tree.map(lambda v, s: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=s),
@@ -100,7 +99,7 @@ def plan_decode(cfg: model_lib.ModelConfig, mesh, slice_: tpu_specs.Slice, vocab
   per_step = p.param_bytes + p.cache_bytes
   p.step_seconds = {f"{u:.0%}": per_step / (u * slice_.chip.hbm_bytes_per_s)
                     for u in BANDWIDTH_USE}
-  n = sum(math.prod(x.shape) for x in jax.tree.leaves(params))
+  n = model_lib.param_count(cfg)
   p.prefill_seconds = 2 * n * batch * prompt_len / (
       slice_.chips * PREFILL_MFU * slice_.chip.peak_bf16_flops)
   batches = math.ceil(prompts / batch)
