@@ -91,7 +91,9 @@ class Live:
 @pytest.fixture(scope="module")
 def live(model):
   params, cfg, tok = model
-  app = create_app(lambda: (Engine(params, cfg, tok.vocab_size, slots=SLOTS), tok),
+  banned = decoding.banned_ids(tok, (tok.eot_id, tok.eos_id))  # as Generator and the CLI
+  app = create_app(lambda: (Engine(params, cfg, tok.vocab_size, slots=SLOTS, banned=banned),
+                            tok),
                    served_model_name="tiny", api_key=KEY, max_queue=32)
   server = Live(app)
   yield server

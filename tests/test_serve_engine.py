@@ -6,6 +6,7 @@ import jax
 import jax.numpy as jnp
 import pytest
 
+from lima_jax import decoding
 from lima_jax import model as model_lib
 from lima_jax.decoding import Generator
 from lima_jax.sampling import Decoding
@@ -22,7 +23,8 @@ def setup():
   cfg = model_lib.get_size("tiny", vocab_size=tok.padded_vocab_size())
   params = nn.meta.unbox(model_lib.Transformer(cfg).init(
       jax.random.key(1), jnp.zeros((1, 8), jnp.int32))["params"])
-  engine = Engine(params, cfg, tok.vocab_size, slots=4)
+  engine = Engine(params, cfg, tok.vocab_size, slots=4,
+                  banned=decoding.banned_ids(tok, (tok.eot_id, tok.eos_id)))  # as Generator
   engine.warm_up()
   texts = ["hello there how are you", "a", "what is the meaning of life and the universe"]
   prompts = [[tok.bos_id] + tok.encode(t) + [tok.eot_id] for t in texts]
@@ -77,10 +79,9 @@ def test_on_a_mesh_gives_the_same_tokens(setup):
   from lima_jax import sharding
   tok, cfg, params, engine, prompts = setup
   mesh = sharding.make_mesh([1, 2, 2], jax.devices()[:4])
-  boxed = jax.eval_shape(lambda: model_lib.Transformer(cfg).init(
-      jax.random.key(1), jnp.zeros((1, 8), jnp.int32)))["params"]
-  placed = jax.device_put(params, sharding.logical_shardings(boxed, mesh))
-  sharded = Engine(placed, cfg, tok.vocab_size, slots=3, mesh=mesh)
+  placed = jax.device_put(params, sharding.logical_shardings(model_lib.abstract_params(cfg),
+                                                            mesh))
+  sharded = Engine(placed, cfg, tok.vocab_size, slots=3, mesh=mesh, banned=engine.banned)
   assert sharded.slots == 4  # rounded up to the 2 batch shards
   dec = Decoding(max_new_tokens=N_NEW, top_k=50)
   assert _run(sharded, tok, prompts, [1, 3, 0], dec, 5) == _run(engine, tok, prompts, [0, 1, 2],

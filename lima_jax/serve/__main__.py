@@ -82,16 +82,16 @@ def load_engine(path: pathlib.Path, *, slots: int, max_len: int = 0, mesh=None,
       raise UserError(f"{path}: tokenizer has {tok.vocab_size} ids but the model only "
                       f"{cfg.vocab_size} embedding rows")
     if mesh is not None:
-      boxed = jax.eval_shape(lambda: model_lib.Transformer(cfg).init(
-          jax.random.key(0), jax.numpy.zeros((1, 8), "int32")))["params"]
-      params = jax.device_put(params, sharding.logical_shardings(boxed, mesh))
+      params = jax.device_put(
+          params, sharding.logical_shardings(model_lib.abstract_params(cfg), mesh))
     else:
       params = jax.device_put(params)
   else:
     from lima_jax import generate
     params, cfg, tok, _ = generate.load(path, mesh, dtype)
-  return Engine(params, cfg, tok.vocab_size, slots=slots, max_len=max_len or None,
-                mesh=mesh), tok
+  from lima_jax import decoding
+  return Engine(params, cfg, tok.vocab_size, slots=slots, max_len=max_len or None, mesh=mesh,
+                banned=decoding.banned_ids(tok, (tok.eot_id, tok.eos_id))), tok
 
 
 def _bind(host: str, port: int) -> socket.socket:

@@ -85,6 +85,7 @@ class Engine:
   slots: int = 8
   max_len: int | None = None
   mesh: Any = None
+  banned: tuple[int, ...] = ()  # ids never emitted: decoding.banned_ids (BOS, PAD)
 
   def __post_init__(self):
     self.cfg = dataclasses.replace(self.cfg, remat_policy="none", dropout_top=0.0)
@@ -151,7 +152,8 @@ class Engine:
   def _step_fn(self, params, s, span):
     self._count("step")
     B = s["pos"].shape[0]
-    logits = jnp.where(jnp.arange(s["logits"].shape[-1]) < self.vocab_size, s["logits"], -jnp.inf)
+    allowed = sampling.allowed(s["logits"].shape[-1], self.vocab_size, self.banned)
+    logits = jnp.where(allowed, s["logits"], -jnp.inf)
     logits = sampling.repetition_penalty(logits, s["seen"], s["penalty"][:, None])
     greedy = jnp.argmax(logits, axis=-1).astype(jnp.int32)
     scaled = logits / jnp.where(s["greedy"], 1.0, s["temperature"])[:, None]
