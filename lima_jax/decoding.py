@@ -47,9 +47,11 @@ def render_prompt(turns: Sequence[str], tok) -> list[int]:
   return ids
 
 
-def _bucket(n: int) -> int:
-  """Prompt and answer lengths round up to powers of two: a handful of compiled shapes."""
-  return max(_MIN_BUCKET, 1 << (n - 1).bit_length())
+def bucket(n: int, minimum: int = _MIN_BUCKET, maximum: int | None = None) -> int:
+  """Lengths round up to powers of two (at least `minimum`, at most `maximum`): a handful of
+  compiled shapes. The one rule for the decoder, the server and curation's scoring."""
+  b = max(minimum, 1 << (max(n, 1) - 1).bit_length())
+  return b if maximum is None else min(b, maximum)
 
 
 class _Spec(NamedTuple):
@@ -168,7 +170,7 @@ class Generator:
     with _on_mesh(self.mesh):
       for start in range(0, len(prompts), B):
         chunk = prompts[start:start + B]
-        tokens = np.zeros((B, _bucket(max(map(len, chunk)))), np.int32)
+        tokens = np.zeros((B, bucket(max(map(len, chunk)))), np.int32)
         lengths, budget = np.ones(B, np.int32), np.zeros(B, np.int32)  # spare rows: no budget
         for b, p in enumerate(chunk):
           tokens[b, :len(p)], lengths[b], budget[b] = p, len(p), min(n_new, ctx - len(p))
@@ -200,7 +202,7 @@ def banned_ids(tok, stop_ids: Sequence[int] = ()) -> tuple[int, ...]:
 def _spec(cfg: model_lib.ModelConfig, mesh, vocab_size: int, dec: Decoding,
           banned: tuple[int, ...] = ()) -> _Spec:
   n_new = min(dec.max_new_tokens, cfg.max_seq_len - 1)
-  return _Spec(cfg, mesh, vocab_size, min(_bucket(n_new), cfg.max_seq_len - 1), dec.greedy,
+  return _Spec(cfg, mesh, vocab_size, min(bucket(n_new), cfg.max_seq_len - 1), dec.greedy,
                dec.top_k, banned)
 
 
@@ -213,7 +215,7 @@ def lower(params, cfg: model_lib.ModelConfig, mesh, vocab_size: int, batch_size:
   rows, whole = NamedSharding(mesh, P(sharding.BATCH_AXES)), NamedSharding(mesh, P())
   shape = lambda s, sh, dtype=jnp.int32: jax.ShapeDtypeStruct(s, dtype, sharding=sh)
   B = batch_size
-  args = (shape((B, _bucket(prompt_len)), rows), shape((B,), rows), shape((B,), rows),
+  args = (shape((B, bucket(prompt_len)), rows), shape((B,), rows), shape((B,), rows),
           shape((B,), rows), shape((), whole), shape((3,), whole, jnp.float32),
           shape((_MAX_STOPS,), whole))
   with _on_mesh(mesh):

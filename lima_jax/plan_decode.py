@@ -74,7 +74,7 @@ def plan_decode(cfg: model_lib.ModelConfig, mesh, slice_: tpu_specs.Slice, vocab
   """Compiles one decode batch of `cfg` on `mesh` and estimates `prompts` prompts' time."""
   from lima_jax import decoding, plan
   new_tokens = min(LIMA.max_new_tokens, cfg.max_seq_len - 1)
-  prompt_len = decoding._bucket(prompt_len)  # the shape the decoder compiles
+  prompt_len = decoding.bucket(prompt_len)  # the shape the decoder compiles
   params = _abstract_params(cfg, mesh)
   p_bytes = plan._bytes_per_chip(params)
   p = DecodePlan(

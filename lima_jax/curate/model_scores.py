@@ -31,7 +31,7 @@ import numpy as np
 import optax
 from tqdm import tqdm
 
-from lima_jax import checkpoint, data
+from lima_jax import checkpoint, data, decoding
 from lima_jax import model as model_lib
 from lima_jax.errors import UserError
 from lima_jax.tokenizer import Tokenizer
@@ -84,10 +84,6 @@ def response_only(record: Any, tok: Tokenizer, keep: int) -> data.Encoded:
   return data.Encoded(tokens, mask)
 
 
-def _bucket(length: int, max_len: int) -> int:
-  return min(max(16, 1 << (max(length, 1) - 1).bit_length()), max_len)
-
-
 def _batches(encoded: Sequence[data.Encoded], batch_size: int, max_len: int,
              desc: str) -> Iterator[tuple[np.ndarray, dict[str, np.ndarray]]]:
   """(record indices, shifted padded arrays) in batches of similar length; padding rows are
@@ -96,7 +92,7 @@ def _batches(encoded: Sequence[data.Encoded], batch_size: int, max_len: int,
   for start in tqdm(range(0, len(order), batch_size), desc=desc, unit="batch",
                     disable=len(order) <= 4 * batch_size):
     idx = order[start:start + batch_size]
-    length = _bucket(max(len(encoded[i].tokens) for i in idx) - 1, max_len)
+    length = decoding.bucket(max(len(encoded[i].tokens) for i in idx) - 1, 16, max_len)
     rows = {k: np.zeros((batch_size, length), d) for k, d in
             (("inputs", np.int32), ("targets", np.int32), ("loss_mask", bool),
              ("segment_ids", np.int32))}

@@ -31,7 +31,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from lima_jax import layers, sampling, sharding
+from lima_jax import decoding, layers, sampling, sharding
 from lima_jax import model as model_lib
 
 MIN_BUCKET = 16
@@ -53,7 +53,7 @@ def buckets(max_len: int) -> list[int]:
 
 
 def bucket_for(n: int, max_len: int) -> int:
-  return next(b for b in buckets(max_len) if b >= n)
+  return decoding.bucket(n, MIN_BUCKET, max_len)
 
 
 def _last_position_only(index):
