@@ -62,8 +62,7 @@ def model_config(config, init_cfg: Optional[model_lib.ModelConfig],
     if init_cfg is not None and tok.eot_id > vocab:
       raise UserError(f"data.tokenizer has {tok.eot_id} pieces but model.init has only {vocab} "
                       "embedding rows: the tokenizer does not belong to these weights")
-    mult = m.vocab_multiple
-    vocab = -(-tok.vocab_size // mult) * mult
+    vocab = tok.padded_vocab_size(m.vocab_multiple)
   if init_cfg is not None and config.data.max_len > init_cfg.max_seq_len:
     warnings.warn(f"data.max_len={config.data.max_len} is longer than model.init's context of "
                   f"{init_cfg.max_seq_len} tokens: positions past {init_cfg.max_seq_len} extend "
