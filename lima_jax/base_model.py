@@ -83,9 +83,14 @@ def planned_model_config(config) -> model_lib.ModelConfig:
   if config.model.attention_impl == "cudnn":
     raise UserError("model.attention_impl='cudnn' is for NVIDIA GPUs; the planner compiles for "
                     "TPU: use 'xla'")
-  eot = type("PlannedTokenizer", (), {"vocab_size": base.vocab_size + 1,
-                                      "eot_id": base.vocab_size})
-  return model_config(config, None, eot)
+  return model_config(config, None, _PlannedTokenizer(base.vocab_size + 1, base.vocab_size))
+
+
+class _PlannedTokenizer(tokenizer_lib.Tokenizer):
+  """What the planner knows of a tokenizer: its size with EOT (no model file to load)."""
+
+  def __init__(self, vocab_size: int, eot_id: int):  # noqa: the base's proto is not needed
+    self.vocab_size, self.eot_id = vocab_size, eot_id
 
 
 def load_tokenizer(config, init_tok_meta: Optional[dict], init_kind: str
