@@ -9,6 +9,7 @@ import dataclasses
 import json
 import os
 import pathlib
+import re
 import signal
 import socket
 import subprocess
@@ -258,8 +259,8 @@ def test_sigterm_to_one_of_two_processes_saves_the_same_step_and_resumes_exactly
   out, _ = proc.communicate(timeout=120)
   assert time.time() - sent < 60, out[-3000:]
   assert proc.returncode == 0, out[-3000:]
-  saved = {line.split(":")[0]: int(line.split("saved step ")[1].split()[0])
-           for line in out.splitlines() if "SIGTERM: saved step" in line}
+  # Two processes share the pipe: one's line may run into the other's, so match anywhere.
+  saved = {p: int(s) for p, s in re.findall(r"(process \d+): SIGTERM: saved step (\d+)", out)}
   assert set(saved) == {"process 0", "process 1"}, out[-3000:]
   assert len(set(saved.values())) == 1
   step = saved["process 0"]
