@@ -300,6 +300,7 @@ class Checkpoints:
     self.manager, self.every = manager, config.checkpoint.every_steps
     self.on_preemption, self.fingerprint = config.checkpoint.on_preemption, fingerprint
     self.preempted_dir = workdir / "preempted"
+    self.saved_step = None
     if self.on_preemption not in ("full", "params", "none"):
       raise UserError(f"checkpoint.on_preemption={self.on_preemption!r}: not one of full, "
                       "params, none")
@@ -315,12 +316,14 @@ class Checkpoints:
   def save(self, state: TrainState, meta: dict) -> None:
     self.manager.prune(self.keep_steps, deletable=self._ours)
     self.manager.save(meta["step"], state.params, state.opt_state, meta)
+    self.saved_step = meta["step"]
 
   def save_preempted(self, state: TrainState, meta: dict) -> str:
     """What the notice leaves time for (docs/tpu.md): the whole state, params only, or
     nothing (resume from the last periodic checkpoint)."""
     if self.on_preemption == "full":
-      self.save(state, meta)
+      if self.saved_step != meta["step"]:  # not when the step was just saved
+        self.save(state, meta)  # (the notice met an epoch end or every_steps)
       self.manager.wait()
       return f"saved step {meta['step']} to {self.manager.step_dir(meta['step'])}"
     if self.on_preemption == "params":

@@ -232,3 +232,35 @@ def test_metrics_on_resume_drop_the_rows_past_the_restored_step(tmp_path):
   log.add({"step": 7, "loss": 0.5})
   log.close()
   assert [r["step"] for r in read_metrics(tmp_path)] == [1, 2, 3, 4, 5, 6, 7]
+
+
+def test_a_preemption_notice_at_a_step_just_saved_does_not_save_it_twice(tmp_path):
+  """The notice met an epoch end (seen on CI: orbax's StepAlreadyExistsError on both hosts):
+  the step's checkpoint exists already, so the preemption save only waits for it."""
+  import types
+  from etils import epath
+  from lima_jax import train
+
+  class Manager:
+    def __init__(self):
+      self.saved = []
+    def prune(self, keep, deletable=None):
+      pass
+    def save(self, step, params, opt_state, meta):
+      if step in self.saved:
+        raise AssertionError(f"step {step} saved twice")
+      self.saved.append(step)
+    def wait(self):
+      pass
+    def step_dir(self, step):
+      return tmp_path / str(step)
+    def latest_step(self):
+      return self.saved[-1] if self.saved else None
+
+  manager = Manager()
+  ckpts = train.Checkpoints(tiny_config(), manager, [4, 8], {}, epath.Path(tmp_path))
+  state = types.SimpleNamespace(params={}, opt_state={})
+  ckpts.save(state, {"step": 8})
+  assert ckpts.save_preempted(state, {"step": 8}).startswith("saved step 8")
+  ckpts.save_preempted(state, {"step": 9})  # a step not saved yet is saved
+  assert manager.saved == [8, 9]
