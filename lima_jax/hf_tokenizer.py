@@ -42,6 +42,18 @@ def special_text(piece: str) -> str:
   return piece[:-1] + _MARK + ">" if piece.startswith("<") and piece.endswith(">") else piece
 
 
+
+def _bos_first(bos: str, bos_id: int) -> dict:
+  """The post-processor that puts BOS before each sequence, as training renders text."""
+  return {"type": "TemplateProcessing",
+          "single": [{"SpecialToken": {"id": bos, "type_id": 0}},
+                     {"Sequence": {"id": "A", "type_id": 0}}],
+          "pair": [{"SpecialToken": {"id": bos, "type_id": 0}},
+                   {"Sequence": {"id": "A", "type_id": 0}},
+                   {"SpecialToken": {"id": bos, "type_id": 1}},
+                   {"Sequence": {"id": "B", "type_id": 1}}],
+          "special_tokens": {bos: {"id": bos, "ids": [bos_id], "tokens": [bos]}}}
+
 def chat_template(eot: str) -> str:
   """BOS, then every utterance followed by EOT (roles alternate, user first, no system turn).
   Nothing follows the last user turn: the answer starts right there."""
@@ -96,15 +108,7 @@ def tokenizer_json(tok: tokenizer_lib.Tokenizer, proto) -> dict:
   return {
       "version": "1.0", "truncation": None, "padding": None, "added_tokens": added,
       "normalizer": _normalizer(proto.normalizer_spec), "pre_tokenizer": None,
-      "post_processor": {
-          "type": "TemplateProcessing",
-          "single": [{"SpecialToken": {"id": bos, "type_id": 0}},
-                     {"Sequence": {"id": "A", "type_id": 0}}],
-          "pair": [{"SpecialToken": {"id": bos, "type_id": 0}},
-                   {"Sequence": {"id": "A", "type_id": 0}},
-                   {"SpecialToken": {"id": bos, "type_id": 1}},
-                   {"Sequence": {"id": "B", "type_id": 1}}],
-          "special_tokens": {bos: {"id": bos, "ids": [tok.bos_id], "tokens": [bos]}}},
+      "post_processor": _bos_first(bos, tok.bos_id),
       "decoder": {"type": "Sequence", "decoders": decoders},
       "model": {"type": "BPE", "dropout": None,
                 "unk_token": special_text(proto.pieces[proto.trainer_spec.unk_id].piece),
@@ -136,15 +140,8 @@ def _hf_tokenizer_json(tok) -> dict:
     renamed = {i: names[i] for i in specials if i < tok.sp_vocab_size}
     model["vocab"] = {renamed.get(i, piece): i for piece, i in model["vocab"].items()}
   bos = names[tok.bos_id]
-  post = {"type": "TemplateProcessing",
-          "single": [{"SpecialToken": {"id": bos, "type_id": 0}},
-                     {"Sequence": {"id": "A", "type_id": 0}}],
-          "pair": [{"SpecialToken": {"id": bos, "type_id": 0}},
-                   {"Sequence": {"id": "A", "type_id": 0}},
-                   {"SpecialToken": {"id": bos, "type_id": 1}},
-                   {"Sequence": {"id": "B", "type_id": 1}}],
-          "special_tokens": {bos: {"id": bos, "ids": [tok.bos_id], "tokens": [bos]}}}
-  return {**spec, "added_tokens": added, "post_processor": post, "model": model}
+  return {**spec, "added_tokens": added, "post_processor": _bos_first(bos, tok.bos_id),
+          "model": model}
 
 
 def tokenizer_files(meta: dict, vocab_size: int, max_len: int) -> tuple[dict, dict]:

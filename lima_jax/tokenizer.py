@@ -121,12 +121,16 @@ class Tokenizer:
       tok = cls(base64.b64decode(meta["model"], validate=True))
     except (KeyError, ValueError, UserError) as e:
       raise UserError(f"tokenizer meta: bad or missing field 'model' ({e})") from None
+    return tok.check_meta_ids(meta)
+
+  def check_meta_ids(self, meta: dict) -> "Tokenizer":
+    """self, if its special ids and size are the ones `meta` saved (both backends)."""
     for key in ("bos_id", "eos_id", "eot_id", "pad_id", "vocab_size"):
-      if meta.get(key) != getattr(tok, key):
+      if meta.get(key) != getattr(self, key):
         # The ids are baked into a trained model; a silent shift would corrupt generation.
         raise UserError(f"tokenizer meta: {key}={meta.get(key)} but the model gives "
-                        f"{getattr(tok, key)}")
-    return tok
+                        f"{getattr(self, key)}")
+    return self
 
   @classmethod
   def load(cls, path: str | os.PathLike) -> "Tokenizer":

@@ -141,11 +141,7 @@ class HFTokenizer(tokenizer_lib.Tokenizer):
                 "tokenizer meta: ")
     except (KeyError, TypeError) as e:
       raise UserError(f"tokenizer meta: bad or missing field {e}") from None
-    for key in ("bos_id", "eos_id", "eot_id", "pad_id", "vocab_size"):
-      if meta.get(key) != getattr(tok, key):
-        raise UserError(f"tokenizer meta: {key}={meta.get(key)} but the model gives "
-                        f"{getattr(tok, key)}")
-    return tok
+    return tok.check_meta_ids(meta)
 
   @classmethod
   def load(cls, path: str | os.PathLike) -> "HFTokenizer":
