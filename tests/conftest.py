@@ -59,3 +59,21 @@ def tiny_config(**overrides):
     node[leaf] = value
   c.lock()
   return c
+
+
+def random_tiny_model(seed: int = 0):
+  """(params, cfg, tok): the 'tiny' model with the demo tokenizer (vocabulary rows past it are
+  sharding padding) and N(0, 0.3) weights drawn on the host (compiling init's RNG is slow;
+  wide enough that greedy answers vary)."""
+  import flax.linen as nn
+  import jax
+  import jax.numpy as jnp
+  import numpy as np
+  from lima_jax import model as M
+  from lima_jax.tokenizer import Tokenizer
+  tok = Tokenizer.load(_REPO / "data/demo/tokenizer.model")
+  cfg = M.get_size("tiny", vocab_size=tok.padded_vocab_size(128))
+  rng = np.random.RandomState(seed)
+  params = jax.tree.map(lambda s: jnp.asarray(rng.standard_normal(s.shape) * 0.3, s.dtype),
+                        nn.meta.unbox(M.abstract_params(cfg)))
+  return params, cfg, tok

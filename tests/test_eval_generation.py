@@ -2,33 +2,21 @@
 import json
 import sys
 
-import flax.linen as nn
-import jax
-import jax.numpy as jnp
-import numpy as np
 import pytest
 
-from conftest import _REPO
+from conftest import _REPO, random_tiny_model
 
 sys.path.insert(0, str(_REPO))
 from configs import eval as eval_configs  # noqa: E402
 from lima_jax import checkpoint  # noqa: E402
 from lima_jax import eval as lima_eval  # noqa: E402
-from lima_jax import model as M  # noqa: E402
 from lima_jax.eval import answers as answers_lib  # noqa: E402
-from lima_jax.tokenizer import Tokenizer  # noqa: E402
 
 
 @pytest.fixture(scope="module")
 def ckpt(tmp_path_factory):
   root = tmp_path_factory.mktemp("ckpt") / "step"
-  tok = Tokenizer.load(_REPO / "data/demo/tokenizer.model")
-  cfg = M.get_size("tiny", vocab_size=tok.padded_vocab_size(128))
-  shapes = jax.eval_shape(lambda: M.Transformer(cfg).init(
-      jax.random.key(0), jnp.zeros((1, 4), jnp.int32)))["params"]
-  rng = np.random.RandomState(0)
-  params = jax.tree.map(lambda s: jnp.asarray(rng.standard_normal(s.shape) * 0.3, s.dtype),
-                        nn.meta.unbox(shapes))
+  params, cfg, tok = random_tiny_model()
   checkpoint.save(root, params, {"model_config": cfg.to_dict(), "tokenizer": tok.to_meta(),
                                  "step": 1, "epoch": 1})
   return root, cfg

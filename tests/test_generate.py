@@ -6,17 +6,16 @@ import pathlib
 import subprocess
 import sys
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from conftest import random_tiny_model
 from lima_jax import checkpoint, decoding, generate, sampling, sharding
 from lima_jax import model as M
 from lima_jax.sampling import Decoding
 from lima_jax.errors import UserError
-from lima_jax.tokenizer import Tokenizer
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 CONVS = [["What is the capital of France?"],
@@ -30,15 +29,7 @@ SAMPLE = Decoding(max_new_tokens=12)  # LIMA's
 @pytest.fixture(scope="module")
 def model():
   """A random tiny model with the demo tokenizer; vocab rows 514..639 are sharding padding."""
-  tok = Tokenizer.load(REPO / "data/demo/tokenizer.model")
-  cfg = M.get_size("tiny", vocab_size=tok.padded_vocab_size(128))
-  shapes = jax.eval_shape(lambda: M.Transformer(cfg).init(
-      jax.random.key(0), jnp.zeros((1, 4), jnp.int32)))["params"]
-  rng = np.random.RandomState(0)
-  # Drawn on the host (compiling init's RNG is slow); wide enough that greedy answers vary.
-  params = jax.tree.map(lambda s: jnp.asarray(rng.standard_normal(s.shape) * 0.3, s.dtype),
-                        nn.meta.unbox(shapes))
-  return params, cfg, tok
+  return random_tiny_model()
 
 
 @pytest.fixture(scope="module")

@@ -16,22 +16,17 @@ import sys
 import threading
 import time
 
-import flax.linen as nn
 import httpx2 as httpx  # the HTTP library the pinned openai client is built on
-import jax
-import jax.numpy as jnp
-import numpy as np
 import openai
 import pytest
 import uvicorn
 from prometheus_client.parser import text_string_to_metric_families
 
+from conftest import random_tiny_model
 from lima_jax import checkpoint, decoding
-from lima_jax import model as M
 from lima_jax.sampling import Decoding
 from lima_jax.serve.api import create_app
 from lima_jax.serve.engine import Engine, buckets
-from lima_jax.tokenizer import Tokenizer
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 KEY = "sekrit"
@@ -46,13 +41,7 @@ CONVS = [["What is the capital of France?"], ["Hi"],
 
 @pytest.fixture(scope="module")
 def model():
-  tok = Tokenizer.load(REPO / "data/demo/tokenizer.model")
-  cfg = M.get_size("tiny", vocab_size=tok.padded_vocab_size(128))
-  shapes = jax.eval_shape(lambda: M.Transformer(cfg).init(
-      jax.random.key(0), jnp.zeros((1, 4), jnp.int32)))["params"]
-  rng = np.random.RandomState(0)
-  params = jax.tree.map(lambda s: jnp.asarray(rng.standard_normal(s.shape) * 0.3, s.dtype),
-                        nn.meta.unbox(shapes))
+  params, cfg, tok = random_tiny_model()
   # EOT's logit scaled up: some greedy answers end on EOT within N_NEW tokens, others run out.
   head = params["lm_head"]["kernel"]
   params["lm_head"]["kernel"] = head.at[:, tok.eot_id].multiply(3.0)
