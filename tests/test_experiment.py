@@ -190,3 +190,11 @@ def test_the_paper_study_says_how_to_make_a_missing_pool(tmp_path):
       "error: config arms.se_unfiltered_2k.pool: not set; make it with python -m "
       "lima_jax.datasets.stackexchange --unfiltered ... --out=se_all.jsonl, then "
       "--config.pools.stackexchange_unfiltered=se_all.jsonl"]
+
+
+def test_judging_estimate_counts_every_epoch_of_a_range(tmp_path):
+  r = cli("run", "--config=configs/experiments.py:tiny", f"--workdir={tmp_path}", "--dry_run",
+          "--config.epochs=1-2")
+  assert r.returncode == 0, r.stderr
+  # random100 against all: 20 prompts x 2 orders x epochs 1 and 2.
+  assert "judging: 80 judge calls" in r.stdout

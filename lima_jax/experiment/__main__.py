@@ -57,13 +57,17 @@ def _judge_estimate(c, arms: list[str]) -> str:
   """Calls, and a rough upper bound on tokens and cost, before any answer exists."""
   from lima_jax.experiment import study
   prompts = _count_prompts(c.prompts)
+  # Epochs judged a run: '' the last, 'all' unknown before training (counted once), else the
+  # spec's ('5-10' is six).
+  from lima_jax import checkpoint
+  epochs = (len(checkpoint.parse_epochs(c.epochs, "config epochs"))
+            if c.epochs not in ("", "all") else 1)
   units = 0
   for arm in arms:
-    epochs = 1 if not c.epochs else (len(c.epochs.split(",")) if c.epochs != "all" else None)
     per_epoch = sum((2 if p in study.PAIRWISE else 1) * prompts * c.samples
                     for p in c.protocols if p != "judge_free"
                     and not (p in study.PAIRWISE and arm == c.baseline_arm))
-    units += per_epoch * len(c.arms[arm].seeds) * (epochs or 1)
+    units += per_epoch * len(c.arms[arm].seeds) * epochs
   if not units:
     return "judging: none (judge_free only: no judge calls)"
   # A request holds the judge prompt (~300 tokens), the question and one or two answers at
