@@ -12,6 +12,10 @@ Worked example (ids made up; B = BOS, E = EOT; user "hi" -> [5], assistant "yo t
     loss_mask = [0, 0, 1, 1, 1]      # the target is an assistant token or its EOT
     positions = [0, 1, 2, 3, 4]
 
+A plain document (a `{"text": ...}` row, for pretraining) is BOS, its tokens and EOS, with
+the loss on every token after BOS: `encode_text_ids([5, 6], tok, 2048)` -> tokens [B, 5, 6, S],
+loss_mask [0, 1, 1, 1] (S = EOS, which ends a document as in the base model's pretraining).
+
 Shifting each conversation on its own means a packed row never asks a conversation's last
 token to predict the next conversation's BOS. A conversation is trimmed to `max_len` tokens
 (LIMA: 2,048), so it fills at most `max_len - 1` positions of a `max_len`-long row.
@@ -68,6 +72,17 @@ def encode_turn_ids(turn_ids: Sequence[list[int]], tok: Tokenizer, max_len: int)
     pieces.append(np.array(list(ids) + [tok.eot_id], np.int32))
     masks.append(np.full(len(ids) + 1, i % 2 == 1))
   tokens, mask = np.concatenate(pieces), np.concatenate(masks)
+  if len(tokens) <= max_len:
+    return Encoded(tokens, mask)
+  return Encoded(tokens[:max_len], mask[:max_len], int(mask[max_len:].sum()), True)
+
+
+def encode_text_ids(ids: Sequence[int], tok: Tokenizer, max_len: int) -> Encoded:
+  """A plain document's tokens (`tok.encode` of its text): BOS, ids, EOS; loss on all but BOS."""
+  if max_len < 2:
+    raise ValueError(f"max_len must be at least 2, got {max_len}")
+  tokens = np.array([tok.bos_id, *ids, tok.eos_id], np.int32)
+  mask = np.arange(len(tokens)) > 0
   if len(tokens) <= max_len:
     return Encoded(tokens, mask)
   return Encoded(tokens[:max_len], mask[:max_len], int(mask[max_len:].sum()), True)
@@ -233,7 +248,8 @@ class SFTDataset:
 
 def encode_records(records: Sequence[Record], tok: Tokenizer, max_len: int,
                    desc: str = "encoding") -> list[Encoded]:
-  """`encode_conversation` over records, batching SentencePiece calls, with a progress bar."""
+  """`encode_conversation` (or `encode_text_ids` for a plain document) over records, batching
+  SentencePiece calls, with a progress bar."""
   out, chunk = [], 256
   with tqdm(total=len(records), desc=desc, unit="conv", disable=None, leave=False) as bar:
     for start in range(0, len(records), chunk):
@@ -241,7 +257,8 @@ def encode_records(records: Sequence[Record], tok: Tokenizer, max_len: int,
       flat = tok.encode_batch([t for r in part for t in r.conversations])
       for r in part:
         n = len(r.conversations)
-        out.append(encode_turn_ids(flat[:n], tok, max_len))
+        out.append(encode_text_ids(flat[0], tok, max_len) if r.text
+                   else encode_turn_ids(flat[:n], tok, max_len))
         flat = flat[n:]
       bar.update(len(part))
   return out

@@ -372,3 +372,37 @@ def test_cli_bad_input_is_one_line(tok, tmp_path):
       f"skipped {path}:2: conversations[1] must be a string, got a number",
       f"error: --index=1: {path} hold 1 conversations (0-based)"]
   assert _cli("count", f"--data={path}").stderr.startswith("error: expected one command")
+
+
+def test_plain_documents_learn_every_token_and_pack_isolated(tok, tmp_path):
+  # Pretraining rows: BOS, text, EOS; every target after BOS is learned, documents never
+  # attend across each other when packed.
+  docs = tmp_path / "docs.jsonl"
+  texts = ["the cat sat on the mat.", "a dog ran far away today."]
+  docs.write_text("".join(json.dumps({"text": t}) + "\n" for t in texts))
+  train, _, report = load_sft_data(str(docs), tok, max_len=64, pack=True, global_batch=1,
+                                   seed=0)
+  assert report["train"]["examples"] == 2 and report["dropped_no_loss"] == 0
+  row = train.batch(0)
+  ids = [tok.encode(t) for t in texts]
+  n_targets = sum(len(i) + 1 for i in ids)  # each text's tokens plus its EOS
+  assert row["loss_mask"].sum() == n_targets
+  inputs, targets = row["inputs"][0], row["targets"][0]
+  seg = row["segment_ids"][0]
+  for s in (1, 2):
+    where = seg == s
+    assert inputs[where][0] == tok.bos_id and targets[where][-1] == tok.eos_id
+    assert row["positions"][0][where][0] == 0
+  assert set(targets[row["loss_mask"][0]]) >= {tok.eos_id}
+
+
+def test_plain_document_file_errors_name_the_line(tok, tmp_path):
+  bad = tmp_path / "bad.jsonl"
+  bad.write_text(json.dumps({"text": "fine words here"}) + "\n" + json.dumps({"text": 3}) + "\n")
+  with pytest.raises(UserError, match=r"bad.jsonl:2: text must be a string, got a number"):
+    load_sft_data(str(bad), tok, max_len=64, pack=True, global_batch=1, seed=0)
+  mixed = tmp_path / "mixed.jsonl"
+  mixed.write_text(json.dumps({"text": "fine words"}) + "\n"
+                   + json.dumps({"conversations": ["q", "a"]}) + "\n")
+  with pytest.raises(UserError, match=r"mixed.jsonl:2: missing field 'text'"):
+    load_sft_data(str(mixed), tok, max_len=64, pack=True, global_batch=1, seed=0)

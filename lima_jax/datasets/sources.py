@@ -12,8 +12,10 @@ Formats (`fmt`):
 * `alpaca` (also Dolly): `{"instruction": str, "input": str?, "output": str}`, as a JSON list
   or as JSONL. The user turn is the instruction, followed by "\\n\\n" and the input when the
   input is not empty; the assistant turn is the output.
+* `text` (pretraining): `{"text": str, "source": str?}`, one plain document per line, learned
+  on every token (`Record.text`); see `lima_jax.data.encode_text_ids`.
 * `auto`: the first object in the file decides: "conversations" means `lima`, "instruction"
-  means `alpaca`. A file whose first non-blank byte is "[" is read as a JSON list, any other
+  means `alpaca`, "text" means `text`. A file whose first non-blank byte is "[" is read as a JSON list, any other
   as JSONL, whatever its extension.
 
 Source label: the object's own "source" field when it has one, else the file's stem. Dolly's
@@ -35,7 +37,7 @@ from absl import logging
 
 from lima_jax.errors import UserError
 
-FORMATS = ("auto", "lima", "alpaca")
+FORMATS = ("auto", "lima", "alpaca", "text")
 _ROLES = ("user", "assistant")
 
 
@@ -48,12 +50,14 @@ class Record:
     source: the record's "source" field, else the stem of its file.
     origin: "path:line" (1-based) for JSONL, "path:#index" (0-based) for a JSON list.
     dropped_turns: trailing user turns removed while reading (0 or 1).
+    text: a plain document (`conversations` holds it alone), learned on every token.
   """
 
   conversations: tuple[str, ...]
   source: str
   origin: str
   dropped_turns: int = 0
+  text: bool = False
 
 
 class _BadRow(Exception):
@@ -69,7 +73,7 @@ def read_records(path: str | os.PathLike, *, on_error: str = "raise", fmt: str =
     on_error: "raise" stops at the first bad row with a `UserError`; "skip" leaves bad rows
       out and lists them. A file that cannot be read at all (missing, not UTF-8 or malformed
       as a whole JSON list) raises in both modes.
-    fmt: "auto", "lima" or "alpaca" (see the module docstring).
+    fmt: "auto", "lima", "alpaca" or "text" (see the module docstring).
     keep_trailing_user: keep a final user turn instead of dropping it.
 
   Returns:
@@ -97,6 +101,10 @@ def read_records(path: str | os.PathLike, *, on_error: str = "raise", fmt: str =
         raise _BadRow(f"expected a JSON object, got {_type_name(obj)}")
       if fmt == "auto":
         fmt = _detect_format(obj)
+      if fmt == "text":
+        records.append(Record((_text_document(obj),), _source(obj, default=path.stem), origin,
+                              text=True))
+        continue
       convo = _lima_turns(obj) if fmt == "lima" else _alpaca_turns(obj)
       source = _source(obj, default=path.stem)
     except _BadRow as e:
@@ -169,9 +177,17 @@ def _detect_format(obj: dict) -> str:
     return "lima"
   if "instruction" in obj or "output" in obj:
     return "alpaca"
+  if "text" in obj:
+    return "text"
   fields = ", ".join(sorted(obj)) or "none"
-  raise _BadRow("expected a 'conversations' list (LIMA) or 'instruction' and 'output' "
-                f"(Alpaca/Dolly); fields found: {fields}")
+  raise _BadRow("expected a 'conversations' list (LIMA), 'instruction' and 'output' "
+                f"(Alpaca/Dolly) or 'text' (a plain document); fields found: {fields}")
+
+
+def _text_document(obj: dict) -> str:
+  if "text" not in obj:
+    raise _BadRow("missing field 'text' (the file's first row is a plain document)")
+  return _utterance(obj["text"], "text")
 
 
 def _lima_turns(obj: dict) -> list[str]:
