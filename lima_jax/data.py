@@ -352,11 +352,8 @@ def load_sft_data(files: str | Sequence[str], tok: Tokenizer, *, max_len: int, p
   return train, SFTDataset(eval_encoded, **common), report
 
 
-def run():
-  """Console entry point `lima-data`."""
-  from lima_jax.datasets import cli  # flags are defined only when the CLI runs
-  cli.run()
-
-
 if __name__ == "__main__":
-  run()
+  # `python -m lima_jax.data` is the CLI's documented address; only this entry point imports it,
+  # so the library never depends on its own command line.
+  from lima_jax.datasets import cli
+  cli.run()

@@ -27,9 +27,9 @@ _COMMANDS = ("stats", "show")
 
 
 def _define_flags() -> None:
-  # Defined when the command runs, not at import: lima_jax.data is imported by training code,
-  # whose own flags must not collide with these. They are registered under the main module
-  # (sys.argv[0]) so that --help lists them.
+  # Defined when the command runs, not at import, so that importing this module next to
+  # another command's flags cannot collide with them. They are registered under the main
+  # module (sys.argv[0]) so that --help lists them.
   main = sys.argv[0]
   flags.DEFINE_string("data", None, "Comma-separated conversation files (LIMA JSONL, "
                       "Alpaca/Dolly JSON or JSONL).", module_name=main)
@@ -169,3 +169,7 @@ def run() -> None:
   sys.modules["__main__"].__doc__ = __doc__
   _define_flags()
   app.run(cli_main(main))
+
+
+if __name__ == "__main__":
+  run()
