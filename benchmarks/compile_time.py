@@ -24,7 +24,8 @@ import train_throughput as common  # noqa: E402 (the helpers only; its flags sta
 
 _LAYERS = flags.DEFINE_list("layers", ["2", "8", "32", "80"], "Depths to compile.")
 _MODES = flags.DEFINE_list("modes", ["scan", "unrolled"], "'scan' and/or 'unrolled'.")
-_SIZE = flags.DEFINE_string("size", "demo", "Base size from lima_jax.model.SIZES (depth replaced).")
+_SIZE = flags.DEFINE_string("size", "demo",
+                            "Base size from lima_jax.model_config.SIZES (depth replaced).")
 _DIM = flags.DEFINE_integer("dim", 256, "Model width (0: the size's own).")
 _BATCH = flags.DEFINE_integer("batch", 8, "Global batch of the compiled step.")
 _SEQ = flags.DEFINE_integer("seq", 128, "Sequence length of the compiled step.")
@@ -39,10 +40,10 @@ _WORKER = flags.DEFINE_string("worker", "", "Internal: 'LAYERS,MODE' to measure 
 def model_config(n_layers: int, scan: bool):
   """The size at `n_layers`, with configs/lima.py's remat policy (what a run compiles)."""
   from configs import lima
-  from lima_jax import model as model_lib
-  base = model_lib.get_size(_SIZE.value)
+  from lima_jax.model_config import get_size
+  base = get_size(_SIZE.value)
   dim = _DIM.value or base.dim
-  return model_lib.get_size(
+  return get_size(
       _SIZE.value, n_layers=n_layers, dim=dim, head_dim=dim // base.n_heads,
       scan_layers=scan, dropout_top=0.0, max_seq_len=max(base.max_seq_len, _SEQ.value),
       remat_policy=lima.get_config("demo").model.remat_policy)

@@ -27,7 +27,7 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string("size", "bench-200m", "Named model size (lima_jax.model.SIZES).")
+flags.DEFINE_string("size", "bench-200m", "Named model size (lima_jax.model_config.SIZES).")
 flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"], "Stored parameter dtype.")
 flags.DEFINE_string("workdir", None, "Scratch directory for the checkpoint and the exports "
                     "(default: a fresh temporary directory, deleted afterwards).")
@@ -41,8 +41,9 @@ _WRITE = """
 import json, sys
 import jax, numpy as np
 from lima_jax import checkpoint, layers, model
+from lima_jax.model_config import get_size
 size, dtype, path = sys.argv[1:]
-cfg = model.get_size(size, param_dtype=dtype, dtype=dtype)
+cfg = get_size(size, param_dtype=dtype, dtype=dtype)
 boxed = model.abstract_params(cfg)
 leaves, treedef = jax.tree.flatten(
     jax.tree.map(lambda b: b.value, boxed, is_leaf=lambda b: hasattr(b, "value")))
@@ -56,9 +57,10 @@ print(json.dumps({"params": model.param_count(cfg),
                   "largest_layer_slice_mb": round(max(per_layer) / 1e6, 1),
                   "largest_hf_tensor_mb": round(max(per_layer + [values[0].nbytes]) / 1e6, 1)}))
 """
-_FULL_LOAD = ("import sys, pathlib; from lima_jax import checkpoint, convert, model; "
+_FULL_LOAD = ("import sys, pathlib; from lima_jax import checkpoint, convert; "
+              "from lima_jax.model_config import ModelConfig; "
               "params, meta = checkpoint.load(sys.argv[1]); "
-              "convert.save_hf(model.ModelConfig.from_dict(meta['model_config']), params, "
+              "convert.save_hf(ModelConfig.from_dict(meta['model_config']), params, "
               "pathlib.Path(sys.argv[2]), meta.get('tokenizer'))")
 
 

@@ -40,8 +40,8 @@ if str(REPO) not in sys.path:
 SHARED = REPO.parent / "shared" / "data"
 IMPLS = ("cache_device", "cache_host", "recompute", "transformers")
 
-_SIZE = flags.DEFINE_string("size", "demo", "Model size from lima_jax.model.SIZES (vocabulary "
-                            "replaced by the tokenizer's, padded to 128).")
+_SIZE = flags.DEFINE_string("size", "demo", "Model size from lima_jax.model_config.SIZES "
+                            "(vocabulary replaced by the tokenizer's, padded to 128).")
 _BATCHES = flags.DEFINE_list("batch_sizes", ["1", "8"], "Batch sizes to measure.")
 _NEW = flags.DEFINE_integer("max_new_tokens", 64, "New tokens per row.")
 _PROMPT_LEN = flags.DEFINE_integer("prompt_len", 64, "Prompts are cut to at most this many "
@@ -63,10 +63,11 @@ def _setup(size: str):
   import jax
   import jax.numpy as jnp
   from lima_jax import model as model_lib
+  from lima_jax.model_config import get_size
   from lima_jax.tokenizer import Tokenizer
   tok_path = SHARED / "llama2c/llama_tokenizer/tokenizer.model"
   tok = Tokenizer.load(tok_path if tok_path.exists() else REPO / "data/demo/tokenizer.model")
-  cfg = model_lib.get_size(size, vocab_size=tok.padded_vocab_size(128))
+  cfg = get_size(size, vocab_size=tok.padded_vocab_size(128))
   init = jax.jit(lambda k: nn.meta.unbox(model_lib.Transformer(cfg).init(
       k, jnp.zeros((1, 8), jnp.int32))["params"]))
   return init(jax.random.key(0)), cfg, tok

@@ -51,7 +51,7 @@ def get_config(variant: str = "demo") -> ml_collections.ConfigDict:
 
   # --- Model -------------------------------------------------------------------------------
   c.model = ml_collections.ConfigDict()
-  # Named size from lima_jax.model.SIZES; must agree with `init` when both are given
+  # Named size from lima_jax.model_config.SIZES; must agree with `init` when both are given
   # (leave '' to take the architecture from `init`).
   c.model.size = ""
   # Weights to start from: '' (random init), a lima_jax checkpoint dir, a Hugging Face dir
@@ -62,7 +62,7 @@ def get_config(variant: str = "demo") -> ml_collections.ConfigDict:
   c.model.dtype = "float32"  # Compute dtype ('bfloat16' on accelerators).
   c.model.param_dtype = "float32"  # Storage dtype of parameters and optimizer moments.
   c.model.scan_layers = True  # nn.scan over layers: compile time flat in depth.
-  # What the backward pass recomputes instead of storing (lima_jax.model.REMAT_POLICIES):
+  # What the backward pass recomputes instead of storing (lima_jax.model_config.REMAT_POLICIES):
   # 'elementwise' keeps the matmul and attention outputs and recomputes norms, RoPE and SwiGLU's
   # activation (faster than 'none' on CPU and half its temporaries: README "Performance",
   # benchmarks/results/ablation/); 'none' stores all; 'full' keeps only each layer's input

@@ -17,18 +17,19 @@ from lima_jax import checkpoint, sharding
 from lima_jax import model as model_lib
 from lima_jax import tokenizer as tokenizer_lib
 from lima_jax.errors import UserError
+from lima_jax.model_config import ModelConfig, get_size
 
 _ARCH_FIELDS = ("dim", "n_layers", "n_heads", "n_kv_heads", "hidden_dim", "head_dim")
 
 
-def read_init(path: str) -> tuple[Optional[model_lib.ModelConfig], Optional[dict], str]:
+def read_init(path: str) -> tuple[Optional[ModelConfig], Optional[dict], str]:
   """(architecture, tokenizer meta, kind) of `model.init` without loading any array."""
   if not path:
     return None, None, ""
   p = epath.Path(path)
   if (p / "meta").exists():
     meta = checkpoint.read_meta(p)
-    return model_lib.ModelConfig.from_dict(meta["model_config"]), meta.get("tokenizer"), "lima"
+    return ModelConfig.from_dict(meta["model_config"]), meta.get("tokenizer"), "lima"
   from lima_jax import convert  # Imports safetensors/HF helpers only when needed.
   if (p / "config.json").exists():
     return convert.read_hf_config(p), None, "hf"
@@ -41,20 +42,20 @@ def read_init(path: str) -> tuple[Optional[model_lib.ModelConfig], Optional[dict
                   "a .gguf file or a llama2.c .bin file")
 
 
-def model_config(config, init_cfg: Optional[model_lib.ModelConfig],
-                 tok: tokenizer_lib.Tokenizer) -> model_lib.ModelConfig:
+def model_config(config, init_cfg: Optional[ModelConfig],
+                 tok: tokenizer_lib.Tokenizer) -> ModelConfig:
   """The architecture from `init` (or `model.size`), the training knobs from the config, and
   the vocabulary grown to hold EOT (padded to `model.vocab_multiple`)."""
   m = config.model
   if m.size:
-    sized = model_lib.get_size(m.size)
+    sized = get_size(m.size)
     if init_cfg is not None:
       wrong = [f"{f}: config {getattr(sized, f)} vs init {getattr(init_cfg, f)}"
                for f in _ARCH_FIELDS if getattr(sized, f) != getattr(init_cfg, f)]
       if wrong:
         raise UserError(f"model.size={m.size!r} does not match model.init={m.init}: "
                         + "; ".join(wrong))
-  base = init_cfg if init_cfg is not None else model_lib.get_size(m.size) if m.size else None
+  base = init_cfg if init_cfg is not None else get_size(m.size) if m.size else None
   if base is None:
     raise UserError("model: set model.size (random init) or model.init (weights to start from)")
   vocab = base.vocab_size
@@ -74,12 +75,12 @@ def model_config(config, init_cfg: Optional[model_lib.ModelConfig],
       attention_impl=m.attention_impl, max_seq_len=max(base.max_seq_len, config.data.max_len))
 
 
-def planned_model_config(config) -> model_lib.ModelConfig:
+def planned_model_config(config) -> ModelConfig:
   """The model a run of `config` would train, from `model.size` alone (for the planner): the
   named size's vocabulary plus EOT, padded, and the config's training knobs."""
   if not config.model.size:
     raise UserError("model.size: the planner needs a named size (it does not read model.init)")
-  base = model_lib.get_size(config.model.size)
+  base = get_size(config.model.size)
   if config.model.attention_impl == "cudnn":
     raise UserError("model.attention_impl='cudnn' is for NVIDIA GPUs; the planner compiles for "
                     "TPU: use 'xla'")
@@ -120,7 +121,7 @@ def _place(host_tree, shardings):
                       host_tree, shardings)
 
 
-def load_init_params(config, kind: str, cfg: model_lib.ModelConfig, param_sh, mesh):
+def load_init_params(config, kind: str, cfg: ModelConfig, param_sh, mesh):
   """Starting weights placed straight into their shardings (resized for EOT if needed)."""
   path = config.model.init
   if kind == "lima":

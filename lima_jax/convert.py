@@ -20,14 +20,14 @@ import jax
 import numpy as np
 
 from lima_jax import layers
-from lima_jax import model as model_lib
 from lima_jax.errors import UserError
 from lima_jax.hf import load_hf, read_hf_config, save_hf  # noqa: F401  (public API)
+from lima_jax.model_config import ModelConfig
 
 _LLAMA2C_MAGIC = 0x616B3432  # "ak42": llama2.c export formats v1 and v2.
 
 
-def _llama2c_header(path: pathlib.Path) -> tuple[model_lib.ModelConfig, int]:
+def _llama2c_header(path: pathlib.Path) -> tuple[ModelConfig, int]:
   """(config, file size) from a llama2.c v0 header; rejects v1/v2 and inconsistent files."""
   try:
     size = path.stat().st_size
@@ -47,13 +47,13 @@ def _llama2c_header(path: pathlib.Path) -> tuple[model_lib.ModelConfig, int]:
     raise UserError(f"{path}: bad llama2.c header (dim={dim}, hidden_dim={hidden}, "
                     f"n_layers={n_layers}, n_heads={heads}, n_kv_heads={kv_heads}, "
                     f"vocab_size={vocab}, seq_len={seq_len})")
-  cfg = model_lib.ModelConfig(
+  cfg = ModelConfig(
       vocab_size=abs(vocab), dim=dim, n_layers=n_layers, n_heads=heads, n_kv_heads=kv_heads,
       hidden_dim=hidden, max_seq_len=seq_len, norm_eps=1e-5, tie_embeddings=vocab > 0)
   return cfg, size
 
 
-def _llama2c_arrays(cfg: model_lib.ModelConfig):
+def _llama2c_arrays(cfg: ModelConfig):
   """(name, shape) of the float32 arrays of a v0 file, in file order."""
   L, D, F, V, K = cfg.n_layers, cfg.dim, cfg.hidden_dim, cfg.vocab_size, cfg.head_dim
   kv = cfg.n_kv_heads * K
@@ -64,7 +64,7 @@ def _llama2c_arrays(cfg: model_lib.ModelConfig):
   return arrays + ([] if cfg.tie_embeddings else [("cls", (V, D))])
 
 
-def read_llama2c_config(path) -> model_lib.ModelConfig:
+def read_llama2c_config(path) -> ModelConfig:
   """The ModelConfig of a llama2.c v0 file (reads and checks the header only)."""
   path = pathlib.Path(path)
   cfg, size = _llama2c_header(path)
@@ -109,11 +109,11 @@ def load_llama2c(path):
   return cfg, params
 
 
-def _meta_config(ckpt: pathlib.Path, meta: dict) -> model_lib.ModelConfig:
+def _meta_config(ckpt: pathlib.Path, meta: dict) -> ModelConfig:
   if "model_config" not in meta:
     raise UserError(f"{ckpt}: checkpoint meta has no 'model_config'")
   try:
-    return model_lib.ModelConfig.from_dict(meta["model_config"])
+    return ModelConfig.from_dict(meta["model_config"])
   except (UserError, TypeError) as e:
     raise UserError(f"{ckpt}: {e}") from None
 
@@ -134,7 +134,7 @@ def _cmd_from_llama2c(model_path: str, out: str, dtype: str | None, tokenizer: s
   tok_meta = tokenizer_lib.Tokenizer.load(tokenizer).to_meta() if tokenizer else None
   if dtype and dtype != cfg.param_dtype:
     params = jax.tree.map(lambda x: x.astype(layers.as_dtype(dtype)), params)
-    cfg = model_lib.ModelConfig.from_dict({**cfg.to_dict(), "param_dtype": dtype, "dtype": dtype})
+    cfg = ModelConfig.from_dict({**cfg.to_dict(), "param_dtype": dtype, "dtype": dtype})
   checkpoint.save(out, params, _meta(cfg, tok_meta))
 
 

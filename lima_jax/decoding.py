@@ -23,6 +23,7 @@ from tqdm import tqdm
 from lima_jax import model as model_lib
 from lima_jax import sharding
 from lima_jax.errors import UserError
+from lima_jax.model_config import ModelConfig
 from lima_jax.sampling import LIMA, Decoding, Knobs, allowed, next_tokens
 
 _MIN_BUCKET = 64
@@ -57,7 +58,7 @@ def bucket(n: int, minimum: int = _MIN_BUCKET, maximum: int | None = None) -> in
 class _Spec(NamedTuple):
   """What a compiled decoder depends on besides shapes (hashable: a static jit argument, so
   every Generator with the same settings shares the compiled code)."""
-  cfg: model_lib.ModelConfig
+  cfg: ModelConfig
   mesh: Any
   vocab_size: int
   n_new: int  # room for new tokens (a bucket: each row's own limit is its budget)
@@ -132,7 +133,7 @@ class Generator:
   stop_ids: ids that end an answer; default EOT and EOS.
   """
 
-  def __init__(self, params, cfg: model_lib.ModelConfig, tok, *, mesh=None, batch_size: int = 8,
+  def __init__(self, params, cfg: ModelConfig, tok, *, mesh=None, batch_size: int = 8,
                loop: str = "device", stop_ids: Sequence[int] | None = None):
     if loop not in ("device", "host"):
       raise ValueError(f"loop must be 'device' or 'host', got {loop!r}")
@@ -199,14 +200,14 @@ def banned_ids(tok, stop_ids: Sequence[int] = ()) -> tuple[int, ...]:
   return tuple(sorted(i for i in ids if i is not None and i >= 0 and i not in stop_ids))
 
 
-def _spec(cfg: model_lib.ModelConfig, mesh, vocab_size: int, dec: Decoding,
+def _spec(cfg: ModelConfig, mesh, vocab_size: int, dec: Decoding,
           banned: tuple[int, ...] = ()) -> _Spec:
   n_new = min(dec.max_new_tokens, cfg.max_seq_len - 1)
   return _Spec(cfg, mesh, vocab_size, min(bucket(n_new), cfg.max_seq_len - 1), dec.greedy,
                dec.top_k, banned)
 
 
-def lower(params, cfg: model_lib.ModelConfig, mesh, vocab_size: int, batch_size: int,
+def lower(params, cfg: ModelConfig, mesh, vocab_size: int, batch_size: int,
           prompt_len: int, dec: Decoding = LIMA) -> jax.stages.Lowered:
   """The decode loop `Generator.answer_ids` runs for one batch of `batch_size` prompts of up
   to `prompt_len` tokens, lowered for `params` given as jax.ShapeDtypeStructs placed on
@@ -262,7 +263,7 @@ def _on_mesh(mesh):
     yield
 
 
-def recompute_greedy(params, cfg: model_lib.ModelConfig, vocab_size: int,
+def recompute_greedy(params, cfg: ModelConfig, vocab_size: int,
                      prompts: Sequence[Sequence[int]], max_new_tokens: int,
                      stop_ids: Sequence[int] = (), banned: Sequence[int] = ()
                      ) -> list[list[int]]:

@@ -22,6 +22,7 @@ from lima_jax import distributed, files
 from lima_jax import model as model_lib
 from lima_jax import sharding
 from lima_jax.decoding import Answer, Generator, render_prompt
+from lima_jax.model_config import ModelConfig
 from lima_jax.sampling import GREEDY, LIMA, Decoding
 from lima_jax.errors import UserError
 
@@ -29,7 +30,7 @@ __all__ = ["generate", "load", "read_prompts", "Answer", "Decoding", "Generator"
            "LIMA", "render_prompt"]
 
 
-def generate(params, cfg: model_lib.ModelConfig, tok, conversations: Sequence[Sequence[str]],
+def generate(params, cfg: ModelConfig, tok, conversations: Sequence[Sequence[str]],
              *, mesh=None, max_new_tokens: int = 64, greedy: bool = True,
              decoding: Decoding | None = None, seed: int = 0, batch_size: int = 8) -> list[str]:
   """Answers, one per conversation ending on a user turn.
@@ -54,7 +55,7 @@ def load(path, mesh=None, dtype: str | None = None):
   from lima_jax.tokenizer import Tokenizer
   meta = checkpoint.read_meta(path)
   try:
-    cfg = model_lib.ModelConfig.from_dict(meta["model_config"])
+    cfg = ModelConfig.from_dict(meta["model_config"])
   except (KeyError, TypeError, UserError) as e:
     raise UserError(f"{path}: bad or missing model_config in meta ({e})") from None
   if not meta.get("tokenizer"):

@@ -16,8 +16,8 @@ import pathlib
 import numpy as np
 
 from lima_jax import hf, layers
-from lima_jax import model as model_lib
 from lima_jax.errors import UserError
+from lima_jax.model_config import ModelConfig
 
 ARCHS = ("llama", "mistral", "qwen2")
 _PERMUTED = ("llama", "mistral")  # archs whose q/k rows llama.cpp interleaves
@@ -69,7 +69,7 @@ def _f32(x) -> float:
   return float(str(np.float32(x)))
 
 
-def read_config(path, reader=None) -> model_lib.ModelConfig:
+def read_config(path, reader=None) -> ModelConfig:
   """The ModelConfig of a GGUF file, from its metadata and tensor names."""
   reader = reader or _reader(path)
   meta = _fields(reader)
@@ -102,7 +102,7 @@ def read_config(path, reader=None) -> model_lib.ModelConfig:
   if vocab is None:
     raise UserError(f"{path}: missing metadata {arch}.vocab_size")
   try:
-    return model_lib.ModelConfig(
+    return ModelConfig(
         vocab_size=int(vocab), dim=dim, n_layers=int(get("block_count")), n_heads=heads,
         n_kv_heads=int(get("attention.head_count_kv", heads)),
         hidden_dim=int(get("feed_forward_length")), head_dim=head_dim, max_seq_len=ctx,
@@ -158,7 +158,7 @@ def load_gguf(path, param_dtype: str = "float32"):
 
   dtype = np.dtype(layers.as_dtype(param_dtype))
   params = hf.params_from_tensors(cfg, get, dtype, "load_gguf")
-  cfg = model_lib.ModelConfig.from_dict(
+  cfg = ModelConfig.from_dict(
       {**cfg.to_dict(), "param_dtype": param_dtype, "dtype": param_dtype})
   return cfg, params
 

@@ -24,6 +24,7 @@ from tqdm import tqdm
 from lima_jax import layers
 from lima_jax import model as model_lib
 from lima_jax.errors import UserError
+from lima_jax.model_config import ModelConfig
 
 _ST_DTYPES = {"F32": np.float32, "BF16": ml_dtypes.bfloat16, "F16": np.float16}
 _NP_TO_ST = {np.dtype(np.float32): "F32", np.dtype(ml_dtypes.bfloat16): "BF16"}
@@ -61,7 +62,7 @@ def _from_hf(y, layout, shape):
   return (y.T if isinstance(layout, tuple) else y).reshape(shape)
 
 
-def _tensor_plan(cfg: model_lib.ModelConfig):
+def _tensor_plan(cfg: ModelConfig):
   """[(params path, layer or None, HF name, layout, our shape)] in parameter-major order."""
   shapes = model_lib.abstract_params(cfg)
   shape = lambda path: tuple(shapes[path[0]][path[1]].value.shape) if len(path) == 2 else \
@@ -89,7 +90,7 @@ def _read_json(path: pathlib.Path) -> dict:
     raise UserError(f"{path}:{e.lineno}: invalid JSON ({e.msg})") from None
 
 
-def read_hf_config(hf_dir) -> model_lib.ModelConfig:
+def read_hf_config(hf_dir) -> ModelConfig:
   """The ModelConfig of a Hugging Face llama, mistral or qwen2 directory (reads config.json)."""
   path = pathlib.Path(hf_dir) / "config.json"
   c = _read_json(path)
@@ -110,7 +111,7 @@ def read_hf_config(hf_dir) -> model_lib.ModelConfig:
                     "supported (rope_type 'default' or 'llama3', full rotary dim)")
   try:
     heads = c["num_attention_heads"]
-    return model_lib.ModelConfig(
+    return ModelConfig(
         vocab_size=c["vocab_size"], dim=c["hidden_size"], n_layers=c["num_hidden_layers"],
         n_heads=heads, n_kv_heads=c.get("num_key_value_heads") or heads,
         hidden_dim=c["intermediate_size"], head_dim=c.get("head_dim"),
@@ -127,7 +128,7 @@ def read_hf_config(hf_dir) -> model_lib.ModelConfig:
     raise UserError(f"{path}: {e}") from None
 
 
-def params_from_tensors(cfg: model_lib.ModelConfig, get, dtype, desc: str) -> dict:
+def params_from_tensors(cfg: ModelConfig, get, dtype, desc: str) -> dict:
   """The param tree from tensors in HF's layout, one at a time: get(HF name) -> (where, shape,
   read() -> array). Shapes are checked against `cfg` before each read."""
   params = {}
@@ -195,12 +196,12 @@ def load_hf(hf_dir, param_dtype: str | None = None):
     return fpath, tuple(tensor.get_shape()), lambda: tensor[:]
 
   params = params_from_tensors(cfg, get, dtype, "load_hf")
-  cfg = model_lib.ModelConfig.from_dict(
+  cfg = ModelConfig.from_dict(
       {**cfg.to_dict(), "param_dtype": param_dtype, "dtype": param_dtype})
   return cfg, params
 
 
-def _hf_config(cfg: model_lib.ModelConfig, dtype: str, ids: dict) -> dict:
+def _hf_config(cfg: ModelConfig, dtype: str, ids: dict) -> dict:
   rope = {"rope_theta": cfg.rope_theta, "rope_type": "llama3" if cfg.rope_scaling else "default",
           **(cfg.rope_scaling_dict or {})}
   if cfg.arch != "llama" and (cfg.attention_bias or cfg.mlp_bias or cfg.qkv_bias != (
@@ -229,7 +230,7 @@ def _hf_config(cfg: model_lib.ModelConfig, dtype: str, ids: dict) -> dict:
       "eos_token_id": ids["eos"], "pad_token_id": ids.get("pad")}
 
 
-def _tokenizer_files(meta: dict, cfg: model_lib.ModelConfig) -> tuple[dict, dict]:
+def _tokenizer_files(meta: dict, cfg: ModelConfig) -> tuple[dict, dict]:
   """Token ids for the configs and HF tokenizer files {name: bytes} (see lima_jax.hf_tokenizer:
   SentencePiece + EOT, tokenizing as training did, with LIMA's chat template)."""
   from lima_jax import hf_tokenizer  # sentencepiece only when exporting one
@@ -257,7 +258,7 @@ def _write_safetensors(path: pathlib.Path, entries, fetch, bar) -> None:
       bar.update(1)
 
 
-def save_hf(cfg: model_lib.ModelConfig, params, out_dir, tokenizer_meta: dict | None = None,
+def save_hf(cfg: ModelConfig, params, out_dir, tokenizer_meta: dict | None = None,
             dtype: str | None = None, max_shard_bytes: int = 5 * 10**9) -> None:
   """Writes a HF Llama directory: config.json, generation_config.json, safetensors shards
   (+ model.safetensors.index.json when more than one), and tokenizer files if given.

@@ -2,13 +2,14 @@
 their decoding relates to LIMA's (the penalty that transformers and vLLM count differently)."""
 from lima_jax import hf_tokenizer
 from lima_jax import model as model_lib
+from lima_jax.model_config import ModelConfig
 from lima_jax.sampling import LIMA
 
 
 _ARCH_NAMES = {"llama": "Llama", "mistral": "Mistral", "qwen2": "Qwen2"}
 
 
-def model_card(cfg: model_lib.ModelConfig, dtype: str) -> str:
+def model_card(cfg: ModelConfig, dtype: str) -> str:
   """README.md of an export: what the weights are and how its decoding relates to LIMA's."""
   return f"""# A lima_jax fine-tune (LIMA format)
 

@@ -15,13 +15,9 @@ import numpy as np
 from jax.ad_checkpoint import checkpoint_name
 
 from lima_jax import attention
+from lima_jax.model_config import DTYPES, ModelConfig
 
 Initializer = Callable[..., jax.Array]
-
-DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
-
-ROPE_SCALING_KEYS = ("factor", "low_freq_factor", "high_freq_factor",
-                     "original_max_position_embeddings")
 
 
 def as_dtype(name: str) -> Any:
@@ -116,7 +112,7 @@ def apply_rope(x: jax.Array, positions: jax.Array, inv_freq: np.ndarray) -> jax.
 
 class Attention(nn.Module):
   """Causal grouped-query self-attention with RoPE; optionally reads and writes a KV cache."""
-  cfg: Any  # model.ModelConfig
+  cfg: ModelConfig
 
   @nn.compact
   def __call__(self, x, positions, segments=None, mask=None, kv=None, cache_index=None):
@@ -186,7 +182,7 @@ class Attention(nn.Module):
 
 class MLP(nn.Module):
   """SwiGLU feed-forward: down(silu(gate(x)) * up(x))."""
-  cfg: Any  # model.ModelConfig
+  cfg: ModelConfig
 
   @nn.compact
   def __call__(self, x):
@@ -217,7 +213,7 @@ class MLP(nn.Module):
 
 class Embed(nn.Module):
   """Token embedding [V, D]; `attend` gives the tied output projection."""
-  cfg: Any  # model.ModelConfig
+  cfg: ModelConfig
 
   def setup(self):
     cfg = self.cfg
@@ -234,7 +230,7 @@ class Embed(nn.Module):
 
 class LMHead(nn.Module):
   """Untied output projection [D, V]."""
-  cfg: Any  # model.ModelConfig
+  cfg: ModelConfig
 
   @nn.compact
   def __call__(self, x):

@@ -21,6 +21,7 @@ import jax.numpy as jnp
 
 from lima_jax import model as model_lib
 from lima_jax import sharding, tpu_specs
+from lima_jax.model_config import ModelConfig
 from lima_jax.sampling import LIMA
 
 BANDWIDTH_USE = (0.5, 0.8)
@@ -51,7 +52,7 @@ class DecodePlan:
   prompts_seconds: dict[str, float] = dataclasses.field(default_factory=dict)  # Worst case.
 
 
-def _abstract_params(cfg: model_lib.ModelConfig, mesh) -> dict:
+def _abstract_params(cfg: ModelConfig, mesh) -> dict:
   boxed = model_lib.abstract_params(cfg)
   shardings = sharding.logical_shardings(boxed, mesh)
   values = jax.tree.map(lambda b: b.value, boxed, is_leaf=lambda b: hasattr(b, "value"))
@@ -59,7 +60,7 @@ def _abstract_params(cfg: model_lib.ModelConfig, mesh) -> dict:
                       values, shardings)
 
 
-def _cache_bytes_per_chip(cfg: model_lib.ModelConfig, mesh, batch: int, length: int) -> int:
+def _cache_bytes_per_chip(cfg: ModelConfig, mesh, batch: int, length: int) -> int:
   """K and V for every layer, split as `decoding` lays them out: rows over the batch axes,
   KV heads over `tensor` when they divide."""
   rows = -(-batch // sharding.batch_shards(mesh))
@@ -69,7 +70,7 @@ def _cache_bytes_per_chip(cfg: model_lib.ModelConfig, mesh, batch: int, length: 
   return 2 * cfg.n_layers * rows * length * heads * cfg.head_dim * jnp.dtype(cfg.dtype).itemsize
 
 
-def plan_decode(cfg: model_lib.ModelConfig, mesh, slice_: tpu_specs.Slice, vocab_size: int,
+def plan_decode(cfg: ModelConfig, mesh, slice_: tpu_specs.Slice, vocab_size: int,
                 batch: int, prompt_len: int, prompts: int) -> DecodePlan:
   """Compiles one decode batch of `cfg` on `mesh` and estimates `prompts` prompts' time."""
   from lima_jax import decoding, plan

@@ -34,6 +34,7 @@ from lima_jax import metrics_log as metrics_log_lib
 from lima_jax import tokenizer as tokenizer_lib
 from lima_jax import model as model_lib
 from lima_jax.errors import UserError
+from lima_jax.model_config import ModelConfig
 
 
 @flax.struct.dataclass
@@ -194,13 +195,13 @@ class Built:
 CPU_COMPILER_OPTIONS = {"xla_cpu_experimental_ynn_fusion_type": ""}
 
 
-def check_platform(cfg: model_lib.ModelConfig, platform: str) -> None:
+def check_platform(cfg: ModelConfig, platform: str) -> None:
   if cfg.attention_impl == "cudnn" and (platform != "gpu" or cfg.dtype != "bfloat16"):
     raise UserError(f"model.attention_impl='cudnn' needs NVIDIA GPUs and model.dtype='bfloat16' "
                     f"(this run: {platform}, {cfg.dtype}); use 'xla'")
 
 
-def build_train_step(config, mesh, cfg: model_lib.ModelConfig, total_steps: int) -> Built:
+def build_train_step(config, mesh, cfg: ModelConfig, total_steps: int) -> Built:
   """Builds the jitted step and the abstract sharded state without allocating anything."""
   platform = mesh.devices.flat[0].platform
   check_platform(cfg, platform)

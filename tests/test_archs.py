@@ -11,6 +11,7 @@ from transformers import (LlamaConfig, LlamaForCausalLM, MistralConfig, MistralF
 from lima_jax import convert
 from lima_jax import model as M
 from lima_jax.errors import UserError
+from lima_jax.model_config import ModelConfig, SIZES
 
 VOCAB, T = 97, 20
 _COMMON = dict(vocab_size=VOCAB, hidden_size=48, intermediate_size=80, num_hidden_layers=2,
@@ -62,7 +63,7 @@ def test_logits_match_transformers(name, scan, saved):
   hf, path = saved[name]
   cfg, params = convert.load_hf(path)
   assert cfg.arch == {"qwen2-untied": "qwen2", "llama3.2": "llama"}.get(name, name)
-  cfg = M.ModelConfig.from_dict({**cfg.to_dict(), "scan_layers": scan})
+  cfg = ModelConfig.from_dict({**cfg.to_dict(), "scan_layers": scan})
   tokens = np.random.RandomState(1).randint(0, VOCAB, (2, T))
   ours = jax.jit(lambda p, t: M.Transformer(cfg).apply({"params": p}, t))(params, tokens)
   ref = _logits(hf, tokens)
@@ -114,4 +115,4 @@ def test_sliding_window_and_unknown_types_are_refused(saved, tmp_path):
     ("smollm2-1.7b", 1_711_376_384),
 ])
 def test_param_counts_match_published(name, count):
-  assert M.param_count(M.SIZES[name]) == count
+  assert M.param_count(SIZES[name]) == count

@@ -19,6 +19,7 @@ from conftest import shared_file
 from lima_jax import convert, hf_tokenizer
 from lima_jax import model as M
 from lima_jax.errors import UserError
+from lima_jax.model_config import ModelConfig, get_size
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 STORY = "Once upon a time, there was a little girl named Lily"
@@ -79,7 +80,7 @@ def _hf_logits(model, tokens, positions=None):
 def test_logits_match_transformers(name, scan, hf_root):
   hf, path = _saved(name, hf_root)
   cfg, params = convert.load_hf(path)
-  cfg = M.ModelConfig.from_dict({**cfg.to_dict(), "scan_layers": scan})
+  cfg = ModelConfig.from_dict({**cfg.to_dict(), "scan_layers": scan})
   tokens = _tokens()
   ours = jax.jit(lambda p, t: M.Transformer(cfg).apply({"params": p}, t))(params, tokens)
   ref = _hf_logits(hf, tokens)
@@ -160,7 +161,7 @@ def test_save_hf_exports_the_tokenizer_with_eot(tmp_path):
   from transformers import AutoTokenizer
   from lima_jax.tokenizer import Tokenizer
   tok = Tokenizer.load(shared_file("llama2c/stories260K/tok512.bin"))
-  cfg = M.get_size("tiny", vocab_size=tok.vocab_size)  # rows for EOT and PAD too
+  cfg = get_size("tiny", vocab_size=tok.vocab_size)  # rows for EOT and PAD too
   shapes = jax.eval_shape(lambda: M.Transformer(cfg).init(jax.random.key(0),
                                                           jnp.zeros((1, 1), jnp.int32)))
   params = jax.tree.map(lambda b: np.zeros(b.value.shape, b.value.dtype), shapes["params"],

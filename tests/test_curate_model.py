@@ -12,6 +12,7 @@ from lima_jax import checkpoint
 from lima_jax import model as model_lib
 from lima_jax.curate import model_scores, pipeline, selectors
 from lima_jax.datasets import Record
+from lima_jax.model_config import get_size
 from lima_jax.tokenizer import Tokenizer
 
 TOKENIZER = pathlib.Path(__file__).resolve().parents[1] / "data" / "demo" / "tokenizer.model"
@@ -31,7 +32,7 @@ RECORDS = [
 @pytest.fixture(scope="module")
 def scorer():
   tok = Tokenizer.load(TOKENIZER)
-  cfg = model_lib.get_size("tiny", vocab_size=tok.padded_vocab_size())
+  cfg = get_size("tiny", vocab_size=tok.padded_vocab_size())
   model = model_lib.Transformer(cfg)
   params = nn.unbox(jax.jit(model.init)(jax.random.key(0), jnp.zeros((1, 8), jnp.int32))["params"])
   return model_scores.Scorer(model, params, tok, MAX_LEN)
@@ -113,7 +114,7 @@ def test_gradient_features_match_single_example_gradients_and_find_the_target(sc
 
 def test_ifd_selector_end_to_end_from_a_checkpoint(tmp_path, scorer):
   # Stored without EOT rows (vocab 512 < the tokenizer's 514): the scorer grows it.
-  cfg = model_lib.get_size("tiny", vocab_size=512)
+  cfg = get_size("tiny", vocab_size=512)
   params = nn.unbox(jax.jit(model_lib.Transformer(cfg).init)(
       jax.random.key(1), jnp.zeros((1, 8), jnp.int32))["params"])
   checkpoint.save(tmp_path / "ckpt", params, {"model_config": cfg.to_dict(),

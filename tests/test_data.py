@@ -125,7 +125,8 @@ def test_packed_loss_equals_unpacked_loss(tok):
   import optax
   from flax import linen as nn
 
-  from lima_jax.model import Transformer, get_size
+  from lima_jax.model import Transformer
+  from lima_jax.model_config import get_size
 
   cfg = get_size("tiny", vocab_size=tok.padded_vocab_size(), max_seq_len=64)
   model = Transformer(cfg)

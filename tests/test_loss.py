@@ -10,6 +10,7 @@ import optax
 import pytest
 
 from lima_jax import loss, model as M, train
+from lima_jax.model_config import get_size
 
 B, T, D, V = 3, 37, 16, 50
 
@@ -105,7 +106,7 @@ def test_fused_loss_under_jit_with_no_loss_token_at_all():
 
 @pytest.mark.parametrize("tied", [True, False])
 def test_train_loss_sums_same_with_and_without_the_fused_head(tied):
-  cfg = M.get_size("tiny", tie_embeddings=tied)
+  cfg = get_size("tiny", tie_embeddings=tied)
   model = M.Transformer(cfg)
   rng = np.random.default_rng(2)
   tokens = rng.integers(0, cfg.vocab_size, (4, 17)).astype(np.int32)

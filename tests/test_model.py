@@ -2,6 +2,7 @@
 vocabulary growth, sharding. Parity with Hugging Face is in test_convert.py."""
 import functools
 import json
+import typing
 
 import flax.linen as nn
 import jax
@@ -9,11 +10,13 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from lima_jax import layers, model_config
 from lima_jax import model as M
 from lima_jax.errors import UserError
+from lima_jax.model_config import ModelConfig, SIZES, get_size
 
 
-BASE = M.get_size("tiny", n_layers=3, dropout_top=0.5)  # dropout rates 0, 0.25, 0.5
+BASE = get_size("tiny", n_layers=3, dropout_top=0.5)  # dropout rates 0, 0.25, 0.5
 SHAPE = (4, 16)  # one token shape everywhere, so compiled functions are shared between tests
 
 
@@ -55,26 +58,34 @@ def _tokens(shape=SHAPE, vocab=256, seed=1):
 def test_config_round_trips_through_json_and_is_hashable():
   scaling = {"factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
              "original_max_position_embeddings": 8192}
-  cfg = M.get_size("llama3-8b", rope_scaling=scaling, dropout_top=0.2)
-  back = M.ModelConfig.from_dict(json.loads(json.dumps(cfg.to_dict())))
+  cfg = get_size("llama3-8b", rope_scaling=scaling, dropout_top=0.2)
+  back = ModelConfig.from_dict(json.loads(json.dumps(cfg.to_dict())))
   assert back == cfg and hash(back) == hash(cfg)
   assert back.rope_scaling_dict == scaling
-  assert M.get_size("llama1-7b").head_dim == 128 and M.get_size("llama1-7b").n_kv_heads == 32
+  assert get_size("llama1-7b").head_dim == 128 and get_size("llama1-7b").n_kv_heads == 32
 
 
 def test_config_rejects_unknown_keys_and_bad_values():
   with pytest.raises(UserError, match="unknown key.*'n_expert'"):
-    M.ModelConfig.from_dict({**M.SIZES["tiny"].to_dict(), "n_expert": 8})
+    ModelConfig.from_dict({**SIZES["tiny"].to_dict(), "n_expert": 8})
   with pytest.raises(UserError, match="n_heads=4 is not a multiple of n_kv_heads=3"):
-    M.get_size("tiny", n_kv_heads=3)
+    get_size("tiny", n_kv_heads=3)
   with pytest.raises(UserError, match="remat_policy"):
-    M.get_size("tiny", remat_policy="some")
+    get_size("tiny", remat_policy="some")
   with pytest.raises(UserError, match="'llama9-1b' is not one of"):
-    M.get_size("llama9-1b")
+    get_size("llama9-1b")
   with pytest.raises(UserError, match="attention_impl='flash' is not one of"):
-    M.get_size("tiny", attention_impl="flash")
+    get_size("tiny", attention_impl="flash")
   with pytest.raises(UserError, match="attention_block=-1 is negative"):
-    M.get_size("tiny", attention_block=-1)
+    get_size("tiny", attention_block=-1)
+
+
+def test_the_config_module_is_re_exported_and_types_the_layers():
+  # lima_jax.model's names are the documented ones (docs/INTERFACES.md, README).
+  assert (M.ModelConfig, M.SIZES, M.get_size) == (ModelConfig, SIZES, get_size)
+  assert M.REMAT_POLICIES is model_config.REMAT_POLICIES
+  for module in (layers.Attention, layers.MLP, layers.Embed, layers.LMHead):
+    assert typing.get_type_hints(module)["cfg"] is ModelConfig
 
 
 @pytest.mark.parametrize("name,billions,tol", [
@@ -83,14 +94,14 @@ def test_config_rejects_unknown_keys_and_bad_values():
     ("llama3-8b", 8.03, 0.005),
 ])
 def test_param_counts_match_published(name, billions, tol):
-  assert abs(M.param_count(M.SIZES[name]) / 1e9 - billions) <= tol
+  assert abs(M.param_count(SIZES[name]) / 1e9 - billions) <= tol
 
 
 def test_llama1_65b_param_count():
   # Meta reports "65.2B" (truncated); the architecture itself has
   # 80 * (4 * 8192^2 + 3 * 8192 * 22016 + 2 * 8192) + 2 * 32000 * 8192 + 8192 parameters.
   exact = 80 * (4 * 8192**2 + 3 * 8192 * 22016 + 2 * 8192) + 2 * 32000 * 8192 + 8192
-  n = M.param_count(M.SIZES["llama1-65b"])
+  n = M.param_count(SIZES["llama1-65b"])
   assert n == exact
   assert 65.2e9 <= n < 65.3e9
 
@@ -98,7 +109,7 @@ def test_llama1_65b_param_count():
 # --- parameter tree ---------------------------------------------------------------------------
 
 def test_scan_and_unrolled_share_params_and_outputs():
-  unrolled = M.ModelConfig.from_dict({**BASE.to_dict(), "scan_layers": False})
+  unrolled = ModelConfig.from_dict({**BASE.to_dict(), "scan_layers": False})
   describe = lambda t: jax.tree.map(lambda b: (b.value.shape, b.names), t,
                                     is_leaf=lambda b: isinstance(b, nn.LogicallyPartitioned))
   assert describe(_boxed_shapes(BASE)) == describe(_boxed_shapes(unrolled))
@@ -113,10 +124,10 @@ def test_scan_and_unrolled_share_params_and_outputs():
 def test_bfloat16_compute_returns_float32_logits_close_to_float32():
   params, tokens = _init(BASE), _tokens()
   ref = _forward(BASE)(params, tokens)
-  out = _forward(M.ModelConfig.from_dict({**BASE.to_dict(), "dtype": "bfloat16"}))(params, tokens)
+  out = _forward(ModelConfig.from_dict({**BASE.to_dict(), "dtype": "bfloat16"}))(params, tokens)
   assert out.dtype == jnp.float32
   assert float(jnp.max(jnp.abs(out - ref))) < 0.05 * float(jnp.max(jnp.abs(ref)))
-  shapes = nn.meta.unbox(_boxed_shapes(M.get_size("tiny", param_dtype="bfloat16")))
+  shapes = nn.meta.unbox(_boxed_shapes(get_size("tiny", param_dtype="bfloat16")))
   assert {x.dtype for x in jax.tree.leaves(shapes)} == {jnp.dtype(jnp.bfloat16)}
 
 
@@ -124,7 +135,7 @@ def test_remat_policies_do_not_change_gradients():
   params, tokens = _init(BASE), _tokens()
 
   def grad_fn(policy):
-    cfg = M.ModelConfig.from_dict({**BASE.to_dict(), "remat_policy": policy})
+    cfg = ModelConfig.from_dict({**BASE.to_dict(), "remat_policy": policy})
     return jax.grad(lambda p: jnp.mean(M.Transformer(cfg).apply({"params": p}, tokens) ** 2))
 
   for policy in ("save_dots", "save_dots_no_batch"):  # tracing applies the policy; no compile
@@ -141,7 +152,7 @@ def test_elementwise_remat_recomputes_the_same_dropout_and_saves_less():
   params, tokens = _init(BASE), _tokens()
 
   def loss_fn(policy):
-    cfg = M.ModelConfig.from_dict({**BASE.to_dict(), "remat_policy": policy})
+    cfg = ModelConfig.from_dict({**BASE.to_dict(), "remat_policy": policy})
     return lambda p: jnp.mean(M.Transformer(cfg).apply(
         {"params": p}, tokens, deterministic=False, rngs={"dropout": jax.random.key(7)}) ** 2)
 
@@ -156,13 +167,13 @@ def test_elementwise_remat_recomputes_the_same_dropout_and_saves_less():
 # --- dropout ----------------------------------------------------------------------------------
 
 def test_dropout_rate_schedules():
-  np.testing.assert_allclose(M.dropout_rates(M.get_size("tiny", n_layers=5, dropout_top=0.2)),
+  np.testing.assert_allclose(M.dropout_rates(get_size("tiny", n_layers=5, dropout_top=0.2)),
                              [0.0, 0.05, 0.1, 0.15, 0.2], atol=1e-7)
   np.testing.assert_allclose(M.dropout_rates(
-      M.get_size("tiny", n_layers=3, dropout_top=0.3, dropout_schedule="constant")), [0.3] * 3)
+      get_size("tiny", n_layers=3, dropout_top=0.3, dropout_schedule="constant")), [0.3] * 3)
   np.testing.assert_allclose(M.dropout_rates(
-      M.get_size("tiny", n_layers=3, dropout_top=0.3, dropout_schedule="none")), [0.0] * 3)
-  np.testing.assert_allclose(M.dropout_rates(M.get_size("tiny", n_layers=1, dropout_top=0.3)),
+      get_size("tiny", n_layers=3, dropout_top=0.3, dropout_schedule="none")), [0.0] * 3)
+  np.testing.assert_allclose(M.dropout_rates(get_size("tiny", n_layers=1, dropout_top=0.3)),
                              [0.3])
 
 
@@ -181,7 +192,7 @@ def test_deterministic_ignores_dropout_and_training_mode_applies_it():
 
 @pytest.mark.parametrize("scan", [True, False])
 def test_dropout_masks_follow_the_per_layer_rates_and_differ_between_layers(scan):
-  cfg = M.ModelConfig.from_dict({**BASE.to_dict(), "scan_layers": scan})
+  cfg = ModelConfig.from_dict({**BASE.to_dict(), "scan_layers": scan})
   _, state = _forward(cfg, False)(_init(cfg), _tokens(), jax.random.key(3))
   keeps = state["intermediates"]["layers"]
   attn, mlp = np.asarray(keeps["attn_keep"][0]), np.asarray(keeps["mlp_keep"][0])
@@ -247,7 +258,7 @@ def test_cached_greedy_decoding_matches_recomputation():
 
 @pytest.mark.parametrize("tied", [False, True])
 def test_resize_vocab_appends_mean_rows_and_keeps_boxes(tied):
-  cfg = M.get_size("tiny", tie_embeddings=tied, param_dtype="bfloat16")
+  cfg = get_size("tiny", tie_embeddings=tied, param_dtype="bfloat16")
   values = _init(cfg)
   boxed = jax.tree.map(lambda b, v: b.replace_boxed(v), _boxed_shapes(cfg), values,
                        is_leaf=lambda b: isinstance(b, nn.LogicallyPartitioned))
@@ -265,7 +276,7 @@ def test_resize_vocab_appends_mean_rows_and_keeps_boxes(tied):
     np.testing.assert_allclose(np.asarray(grown["lm_head"]["kernel"].value, np.float32)[:, 256:],
                                np.repeat(old_head.mean(axis=1, keepdims=True), 3, 1), atol=1e-2)
   # The grown tree is exactly what a 259-token model expects.
-  want = _boxed_shapes(M.ModelConfig.from_dict({**cfg.to_dict(), "vocab_size": 259}))
+  want = _boxed_shapes(ModelConfig.from_dict({**cfg.to_dict(), "vocab_size": 259}))
   same = lambda t: jax.tree.map(lambda x: (x.shape, x.dtype), nn.meta.unbox(t))
   assert same(grown) == same(want)
   with pytest.raises(ValueError, match="only grows"):
@@ -332,8 +343,8 @@ def test_blocked_attention_matches_reference_with_packed_segments(block):
 
 
 def test_attention_block_size_does_not_change_the_model():
-  one_block = M.ModelConfig.from_dict({**BASE.to_dict(), "attention_block": 0})
-  blocked = M.ModelConfig.from_dict({**BASE.to_dict(), "attention_block": 3})  # 16 = 5 x 3 + 1
+  one_block = ModelConfig.from_dict({**BASE.to_dict(), "attention_block": 0})
+  blocked = ModelConfig.from_dict({**BASE.to_dict(), "attention_block": 3})  # 16 = 5 x 3 + 1
   params, tokens = _init(BASE), _tokens()
   segments = jnp.asarray(np.repeat([[1] * 9 + [2] * 5 + [0] * 2], SHAPE[0], axis=0))
 

@@ -7,8 +7,9 @@ import sys
 
 import pytest
 
-from lima_jax import model, tpu_specs
+from lima_jax import tpu_specs
 from lima_jax.errors import UserError
+from lima_jax.model_config import get_size
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 HAS_LIBTPU = importlib.util.find_spec("libtpu") is not None
@@ -70,7 +71,7 @@ def tiny_plan(tmp_path_factory):
 def test_tiny_plan_bytes_per_chip(tiny_plan):
   _, p = tiny_plan
   assert (p["chips"], p["mesh"]) == (4, {"data": 1, "fsdp": 4, "tensor": 1})
-  m = model.get_size("tiny")
+  m = get_size("tiny")
   D, L, F = m.dim, m.n_layers, m.hidden_dim
   V = -(-(m.vocab_size + 1) // 128) * 128  # EOT added, rows padded to model.vocab_multiple.
   per_layer = D * m.n_heads * m.head_dim * 2 + D * m.n_kv_heads * m.head_dim * 2 + 3 * D * F
@@ -156,7 +157,7 @@ def test_decode_plan_compiles_the_decoder_and_counts_weights_and_cache(tmp_path)
     plans[dtype] = json.loads(out.read_text())
   f32, bf16 = plans["float32"], plans["bfloat16"]
   assert f32["param_bytes"] == 2 * bf16["param_bytes"]
-  demo = model.get_size("demo")  # 4 layers, 4 KV heads of 32: one head per chip
+  demo = get_size("demo")  # 4 layers, 4 KV heads of 32: one head per chip
   rows, length = 4, 128 + (demo.max_seq_len - 1)  # prompt bucket 128, answer room 511
   assert bf16["cache_bytes"] == 2 * demo.n_layers * rows * length * 1 * demo.head_dim * 4
   assert bf16["peak_bytes"] >= bf16["param_bytes"] + bf16["cache_bytes"]

@@ -13,6 +13,7 @@ import pytest
 
 from lima_jax import checkpoint, decoding, select
 from lima_jax import model as M
+from lima_jax.model_config import get_size
 from lima_jax.sampling import Decoding
 from lima_jax.errors import UserError
 from lima_jax.tokenizer import Tokenizer
@@ -37,7 +38,7 @@ def workdir(tmp_path_factory):
   step 10 (epoch 2 done), and metrics.jsonl with a torn last line."""
   root = tmp_path_factory.mktemp("run")
   tok = Tokenizer.load(REPO / "data/demo/tokenizer.model")
-  cfg = M.get_size("tiny", vocab_size=tok.padded_vocab_size(128))
+  cfg = get_size("tiny", vocab_size=tok.padded_vocab_size(128))
   base = {"model_config": cfg.to_dict(), "tokenizer": tok.to_meta()}
   for step, epoch, loss in ((4, 1, 3.0), (8, 2, None), (10, 2, None), (12, 3, 2.2)):
     checkpoint.save(root / "checkpoints" / str(step), _params(cfg, step),

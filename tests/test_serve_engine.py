@@ -9,6 +9,7 @@ import pytest
 from lima_jax import decoding
 from lima_jax import model as model_lib
 from lima_jax.decoding import Generator
+from lima_jax.model_config import get_size
 from lima_jax.sampling import Decoding
 from lima_jax.serve.engine import Engine, bucket_for, buckets
 from lima_jax.tokenizer import Tokenizer
@@ -20,7 +21,7 @@ N_NEW = 20
 @pytest.fixture(scope="module")
 def setup():
   tok = Tokenizer.load(_REPO / "data/demo/tokenizer.model")
-  cfg = model_lib.get_size("tiny", vocab_size=tok.padded_vocab_size())
+  cfg = get_size("tiny", vocab_size=tok.padded_vocab_size())
   params = nn.meta.unbox(model_lib.Transformer(cfg).init(
       jax.random.key(1), jnp.zeros((1, 8), jnp.int32))["params"])
   engine = Engine(params, cfg, tok.vocab_size, slots=4,

@@ -57,10 +57,11 @@ def _chat(tok, question):
 
 def test_config_and_logits_match_transformers(ours, ref):
   from lima_jax import model as M
+  from lima_jax.model_config import SIZES
   tok, cfg, params = ours
   assert (cfg.n_layers, cfg.dim, cfg.n_heads, cfg.n_kv_heads, cfg.vocab_size, cfg.rope_theta,
           cfg.tie_embeddings) == (30, 576, 9, 3, 49152, 1e5, True)
-  assert M.param_count(cfg) == M.param_count(M.SIZES["smollm2-135m"])
+  assert M.param_count(cfg) == M.param_count(SIZES["smollm2-135m"])
   ids = np.array([_chat(tok, "What is the capital of France?")])
   logits = np.asarray(jax.jit(lambda p, t: M.Transformer(cfg).apply({"params": p}, t))(
       params, ids))

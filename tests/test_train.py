@@ -27,12 +27,13 @@ def final_params(workdir):
 
 
 def _one_step(mesh_shape):
-  from lima_jax import model as model_lib, sharding, train
+  from lima_jax import sharding, train
+  from lima_jax.model_config import get_size
   from lima_jax.train import TrainState
   config = tiny_config()
   devices = jax.devices()[:int(np.prod(mesh_shape))]
   mesh = sharding.make_mesh(mesh_shape, devices)
-  cfg = model_lib.get_size("tiny", vocab_size=256, max_seq_len=64)
+  cfg = get_size("tiny", vocab_size=256, max_seq_len=64)
   rng = np.random.default_rng(0)
   tokens = rng.integers(3, 256, size=(8, 33), dtype=np.int32)
   batch = {"inputs": tokens[:, :-1], "targets": tokens[:, 1:],
@@ -137,9 +138,10 @@ def test_checkpoint_restores_on_another_mesh(tmp_path):
                      "checkpoint.allow_recipe_change": True}), str(tmp_path))
   assert last["step"] == 2 * step
   from lima_jax import checkpoint, sharding, model as model_lib
+  from lima_jax.model_config import ModelConfig
   mesh = sharding.make_mesh((2, 2, 2))
   meta = checkpoint.read_meta(tmp_path / "checkpoints" / str(step))
-  cfg = model_lib.ModelConfig.from_dict(meta["model_config"])
+  cfg = ModelConfig.from_dict(meta["model_config"])
   boxed = jax.eval_shape(lambda: model_lib.Transformer(cfg).init(
       jax.random.key(0), jnp.zeros((1, 8), jnp.int32)))["params"]
   restored, _ = checkpoint.load(tmp_path / "checkpoints" / str(step),
@@ -179,10 +181,10 @@ def test_misspelled_override_fails_at_startup(tmp_path):
 def test_max_len_past_the_base_models_context_warns_with_both_numbers():
   import warnings
   from lima_jax import base_model
-  from lima_jax import model as model_lib
+  from lima_jax.model_config import get_size
   from lima_jax.tokenizer import Tokenizer
   tok = Tokenizer.load(REPO / "data/demo/tokenizer.model")
-  init = model_lib.get_size("tiny", vocab_size=640)  # a context of 128 tokens
+  init = get_size("tiny", vocab_size=640)  # a context of 128 tokens
   longer = tiny_config(**{"model.size": "", "data.max_len": 256})
   with pytest.warns(UserWarning, match=r"data.max_len=256 is longer than model.init's context "
                     r"of 128 tokens: positions past 128 extend RoPE"):

@@ -34,6 +34,7 @@ from tqdm import tqdm
 from lima_jax import checkpoint, data, decoding
 from lima_jax import model as model_lib
 from lima_jax.errors import UserError
+from lima_jax.model_config import ModelConfig
 from lima_jax.tokenizer import Tokenizer
 
 
@@ -58,7 +59,7 @@ def load_scorer(path: str, *, tokenizer: str = "", max_len: int = 2048) -> Score
     raise UserError("config model.checkpoint: the ifd and influence selectors need a "
                     "lima_jax checkpoint (python -m lima_jax.convert makes one)")
   params, meta = checkpoint.load(path)
-  cfg = model_lib.ModelConfig.from_dict(meta["model_config"])
+  cfg = ModelConfig.from_dict(meta["model_config"])
   if tokenizer:
     tok = Tokenizer.load(tokenizer)
   elif meta.get("tokenizer"):

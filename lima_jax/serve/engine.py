@@ -33,6 +33,7 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 
 from lima_jax import decoding, layers, sampling, sharding
 from lima_jax import model as model_lib
+from lima_jax.model_config import ModelConfig
 
 MIN_BUCKET = 16
 MIN_SPAN = 64
@@ -80,7 +81,7 @@ class Engine:
   growing after `warm_up`.
   """
   params: Any
-  cfg: model_lib.ModelConfig
+  cfg: ModelConfig
   vocab_size: int
   slots: int = 8
   max_len: int | None = None
