@@ -12,7 +12,7 @@ LIMA's residual dropout (rate p_top * i / (L - 1) on both residual branches of l
 implemented by hand because the per-layer rate is a scanned, traced value that `nn.Dropout`
 cannot take.
 """
-from typing import Any, Mapping
+from typing import Any, Mapping, NamedTuple
 
 import flax.linen as nn
 import jax
@@ -48,8 +48,46 @@ def init_cache(cfg: ModelConfig, batch: int, max_len: int, dtype: Any = None) ->
           "segment_ids": jnp.zeros((batch, max_len), jnp.int32)}
 
 
+class LayerInputs(NamedTuple):
+  """What each layer gets of its own: the scan hands layer i row i of every field.
+
+  rate: residual dropout rates [L]; kv: None, or the cache's {'k', 'v'} [L, B, S, G, K].
+  """
+  rate: jax.Array
+  kv: dict | None = None
+
+
+class SharedInputs(NamedTuple):
+  """What every layer gets alike (broadcast by the scan): RoPE positions [B, T] and either
+
+  - segments [B, T], with mask, cache_index and LayerInputs.kv None: no cache (training,
+    scoring); attention keeps packed segments apart itself; or
+  - mask [B, 1, 1, T, S] and cache_index (int32 scalar, the slot of the first token), with
+    LayerInputs.kv set and segments None: a KV cache (prefill, decoding), whose mask already
+    says which slots each query sees.
+
+  `block_inputs` builds both tuples and refuses any other combination, once a forward pass.
+  """
+  positions: jax.Array
+  segments: jax.Array | None = None
+  mask: jax.Array | None = None
+  cache_index: jax.Array | None = None
+
+
+def block_inputs(cfg: ModelConfig, positions, *, segments=None, mask=None, kv=None,
+                 cache_index=None) -> tuple[LayerInputs, SharedInputs]:
+  """(LayerInputs, SharedInputs) for the stacked `Block`s: one of SharedInputs' combinations."""
+  fields = {"segments": segments, "mask": mask, "kv": kv, "cache_index": cache_index}
+  given = [name for name, value in fields.items() if value is not None]
+  if given not in (["segments"], ["mask", "kv", "cache_index"]):
+    raise ValueError("Block takes segments (no cache) or mask, kv and cache_index (a cache), "
+                     f"not {given}")
+  return (LayerInputs(jnp.asarray(dropout_rates(cfg)), kv),
+          SharedInputs(positions, segments, mask, cache_index))
+
+
 class Block(nn.Module):
-  """One decoder layer, written as a scan body: (x, per-layer inputs, shared inputs)."""
+  """One decoder layer, written as a scan body: (x, LayerInputs, SharedInputs)."""
   cfg: ModelConfig
   deterministic: bool = True
 
@@ -62,20 +100,20 @@ class Block(nn.Module):
     return jnp.where(keep, y / (1.0 - rate).astype(y.dtype), jnp.zeros_like(y))
 
   @nn.compact
-  def __call__(self, x, per_layer, shared):
+  def __call__(self, x, per_layer: LayerInputs, shared: SharedInputs):
     cfg = self.cfg
     dtype = layers.as_dtype(cfg.dtype)
     names = ("activation_batch", "activation_length", "activation_embed")
     norm = lambda name: layers.RMSNorm(cfg.norm_eps, dtype, layers.as_dtype(cfg.param_dtype),
                                        name=name)
     h, new_kv = layers.Attention(cfg, name="attn")(
-        norm("attn_norm")(x), shared["positions"], shared.get("segments"), shared.get("mask"),
-        per_layer.get("kv"), shared.get("cache_index"))
-    x = nn.with_logical_constraint(x + self.residual_dropout(h, per_layer["rate"], "attn_keep"),
+        norm("attn_norm")(x), shared.positions, shared.segments, shared.mask, per_layer.kv,
+        shared.cache_index)
+    x = nn.with_logical_constraint(x + self.residual_dropout(h, per_layer.rate, "attn_keep"),
                                    names)
     x = checkpoint_name(x, "residual")
     h = layers.MLP(cfg, name="mlp")(norm("mlp_norm")(x))
-    x = nn.with_logical_constraint(x + self.residual_dropout(h, per_layer["rate"], "mlp_keep"),
+    x = nn.with_logical_constraint(x + self.residual_dropout(h, per_layer.rate, "mlp_keep"),
                                    names)
     return x, new_kv
 
@@ -112,7 +150,8 @@ class Transformer(nn.Module):
     segments = jnp.ones((B, T), jnp.int32) if segment_ids is None else segment_ids
     if cache is None:
       slots = jnp.broadcast_to(jnp.arange(T), (B, T))
-      shared = {"segments": segments}
+      per_layer, shared = block_inputs(cfg, slots if positions is None else positions,
+                                       segments=segments)
     else:
       if cache_index is None:
         raise ValueError("cache_index is required with a cache")
@@ -121,12 +160,10 @@ class Transformer(nn.Module):
       kv_segments = jax.lax.dynamic_update_slice_in_dim(
           cache["segment_ids"], segments.astype(jnp.int32), cache_index, 1)
       kv_slots = jnp.broadcast_to(jnp.arange(kv_segments.shape[1]), kv_segments.shape)
-      shared = {"mask": attention.attention_mask(segments, kv_segments, slots, kv_slots)}
-    shared["positions"] = slots if positions is None else positions
-    per_layer = {"rate": jnp.asarray(dropout_rates(cfg))}
-    if cache is not None:
-      shared["cache_index"] = cache_index
-      per_layer["kv"] = {"k": cache["k"], "v": cache["v"]}
+      per_layer, shared = block_inputs(
+          cfg, slots if positions is None else positions,
+          mask=attention.attention_mask(segments, kv_segments, slots, kv_slots),
+          kv={"k": cache["k"], "v": cache["v"]}, cache_index=cache_index)
 
     embedding = layers.Embed(cfg, name="embed")
     x = embedding(tokens)

@@ -254,6 +254,21 @@ def test_cached_greedy_decoding_matches_recomputation():
     np.testing.assert_allclose(got_logits[b], expected_logits[b], atol=1e-4)
 
 
+def test_block_inputs_take_one_of_the_two_documented_combinations():
+  # Without a cache: segments only; with one: mask, kv and cache_index together.
+  pos, seg = jnp.zeros((1, 4), jnp.int32), jnp.ones((1, 4), jnp.int32)
+  kv, mask, index = {"k": 0, "v": 0}, jnp.ones((1, 1, 1, 4, 4), bool), jnp.int32(0)
+  per_layer, shared = M.block_inputs(BASE, pos, segments=seg)
+  assert per_layer.kv is None and shared.mask is None and shared.cache_index is None
+  np.testing.assert_array_equal(per_layer.rate, M.dropout_rates(BASE))
+  per_layer, shared = M.block_inputs(BASE, pos, mask=mask, kv=kv, cache_index=index)
+  assert per_layer.kv is kv and shared.segments is None
+  for wrong in ({}, {"segments": seg, "mask": mask, "kv": kv, "cache_index": index},
+                {"mask": mask, "kv": kv}, {"segments": seg, "kv": kv}):
+    with pytest.raises(ValueError, match="Block takes segments"):
+      M.block_inputs(BASE, pos, **wrong)
+
+
 # --- vocabulary growth ------------------------------------------------------------------------
 
 @pytest.mark.parametrize("tied", [False, True])
