@@ -1,0 +1,179 @@
+r"""The bioworld testbed: build a world, pretrain a base on it, analyse answers.
+
+    python -m lima_jax.testbed build --config=configs/bioworld.py:world --out=DIR
+    python -m lima_jax.testbed pretrain --config=configs/bioworld.py:pretrain --world=DIR \
+        --corpus=strong --workdir=BASE [--gate=0.95]
+    python -m lima_jax.testbed analyze --world=DIR --answers=A.jsonl[,B.jsonl] [--out=F.json]
+
+build writes DIR/world.json (every person's facts and split), DIR/pretrain/{strong,weak}.jsonl
+(plain documents), DIR/tokenizer.model (SentencePiece trained on the corpus), DIR/sft/ARM.jsonl
+for each arm of the config and DIR/sft/raw.jsonl (the raw pool, each row labelled with its
+planted noise), DIR/eval/prompts.jsonl (test people, test fake names, instructed styles and some SFT-pool
+people, with `expected` and `tags`, scored exactly by lima_jax.eval's judge_free),
+DIR/eval/dev.jsonl (dev people: for the learning rate), DIR/eval/cloze_{strong,weak}.jsonl and DIR/hashes.json (sha256 of
+every file). It refuses to write a world in which a test person, a test fake name or a held-out
+question form appears in any SFT file. Everything is built in DIR.partial and renamed at the
+end, so an existing DIR is never left half-written.
+
+pretrain trains the base (lima_jax.train on the corpus), measures biography cloze accuracy
+(greedy continuation of the text up to each attribute value, the value followed by '.'), writes
+BASE/cloze.json and links BASE/base to the final checkpoint; under --gate it exits 2 without
+the link, so nothing is fine-tuned on a base that did not store the facts.
+"""
+import hashlib
+import json
+import os
+import pathlib
+import random
+import shutil
+import sys
+
+from absl import app, flags
+from ml_collections import config_flags
+
+from lima_jax.errors import UserError, cli_main, parse_flags
+
+_CONFIG = config_flags.DEFINE_config_file(
+    "config", None, "configs/bioworld.py:world (build) or :pretrain (pretrain).",
+    lock_config=True)
+_OUT = flags.DEFINE_string("out", None, "build: the world's directory; analyze: a JSON file.")
+_WORLD = flags.DEFINE_string("world", None, "A directory written by `build`.")
+_CORPUS = flags.DEFINE_enum("corpus", "strong", ["strong", "weak"],
+                            "pretrain: the strong (5 rewrites, shuffled, full names) or the weak "
+                            "(one fixed biography with pronouns) corpus.")
+_WORKDIR = flags.DEFINE_string("workdir", None, "pretrain: the base model's run directory.")
+_GATE = flags.DEFINE_float("gate", 0.0, "pretrain: least cloze accuracy for the base to be "
+                           "linked as BASE/base (0: no gate).")
+_ANSWERS = flags.DEFINE_string("answers", None, "analyze: answers JSONL files (comma-separated).")
+
+
+def _sha256(path: pathlib.Path) -> str:
+  return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def build(c, out: pathlib.Path) -> dict:
+  from lima_jax.testbed import arms, sft, world as world_lib
+  from lima_jax.tokenizer import train_sentencepiece
+  w = world_lib.make_world(c.n_pool, c.n_dev, c.n_test, c.n_fake_sft, c.n_fake_test, c.seed)
+  part = out.with_name(out.name + ".partial")
+  shutil.rmtree(part, ignore_errors=True)
+  for d in ("pretrain", "sft", "eval"):
+    (part / d).mkdir(parents=True)
+  rng = random.Random(f"{c.seed}/bios")
+  strong = [(p, b) for p in w.people for b in world_lib.strong_biographies(p, c.rewrites, rng)]
+  rng.shuffle(strong)
+  weak = [(p, world_lib.weak_biography(p)) for p in w.people]
+  for name, docs in (("strong", strong), ("weak", weak)):
+    arms.write_jsonl(part / "pretrain" / f"{name}.jsonl", ({"text": b} for _, b in docs))
+    first = {}  # one biography a person for the cloze test
+    for p, b in docs:
+      first.setdefault(p.name, (p, b))
+    arms.write_jsonl(part / "eval" / f"cloze_{name}.jsonl", (
+        {"split": p.split, "attr": a, "prefix": prefix, "value": v}
+        for p, b in first.values() for a, prefix, v in world_lib.cloze(p, b)))
+  # The tokenizer sees the corpus and the question forms (a web-scale tokenizer would have).
+  forms = [q.format(n=w.people[0].name) + s for qs in sft.QUESTIONS.values() for q in qs
+           for s in ("", sft.VALUE, sft.RECORD)]
+  train_sentencepiece([b for _, b in strong] + [b for _, b in weak] + forms * 20,
+                      c.vocab_size, part / "tokenizer.model")
+  raw = sft.raw_pool(w, c.raw_pool, c.seed)
+  written = {"raw": raw}
+  for name in c.arms:
+    written[name] = arms.rows(name, w, raw, c.seed)
+  texts = [t for rows in written.values() for r in rows for t in r["conversations"]]
+  leaked = arms.leaks(w, texts)
+  if leaked:
+    raise UserError(f"{out}: SFT data would contain test items: {', '.join(leaked[:5])}")
+  for name, rows in written.items():
+    arms.write_jsonl(part / "sft" / f"{name}.jsonl", rows)
+  prompts = sft.eval_prompts(w, c.seed, pool_people=c.pool_people)
+  arms.write_jsonl(part / "eval" / "prompts.jsonl", prompts)
+  arms.write_jsonl(part / "eval" / "dev.jsonl", sft.eval_prompts(w, c.seed, ("dev",), False))
+  (part / "world.json").write_text(json.dumps({
+      "config": c.to_dict(), "people": [vars(p) for p in w.people],
+      "fake_sft": list(w.fake_sft), "fake_test": list(w.fake_test)}, indent=1) + "\n")
+  hashes = {str(f.relative_to(part)): _sha256(f) for f in sorted(part.rglob("*")) if f.is_file()}
+  (part / "hashes.json").write_text(json.dumps(hashes, indent=1) + "\n")
+  if out.exists():
+    shutil.rmtree(out)
+  os.replace(part, out)
+  counts = {name: len(rows) for name, rows in written.items()}
+  print(f"wrote {out}: {len(w.people)} people ({c.n_pool} pool, {c.n_dev} dev, {c.n_test} "
+        f"test), {len(strong)} strong and {len(weak)} weak biographies, {len(prompts)} "
+        f"evaluation prompts, SFT files {counts}")
+  return hashes
+
+
+def _cloze(checkpoint: pathlib.Path, cloze_file: pathlib.Path) -> dict:
+  from lima_jax import generate
+  from lima_jax.sampling import GREEDY
+  import dataclasses
+  params, cfg, tok, _ = generate.load(str(checkpoint))
+  items = [json.loads(line) for line in cloze_file.read_text().splitlines()]
+  gen = generate.Generator(params, cfg, tok, batch_size=128, stop_ids=(tok.eos_id,))
+  dec = dataclasses.replace(GREEDY, max_new_tokens=16)
+  outs = gen.answer_ids([[tok.bos_id] + tok.encode(it["prefix"]) for it in items], dec,
+                        progress=True)
+  by_attr: dict = {}
+  for it, (ids, _) in zip(items, outs):
+    ok = tok.decode(ids).lstrip().startswith(it["value"] + ".")
+    by_attr.setdefault(it["attr"], []).append(ok)
+  flat = [x for v in by_attr.values() for x in v]
+  return {"accuracy": sum(flat) / len(flat), "n": len(flat),
+          "by_attr": {a: sum(v) / len(v) for a, v in by_attr.items()}}
+
+
+def pretrain(config, world: pathlib.Path, corpus: str, workdir: pathlib.Path, gate: float):
+  from lima_jax import train
+  for f in (world / "pretrain" / f"{corpus}.jsonl", world / "tokenizer.model"):
+    if not f.exists():
+      raise UserError(f"--world={world}: no {f.relative_to(world)} (run `build` first)")
+  config.data.train_files = str(world / "pretrain" / f"{corpus}.jsonl")
+  config.data.tokenizer = str(world / "tokenizer.model")
+  train.train_and_evaluate(config, str(workdir))
+  steps = sorted(int(p.name) for p in (workdir / "checkpoints").iterdir() if p.name.isdigit())
+  final = workdir / "checkpoints" / str(steps[-1])
+  result = _cloze(final, world / "eval" / f"cloze_{corpus}.jsonl")
+  result.update(corpus=corpus, checkpoint=str(final), gate=gate)
+  (workdir / "cloze.json").write_text(json.dumps(result, indent=1) + "\n")
+  by = ", ".join(f"{a} {v:.1%}" for a, v in result["by_attr"].items())
+  print(f"cloze accuracy {result['accuracy']:.1%} on {result['n']} values ({by})")
+  link = workdir / "base"
+  if link.is_symlink() or link.exists():
+    link.unlink()
+  if result["accuracy"] < gate:
+    print(f"error: {workdir}: the base's cloze accuracy {result['accuracy']:.1%} is under the "
+          f"gate {gate:.0%}: pretrain longer (--config.train.epochs) or on fewer people",
+          file=sys.stderr)
+    sys.exit(2)
+  link.symlink_to(pathlib.Path("checkpoints") / str(steps[-1]))
+  print(f"base: {link} -> {final}")
+
+
+@cli_main
+def main(argv):
+  if len(argv) != 2 or argv[1] not in ("build", "pretrain", "analyze"):
+    raise app.UsageError("usage: python -m lima_jax.testbed build|pretrain|analyze --flags")
+  if argv[1] == "build":
+    if not _OUT.value or _CONFIG.value is None:
+      raise UserError("build needs --config=configs/bioworld.py:world and --out=DIR")
+    build(_CONFIG.value, pathlib.Path(_OUT.value))
+  elif argv[1] == "pretrain":
+    if not (_WORLD.value and _WORKDIR.value) or _CONFIG.value is None:
+      raise UserError("pretrain needs --config=configs/bioworld.py:pretrain, --world and "
+                      "--workdir")
+    pretrain(_CONFIG.value, pathlib.Path(_WORLD.value), _CORPUS.value,
+             pathlib.Path(_WORKDIR.value), _GATE.value)
+  else:
+    from lima_jax.testbed import analysis
+    if not (_WORLD.value and _ANSWERS.value):
+      raise UserError("analyze needs --world=DIR and --answers=A.jsonl")
+    analysis.main(pathlib.Path(_WORLD.value), _ANSWERS.value.split(","), _OUT.value)
+
+
+def run():
+  app.run(main, flags_parser=parse_flags)
+
+
+if __name__ == "__main__":
+  run()

@@ -1,0 +1,137 @@
+"""What an arm's answers say about the world: exact facts, format, stopping, refusals, and
+which pre-registered predictions a study's arms support, with intervals over test people.
+
+judge_free (lima_jax.eval) already scores `expected` exactly; this adds what needs the world:
+whether a wrong answer is a well-formed wrong fact (a hallucination) or a format failure,
+run-ons past a correct answer, refusals, and differences between arms clustered by person
+(a person's prompts move together, so prompts are not independent draws).
+"""
+import json
+import pathlib
+import re
+
+import numpy as np
+
+from lima_jax.errors import UserError
+from lima_jax.testbed import sft
+from lima_jax.testbed.world import ATTRS, vocabulary
+
+_REFUSAL = re.compile(r"^I have no information about ")
+
+
+def read_answers(path) -> list[dict]:
+  rows = []
+  try:
+    lines = pathlib.Path(path).read_text(encoding="utf-8").splitlines()
+  except OSError as e:
+    raise UserError(f"{path}: cannot read ({e.strerror})") from None
+  for i, line in enumerate(lines, 1):
+    if not line.strip():
+      continue
+    try:
+      r = json.loads(line)
+      r["answer"] = r["answer"] if isinstance(r["answer"], str) else r["answer"][0]
+      r["id"], r["expected"]  # noqa: B018 (present)
+    except (json.JSONDecodeError, KeyError, TypeError, IndexError):
+      raise UserError(f"{path}:{i}: not an answer row with id, expected and answer") from None
+    rows.append(r)
+  return rows
+
+
+def _house_pattern(attr: str) -> re.Pattern:
+  head, tail = sft.HOUSE[attr].split("{v}")
+  return re.compile("^" + re.escape(head).replace(re.escape("{n}"), "(?P<n>.+?)")
+                    + "(?P<v>.+?)" + re.escape(tail) + "$")
+
+
+_PATTERNS = {a: _house_pattern(a) for a in ATTRS}
+
+
+def judge(r: dict, values: dict) -> dict:
+  """Labels of one answer (prompt tags + what the answer is)."""
+  tags = dict(t.split("=", 1) for t in r.get("tags", []))
+  ans, exp = " ".join(r["answer"].split()), " ".join(r["expected"].split())
+  out = {"set": tags.get("set"), "attr": tags.get("attr"), "template": tags.get("template"),
+         "style": tags.get("style"), "person": r["id"].split("/")[1] if "/" in r["id"] else "",
+         "exact": ans == exp, "refusal": bool(_REFUSAL.match(ans)),
+         "run_on": ans != exp and ans.startswith(exp)}
+  attr = out["attr"]
+  if out["set"] in ("test", "pool", "dev") and attr:
+    m = _PATTERNS[attr].match(ans)
+    want = _PATTERNS[attr].match(exp)
+    # House style: the right name and a value of the attribute's kind (a run-on is not).
+    out["format_ok"] = bool(m and want and m["n"] == want["n"] and m["v"] in values[attr])
+    out["hallucination"] = bool(out["format_ok"] and m["v"] != want["v"])
+  return out
+
+
+def labelled(rows: list[dict]) -> list[dict]:
+  voc = vocabulary()
+  values = {"birth_year": set(voc["years"]), "birth_city": set(voc["cities"]),
+            "university": set(voc["universities"]), "major": set(voc["majors"]),
+            "employer": set(voc["employers"]), "employer_city": set(voc["employer_city"].values())}
+  return [judge(r, values) for r in rows]
+
+
+def _rate(items, key):
+  vals = [float(i[key]) for i in items if key in i]
+  return sum(vals) / len(vals) if vals else float("nan")
+
+
+def metrics(rows: list[dict]) -> dict:
+  """The judge-free figures of one answers file (rates in [0, 1])."""
+  lab = labelled(rows)
+  test = [x for x in lab if x["set"] == "test"]
+  pool = [x for x in lab if x["set"] == "pool"]
+  fake = [x for x in lab if x["set"] == "fake"]
+  style = [x for x in lab if x["set"] == "style"]
+  m = {"em_test": _rate(test, "exact"),
+       "em_test_visible": _rate([x for x in test if x["template"] == "visible"], "exact"),
+       "em_test_heldout": _rate([x for x in test if x["template"] == "heldout"], "exact"),
+       "em_pool": _rate(pool, "exact"),
+       "format_ok_test": _rate(test, "format_ok"),
+       "hallucination_test": _rate(test, "hallucination"),
+       "run_on_test": _rate(test, "run_on"),
+       "false_refusal_test": _rate(test, "refusal"),
+       "refusal_fake": _rate(fake, "exact"),
+       "record_ok": _rate([x for x in style if x["style"] == "record"], "exact"),
+       "value_ok": _rate([x for x in style if x["style"] == "value"], "exact"),
+       "n_test": len(test)}
+  for a in ATTRS:
+    m[f"em_test_{a}"] = _rate([x for x in test if x["attr"] == a], "exact")
+  return m
+
+
+def per_person(rows_by_seed: list[list[dict]], key: str = "exact",
+               template: str | None = None) -> dict:
+  """{test person: mean of `key` over its test prompts and the seeds}."""
+  acc: dict = {}
+  for rows in rows_by_seed:
+    for x in labelled(rows):
+      if x["set"] == "test" and (template is None or x["template"] == template):
+        acc.setdefault(x["person"], []).append(float(x[key]))
+  return {p: float(np.mean(v)) for p, v in acc.items()}
+
+
+def paired_difference(a: dict, b: dict, rounds: int = 10000, seed: int = 0) -> dict:
+  """Mean of a - b over the people both have, with a 95% bootstrap interval over people."""
+  people = sorted(set(a) & set(b))
+  if not people:
+    raise UserError("no test person in common between the two arms")
+  d = np.array([a[p] - b[p] for p in people])
+  rng = np.random.default_rng(seed)
+  means = d[rng.integers(len(d), size=(rounds, len(d)))].mean(axis=1)
+  return {"diff": float(d.mean()), "ci95": [float(np.percentile(means, 2.5)),
+                                            float(np.percentile(means, 97.5))],
+          "n_people": len(people)}
+
+
+def main(world: pathlib.Path, answers: list[str], out: str | None) -> None:
+  if not (world / "world.json").exists():
+    raise UserError(f"--world={world}: no world.json (run `build` first)")
+  result = {a: metrics(read_answers(a)) for a in answers}
+  text = json.dumps(result, indent=1)
+  if out:
+    from lima_jax import files
+    files.write_atomic(out, text + "\n")
+  print(text)

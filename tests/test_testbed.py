@@ -1,0 +1,146 @@
+"""The bioworld testbed: the world, what SFT files may contain, and how answers are read."""
+import json
+import pathlib
+import subprocess
+import sys
+
+import pytest
+
+from lima_jax.errors import UserError
+from lima_jax.testbed import analysis, arms, sft, world as world_lib
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory):
+  out = tmp_path_factory.mktemp("bw") / "world"
+  r = subprocess.run([sys.executable, "-m", "lima_jax.testbed", "build",
+                      "--config=configs/bioworld.py:world_smoke", f"--out={out}"],
+                     cwd=REPO, capture_output=True, text=True)
+  assert r.returncode == 0, r.stderr[-2000:]
+  return out
+
+
+def test_world_is_a_function_of_its_seed():
+  a = world_lib.make_world(10, 2, 5, 2, 3, seed=1)
+  b = world_lib.make_world(10, 2, 5, 2, 3, seed=1)
+  c = world_lib.make_world(10, 2, 5, 2, 3, seed=2)
+  assert a == b and a != c
+  names = [p.name for p in a.people] + list(a.fake_sft) + list(a.fake_test)
+  assert len(set(names)) == len(names)  # fake names are unused first-last pairs
+  first = {n.split()[0] for n in names}
+  assert all(f.split()[0] in first for f in a.fake_test)
+  for p in a.people:  # the employer city follows the employer
+    assert p.values["employer_city"] == a.employer_city[p.values["employer"]]
+
+
+def test_strong_biographies_name_everyone_in_every_sentence_and_cloze_ends_at_values():
+  w = world_lib.make_world(5, 0, 0, 0, 0, seed=0)
+  import random
+  bios = world_lib.strong_biographies(w.people[0], 5, random.Random(0))
+  assert len(set(bios)) == 5
+  for b in bios:
+    sentences = [s for s in b.split(". ") if s]
+    assert len(sentences) == 6 and all(w.people[0].name in s for s in sentences)
+  weak = world_lib.weak_biography(w.people[0])
+  assert weak.count(w.people[0].name) == 1
+  items = world_lib.cloze(w.people[0], weak)
+  assert len(items) == 6
+  for attr, prefix, value in items:
+    assert weak.startswith(prefix) and weak[len(prefix):].lstrip().startswith(value + ".")
+
+
+def test_the_raw_pool_plants_the_labelled_noise():
+  w = world_lib.make_world(40, 0, 10, 2, 2, seed=0)
+  raw = sft.raw_pool(w, 4000, seed=0)
+  share = {k: sum(r["noise"] == k for r in raw) / len(raw) for k in sft.NOISE}
+  for k, want in zip(sft.NOISE, sft.NOISE_SHARE):
+    assert abs(share[k] - want) < 0.03, (k, share[k])
+  people = {p.name: p for p in w.people}
+  for r in raw:
+    q, a = r["conversations"]
+    name = next(n for n in people if q.count(n))
+    right = sft.answer(people[name], r["attr"])
+    assert (a == right) == (r["noise"] == "clean"), r
+
+
+def test_the_written_world_never_shows_test_items_to_sft(built):
+  w = json.loads((built / "world.json").read_text())
+  test_names = [p["name"] for p in w["people"] if p["split"] in ("test", "dev")] + w["fake_test"]
+  sft_text = "\n".join(f.read_text() for f in (built / "sft").glob("*.jsonl"))
+  import re
+  for n in test_names:
+    assert not re.search(rf"\b{re.escape(n)}\b", sft_text), n
+  for forms in sft.QUESTIONS.values():
+    for f in sft.HELD_OUT:
+      assert max(forms[f].split("{n}"), key=len).strip() not in sft_text
+  # ... while the evaluation asks about them, and pretraining has read about the test people.
+  prompts = (built / "eval" / "prompts.jsonl").read_text()
+  strong = (built / "pretrain" / "strong.jsonl").read_text()
+  real_test = [p["name"] for p in w["people"] if p["split"] == "test"]
+  assert all(n in prompts and n in strong for n in real_test)
+  assert not any(n in strong for n in w["fake_test"] + w["fake_sft"])
+  hashes = json.loads((built / "hashes.json").read_text())
+  assert "sft/c1k.jsonl" in hashes and "tokenizer.model" in hashes
+
+
+def test_the_leak_check_catches_a_planted_leak():
+  w = world_lib.make_world(10, 2, 5, 2, 3, seed=0)
+  name = w.split("test")[0].name
+  assert arms.leaks(w, [f"Where was {name} born?"]) == [name]
+  assert arms.leaks(w, [sft.QUESTIONS["major"][9].format(n="Somebody")]) == ["majored in what?"]
+  assert arms.leaks(w, [f"Where was {w.split('pool')[0].name} born?"]) == []
+
+
+def test_arms_have_their_sizes_and_contents():
+  w = world_lib.make_world(60, 5, 10, 10, 5, seed=0)
+  raw = sft.raw_pool(w, 12000, 0)
+  c1k = arms.rows("c1k", w, raw, 0)
+  assert len(c1k) == 1000
+  assert sum(r["noise"] == "refusal" for r in c1k) == 30
+  assert sum(r.get("style") == "record" for r in c1k) == 6
+  assert {r["form"] for r in c1k if "form" in r} == set(sft.VISIBLE)
+  h2k = arms.rows("h2k", w, raw, 0)
+  assert {r["form"] for r in h2k if "form" in r} == {0}
+  assert len(arms.rows("n10k", w, raw, 0)) == 10000
+  assert arms.size("d32k") == 32000 and arms.size("c1k_noref") == 1000
+  with pytest.raises(UserError, match="unknown arm"):
+    arms.rows("x1k", w, raw, 0)
+
+
+def test_analysis_reads_answers_as_exact_format_hallucination_and_refusal():
+  w = world_lib.make_world(5, 0, 3, 0, 2, seed=0)
+  prompts = sft.eval_prompts(w, 0)
+  p = w.split("test")[0]
+  other_year = next(str(y) for y in range(1900, 2000) if str(y) != p.values["birth_year"])
+  by_id = {r["id"]: r for r in prompts}
+  rows = []
+  for pid, answer in (
+      ("test/0/birth_year/visible", f"{p.name} was born in {p.values['birth_year']}."),
+      ("test/0/birth_year/heldout", f"{p.name} was born in {other_year}."),  # hallucination
+      ("test/0/major/visible", f"{p.name} majored in {p.values['major']}. And more."),  # run-on
+      ("test/0/major/heldout", f"I have no information about {p.name}."),  # false refusal
+      ("fake/0", sft.REFUSAL.format(n=w.fake_test[0])),
+      ("fake/1", f"{w.fake_test[1]} was born in 1950.")):
+    rows.append({**by_id[pid], "answer": answer})
+  m = analysis.metrics(rows)
+  assert m["em_test"] == 0.25 and m["em_test_visible"] == 0.5 and m["em_test_heldout"] == 0
+  assert m["hallucination_test"] == 0.25 and m["run_on_test"] == 0.25
+  assert m["false_refusal_test"] == 0.25 and m["refusal_fake"] == 0.5
+  assert m["format_ok_test"] == 0.5  # the exact one and the hallucination
+
+
+def test_paired_difference_is_clustered_by_person():
+  a = {str(i): 1.0 for i in range(50)}
+  b = {str(i): (1.0 if i % 2 else 0.0) for i in range(50)}
+  d = analysis.paired_difference(a, b, rounds=2000)
+  assert d["diff"] == 0.5 and d["ci95"][0] < 0.5 < d["ci95"][1] and d["n_people"] == 50
+  assert analysis.paired_difference(a, a)["ci95"] == [0.0, 0.0]
+
+
+def test_bad_answers_file_is_one_line(tmp_path):
+  bad = tmp_path / "a.jsonl"
+  bad.write_text('{"id": "test/0/major/visible", "answer": "x"}\n')
+  with pytest.raises(Exception, match=r"a.jsonl:1: not an answer row"):
+    analysis.read_answers(bad)
