@@ -20,7 +20,16 @@ Protocols (`PROTOCOL`):
                  log-probabilities of A/B when the endpoint returns them (else the verdict),
                  and a length-controlled win rate fitted on this prompt set.
   judge_free     No judge: lengths, stops at EOT, repetition, refusals, empty answers,
-                 non-English share.
+                 non-English share; and exact match when rows carry `expected` (below).
+
+Exact answers (judge_free): a prompt or answer row may carry `"expected": str` (the exact
+answer) and `"tags": [str, ...]` (groups: "set=test", "template=heldout"); generation copies
+them from the prompts into answers.jsonl. An answer is exact when its text equals `expected`
+with whitespace runs collapsed and the ends stripped. results.json then has `exact_rate` +
+`exact_rate_ci95` (k samples of a prompt a cluster), `exact_n`, `exact_n_prompts`,
+`exact_tags`, and per tag `exact_rate:TAG` + `exact_rate:TAG_ci95` + `exact_n:TAG`;
+per_prompt.json is each prompt's exact share, prompt_tags.json its tags. A non-string
+`expected` or `tags` that is not a list of strings stops with FILE:LINE, nothing written.
 
 One command from a checkpoint to a score (answers generated first with LIMA's decoding):
 

@@ -420,3 +420,85 @@ def test_an_unreachable_judge_fails_every_judgment_and_says_so(tmp_path):
   assert p.returncode == 4 and "4 judgments failed after every retry" in p.stderr, p.stderr
   assert (r["n"], r["n_failed"], r["judge_calls"], r["retries"]) == (0, 4, 4, 4)
   assert r["win_rate"] is None and "APIConnectionError" in r["first_error"]
+
+
+def _exact_rows(samples):
+  """12 prompts with `expected`, 2 without; tags set=test (even i) / set=dev (odd i), and
+  template=heldout on every third. Sample s of prompt i is right when (i + s) % 3 != 0;
+  right answers differ from `expected` in whitespace only."""
+  rows, right = [], {}
+  for s in range(samples):
+    for i in range(14):
+      row = {"id": f"p{i}", "conversations": [f"Where was person {i} born?"], "sample": s,
+             "stopped": True}
+      if i < 12:
+        tags = ["set=test" if i % 2 == 0 else "set=dev"] + (["template=heldout"]
+                                                              if i % 3 == 0 else [])
+        ok = (i + s) % 3 != 0
+        right[i, s] = ok
+        row.update(expected=f"City {i}", tags=tags,
+                   answer=f"  City\n {i} " if ok else f"City {i}.")
+      else:
+        row["answer"] = "anything"
+      rows.append(row)
+  return rows, right
+
+
+@pytest.mark.parametrize("samples", [1, 2])
+def test_judge_free_exact_rate_by_tag(tmp_path, samples):
+  rows, right = _exact_rows(samples)
+  a = tmp_path / "a.jsonl"
+  a.write_text("".join(json.dumps(r) + "\n" for r in rows))
+  c = eval_configs.get_config("judge_free")
+  c.answers, c.bootstrap.rounds = str(a), 300
+  r = lima_eval.evaluate(c, tmp_path / "run")
+  groups = {"": lambda i: True, "set=test": lambda i: i % 2 == 0,
+            "set=dev": lambda i: i % 2 == 1, "template=heldout": lambda i: i % 3 == 0}
+  assert r["exact_tags"] == sorted(groups)[1:]
+  assert (r["exact_n"], r["exact_n_prompts"]) == (12 * samples, 12)
+  for tag, member in groups.items():
+    got = [right[i, s] for (i, s) in right if member(i)]
+    suffix = f":{tag}" if tag else ""
+    assert r[f"exact_rate{suffix}"] == pytest.approx(sum(got) / len(got)), tag
+    if tag:
+      assert r[f"exact_n{suffix}"] == len(got)
+    lo, hi = r[f"exact_rate{suffix}_ci95"]
+    if samples == 1:  # one answer a prompt: Wilson's interval
+      assert [lo, hi] == pytest.approx(wilson(sum(got), len(got)))
+    elif tag == "template=heldout":  # each prompt has one of its two samples right:
+      assert [lo, hi] == [0.5, 0.5]     # drawn as clusters, every draw's mean is 0.5
+    else:
+      assert lo < r[f"exact_rate{suffix}"] < hi
+  on_disk = json.loads((tmp_path / "run/results.json").read_text())
+  assert on_disk["exact_rate:set=test"] == r["exact_rate:set=test"]
+  per = json.loads((tmp_path / "run/per_prompt.json").read_text())
+  assert per == {f"p{i}": pytest.approx(sum(right[i, s] for s in range(samples)) / samples)
+                 for i in range(12)}
+  tags = json.loads((tmp_path / "run/prompt_tags.json").read_text())
+  assert tags["p3"] == ["set=dev", "template=heldout"] and "p12" not in tags
+  # Without `expected` there are no exact figures, and no per-prompt files.
+  plain = tmp_path / "plain.jsonl"
+  plain.write_text("".join(json.dumps({k: v for k, v in x.items() if k not in (
+      "expected", "tags")}) + "\n" for x in rows))
+  c.answers = str(plain)
+  r = lima_eval.evaluate(c, tmp_path / "run")
+  assert "exact_rate" not in r and not (tmp_path / "run/per_prompt.json").exists()
+  assert not (tmp_path / "run/prompt_tags.json").exists()
+
+
+@pytest.mark.parametrize("field, value, message", [
+    ("expected", 7, "'expected' must be a string (the exact answer), got int"),
+    ("expected", None, "'expected' must be a string (the exact answer), got NoneType"),
+    ("tags", "set=test", "'tags' must be a list of non-empty strings"),
+    ("tags", ["set=test", 3], "'tags' must be a list of non-empty strings")])
+def test_badly_typed_expected_or_tags_is_one_line_and_writes_nothing(tmp_path, field, value,
+                                                                     message):
+  rows, _ = _exact_rows(1)
+  rows[4][field] = value
+  a = tmp_path / "a.jsonl"
+  a.write_text("".join(json.dumps(r) + "\n" for r in rows))
+  p = _cli(["--config=configs/eval.py:judge_free", f"--workdir={tmp_path / 'w'}",
+            f"--config.answers={a}"])
+  assert p.returncode == 1 and p.stderr.strip().splitlines() == [
+      f"error: {a}:5: {message}" + (f", got {value!r:.80}" if field == "tags" else "")], p.stderr
+  assert not (tmp_path / "w").exists()

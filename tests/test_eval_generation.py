@@ -74,3 +74,50 @@ def test_mt_bench_and_alpaca_prompts_are_generated_in_their_formats(ckpt, tmp_pa
   generation.generate_answers(c, tmp_path / "alpaca_answers.jsonl")
   (b,) = answers_lib.read(tmp_path / "alpaca_answers.jsonl")
   assert b.turns == ("Name a color.",) and b.id == "0"
+
+
+def test_expected_and_tags_flow_from_prompts_to_answers_and_exact_rate(ckpt, tmp_path):
+  root, _ = ckpt
+  rows = [{"id": "a", "conversations": ["Where was Ada born?"], "expected": "?",
+           "tags": ["set=test", "attr=birth_city"]},
+          {"id": "b", "conversations": ["Where did Bo study?"], "expected": "?",
+           "tags": ["set=dev"]},
+          {"id": "c", "conversations": ["Say hi."]}]
+  prompts = tmp_path / "p.jsonl"
+  prompts.write_text("".join(json.dumps(r) + "\n" for r in rows))
+  c = _config("judge_free", root, prompts)
+  c.generate.samples = 2
+  lima_eval.evaluate(c, tmp_path / "first")
+  first = [json.loads(l) for l in (tmp_path / "first/answers.jsonl").read_text().splitlines()]
+  assert [(x["id"], x.get("expected"), x.get("tags")) for x in first] == [
+      (r["id"], r.get("expected"), r.get("tags")) for r in rows] * 2
+  # An answer depends only on the seed and the prompt's index: make a's expected its sample 0
+  # answer (with other whitespace), so a is exact on sample 0 and b never is.
+  answer_a0 = next(x["answer"] for x in first if x["id"] == "a" and x["sample"] == 0)
+  rows[0]["expected"] = "  " + " \n ".join(answer_a0.split()) + "\n"
+  rows[1]["expected"] = answer_a0 + " and more"
+  prompts.write_text("".join(json.dumps(r) + "\n" for r in rows))
+  r = lima_eval.evaluate(c, tmp_path / "second")
+  got = answers_lib.read(tmp_path / "second/answers.jsonl")
+  assert [(a.key, a.expected is not None, a.tags) for a in got[:3]] == [
+      ("a", True, ("set=test", "attr=birth_city")), ("b", True, ("set=dev",)), ("c", False, ())]
+  a1 = next(x.answer[0] for x in got if x.key == "a" and x.sample == 1)
+  a_right = 1 + (answers_lib.normalized(a1) == answers_lib.normalized(answer_a0))
+  assert (r["exact_n"], r["exact_n:set=test"], r["exact_n:set=dev"]) == (4, 2, 2)
+  assert r["exact_rate"] == pytest.approx(a_right / 4)
+  assert r["exact_rate:set=test"] == pytest.approx(a_right / 2)
+  assert r["exact_rate:attr=birth_city"] == r["exact_rate:set=test"]
+  assert r["exact_rate:set=dev"] == 0.0
+  per = json.loads((tmp_path / "second/per_prompt.json").read_text())
+  assert per == {"a": a_right / 2, "b": 0.0}
+
+
+def test_badly_typed_prompt_labels_stop_before_anything_is_written(ckpt, tmp_path):
+  root, _ = ckpt
+  prompts = tmp_path / "p.jsonl"
+  prompts.write_text(json.dumps({"id": "a", "conversations": ["Q?"]}) + "\n"
+                     + json.dumps({"id": "b", "conversations": ["Q?"], "tags": "set=test"}) + "\n")
+  from lima_jax.errors import UserError
+  with pytest.raises(UserError, match=rf"^{prompts}:2: 'tags' must be a list of non-empty"):
+    lima_eval.evaluate(_config("judge_free", root, prompts), tmp_path / "run")
+  assert not (tmp_path / "run").exists()

@@ -87,7 +87,12 @@ def summary(out: dict, workdir) -> str:
       c = t["mean_ci95"]
       head += f"; turn {t['turn']} {t['mean']:.3f} [{c[0]:.3f}, {c[1]:.3f}]"
   else:
-    return f"{out['system']}: judge-free figures of {out['n']} answers -> {workdir}/results.json"
+    exact = ""
+    if out.get("exact_rate") is not None:
+      exact = f"; exact {ci('exact_rate')} of {out['exact_n']}" + "".join(
+          f", {t} {ci(f'exact_rate:{t}')}" for t in out.get("exact_tags", []))
+    return (f"{out['system']}: judge-free figures of {out['n']} answers{exact} -> "
+            f"{workdir}/results.json")
   return (head + f"\njudge calls {out['judge_calls']} (retries {out['retries']}), cache hits "
           f"{out['cache_hits']}, failed {out['n_failed']}, unparsed {out['n_unparsed']}, "
           f"pending {out['n_pending']}; tokens {out['prompt_tokens']} + "

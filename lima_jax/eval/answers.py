@@ -5,6 +5,10 @@ Formats: lima_jax.generate's JSONL (the prompt row plus `answer`; the prompt as
 prompt), MT-Bench rows (`question_id`, `turns`, `answers` or FastChat's `choices[0].turns`),
 and AlpacaEval-style JSON lists (`instruction`, `output`, `generator`). A prompt is known by
 its id when every row of both files has one, else by its text (whitespace collapsed).
+
+Any row may carry `expected` (a string: the exact answer, scored by judge_free's
+`exact_rate`) and `tags` (a list of strings naming groups, e.g. "set=test"); a prompts file's
+rows carry them through generation into the answers.
 """
 import dataclasses
 import hashlib
@@ -25,6 +29,8 @@ class Answer:
   where: str  # FILE:ROW, for messages.
   stopped: bool | None = None  # Ended at EOT (None: the file does not say).
   category: str = ""  # MT-Bench's category (reference-guided judging for some).
+  expected: str | None = None  # The exact answer (judge_free's exact_rate), when known.
+  tags: tuple[str, ...] = ()  # Groups the prompt belongs to ('set=test'): exact_rate:TAG.
 
 
 def file_sha256(path) -> str:
@@ -33,6 +39,23 @@ def file_sha256(path) -> str:
 
 def _text(s: str) -> str:
   return re.sub(r"\s+", " ", s).strip()
+
+
+def normalized(s: str) -> str:
+  """What exact match compares: whitespace runs collapsed to one space, ends stripped."""
+  return _text(s)
+
+
+def labels(where: str, row: dict) -> tuple[str | None, tuple[str, ...]]:
+  """(expected, tags) of a prompt or answer row; a wrongly typed one is an error at WHERE."""
+  expected = row.get("expected")
+  if "expected" in row and not isinstance(expected, str):
+    raise UserError(f"{where}: 'expected' must be a string (the exact answer), got "
+                    f"{type(expected).__name__}")
+  tags = row.get("tags", [])
+  if not isinstance(tags, list) or not all(isinstance(t, str) and t.strip() for t in tags):
+    raise UserError(f"{where}: 'tags' must be a list of non-empty strings, got {tags!r:.80}")
+  return expected, tuple(dict.fromkeys(tags))
 
 
 def _rows(path: pathlib.Path):
@@ -92,10 +115,11 @@ def _parse(where: str, row) -> Answer:
   if not all(isinstance(a, str) for a in answer):
     raise UserError(f"{where}: missing or non-string 'answer'")
   stopped = row.get("stopped")
+  expected, tags = labels(where, row)
   return Answer(key="", id=None if ident is None else str(ident), turns=tuple(turns),
                 answer=tuple(answer), sample=sample, where=where,
                 stopped=stopped if isinstance(stopped, bool) else None,
-                category=str(row.get("category", "")))
+                category=str(row.get("category", "")), expected=expected, tags=tags)
 
 
 def read(path) -> list[Answer]:

@@ -41,7 +41,7 @@ def compare(dirs, rounds: int = 2000, seed: int = 0, png: str = "") -> str:
   for d, r in runs:
     wtl = f"{r['wins']}/{r['ties']}/{r['losses']}" if "wins" in r else ""
     main = (f"win {_ci(r, 'win_rate')}" if "wins" in r else f"mean {_ci(r, 'mean')}"
-            if "mean" in r else "")
+            if "mean" in r else f"exact {_ci(r, 'exact_rate')}" if "exact_rate" in r else "")
     lines.append(f"{str(d)[-28:]:28} {r['protocol']:13} {r.get('n', 0):>5} {wtl:>13} "
                  f"{main:32} {r.get('n_failed', 0):>6} {r.get('n_unparsed', 0):>8} "
                  f"{r.get('judge_calls', 0):>6}")
@@ -57,7 +57,7 @@ def compare(dirs, rounds: int = 2000, seed: int = 0, png: str = "") -> str:
                      f"{dirs[0]} - {dirs[1]} = {res['diff']:+.3f} "
                      f"[{res['diff_ci95'][0]:+.3f}, {res['diff_ci95'][1]:+.3f}], "
                      f"p = {res['p_value']:.3f} (per-prompt score: win 1, tie 0.5, loss 0; "
-                     "or the grade)")
+                     "or the grade; or judge_free's exact share)")
       else:
         lines.append("paired bootstrap: the two runs share no prompt")
   return "\n".join(lines)

@@ -4,7 +4,9 @@ Through lima_jax.generate's public functions only (load, read_prompts, Generator
 render_prompt). k samples a prompt: sample s decodes with seed + s (an answer depends only on
 the seed and the prompt's index). A prompt longer than the model's context leaves room for
 the answer by keeping its last tokens (BOS first): small models meet LIMA's long prompts,
-and the count of cut prompts is printed, not hidden.
+and the count of cut prompts is printed, not hidden. Each answer row is its prompt row
+(`id`, `expected`, `tags`, ... as they were) plus `answer`, `stopped`, `sample` and
+`prompt_truncated`.
 """
 import hashlib
 import json
@@ -64,6 +66,27 @@ def _read_prompts(path):
       raise UserError(f"{path}:{n}: needs 'instruction' (AlpacaEval prompts)") from None
     rows.append((obj, [text], n))
   return rows
+
+
+def check_prompts(config) -> None:
+  """The prompts file exists and its rows' `expected` and `tags` are well typed (they are
+  copied into the answers, where exact match reads them); errors name FILE:LINE."""
+  from lima_jax.eval import answers as answers_lib
+  if not config.prompts:
+    raise UserError("config prompts: --config.checkpoint needs --config.prompts=F.jsonl")
+  path = pathlib.Path(config.prompts)
+  try:
+    text = path.read_text(encoding="utf-8")
+  except (OSError, UnicodeDecodeError) as e:
+    raise UserError(f"config prompts: {path}: "
+                    f"{getattr(e, 'strerror', None) or e}") from None
+  for n, line in enumerate(text.splitlines(), 1):
+    try:
+      row = json.loads(line) if line.strip() else None
+    except json.JSONDecodeError as e:
+      raise UserError(f"{path}:{n}: invalid JSON ({e.msg})") from None
+    if isinstance(row, dict):
+      answers_lib.labels(f"{path}:{n}", row)
 
 
 def _recipe(config) -> dict:

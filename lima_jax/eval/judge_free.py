@@ -1,8 +1,15 @@
-"""Cheap checks on any answers file, no judge: what to look at before paying for one."""
+"""Cheap checks on any answers file, no judge: what to look at before paying for one.
+
+When answers carry `expected` (the exact answer), also exact match: an answer is exact when
+its text equals `expected` with whitespace runs collapsed and the ends stripped. k samples
+of a prompt are a cluster, as for every rate here. `exact_rate:TAG` is the same over the
+answers whose prompt has TAG in its `tags`.
+"""
 import math
 import re
 
 from lima_jax.eval import stats
+from lima_jax.eval.answers import normalized
 
 # Openings of a refusal; a heuristic, reported as such.
 _REFUSAL = re.compile(
@@ -21,6 +28,23 @@ def repetition(text: str, n: int = 4) -> float:
 def _english(text: str, min_ascii: float) -> bool:
   letters = [ch for ch in text if ch.isalpha()]
   return not letters or sum(ch.isascii() for ch in letters) / len(letters) >= min_ascii
+
+
+def exact(a) -> bool:
+  """The answer (its turns joined) equals `expected` up to whitespace."""
+  return normalized("\n".join(a.answer)) == normalized(a.expected)
+
+
+def per_prompt_exact(answers) -> tuple[dict, dict]:
+  """({prompt: mean exact over its samples}, {prompt: [tags]}), prompts with `expected`."""
+  scores, tags = {}, {}
+  for a in answers:
+    if a.expected is None:
+      continue
+    scores.setdefault(a.key, []).append(float(exact(a)))
+    tags.setdefault(a.key, {}).update(dict.fromkeys(a.tags))
+  return ({k: sum(v) / len(v) for k, v in scores.items()},
+          {k: list(v) for k, v in tags.items()})
 
 
 def figures(answers, config) -> dict:
@@ -55,4 +79,15 @@ def figures(answers, config) -> dict:
   min_ascii = config.judge_free.min_ascii_letters
   fig["non_english_rate"], fig["non_english_rate_ci95"] = rate(
       lambda a: not _english(text(a), min_ascii))
+  scored = [a for a in answers if a.expected is not None]
+  if scored:
+    fig["exact_n"] = len(scored)
+    fig["exact_n_prompts"] = len({a.key for a in scored})
+    fig["exact_rate"], fig["exact_rate_ci95"] = rate(exact, lambda a: a.expected is not None)
+    tags = sorted({t for a in scored for t in a.tags})
+    fig["exact_tags"] = tags
+    for tag in tags:
+      among = lambda a, tag=tag: a.expected is not None and tag in a.tags
+      fig[f"exact_n:{tag}"] = sum(map(among, answers))
+      fig[f"exact_rate:{tag}"], fig[f"exact_rate:{tag}_ci95"] = rate(exact, among)
   return fig

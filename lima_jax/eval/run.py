@@ -166,9 +166,10 @@ def evaluate(config, workdir, *, answers=None, baseline=None) -> dict | None:
   t0 = time.perf_counter()
   workdir = pathlib.Path(workdir)
   if answers is None and config.checkpoint:
+    from lima_jax.eval import generation
+    generation.check_prompts(config)  # bad rows stop here, before anything is written
     if not workdir.is_dir():
       workdir.mkdir(parents=True)
-    from lima_jax.eval import generation
     config.answers = generation.generate_answers(config, workdir / "answers.jsonl")
   system, base, pairs = _inputs(config, answers, baseline)
   names = (config.name or (pathlib.Path(config.answers).stem if config.answers else "system"),
@@ -180,7 +181,8 @@ def evaluate(config, workdir, *, answers=None, baseline=None) -> dict | None:
     out.update(judge_free.figures(system, config))
     if base is not None:
       out["baseline_figures"] = judge_free.figures(base, config)
-    return _finish(config, workdir, out, system, base, t0, None, None)
+    return _finish(config, workdir, out, system, base, t0, None, None,
+                   exact=judge_free.per_prompt_exact(system))
   jobs = _jobs(config, system, pairs)
   judge = client_lib.Judge(config.judge)
   params = judge.params()
@@ -251,7 +253,8 @@ def _lc(us, detail, pairs, config) -> dict:
   return lc
 
 
-def _finish(config, workdir, out, system, base, t0, us, detail, pairs=None) -> dict:
+def _finish(config, workdir, out, system, base, t0, us, detail, pairs=None, exact=None
+            ) -> dict:
   out["judge_prompt_sha256"] = protocols.template_sha256(config.protocol, config)
   out["answers_sha256"] = _sha_of(config.answers, system)
   if base is not None:
@@ -262,5 +265,11 @@ def _finish(config, workdir, out, system, base, t0, us, detail, pairs=None) -> d
   files.write_json(workdir / "results.json", out)
   if detail is not None:
     files.write_json(workdir / "per_prompt.json", results_lib.per_prompt_scores(detail))
+  elif exact is not None:  # judge_free: each prompt's exact share, when `expected` is known
+    for name, obj in (("per_prompt.json", exact[0]), ("prompt_tags.json", exact[1])):
+      if obj:
+        files.write_json(workdir / name, obj)
+      else:
+        (workdir / name).unlink(missing_ok=True)  # from an earlier run with `expected`
   report.write(workdir, out, us, detail, system, pairs, config)
   return out
