@@ -38,6 +38,11 @@ configs/curate.py preset) with `pool`, `n` and `curate_seed`; `overrides` (train
 fields, 'a.b=value' strings, after the study's `base_overrides`); `seeds` (training seeds: an
 arm with 3 seeds is 3 runs, reported as one with intervals over seeds and prompts); `n_examples`
 (for the score-against-data-size figure; default: `n`, else the data's row count).
+
+Report (`config.report`): `metric` is PROTOCOL.FIELD of results.json (any field, e.g.
+`judge_free.exact_rate:set=test`), the figures' value and the paired differences' score;
+`fields` are more columns of the table, 'FIELD' (every protocol that has it) or
+'PROTOCOL.FIELD'; `pairs` are 'ARM_A-ARM_B' paired differences.
 """
 import ml_collections
 
@@ -91,6 +96,8 @@ def get_config(name: str = "tiny") -> ml_collections.ConfigDict:
   c.report = ml_collections.ConfigDict()
   # The figures' metric: PROTOCOL.FIELD of results.json (docs/INTERFACES.md).
   c.report.metric = "judge_free.stopped_rate"
+  # More table columns: 'FIELD' or 'PROTOCOL.FIELD', e.g. 'exact_rate:template=heldout'.
+  c.report.fields = ()
   # Paired differences to print: 'ARM_A-ARM_B' on the prompts both answered.
   c.report.pairs = ()
   c.report.bootstrap_rounds = 2000

@@ -198,3 +198,88 @@ def test_judging_estimate_counts_every_epoch_of_a_range(tmp_path):
   assert r.returncode == 0, r.stderr
   # random100 against all: 20 prompts x 2 orders x epochs 1 and 2.
   assert "judging: 80 judge calls" in r.stdout
+
+
+# --- The report on judge_free's exact scores -------------------------------------------------
+
+def _exact_study(tmp_path, right, metric="judge_free.exact_rate:set=test",
+                 fields=("exact_rate:template=heldout", "lima_likert.mean")):
+  """A finished study without running one: per arm and seed, judge_free on 40 prompts (even
+  ones tagged set=test, every fourth template=heldout), prompt i exact when right(arm, seed, i),
+  written through lima_jax.eval itself from an answers file."""
+  sys.path.insert(0, str(REPO))
+  from configs import eval as eval_configs
+  from configs import experiments
+  from lima_jax import eval as lima_eval
+  c = experiments.get_config("tiny")
+  c.report.metric, c.report.fields, c.report.pairs = metric, tuple(fields), ("a-b",)
+  c.report.bootstrap_rounds = 400
+  steps = {}
+  for arm in ("a", "b"):
+    for seed in (0, 1):
+      rows = [{"id": f"p{i}", "conversations": [f"Q{i}?"], "answer": "yes" if right(
+          arm, seed, i) else "no", "expected": "yes", "stopped": True,
+               "tags": ["set=test" if i % 2 == 0 else "set=dev"] + (
+                   ["template=heldout"] if i % 4 == 0 else [])} for i in range(40)]
+      out = tmp_path / arm / str(seed)
+      out.mkdir(parents=True)
+      (out / "answers.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+      e = eval_configs.get_config("judge_free")
+      e.answers, e.bootstrap.rounds = str(out / "answers.jsonl"), 200
+      lima_eval.evaluate(e, out)
+      steps[f"{arm}/seed{seed}/e2/answer"] = {
+          "status": "done", "kind": "answer", "output": str(out), "arm": arm, "seed": seed,
+          "epoch": 2, "protocol": "judge_free"}
+  c.arms = {"a": {"n_examples": 10}, "b": {"n_examples": 20}}
+  study_json = json.loads(c.to_json())
+  study_json["arms"] = {"a": {"n_examples": 10}, "b": {"n_examples": 20}}
+  (tmp_path / "study.json").write_text(json.dumps(study_json))
+  (tmp_path / "manifest.json").write_text(json.dumps({"steps": steps}))
+  return tmp_path
+
+
+def test_report_metric_and_columns_from_judge_free_exact_tags(tmp_path, capsys):
+  from lima_jax.experiment import report
+  # a: every test prompt right on seed 0, 3 of 4 on seed 1; b: half of them; dev prompts
+  # right for both, so a difference shows on set=test only.
+  def right(arm, seed, i):
+    if i % 2:
+      return True
+    return (i % 8 != 2 or seed == 0) if arm == "a" else i % 4 == 0
+  workdir = _exact_study(tmp_path, right)
+  report.main(workdir)
+  rep = json.loads((workdir / "report" / "report.json").read_text())
+  rows = {(r["arm"], r["field"]): r for r in rep["rows"]}
+  # The metric's field and report.fields are columns; lima_likert.mean is in no results.
+  assert {f for _, f in rows} == {"exact_rate", "exact_rate:set=test",
+                                  "exact_rate:template=heldout", "stopped_rate", "mean_words",
+                                  "empty_rate", "looping_rate"}
+  assert rep["missing_fields"] == ["lima_likert.mean"]
+  assert "'lima_likert.mean' is in no finished step's results.json" in capsys.readouterr().out
+  a_test = rows["a", "exact_rate:set=test"]
+  assert a_test["per_seed"] == [1.0, 0.75] and a_test["value"] == pytest.approx(0.875)
+  assert a_test["ci_method"] == "seeds x prompts"
+  lo, hi = a_test["ci95"]
+  # A quarter of the draws take seed 0 twice (every prompt right: 1.0); seed 1 twice (15 of
+  # 20, prompts drawn again) puts the lower end below 0.75.
+  assert hi == 1.0 and 0.5 < lo < 0.75
+  assert rows["b", "exact_rate:template=heldout"]["value"] == 1.0
+  assert rows["b", "exact_rate"]["value"] == pytest.approx(0.75)  # 30 of 40
+  # The paired difference is over the 20 test prompts, seeds averaged a prompt: a has 0.875
+  # on average there, b 0.5.
+  (pair,) = rep["pairs"]
+  assert (pair["protocol"], pair["score"], pair["n_prompts"]) == (
+      "judge_free", "exact_rate:set=test", 20)
+  assert pair["difference"] == pytest.approx(0.375)
+  assert pair["ci95"][0] > 0.1 and pair["ci95"][1] < 0.65
+  page = (workdir / "report" / "index.html").read_text()
+  assert "exact_rate:template=heldout" in page and "arms.png" in page
+
+
+def test_report_metric_that_no_results_have_is_an_error(tmp_path):
+  from lima_jax.experiment import report
+  workdir = _exact_study(tmp_path, lambda arm, seed, i: True,
+                         metric="judge_free.exact_rate:set=tset")
+  with pytest.raises(UserError, match=r"config report.metric: no judge_free results.json has "
+                                      r"'exact_rate:set=tset' \(they have .*exact_rate:set=test"):
+    report.build(workdir)

@@ -1,11 +1,14 @@
 """A study side by side: arm x metric with 95% intervals, paired differences, figures.
 
-Reads DIR/study.json, DIR/manifest.json and each finished step's results.json and
-per_prompt.json (lima_jax.eval's contract, docs/INTERFACES.md); writes DIR/report/
-report.json, index.html (self-contained) and the PNGs it shows. One seed: the intervals
-are eval's own. Several seeds: the value is the mean over seeds, and the interval of a
-protocol's per-prompt score (`score` for pairwise, `mean` for graded) is a two-level
-bootstrap (seeds, then prompts within each drawn seed); other fields show the seeds' range.
+Reads DIR/study.json, DIR/manifest.json and each finished step's results.json,
+per_prompt.json and prompt_tags.json (lima_jax.eval's contract, docs/INTERFACES.md); writes
+DIR/report/report.json, index.html (self-contained) and the PNGs it shows. The table shows
+each protocol's FIELDS, the metric's field and `report.fields`; any field of results.json
+may be the metric. One seed: the intervals are eval's own. Several seeds: the value is the
+mean over seeds, and the interval of a protocol's per-prompt score (`score` for pairwise,
+`mean` for graded, `exact_rate` and `exact_rate:TAG` for judge_free, over the prompts with
+TAG) is a two-level bootstrap (seeds, then prompts within each drawn seed); other fields show
+the seeds' range. Paired differences use the same per-prompt scores.
 """
 import base64
 import html
@@ -18,14 +21,33 @@ import numpy as np
 from lima_jax import files
 from lima_jax.errors import UserError
 
-FIELDS = {
-    "judge_free": ("stopped_rate", "mean_words", "empty_rate", "looping_rate"),
+FIELDS = {  # shown when results.json has them; any other field through report.fields
+    "judge_free": ("exact_rate", "stopped_rate", "mean_words", "empty_rate", "looping_rate"),
     "lima_pairwise": ("win_rate", "tie_rate", "loss_rate", "equal_or_better", "score"),
     "lima_likert": ("mean",),
     "mt_bench": ("mean",),
     "alpaca_eval": ("win_rate", "lc_win_rate"),
 }
 PER_PROMPT = {"score", "mean"}  # fields that are the mean of per_prompt.json's scores
+
+
+def per_prompt_tag(protocol: str, field: str) -> str | None:
+  """None when `field` is not the mean of per_prompt.json's scores; else the tag whose
+  prompts it is over ('' = all)."""
+  if protocol == "judge_free":
+    if field == "exact_rate":
+      return ""
+    return field.split(":", 1)[1] if field.startswith("exact_rate:") else None
+  return "" if field in PER_PROMPT else None
+
+
+def _scores(entry, tag: str) -> dict:
+  """An entry's per-prompt scores, over the prompts with `tag` ('' = all)."""
+  per_prompt = entry[1]
+  if not tag:
+    return per_prompt
+  tags = entry[2] if len(entry) > 2 else {}
+  return {k: v for k, v in per_prompt.items() if tag in tags.get(k, ())}
 
 
 def _read_json(path: pathlib.Path):
@@ -46,10 +68,11 @@ def collect(workdir: pathlib.Path) -> tuple[dict, dict]:
     if rec.get("status") != "done" or rec.get("kind") not in ("answer", "judge"):
       continue
     out = pathlib.Path(rec["output"])
-    per_prompt = out / "per_prompt.json"
+    per_prompt, tags = out / "per_prompt.json", out / "prompt_tags.json"
     found.setdefault((rec["arm"], rec["protocol"], rec["epoch"]), {})[rec["seed"]] = (
         _read_json(out / "results.json"),
-        _read_json(per_prompt) if per_prompt.exists() else {})
+        _read_json(per_prompt) if per_prompt.exists() else {},
+        _read_json(tags) if tags.exists() else {})
   if not found:
     raise UserError(f"{workdir}: no finished answer or judge step yet")
   return study, found
@@ -68,32 +91,37 @@ def _bootstrap_seeds_prompts(per_seed: list[dict], rounds: int, rng) -> list[flo
   return [float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5))]
 
 
-def figure(by_seed: dict, field: str, rounds: int, rng) -> dict:
+def figure(by_seed: dict, field: str, rounds: int, rng, protocol: str = "") -> dict:
   """{value, ci95, seeds, per_seed} of one field for one arm, protocol and epoch."""
-  values = [r.get(field) for r, _ in by_seed.values()]
+  values = [e[0].get(field) for e in by_seed.values()]
   values = [v for v in values if v is not None]
   if not values:
     return {"value": None, "ci95": [None, None], "seeds": len(by_seed), "per_seed": []}
+  tag = per_prompt_tag(protocol, field)
   if len(by_seed) == 1:
-    results, per_prompt = next(iter(by_seed.values()))
-    ci = results.get(f"{field}_ci95")
-    if ci is None and field in PER_PROMPT:
-      ci = _bootstrap_seeds_prompts([per_prompt], rounds, rng)
+    entry = next(iter(by_seed.values()))
+    ci = entry[0].get(f"{field}_ci95")
+    if ci is None and tag is not None:
+      ci = _bootstrap_seeds_prompts([_scores(entry, tag)], rounds, rng)
     return {"value": values[0], "ci95": ci or [None, None], "seeds": 1, "per_seed": values}
-  ci = (_bootstrap_seeds_prompts([p for _, p in by_seed.values()], rounds, rng)
-        if field in PER_PROMPT else [min(values), max(values)])
+  ci = (_bootstrap_seeds_prompts([_scores(e, tag) for e in by_seed.values()], rounds, rng)
+        if tag is not None else [min(values), max(values)])
   return {"value": float(np.mean(values)), "ci95": ci, "seeds": len(by_seed),
-          "per_seed": values, "ci_method": "seeds x prompts" if field in PER_PROMPT
+          "per_seed": values, "ci_method": "seeds x prompts" if tag is not None
           else "range over seeds"}
 
 
 def paired(found: dict, a: str, b: str, protocol: str, epoch, rounds: int, rng,
-           baseline: str = "") -> dict:
+           baseline: str = "", field: str = "") -> dict:
   """Mean per-prompt score of arm a minus arm b on the prompts both have (seeds averaged
   per prompt), with a paired bootstrap over prompts. Pairwise scores are against the
-  baseline arm, which against itself scores 0.5 (a tie) on every prompt."""
+  baseline arm, which against itself scores 0.5 (a tie) on every prompt. judge_free's
+  per-prompt score is the exact share; `field` exact_rate:TAG keeps the prompts with TAG."""
+  tag = per_prompt_tag(protocol, field) or ""
+
   def scores(arm):
-    per = [p for _, p in found.get((arm, protocol, epoch), {}).values() if p]
+    per = [_scores(e, tag) for e in found.get((arm, protocol, epoch), {}).values()]
+    per = [p for p in per if p]
     keys = set.intersection(*(set(p) for p in per)) if per else set()
     return {k: float(np.mean([p[k] for p in per])) for k in keys}
   sa, sb = scores(a), scores(b)
@@ -103,27 +131,67 @@ def paired(found: dict, a: str, b: str, protocol: str, epoch, rounds: int, rng,
     if b == baseline and not sb:
       sb = {k: 0.5 for k in sa}
   shared = sorted(set(sa) & set(sb))
+  score = ({"judge_free": "exact_rate" + (f":{tag}" if tag else ""), "lima_pairwise": "score",
+            "alpaca_eval": "preference"}.get(protocol, "mean"))
   if not shared:
-    return {"pair": f"{a}-{b}", "protocol": protocol, "epoch": epoch, "n_prompts": 0,
-            "difference": None, "ci95": [None, None]}
+    return {"pair": f"{a}-{b}", "protocol": protocol, "score": score, "epoch": epoch,
+            "n_prompts": 0, "difference": None, "ci95": [None, None]}
   d = np.array([sa[k] - sb[k] for k in shared])
   boot = [d[rng.integers(len(d), size=len(d))].mean() for _ in range(rounds)]
-  return {"pair": f"{a}-{b}", "protocol": protocol, "epoch": epoch, "n_prompts": len(shared),
-          "difference": float(d.mean()),
+  return {"pair": f"{a}-{b}", "protocol": protocol, "score": score, "epoch": epoch,
+          "n_prompts": len(shared), "difference": float(d.mean()),
           "ci95": [float(np.percentile(boot, 2.5)), float(np.percentile(boot, 97.5))]}
+
+
+def _metric(spec: str) -> tuple[str, str]:
+  protocol, _, field = spec.partition(".")
+  if not protocol or not field:
+    raise UserError(f"config report.metric: {spec!r} is not PROTOCOL.FIELD (e.g. "
+                    "judge_free.exact_rate:set=test)")
+  return protocol, field
+
+
+def _fields(protocol: str, metric: tuple[str, str], extra) -> list[str]:
+  """The table's fields of one protocol: its FIELDS, the metric's, then report.fields
+  ('FIELD' for every protocol, 'PROTOCOL.FIELD' for one)."""
+  out = list(FIELDS.get(protocol, ()))
+  if metric[0] == protocol:
+    out.append(metric[1])
+  for spec in extra:
+    p, dot, f = spec.partition(".")
+    if not dot:
+      out.append(spec)
+    elif p == protocol:
+      out.append(f)
+  return list(dict.fromkeys(out))
 
 
 def build(workdir: pathlib.Path) -> dict:
   study, found = collect(workdir)
   rounds, rng = study["report"]["bootstrap_rounds"], np.random.default_rng(0)
+  metric = _metric(study["report"]["metric"])
+  extra = tuple(study["report"].get("fields") or ())
+  have = {}  # protocol -> fields any of its results.json has
+  for (_, protocol, _), by_seed in found.items():
+    have.setdefault(protocol, set()).update(k for e in by_seed.values() for k in e[0])
+  if metric[0] in have and metric[1] not in have[metric[0]]:
+    fields = sorted(k for k in have[metric[0]] if not k.endswith("_ci95"))
+    raise UserError(f"config report.metric: no {metric[0]} results.json has {metric[1]!r} "
+                    f"(they have {', '.join(fields)})"
+                    + ("; exact_rate needs 'expected' (and the tag) in the prompts rows"
+                       if metric[1].startswith("exact_") else ""))
   rows = []
   for (arm, protocol, epoch), by_seed in sorted(found.items(), key=lambda kv: (
       list(study["arms"]).index(kv[0][0]), kv[0][1], kv[0][2])):
-    for field in FIELDS.get(protocol, ()):
+    for field in _fields(protocol, metric, extra):
+      if field not in have[protocol]:  # e.g. exact_rate without `expected` in the prompts
+        continue
       rows.append({"arm": arm, "protocol": protocol, "epoch": epoch, "field": field,
-                   **figure(by_seed, field, rounds, rng)})
+                   **figure(by_seed, field, rounds, rng, protocol)})
+  shown = {f"{r['protocol']}.{r['field']}" for r in rows} | {r["field"] for r in rows}
+  missing = [spec for spec in extra if spec not in shown]
   last = {arm: max(e for (a, _, e) in found if a == arm) for (arm, _, _) in found}
-  metric_protocol = study["report"]["metric"].split(".")[0]
+  metric_protocol = metric[0]
   pairs = []
   for spec in study["report"]["pairs"]:
     a, _, b = spec.partition("-")
@@ -131,9 +199,9 @@ def build(workdir: pathlib.Path) -> dict:
       raise UserError(f"config report.pairs: {spec!r} is not 'ARM-ARM' of this study")
     epoch = min(last.get(a, 0), last.get(b, 0))
     pairs.append(paired(found, a, b, metric_protocol, epoch, rounds, rng,
-                        study.get("baseline_arm", "")))
+                        study.get("baseline_arm", ""), field=metric[1]))
   return {"study": study["name"], "metric": study["report"]["metric"], "rows": rows,
-          "baseline_arm": study.get("baseline_arm", ""),
+          "baseline_arm": study.get("baseline_arm", ""), "missing_fields": missing,
           "pairs": pairs, "last_epoch": last,
           "n_examples": {arm: a["n_examples"] for arm, a in study["arms"].items()}}
 
@@ -148,7 +216,7 @@ def figures(rep: dict, workdir: pathlib.Path) -> dict[str, bytes]:
   import matplotlib
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
-  protocol, field = rep["metric"].split(".")
+  protocol, field = _metric(rep["metric"])
   pick = {(r["arm"], r["epoch"]): r for r in rep["rows"]
           if r["protocol"] == protocol and r["field"] == field and r["value"] is not None}
   out = {}
@@ -248,7 +316,8 @@ def render(rep: dict, pngs: dict[str, bytes]) -> str:
     seeds = max(cells[k]["seeds"] for k in cells if k[:2] == (arm, epoch))
     body.append(f"<tr><th>{esc(arm)}</th><td>{epoch}</td><td>{seeds}</td>{''.join(tds)}</tr>")
   pairs = "".join(
-      f"<tr><td>{esc(p['pair'])}</td><td>{esc(p['protocol'])}</td><td>{p['epoch']}</td>"
+      f"<tr><td>{esc(p['pair'])}</td><td>{esc(p['protocol'])}<br><small>"
+      f"{esc(p.get('score', ''))}</small></td><td>{p['epoch']}</td>"
       f"<td>{p['n_prompts']}</td><td>{_fmt(p['difference'])}</td>"
       f"<td>[{_fmt(p['ci95'][0])}, {_fmt(p['ci95'][1])}]</td></tr>" for p in rep["pairs"])
   imgs = "".join(f'<figure><img src="data:image/png;base64,{base64.b64encode(b).decode()}" '
@@ -278,7 +347,10 @@ def main(workdir: pathlib.Path) -> None:
   files.write_atomic(out / "index.html", render(rep, pngs))
   print(f"wrote {out / 'index.html'} ({len({r['arm'] for r in rep['rows']})} arms, "
         f"{len(rep['pairs'])} paired differences, {len(pngs)} figures)")
+  for spec in rep["missing_fields"]:
+    print(f"  report.fields: {spec!r} is in no finished step's results.json")
   for p in rep["pairs"]:
     if p["difference"] is not None:
-      print(f"  {p['pair']} ({p['protocol']}, epoch {p['epoch']}, {p['n_prompts']} prompts): "
+      print(f"  {p['pair']} ({p['protocol']} {p['score']}, epoch {p['epoch']}, "
+            f"{p['n_prompts']} prompts): "
             f"{p['difference']:+.3f} [{p['ci95'][0]:+.3f}, {p['ci95'][1]:+.3f}]")
