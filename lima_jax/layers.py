@@ -14,7 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.ad_checkpoint import checkpoint_name
 
-from lima_jax import attention
+from lima_jax import attention, axes
 from lima_jax.model_config import DTYPES, ModelConfig
 
 Initializer = Callable[..., jax.Array]
@@ -53,7 +53,7 @@ class RMSNorm(nn.Module):
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
-    scale = param(self, "scale", (x.shape[-1],), ("norm",), nn.initializers.ones,
+    scale = param(self, "scale", (x.shape[-1],), axes.NORM, nn.initializers.ones,
                   self.param_dtype)
     # The statistics are taken in float32 even for bfloat16 activations, as HF does.
     x32 = x.astype(jnp.float32)
@@ -127,19 +127,17 @@ class Attention(nn.Module):
     B, T = x.shape[:2]
     x2 = x.reshape(B * T, D)  # two-dimensional matmuls (see MLP)
 
-    def project(name, n, heads):
-      w = param(self, name, (D, n, K), ("embed", heads, "head_dim"), init, pdtype)
+    def project(name, n, names):
+      w = param(self, name, (D, n, K), names, init, pdtype)
       return einsum("ND,DM->NM", x2, w.reshape(D, n * K), dtype).reshape(B, T, n, K)
 
-    q, k, v = project("q", H, "heads"), project("k", G, "kv_heads"), project("v", G, "kv_heads")
+    q, k, v = project("q", H, axes.Q), project("k", G, axes.KV), project("v", G, axes.KV)
     if cfg.attention_bias or cfg.qkv_bias:
-      q += param(self, "q_bias", (H, K), ("heads", "head_dim"), zeros, pdtype).astype(dtype)
-      k += param(self, "k_bias", (G, K), ("kv_heads", "head_dim"), zeros, pdtype).astype(dtype)
-      v += param(self, "v_bias", (G, K), ("kv_heads", "head_dim"), zeros, pdtype).astype(dtype)
-    q = nn.with_logical_constraint(
-        q, ("activation_batch", "activation_length", "activation_heads", None))
-    k = nn.with_logical_constraint(
-        k, ("activation_batch", "activation_length", "activation_kv_heads", None))
+      q += param(self, "q_bias", (H, K), axes.Q_BIAS, zeros, pdtype).astype(dtype)
+      k += param(self, "k_bias", (G, K), axes.KV_BIAS, zeros, pdtype).astype(dtype)
+      v += param(self, "v_bias", (G, K), axes.KV_BIAS, zeros, pdtype).astype(dtype)
+    q = nn.with_logical_constraint(q, axes.ACT_HEADS)
+    k = nn.with_logical_constraint(k, axes.ACT_KV_HEADS)
     inv_freq = rope_inv_freq(K, cfg.rope_theta, cfg.rope_scaling_dict)
     q = apply_rope(q, positions, inv_freq)
     k = apply_rope(k, positions, inv_freq)
@@ -169,14 +167,12 @@ class Attention(nn.Module):
       block = cfg.attention_block if cfg.attention_block < T else 0
       out = attention.causal_attention(qh, kh, vh, segments, block)
       out = out.reshape(B, G, T, H // G, K).transpose(0, 2, 1, 3, 4).reshape(B, T, H, K)
-    out = nn.with_logical_constraint(
-        out, ("activation_batch", "activation_length", "activation_heads", None))
-    w_o = param(self, "o", (H, K, D), ("heads", "head_dim", "embed"), fan_in_init((0, 1), (2,)),
-                pdtype)
+    out = nn.with_logical_constraint(out, axes.ACT_HEADS)
+    w_o = param(self, "o", (H, K, D), axes.O, fan_in_init((0, 1), (2,)), pdtype)
     out = einsum("NM,MD->ND", out.reshape(B * T, H * K), w_o.reshape(H * K, D), dtype).reshape(
         B, T, D)
     if cfg.attention_bias:
-      out += param(self, "o_bias", (D,), ("embed",), zeros, pdtype).astype(dtype)
+      out += param(self, "o_bias", (D,), axes.EMBED_BIAS, zeros, pdtype).astype(dtype)
     return out, new_kv
 
 
@@ -202,12 +198,12 @@ class MLP(nn.Module):
     # that [B, T, F] einsums get.
     B, T = x.shape[:2]
     x = x.reshape(B * T, D)
-    gate = checkpoint_name(proj("gate", x, (D, F), ("embed", "mlp"), "ND,DF->NF", (F,), ("mlp",)),
-                           "mlp")
-    up = checkpoint_name(proj("up", x, (D, F), ("embed", "mlp"), "ND,DF->NF", (F,), ("mlp",)),
+    gate = checkpoint_name(
+        proj("gate", x, (D, F), axes.MLP_IN, "ND,DF->NF", (F,), axes.MLP_BIAS), "mlp")
+    up = checkpoint_name(proj("up", x, (D, F), axes.MLP_IN, "ND,DF->NF", (F,), axes.MLP_BIAS),
                          "mlp")
-    h = nn.with_logical_constraint(nn.silu(gate) * up, ("activation_batch", "activation_mlp"))
-    return proj("down", h, (F, D), ("mlp", "embed"), "NF,FD->ND", (D,), ("embed",)).reshape(
+    h = nn.with_logical_constraint(nn.silu(gate) * up, axes.ACT_MLP)
+    return proj("down", h, (F, D), axes.MLP_OUT, "NF,FD->ND", (D,), axes.EMBED_BIAS).reshape(
         B, T, D)
 
 
@@ -218,7 +214,7 @@ class Embed(nn.Module):
   def setup(self):
     cfg = self.cfg
     # std 1/sqrt(D) keeps tied logits of unit scale on RMS-normalised inputs.
-    self.embedding = param(self, "embedding", (cfg.vocab_size, cfg.dim), ("vocab", "embed"),
+    self.embedding = param(self, "embedding", (cfg.vocab_size, cfg.dim), axes.EMBEDDING,
                            nn.initializers.normal(cfg.dim**-0.5), as_dtype(cfg.param_dtype))
 
   def __call__(self, tokens):
@@ -235,6 +231,6 @@ class LMHead(nn.Module):
   @nn.compact
   def __call__(self, x):
     cfg = self.cfg
-    kernel = param(self, "kernel", (cfg.dim, cfg.vocab_size), ("embed", "vocab"),
+    kernel = param(self, "kernel", (cfg.dim, cfg.vocab_size), axes.LM_HEAD,
                    fan_in_init((0,), (1,)), as_dtype(cfg.param_dtype))
     return einsum("BTD,DV->BTV", x, kernel, as_dtype(cfg.dtype))

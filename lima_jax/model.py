@@ -20,7 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.ad_checkpoint import checkpoint_name
 
-from lima_jax import attention, layers
+from lima_jax import attention, axes, layers
 # Re-exported: `lima_jax.model.ModelConfig`, `.SIZES` and `.get_size` are the documented names.
 from lima_jax.model_config import (ARCHS, ATTENTION_IMPLS, DROPOUT_SCHEDULES,  # noqa: F401
                                    REMAT_POLICIES, SIZES, ModelConfig, get_size)
@@ -103,18 +103,17 @@ class Block(nn.Module):
   def __call__(self, x, per_layer: LayerInputs, shared: SharedInputs):
     cfg = self.cfg
     dtype = layers.as_dtype(cfg.dtype)
-    names = ("activation_batch", "activation_length", "activation_embed")
     norm = lambda name: layers.RMSNorm(cfg.norm_eps, dtype, layers.as_dtype(cfg.param_dtype),
                                        name=name)
     h, new_kv = layers.Attention(cfg, name="attn")(
         norm("attn_norm")(x), shared.positions, shared.segments, shared.mask, per_layer.kv,
         shared.cache_index)
     x = nn.with_logical_constraint(x + self.residual_dropout(h, per_layer.rate, "attn_keep"),
-                                   names)
+                                   axes.ACT_EMBED)
     x = checkpoint_name(x, "residual")
     h = layers.MLP(cfg, name="mlp")(norm("mlp_norm")(x))
     x = nn.with_logical_constraint(x + self.residual_dropout(h, per_layer.rate, "mlp_keep"),
-                                   names)
+                                   axes.ACT_EMBED)
     return x, new_kv
 
 
@@ -167,8 +166,7 @@ class Transformer(nn.Module):
 
     embedding = layers.Embed(cfg, name="embed")
     x = embedding(tokens)
-    x = nn.with_logical_constraint(
-        x, ("activation_batch", "activation_length", "activation_embed"))
+    x = nn.with_logical_constraint(x, axes.ACT_EMBED)
 
     block = Block
     if cfg.remat_policy != "none":
@@ -178,7 +176,7 @@ class Transformer(nn.Module):
         block, variable_axes={"params": 0, "intermediates": 0},
         split_rngs={"params": True, "dropout": True}, in_axes=(0, nn.broadcast),
         length=cfg.n_layers, unroll=1 if cfg.scan_layers else cfg.n_layers,
-        metadata_params={nn.PARTITION_NAME: "layers"})
+        metadata_params={nn.PARTITION_NAME: axes.LAYERS})
     x, new_kv = stack(cfg, deterministic, name="layers")(x, per_layer, shared)
 
     x = layers.RMSNorm(cfg.norm_eps, dtype, pdtype, name="final_norm")(x)
@@ -190,8 +188,7 @@ class Transformer(nn.Module):
       logits = embedding.attend(x)
     else:
       logits = layers.LMHead(cfg, name="lm_head")(x)
-    logits = nn.with_logical_constraint(
-        logits.astype(jnp.float32), ("activation_batch", "activation_length", "activation_vocab"))
+    logits = nn.with_logical_constraint(logits.astype(jnp.float32), axes.ACT_VOCAB)
     if cache is None:
       return logits
     return logits, {"k": new_kv["k"], "v": new_kv["v"], "segment_ids": kv_segments}

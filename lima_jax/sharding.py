@@ -1,7 +1,7 @@
 """Mesh construction, the logical-axis rules (one table) and batch placement.
 
-Parameters carry logical axis names (see docs/INTERFACES.md); `RULES` maps them onto the mesh
-axes ('data', 'fsdp', 'tensor'). Pure FSDP is the default: with mesh (1, N, 1) every weight
+Parameters and activations carry logical axis names (the tuples of lima_jax/axes.py; the tree
+in docs/INTERFACES.md); `RULES` maps them onto the mesh axes ('data', 'fsdp', 'tensor'). Pure FSDP is the default: with mesh (1, N, 1) every weight
 matrix is split along its embedding dimension over N devices and the batch over all of them.
 'tensor' is Megatron-style: heads, MLP hidden units and the vocabulary split, activations
 between blocks replicated.

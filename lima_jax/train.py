@@ -28,7 +28,7 @@ from etils import epath
 from jax.sharding import NamedSharding, PartitionSpec as P
 from tqdm import tqdm
 
-from lima_jax import base_model, checkpoint, data, distributed, recipe, sharding
+from lima_jax import axes, base_model, checkpoint, data, distributed, recipe, sharding
 from lima_jax import loss as loss_lib
 from lima_jax import metrics_log as metrics_log_lib
 from lima_jax import tokenizer as tokenizer_lib
@@ -132,7 +132,8 @@ def loss_sums(model: nn.Module, params, batch, rng, deterministic: bool, loss_ch
       tied = model.cfg.tie_embeddings
       w = params["embed"]["embedding"] if tied else params["lm_head"]["kernel"]
       # Gathered over 'fsdp' once, before the chunk loop, rather than once per chunk.
-      w = nn.with_logical_constraint(w, ("vocab", None) if tied else (None, "vocab"))
+      w = nn.with_logical_constraint(
+          w, axes.EMBEDDING_GATHERED if tied else axes.LM_HEAD_GATHERED)
       return loss_lib.nll_sums(out, w, batch["targets"], batch["loss_mask"], chunk=loss_chunk,
                                vocab_first=tied, groups=groups)
   nll = optax.softmax_cross_entropy_with_integer_labels(out, batch["targets"])

@@ -10,7 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from lima_jax import layers, model_config
+from lima_jax import axes, layers, model_config, sharding
 from lima_jax import model as M
 from lima_jax.errors import UserError
 from lima_jax.model_config import ModelConfig, SIZES, get_size
@@ -300,8 +300,15 @@ def test_resize_vocab_appends_mean_rows_and_keeps_boxes(tied):
 
 # --- sharding ---------------------------------------------------------------------------------
 
+def test_every_logical_axis_name_has_exactly_one_rule():
+  # A name without a rule would be replicated silently; a rule without a name is dead.
+  used = {n for k, names in vars(axes).items() if k.isupper()
+          for n in ((names,) if isinstance(names, str) else names) if n is not None}
+  ruled = [name for name, _ in sharding.RULES]
+  assert sorted(ruled) == sorted(set(ruled)) and set(ruled) == used
+
+
 def test_sharded_forward_matches_single_device():
-  from lima_jax import sharding
   if len(jax.devices()) < 8:
     pytest.skip("needs the 8 fake CPU devices from conftest")
   params, tokens = _init(BASE), _tokens()
