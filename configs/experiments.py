@@ -39,6 +39,31 @@ fields, 'a.b=value' strings, after the study's `base_overrides`); `seeds` (train
 arm with 3 seeds is 3 runs, reported as one with intervals over seeds and prompts); `n_examples`
 (for the score-against-data-size figure; default: `n`, else the data's row count).
 
+Prepare steps (`config.prepare.NAME = _prep(command=(...), files=(...), after=(...))`): run
+once a study, before any arm (a synthetic world, a pretrained base), each after the steps
+it names or lists in `after` (otherwise in the order written):
+
+    c.prepare.world = _prep(command=("python", "-m", "lima_jax.testbed", "build",
+                                     "--config=configs/bioworld.py:world", "--out={out}"),
+                            files=("configs/bioworld.py",))
+    c.prepare.base = _prep(command=("python", "-m", "lima_jax.testbed", "pretrain",
+                                    "--world={world}", "--workdir={out}"))
+    c.arms.c1k = _arm(data="{world}/sft/c1k.jsonl", overrides=("model.init={base}/base",))
+    c.prompts = "{world}/eval/prompts.jsonl"
+
+In a command, `{out}` is the step's own directory (DIR/prepare/NAME, made for it), `{NAME}`
+another step's directory (the step then follows it, as it does the steps in `after`),
+`{workdir}` the study's DIR; a command starting with "python" runs under the runner's own
+interpreter. The step is cached like every other: by its command, the content of its `files`
+and the hashes of the steps it follows; a changed one is redone, and so is everything that
+names it, transitively. The arms' `data`, `pool`, `overrides`, `curate_overrides` and the
+study's `base_overrides`, `prompts` and `eval_overrides` may name `{NAME}` (and `{workdir}`):
+the arm's steps then follow that prepare step (editing the world retrains the arms).
+`--only=ARM` runs the prepare steps the arm names (and those they follow); `--dry_run` lists
+them. Only an identifier in braces is a placeholder (other braces, as in `python -c`
+code, stay); `{{NAME}}` is a literal `{NAME}`; an unknown `{NAME}` is an error naming the
+field.
+
 Report (`config.report`): `metric` is PROTOCOL.FIELD of results.json (any field, e.g.
 `judge_free.exact_rate:set=test`), the figures' value and the paired differences' score;
 `fields` are more columns of the table, 'FIELD' (every protocol that has it) or
@@ -67,6 +92,14 @@ def _arm(data: str = "", curate: str = "", pool="", n: int = 0, overrides=(),
   return a
 
 
+def _prep(command, files=(), after=()):
+  p = ml_collections.ConfigDict()
+  p.command = tuple(command)  # Argument list; {out}, {workdir}, {NAME} filled in.
+  p.files = tuple(files)  # Inputs hashed by content (the step is redone when they change).
+  p.after = tuple(after)  # Earlier prepare steps it follows (besides those it names).
+  return p
+
+
 def get_config(name: str = "tiny") -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
   c.name = name
@@ -86,6 +119,8 @@ def get_config(name: str = "tiny") -> ml_collections.ConfigDict:
   c.protocols = ("judge_free",)
   c.baseline_arm = ""
   c.eval_overrides = ()  # More 'field=value' for every lima_jax.eval run.
+  # Named steps run once before any arm, each after those it names (see the docstring).
+  c.prepare = ml_collections.ConfigDict(sort_keys=False)
   c.judge = ml_collections.ConfigDict()
   c.judge.base_url = ""
   c.judge.model = ""

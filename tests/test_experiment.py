@@ -164,6 +164,11 @@ def test_dry_run_plans_the_shared_data_study_with_a_judging_estimate():
     (["--only=nope"], "--only: no arm 'nope'"),
     (["--config.baseline_arm=nope"], "config baseline_arm: 'nope' is not an arm"),
     (["--config.arms.random100.n=0"], "config arms.random100: curate='random' needs pool"),
+    (["--config.arms.all.data={world}/sft.jsonl"],
+     "config arms.all.data: unknown placeholder {world} in '{world}/sft.jsonl' (known here: "
+     "{workdir})"),
+    (["--config.arms.random100.overrides=('model.init={base}/x',)"],
+     "config arms.random100.overrides[0]: unknown placeholder {base}"),
 ])
 def test_bad_study_input_is_one_line(args, message, tmp_path):
   r = cli("run", "--config=configs/experiments.py:tiny", f"--workdir={tmp_path}", "--dry_run",
@@ -198,6 +203,163 @@ def test_judging_estimate_counts_every_epoch_of_a_range(tmp_path):
   assert r.returncode == 0, r.stderr
   # random100 against all: 20 prompts x 2 orders x epochs 1 and 2.
   assert "judging: 80 judge calls" in r.stdout
+
+
+# --- Prepare steps ----------------------------------------------------------------------------
+
+# A prepare step: writes {out}/sft.jsonl (a conversation saying the version) and counts its runs.
+WRITE = ("import json, pathlib, sys; out, version, runs = sys.argv[1:4]; "
+         "pathlib.Path(out, 'sft.jsonl').write_text(json.dumps({'conversations': "
+         "['Which version?', version]}) + '\\n'); open(runs, 'a').write('run\\n')")
+
+
+def _prep_study(tmp_path, version="v1", note=""):
+  sys.path.insert(0, str(REPO))
+  import ml_collections
+  from configs import experiments
+  c = experiments.get_config("tiny")
+  c.protocols, c.baseline_arm, c.report.pairs = ("judge_free",), "", ()
+  c.judge.scripted = False
+  c.prepare.world = experiments._prep(
+      command=("python", "-c", WRITE, "{out}", version, str(tmp_path / "runs.txt"),
+               *([note] if note else ())))
+  c.arms = ml_collections.ConfigDict()
+  c.arms.a = experiments._arm(data="{world}/sft.jsonl", n_examples=1)
+  return c
+
+
+@pytest.fixture
+def fake_training(monkeypatch):
+  """Prepare steps run for real; a train step only records its command (answer and judge
+  steps need checkpoints: none here)."""
+  from lima_jax.experiment import study
+  trained, real = [], subprocess.run
+
+  def run(command, **kw):
+    if "lima_jax.main" in command:
+      trained.append(command)
+      return subprocess.CompletedProcess(command, 0)
+    return real(command, **kw)
+  monkeypatch.setattr(subprocess, "run", run)
+  monkeypatch.setattr(study, "after_training", lambda *args: [])
+  return trained
+
+
+def test_prepare_step_runs_once_and_a_changed_one_redoes_the_arm(tmp_path, fake_training,
+                                                                  capsys):
+  from lima_jax.experiment import study
+  workdir, runs = tmp_path / "study", tmp_path / "runs.txt"
+  world = workdir / "prepare" / "world"
+  study.run_local(_prep_study(tmp_path), workdir, ["a"])
+  assert runs.read_text() == "run\n" and len(fake_training) == 1
+  assert f"--config.data.train_files={world}/sft.jsonl" in fake_training[0]
+  assert json.loads((world / "sft.jsonl").read_text())["conversations"][1] == "v1"
+  rec = json.loads((workdir / "manifest.json").read_text())["steps"]["prepare/world"]
+  assert (rec["kind"], rec["status"], rec["output"], rec["arm"]) == ("prepare", "done",
+                                                                     str(world), "")
+  assert rec["command"][0] == sys.executable  # 'python' is the runner's interpreter
+  assert (workdir / "logs" / "prepare__world.log").exists()
+
+  study.run_local(_prep_study(tmp_path), workdir, ["a"])  # nothing changed: nothing runs
+  assert runs.read_text() == "run\n" and len(fake_training) == 1
+  assert "prepare/world: done" in capsys.readouterr().out
+
+  # A new command whose output is the same file, byte for byte: the arm still follows the
+  # prepare step, so it trains again (the hash of what it follows changed).
+  study.run_local(_prep_study(tmp_path, note="--same-output"), workdir, ["a"])
+  assert runs.read_text() == "run\n" * 2 and len(fake_training) == 2
+  assert "inputs changed" in capsys.readouterr().out
+  assert len(list((workdir / "prepare").glob("world.stale-*"))) == 1  # the old one, kept
+
+  study.run_local(_prep_study(tmp_path, "v2", note="--same-output"), workdir, ["a"])
+  assert runs.read_text() == "run\n" * 3 and len(fake_training) == 3
+  assert json.loads((world / "sft.jsonl").read_text())["conversations"][1] == "v2"
+  study.run_local(_prep_study(tmp_path, "v2", note="--same-output"), workdir, ["a"])
+  assert runs.read_text() == "run\n" * 3 and len(fake_training) == 3
+
+
+def test_placeholders_link_every_field_to_its_prepare_steps(tmp_path):
+  from lima_jax.experiment import study
+  sys.path.insert(0, str(REPO))
+  from configs import experiments
+  c = _prep_study(tmp_path)
+  c.prepare.base = experiments._prep(command=("python", "-c", "pass", "--world={world}",
+                                              "--workdir={out}", "{{literal}}"))
+  c.prepare.other = experiments._prep(command=("true",), after=("world",))
+  c.prepare.unused = experiments._prep(command=("true",))
+  c.prompts = "{world}/eval/prompts.jsonl"
+  c.arms.b = experiments._arm(data="data/demo/train.jsonl",
+                              overrides=("model.init={base}/base",))
+  c.arms.cur = experiments._arm(curate="random", pool="{other}/pool.jsonl", n=5,
+                                overrides=("model.init={base}/base",))
+  w = tmp_path / "w"
+  steps = {s.key: s for s in study.prepare_steps(c, w)}
+  assert steps["prepare/base"].command[-3:] == [f"--world={w}/prepare/world",
+                                                f"--workdir={w}/prepare/base", "{literal}"]
+  assert steps["prepare/base"].after == ("prepare/world",)
+  assert steps["prepare/other"].after == ("prepare/world",)
+  pending = set(steps)
+  (b_train,) = study.before_training(c, w, "b", pending=pending)
+  assert b_train.after == ("prepare/base",)
+  assert f"--config.model.init={w}/prepare/base/base" in b_train.command
+  curate, train = study.before_training(c, w, "cur", pending=pending)  # pool made later
+  assert curate.after == ("prepare/other",) and f"--config.pool={w}/prepare/other/pool.jsonl" \
+      in curate.command
+  assert set(train.after) == {"cur/curate", "prepare/base"}
+  with pytest.raises(UserError, match=r"arms.cur.pool: .*pool.jsonl does not exist"):
+    study.before_training(c, w, "cur")  # once the prepare steps ran, it must be there
+  assert study.prompts_path(c, w) == (f"{w}/prepare/world/eval/prompts.jsonl",
+                                      ("prepare/world",))
+  # --only=b: b's base, the world the prompts come from and base follows; not other, unused.
+  assert [s.key for s in study.needed_prepare(c, w, ["b"], only=True)] == [
+      "prepare/world", "prepare/base"]
+  assert [s.key for s in study.needed_prepare(c, w, ["cur"], only=True)] == [
+      "prepare/world", "prepare/base", "prepare/other"]
+  assert len(study.needed_prepare(c, w, ["b"], only=False)) == 4
+  # A copied ConfigDict lists its keys sorted (base, other, unused, world): the order comes
+  # from what the steps follow, else the listing.
+  copied = c.copy_and_resolve_references()
+  assert list(copied.prepare.keys()) == ["base", "other", "unused", "world"]
+  assert [s.key for s in study.prepare_steps(copied, w)] == [
+      "prepare/unused", "prepare/world", "prepare/base", "prepare/other"]
+  c.prepare.world.after = ("other",)  # other follows world: a circle
+  with pytest.raises(UserError, match=r"in a circle \(or follow one that does\): world, base, "
+                                      "other$"):
+    study.prepare_steps(c, w)
+  c.prepare.world.after = ()
+  c.prepare.base.command = ("python", "{nope}")
+  with pytest.raises(UserError, match=r"^config prepare.base.command\[1\]: unknown placeholder "
+                                      r"\{nope\}"):
+    study.prepare_steps(c, w)
+
+
+def test_dry_run_lists_prepare_steps_and_counts_prompts_made_later(tmp_path):
+  config = tmp_path / "study.py"
+  config.write_text(f"""
+import sys
+sys.path.insert(0, {str(REPO)!r})
+from configs import experiments
+
+def get_config():
+  c = experiments.get_config("tiny")
+  c.prepare.world = experiments._prep(command=("python", "-c", "pass", "--out={{out}}"),
+                                      files=("configs/experiments.py",))
+  c.prompts = "{{world}}/eval/prompts.jsonl"
+  c.arms.all.data = "{{world}}/sft/all.jsonl"
+  return c
+""")
+  r = cli("run", f"--config={config}", f"--workdir={tmp_path / 'w'}", "--dry_run")
+  assert r.returncode == 0, r.stderr
+  world = tmp_path / "w" / "prepare" / "world"
+  assert f"prepare:\n  prepare/world{' ' * 27} new\n" in r.stdout
+  assert f"-c pass --out={world}\n" in r.stdout
+  assert f"--config.data.train_files={world}/sft/all.jsonl" in r.stdout
+  assert (f"judging: 2 judge calls a prompt (the prompts, {world}/eval/prompts.jsonl, are made "
+          "by prepare step world: not counted yet)") in r.stdout
+  assert not (tmp_path / "w").exists()
+  r = cli("run", f"--config={config}", f"--workdir={tmp_path / 'w'}", "--dry_run",
+          "--only=random100")  # it names no prepare step, but the prompts do
+  assert r.returncode == 0 and "prepare/world" in r.stdout, r.stderr
 
 
 # --- The report on judge_free's exact scores -------------------------------------------------
@@ -283,3 +445,61 @@ def test_report_metric_that_no_results_have_is_an_error(tmp_path):
   with pytest.raises(UserError, match=r"config report.metric: no judge_free results.json has "
                                       r"'exact_rate:set=tset' \(they have .*exact_rate:set=test"):
     report.build(workdir)
+
+
+# The world of the end-to-end study: 96 demo conversations to train on, and the 20 demo
+# prompts with an exact answer each (the demo data's own phrasing) and tags.
+MAKE_WORLD = """
+import json, pathlib, sys
+out = pathlib.Path(sys.argv[1])
+(out / "sft").mkdir()
+rows = pathlib.Path("data/demo/train.jsonl").read_text().splitlines()[:96]
+(out / "sft" / "c96.jsonl").write_text("\\n".join(rows) + "\\n")
+(out / "eval").mkdir()
+prompts = [json.loads(l) for l in pathlib.Path("data/demo/prompts.jsonl").read_text().splitlines()]
+with open(out / "eval" / "prompts.jsonl", "w") as f:
+  for i, p in enumerate(prompts):
+    q = p["conversations"][0]
+    answer = "The capital of " + q.split(" of ")[-1].rstrip("?") + " is ?" if "capital" in q else "?"
+    f.write(json.dumps({**p, "expected": answer, "tags": ["set=test" if i % 2 else "set=dev"]}) + "\\n")
+"""
+
+
+@pytest.mark.slow
+def test_a_study_whose_data_and_prompts_come_from_a_prepare_step(tmp_path):
+  config = tmp_path / "study.py"
+  config.write_text(f"""
+import sys
+sys.path.insert(0, {str(REPO)!r})
+from configs import experiments
+
+def get_config():
+  c = experiments.get_config("tiny")
+  c.prepare.world = experiments._prep(command=("python", "-c", {MAKE_WORLD!r}, "{{out}}"))
+  c.prompts = "{{world}}/eval/prompts.jsonl"
+  c.protocols, c.baseline_arm, c.judge.scripted = ("judge_free",), "", False
+  c.base_overrides = c.base_overrides + ("train.epochs=1",)
+  c.report.metric, c.report.pairs = "judge_free.exact_rate:set=test", ()
+  c.report.fields = ("exact_rate:set=dev",)
+  c.arms = {{"c96": experiments._arm(data="{{world}}/sft/c96.jsonl", n_examples=96)}}
+  return c
+""")
+  workdir = tmp_path / "w"
+  r = cli("run", f"--config={config}", f"--workdir={workdir}")
+  assert r.returncode == 0, r.stderr[-3000:]
+  steps = json.loads((workdir / "manifest.json").read_text())["steps"]
+  assert sorted(steps) == ["c96/seed0/e1/answer", "c96/seed0/train", "prepare/world"]
+  assert {s["status"] for s in steps.values()} == {"done"}
+  rows = [json.loads(l) for l in (workdir / "arms/c96/seed0/e1/answer/answers.jsonl")
+          .read_text().splitlines()]
+  assert len(rows) == 20 and all("expected" in x and x["tags"] for x in rows)
+  results = json.loads((workdir / "arms/c96/seed0/e1/answer/results.json").read_text())
+  assert results["exact_n:set=test"] == 10 and "exact_rate:set=test_ci95" in results
+  assert cli("report", f"--workdir={workdir}").returncode == 0
+  rep = json.loads((workdir / "report" / "report.json").read_text())
+  fields = {r["field"]: r for r in rep["rows"]}
+  assert fields["exact_rate:set=test"]["value"] == results["exact_rate:set=test"]
+  assert "exact_rate:set=dev" in fields
+  again = cli("run", f"--config={config}", f"--workdir={workdir}")
+  assert again.returncode == 0 and "prepare/world: done" in again.stdout
+  assert json.loads((workdir / "manifest.json").read_text())["steps"] == steps  # nothing redone

@@ -5,8 +5,8 @@ r"""Run a study's arms, then compare them.
   python -m lima_jax.experiment report --workdir=DIR
 
 `run` prints the plan (each step's state: done, new, resume, changed), then runs what is
-missing, arm by arm; rerunning it after a kill, an edit or a new arm redoes only what
-changed. `report` writes DIR/report/index.html, report.json and the figures. Studies and
+missing: the prepare steps (once, in order), then arm by arm; rerunning it after a kill, an
+edit or a new arm redoes only what changed. `report` writes DIR/report/index.html, report.json and the figures. Studies and
 their fields: configs/experiments.py.
 """
 import importlib.util
@@ -53,10 +53,15 @@ def _eval_config():
   return module
 
 
-def _judge_estimate(c, arms: list[str]) -> str:
+def _judge_estimate(c, workdir: pathlib.Path, arms: list[str]) -> str:
   """Calls, and a rough upper bound on tokens and cost, before any answer exists."""
   from lima_jax.experiment import study
-  prompts = _count_prompts(c.prompts)
+  path, made_by = study.prompts_path(c, workdir)
+  later = ""  # the prompts file does not exist yet: a prepare step makes it
+  if made_by and not os.path.exists(path):
+    later = (f" a prompt (the prompts, {path}, are made by prepare step "
+             f"{', '.join(k.split('/', 1)[1] for k in made_by)}: not counted yet)")
+  prompts = 1 if later else _count_prompts(path)
   # Epochs judged a run: '' the last, 'all' unknown before training (counted once), else the
   # spec's ('5-10' is six).
   from lima_jax import checkpoint
@@ -84,33 +89,45 @@ def _judge_estimate(c, arms: list[str]) -> str:
     cost = (f", about ${(tokens_in * rate_in + tokens_out * rate_out) / 1e6:,.2f} at "
             f"{c.judge.model}'s list price")
   every = " for every epoch checkpoint (a multiple of this)" if c.epochs == "all" else ""
-  return (f"judging: {units:,} judge calls{every}, at most ~{tokens_in / 1e6:.1f}M prompt and "
-          f"~{tokens_out / 1e6:.1f}M completion tokens{cost}")
+  return (f"judging: {units:,} judge calls{later}{every}, at most ~{tokens_in / 1e6:.1f}M "
+          f"prompt and ~{tokens_out / 1e6:.1f}M completion tokens{cost}")
 
 
-def _plan(c, workdir: pathlib.Path, arms: list[str], show_commands: bool):
+def _plan(c, workdir: pathlib.Path, arms: list[str], prepare: list, show_commands: bool):
   from lima_jax.experiment import study
   manifest = study.Manifest(workdir)
+  pending = set()
+  if prepare:
+    print("prepare:")
+  for step in prepare:
+    state = manifest.state(step)[0]
+    if state != "done":
+      pending.add(step.key)
+    print(f"  {step.key:<40} {state}")
+    if show_commands:
+      print(f"    {shlex.join(step.command)}")
   for arm in arms:
     print(f"arm {arm}:")
-    for step in study.before_training(c, workdir, arm):
+    for step in study.before_training(c, workdir, arm, pending=pending):
       print(f"  {step.key:<40} {manifest.steps.get(step.key, {}).get('status', 'new')}")
       if show_commands:
         print(f"    {shlex.join(step.command)}")
     later = [p for p in c.protocols if p != "judge_free"]
     print(f"  then per answered epoch ({c.epochs or 'the last'}): answer (judge_free)"
           + (f", {', '.join(later)}" if later else ""))
-  print(_judge_estimate(c, arms))
+  print(_judge_estimate(c, workdir, arms))
 
 
-def _tpu_commands(c, workdir: pathlib.Path, arms: list[str]) -> list[str]:
-  """One slice per arm and seed: create, setup, copy the data, train; then answers on the
-  slice and judging here. Printed, not run (the runner does not drive TPUs yet)."""
+def _tpu_commands(c, workdir: pathlib.Path, arms: list[str], prepare: list) -> list[str]:
+  """The prepare steps (here), then one slice per arm and seed: create, setup, copy the
+  data, train; then answers on the slice and judging here. Printed, not run (the runner does
+  not drive TPUs yet)."""
   from lima_jax.experiment import study
-  out, t = [], c.tpu
+  out, t = [shlex.join(step.command) for step in prepare], c.tpu
   study_dir = f"{t.bucket.rstrip('/')}/{c.name}"
+  pending = {step.key for step in prepare}
   for arm in arms:
-    for step in study.before_training(c, workdir, arm):
+    for step in study.before_training(c, workdir, arm, pending=pending):
       if step.kind == "curate":
         out.append(shlex.join(step.command))
         continue
@@ -150,46 +167,21 @@ def main(argv):
     raise UserError("run: needs --config=configs/experiments.py:NAME")
   from lima_jax.experiment import study
   arms = study.arm_order(c, _ONLY.value)
+  prepare = study.needed_prepare(c, workdir, arms, only=bool(_ONLY.value))
   if _EXECUTOR.value == "tpu":
     if not _DRY_RUN.value:
       raise UserError("--executor=tpu runs nothing yet: add --dry_run for the launch/tpu.sh "
                       "commands of every arm, and run them yourself")
-    print("\n".join(_tpu_commands(c, workdir, arms)))
-    print(_judge_estimate(c, arms))
+    print("\n".join(_tpu_commands(c, workdir, arms, prepare)))
+    print(_judge_estimate(c, workdir, arms))
     return
-  _plan(c, workdir, arms, show_commands=_DRY_RUN.value)
+  _plan(c, workdir, arms, prepare, show_commands=_DRY_RUN.value)
   if _DRY_RUN.value:
     return
   workdir.mkdir(parents=True, exist_ok=True)
   files.write_atomic(workdir / "study.json", c.to_json(indent=1) + "\n")
-  run_local(c, workdir, arms)
+  study.run_local(c, workdir, arms, prepare)
   print(f"done: python -m lima_jax.experiment report --workdir={workdir}")
-
-
-def run_local(c, workdir: pathlib.Path, arms: list[str]) -> None:
-  from lima_jax.experiment import study
-  manifest = study.Manifest(workdir)
-  needs_judge = any(p != "judge_free" for p in c.protocols)
-  server = None
-  if needs_judge and c.judge.scripted:
-    from lima_jax.eval.scripted_judge import Server
-    server = Server().__enter__()
-    c = c.copy_and_resolve_references()
-    c.judge.base_url = server.url
-  elif needs_judge and not c.judge.base_url:
-    raise UserError("config judge.base_url: the protocols need a judge (or judge.scripted=True "
-                    "for the scripted stand-in)")
-  try:
-    for i, arm in enumerate(arms, 1):
-      label = f"[arm {i}/{len(arms)}]"
-      for step in study.before_training(c, workdir, arm):
-        study.execute(step, manifest, workdir, label)
-      for seed in c.arms[arm].seeds:
-        for step in study.after_training(c, workdir, arm, seed):
-          study.execute(step, manifest, workdir, label)
-  finally:
-    if server is not None:
-      server.__exit__(None, None, None)
 
 
 def run():

@@ -1,6 +1,10 @@
 """A study's steps, the manifest that records them, and the local runner.
 
-Each arm is runs (one a training seed) of: curate (once an arm, when the arm curates) ->
+Prepare steps (`c.prepare.NAME`: any command, e.g. building a synthetic world or
+pretraining a base) run first, once a study, each after the steps it follows; their output
+directories are the `{NAME}` placeholders of other prepare steps and of the arms' fields
+(whose steps then follow them). Each arm is runs
+(one a training seed) of: curate (once an arm, when the arm curates) ->
 train -> answer (lima_jax.eval's judge_free on a checkpoint, which writes answers.jsonl) ->
 judge (one lima_jax.eval per further protocol). Answer and judge steps exist per answered
 epoch, known once training has written its checkpoints, so the plan grows as it runs.
@@ -15,6 +19,7 @@ import hashlib
 import json
 import os
 import pathlib
+import re
 import shutil
 import subprocess
 import sys
@@ -28,9 +33,10 @@ PAIRWISE = ("lima_pairwise", "alpaca_eval")
 
 @dataclasses.dataclass
 class Step:
-  key: str  # 'ARM/curate', 'ARM/seedS/train', 'ARM/seedS/eE/answer', 'ARM/seedS/eE/PROTOCOL'
-  arm: str
-  kind: str  # curate | train | answer | judge
+  key: str  # 'prepare/NAME', 'ARM/curate', 'ARM/seedS/train', 'ARM/seedS/eE/answer',
+  #            'ARM/seedS/eE/PROTOCOL'
+  arm: str  # '' for prepare steps
+  kind: str  # prepare | curate | train | answer | judge
   command: list[str]
   output: pathlib.Path  # What the step writes (a directory, or the curated file).
   files: tuple[str, ...] = ()  # Inputs hashed by content.
@@ -101,6 +107,165 @@ def _overrides(items) -> list[str]:
   return out
 
 
+# --- Prepare steps and their placeholders ---------------------------------------------------
+
+_PLACEHOLDER = re.compile(r"\{\{[A-Za-z_][A-Za-z0-9_]*\}\}|\{([A-Za-z_][A-Za-z0-9_]*)\}")
+_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
+RESERVED = ("out", "workdir")
+
+
+def prepare_names(c) -> list[str]:
+  """The study's prepare step names as the config lists them (checked: usable as
+  placeholders)."""
+  prep = c.get("prepare") or {}
+  names = list(prep.keys())
+  for name in names:
+    if not _NAME.match(name) or name in RESERVED:
+      raise UserError(f"config prepare.{name}: a prepare step's name must be an identifier "
+                      f"other than {' and '.join(RESERVED)} (it is the {{NAME}} placeholder)")
+  if names and "prepare" in c.arms:
+    raise UserError("config arms.prepare: 'prepare' names the prepare steps; rename the arm")
+  return names
+
+
+def prepare_dir(workdir: pathlib.Path, name: str) -> pathlib.Path:
+  return workdir / "prepare" / name
+
+
+def fill(text: str, values: dict[str, str], field: str) -> tuple[str, tuple[str, ...]]:
+  """`text` with each {NAME} (an identifier in braces) replaced from `values`; returns it and
+  the names it used. Other braces stay as they are ('{"a": 1}', code); {{NAME}} is a literal
+  {NAME}. An unknown name is an error naming `field`."""
+  used = []
+
+  def one(m):
+    if m.group(1) is None:
+      return m.group(0)[1:-1]
+    name = m.group(1)
+    if name not in values:
+      known = ", ".join(f"{{{k}}}" for k in values) or "none"
+      raise UserError(f"config {field}: unknown placeholder {{{name}}} in {text!r} (known "
+                      f"here: {known})")
+    used.append(name)
+    return values[name]
+  return _PLACEHOLDER.sub(one, text), tuple(dict.fromkeys(used))
+
+
+def _placeholders(c, workdir: pathlib.Path) -> dict[str, str]:
+  """What arms' fields may name: every prepare step's directory, and {workdir}."""
+  return {"workdir": str(workdir),
+          **{n: str(prepare_dir(workdir, n)) for n in prepare_names(c)}}
+
+
+def _fill_all(values, items, field: str) -> tuple[tuple[str, ...], set[str]]:
+  out, used = [], set()
+  for i, item in enumerate(items):
+    text, names = fill(item, values, f"{field}[{i}]")
+    out.append(text)
+    used.update(names)
+  return tuple(out), used
+
+
+def _keys(names) -> tuple[str, ...]:
+  return tuple(f"prepare/{n}" for n in sorted(names) if n != "workdir")
+
+
+def prepare_steps(c, workdir: pathlib.Path) -> list[Step]:
+  """Every prepare step, each after the steps it follows (else in the config's order). In
+  its command and files {out} is the step's own directory, {NAME} another step's (which it
+  then follows, as it does those in `after`), {workdir} the study's. A command starting
+  with 'python' runs under this interpreter."""
+  names = prepare_names(c)
+  values = _placeholders(c, workdir)
+  steps = {}
+  for name in names:
+    p, field = c.prepare[name], f"prepare.{name}"
+    out = prepare_dir(workdir, name)
+    others = {k: v for k, v in values.items() if k != name}
+    command = list(p.get("command") or ())
+    if not command or not all(isinstance(a, str) for a in command):
+      raise UserError(f"config {field}.command: needs the command as a tuple of strings")
+    command, used = _fill_all({**others, "out": str(out)}, command, f"{field}.command")
+    files_, used_f = _fill_all(others, tuple(p.get("files") or ()), f"{field}.files")
+    after = (set(used) | used_f) - {"out", "workdir"}
+    for other in p.get("after") or ():
+      if other not in names or other == name:
+        raise UserError(f"config {field}.after: {other!r} is not another prepare step "
+                        f"({', '.join(n for n in names if n != name) or 'none'})")
+      after.add(other)
+    command = list(command)
+    if command[0] in ("python", "python3"):
+      command[0] = sys.executable
+    steps[name] = Step(f"prepare/{name}", "", "prepare", command, out, files=files_,
+                       after=_keys(after))
+  ordered, placed = [], set()
+  while len(ordered) < len(names):  # the first step whose steps are all placed, each time
+    ready = [n for n in names if n not in placed
+             and all(k.split("/", 1)[1] in placed for k in steps[n].after)]
+    if not ready:
+      raise UserError("config prepare: steps that follow each other in a circle (or follow "
+                      "one that does): " + ", ".join(n for n in names if n not in placed))
+    ordered.append(steps[ready[0]])
+    placed.add(ready[0])
+  return ordered
+
+
+def needed_prepare(c, workdir: pathlib.Path, arms: list[str], only: bool) -> list[Step]:
+  """The prepare steps to run for these arms: all of them, or with --only those the arms
+  (and the study's shared fields) name, and the steps those follow."""
+  steps = prepare_steps(c, workdir)
+  if not only:
+    return steps
+  want = set(_study_refs(c, workdir))
+  for arm in arms:
+    want.update(resolve_arm(c, workdir, arm).after)
+  for step in reversed(steps):  # a step follows earlier ones only
+    if step.key in want:
+      want.update(step.after)
+  return [s for s in steps if s.key in want]
+
+
+def _study_refs(c, workdir) -> tuple[str, ...]:
+  """The prepare steps named by the fields every arm uses."""
+  values = _placeholders(c, workdir)
+  _, used = _fill_all(values, c.base_overrides, "base_overrides")
+  _, used_eval = _fill_all(values, c.eval_overrides, "eval_overrides")
+  return _keys(used | used_eval | set(fill(c.prompts, values, "prompts")[1]))
+
+
+def prompts_path(c, workdir: pathlib.Path) -> tuple[str, tuple[str, ...]]:
+  """c.prompts with its placeholders filled, and the prepare steps it names."""
+  text, used = fill(c.prompts, _placeholders(c, workdir), "prompts")
+  return text, _keys(used)
+
+
+@dataclasses.dataclass
+class ArmInputs:
+  """An arm's fields with their placeholders filled; `after`: the prepare steps they name."""
+  data: str
+  pool: str
+  overrides: tuple[str, ...]
+  curate_overrides: tuple[str, ...]
+  base_overrides: tuple[str, ...]
+  after: tuple[str, ...]  # named by any field (what --only=ARM needs)
+  curate_after: tuple[str, ...]  # named by pool or curate_overrides (the curate step's)
+  train_after: tuple[str, ...]  # named by data (uncurated), overrides, base_overrides
+
+
+def resolve_arm(c, workdir: pathlib.Path, arm: str) -> ArmInputs:
+  a, values = c.arms[arm], _placeholders(c, workdir)
+  data, u1 = fill(a.data or "", values, f"arms.{arm}.data")
+  pool, u2 = fill(a.pool or "", values, f"arms.{arm}.pool")
+  overrides, u3 = _fill_all(values, a.overrides, f"arms.{arm}.overrides")
+  curate_overrides, u4 = _fill_all(values, a.curate_overrides, f"arms.{arm}.curate_overrides")
+  base_overrides, u5 = _fill_all(values, c.base_overrides, "base_overrides")
+  return ArmInputs(data, pool, overrides, curate_overrides, base_overrides,
+                   _keys(set(u1) | set(u2) | u3 | u4 | u5), _keys(set(u2) | u4),
+                   _keys((set() if a.curate else set(u1)) | u3 | u5))
+
+
+# --- Arms ------------------------------------------------------------------------------------
+
 def run_dir(workdir: pathlib.Path, arm: str, seed: int) -> pathlib.Path:
   return workdir / "arms" / arm / f"seed{seed}"
 
@@ -109,42 +274,48 @@ def arm_data(c, workdir: pathlib.Path, arm: str) -> list[str]:
   a = c.arms[arm]
   if a.curate:
     return [str(workdir / "arms" / arm / "data.jsonl")]
-  if not a.data:
+  data = resolve_arm(c, workdir, arm).data
+  if not data:
     raise UserError(f"config arms.{arm}: needs data (training files) or curate (a preset)")
-  return a.data.split(",")
+  return data.split(",")
 
 
-def before_training(c, workdir: pathlib.Path, arm: str) -> list[Step]:
-  """The arm's curate step (if any) and one train step a seed."""
+def before_training(c, workdir: pathlib.Path, arm: str, pending=frozenset()) -> list[Step]:
+  """The arm's curate step (if any) and one train step a seed. `pending`: keys of prepare
+  steps not run yet, whose files are not looked for."""
   a, steps = c.arms[arm], []
+  r = resolve_arm(c, workdir, arm)
   data = arm_data(c, workdir, arm)
   field = "pool" if a.curate else "data"
-  for path in (a[field] or "").split(","):  # the files this arm starts from, before any work
+  made_later = [str(prepare_dir(workdir, k.split("/", 1)[1])) for k in r.after if k in pending]
+  for path in (r.pool if a.curate else r.data).split(","):  # the files this arm starts from
+    if path and any(path.startswith(d + os.sep) or path == d for d in made_later):
+      continue  # a prepare step still to run makes it
     if not path or not os.path.exists(path):
       missing = f"{path} does not exist" if path else "not set"
       raise UserError(f"config arms.{arm}.{field}: {missing}"
                       + (f"; {a.hint}" if a.get("hint") else ""))
   if a.curate:
-    if not a.pool or a.n <= 0:
+    if not r.pool or a.n <= 0:
       raise UserError(f"config arms.{arm}: curate={a.curate!r} needs pool and n > 0")
     out = pathlib.Path(data[0])
     steps.append(Step(
         f"{arm}/curate", arm, "curate",
         _python("lima_jax.curate", f"--config=configs/curate.py:{a.curate}",
-                f"--config.pool={a.pool}", f"--config.n={a.n}", f"--config.seed={a.curate_seed}",
-                *_overrides(a.curate_overrides), f"--out={out}",
+                f"--config.pool={r.pool}", f"--config.n={a.n}", f"--config.seed={a.curate_seed}",
+                *_overrides(r.curate_overrides), f"--out={out}",
                 f"--report={out.with_suffix('.html')}"),
-        out, files=tuple(a.pool.split(","))))
+        out, files=tuple(r.pool.split(",")), after=r.curate_after))
   base_file = c.base.split(":")[0]
   for seed in a.seeds:
     out = run_dir(workdir, arm, seed) / "train"
     steps.append(Step(
         f"{arm}/seed{seed}/train", arm, "train",
         _python("lima_jax.main", f"--config={c.base}", f"--workdir={out}",
-                *_overrides(c.base_overrides), f"--config.data.train_files={','.join(data)}",
-                f"--config.seed={seed}", *_overrides(a.overrides)),
+                *_overrides(r.base_overrides), f"--config.data.train_files={','.join(data)}",
+                f"--config.seed={seed}", *_overrides(r.overrides)),
         out, files=(base_file,) if a.curate else (base_file, *data),
-        after=(f"{arm}/curate",) if a.curate else (), seed=seed))
+        after=((f"{arm}/curate",) if a.curate else ()) + r.train_after, seed=seed))
   return steps
 
 
@@ -164,22 +335,26 @@ def after_training(c, workdir: pathlib.Path, arm: str, seed: int) -> list[Step]:
   """Answer and judge steps for each answered epoch of a finished training run."""
   run, steps, g = run_dir(workdir, arm, seed), [], c.generate
   train_key = f"{arm}/seed{seed}/train"
+  prompts, prompts_after = prompts_path(c, workdir)
+  eval_overrides, used = _fill_all(_placeholders(c, workdir), c.eval_overrides,
+                                   "eval_overrides")
+  eval_after = _keys(used)
   for epoch, ckpt in sorted(_epochs(c, run / "train").items()):
     base = f"{arm}/seed{seed}/e{epoch}"
     answers = run / f"e{epoch}" / "answer"
     steps.append(Step(
         f"{base}/answer", arm, "answer",
         _python("lima_jax.eval", "--config=configs/eval.py:judge_free", f"--workdir={answers}",
-                f"--config.checkpoint={ckpt}", f"--config.prompts={c.prompts}",
+                f"--config.checkpoint={ckpt}", f"--config.prompts={prompts}",
                 f"--config.name={arm}", f"--config.generate.samples={c.samples}",
                 *(f"--config.generate.{k}={g[k]}" for k in sorted(g.keys())),
-                *_overrides(c.eval_overrides)),
-        answers, files=(c.prompts,), after=(train_key,), seed=seed, epoch=epoch,
-        protocol="judge_free"))
+                *_overrides(eval_overrides)),
+        answers, files=(prompts,), after=(train_key, *prompts_after, *eval_after), seed=seed,
+        epoch=epoch, protocol="judge_free"))
     for protocol in c.protocols:
       if protocol == "judge_free":
         continue
-      extra, after = [], (f"{base}/answer",)
+      extra, after = [], (f"{base}/answer", *eval_after)
       if protocol in PAIRWISE:
         if not c.baseline_arm:
           raise UserError(f"config baseline_arm: {protocol} judges against a baseline arm")
@@ -197,7 +372,7 @@ def after_training(c, workdir: pathlib.Path, arm: str, seed: int) -> list[Step]:
                   *extra, f"--config.judge.base_url={c.judge.base_url}",
                   f"--config.judge.model={c.judge.model}",
                   f"--config.judge.api_key_env={c.judge.api_key_env}",
-                  *_overrides(c.eval_overrides)),
+                  *_overrides(eval_overrides)),
           out, after=after, seed=seed, epoch=epoch, protocol=protocol))
   return steps
 
@@ -238,6 +413,8 @@ def execute(step: Step, manifest: Manifest, workdir: pathlib.Path, label: str) -
   log = log_path(workdir, step.key)
   log.parent.mkdir(parents=True, exist_ok=True)
   step.output.parent.mkdir(parents=True, exist_ok=True)
+  if step.kind == "prepare":  # its {out}, made for it
+    step.output.mkdir(exist_ok=True)
   manifest.set(step.key, status="running", inputs_sha256=digest, output=str(step.output),
                command=_hashed_command(step.command), log=str(log), kind=step.kind,
                arm=step.arm, seed=step.seed, epoch=step.epoch, protocol=step.protocol)
@@ -257,3 +434,33 @@ def execute(step: Step, manifest: Manifest, workdir: pathlib.Path, label: str) -
   manifest.set(step.key, status="done", returncode=0, seconds=seconds,
                finished=time.strftime("%Y-%m-%dT%H:%M:%S"))
   print(f"{label} {step.key}: done in {seconds} s", flush=True)
+
+
+def run_local(c, workdir: pathlib.Path, arms: list[str], prepare=None) -> None:
+  """Runs the prepare steps (all of them unless given), then the arms, here."""
+  manifest = Manifest(workdir)
+  if prepare is None:
+    prepare = prepare_steps(c, workdir)
+  needs_judge = any(p != "judge_free" for p in c.protocols)
+  server = None
+  if needs_judge and c.judge.scripted:
+    from lima_jax.eval.scripted_judge import Server
+    server = Server().__enter__()
+    c = c.copy_and_resolve_references()
+    c.judge.base_url = server.url
+  elif needs_judge and not c.judge.base_url:
+    raise UserError("config judge.base_url: the protocols need a judge (or judge.scripted=True "
+                    "for the scripted stand-in)")
+  try:
+    for i, step in enumerate(prepare, 1):
+      execute(step, manifest, workdir, f"[prepare {i}/{len(prepare)}]")
+    for i, arm in enumerate(arms, 1):
+      label = f"[arm {i}/{len(arms)}]"
+      for step in before_training(c, workdir, arm):
+        execute(step, manifest, workdir, label)
+      for seed in c.arms[arm].seeds:
+        for step in after_training(c, workdir, arm, seed):
+          execute(step, manifest, workdir, label)
+  finally:
+    if server is not None:
+      server.__exit__(None, None, None)
