@@ -109,8 +109,8 @@ def get_config(name: str = "tiny") -> ml_collections.ConfigDict:
   c.samples = 1  # Answers a prompt (LIMA's 1-6 ratings: 5, sampled).
   # LIMA's decoding; max_new_tokens bounds the answer step's time.
   c.generate = ml_collections.ConfigDict(dict(
-      max_new_tokens=2048, temperature=0.7, top_p=0.9, repetition_penalty=1.2, batch_size=8,
-      seed=0))
+      max_new_tokens=2048, temperature=0.7, top_p=0.9, repetition_penalty=1.2, greedy=False,
+      batch_size=8, seed=0))
   # Epochs whose checkpoints are answered and judged: '' the last, 'all', or '5-10' / '4,8'.
   c.epochs = ""
   # configs/eval.py protocols run on every answered checkpoint. Pairwise ones (lima_pairwise,

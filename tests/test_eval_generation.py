@@ -121,3 +121,20 @@ def test_badly_typed_prompt_labels_stop_before_anything_is_written(ckpt, tmp_pat
   with pytest.raises(UserError, match=rf"^{prompts}:2: 'tags' must be a list of non-empty"):
     lima_eval.evaluate(_config("judge_free", root, prompts), tmp_path / "run")
   assert not (tmp_path / "run").exists()
+
+
+def test_greedy_answers_are_lima_jax_generate_greedy(ckpt, tmp_path):
+  # generate.greedy: argmax, the same for every seed and sample, equal to lima_jax.generate's.
+  from lima_jax import generate as gen_lib
+  root, _ = ckpt
+  prompts = tmp_path / "p.jsonl"
+  questions = ["What is the capital of France?", "Name a colour."]
+  prompts.write_text("".join(json.dumps({"id": str(i), "conversations": [q]}) + "\n"
+                             for i, q in enumerate(questions)))
+  c = _config("judge_free", root, prompts)
+  c.generate.greedy, c.generate.repetition_penalty, c.generate.samples = True, 1.0, 2
+  lima_eval.evaluate(c, tmp_path / "run")
+  rows = [json.loads(l) for l in (tmp_path / "run/answers.jsonl").read_text().splitlines()]
+  params, cfg, tok, _ = gen_lib.load(str(root))
+  want = gen_lib.generate(params, cfg, tok, [[q] for q in questions], max_new_tokens=8)
+  assert [r["answer"] for r in rows] == want * 2

@@ -20,7 +20,8 @@ from lima_jax.errors import UserError
 def _decoding(g):
   from lima_jax import generate as gen_lib
   return gen_lib.Decoding(max_new_tokens=g.max_new_tokens, temperature=g.temperature,
-                          top_p=g.top_p, repetition_penalty=g.repetition_penalty)
+                          top_p=g.top_p, repetition_penalty=g.repetition_penalty,
+                          greedy=g.get("greedy", False))
 
 
 def _fit(ids: list[int], ctx: int, room: int) -> tuple[list[int], bool]:
