@@ -33,6 +33,30 @@ Studies (`NAME`):
                     --config.judge.base_url=URL --config.judge.model=NAME
                   Plan it first: --dry_run prints every command and the judging estimate.
 
+  bioworld        LIMA in miniature (lima_jax/testbed, configs/bioworld.py; README "LIMA in
+                  miniature"): a synthetic world of 600 people, a 1.8M-parameter base
+                  pretrained on their biographies (and a weak base on one fixed biography
+                  each), then SFT arms scored by exact match on 240 test people no SFT file
+                  mentions. Core arms at 3 seeds: c1k (curated), h2k (homogeneous), u2k
+                  (unfiltered), n10k (noisy), r1k (random raw), d2k and d32k (clean, quantity),
+                  weak_c1k (the weak base). Each arm sees about 16,000 examples.
+                    python -m lima_jax.experiment run --config=configs/experiments.py:bioworld \
+                      --workdir=DIR
+                    python -m lima_jax.experiment report --workdir=DIR
+                    python -m lima_jax.testbed verdict --study=DIR
+                  Predictions, frozen before the first full run (lima_jax.testbed.analysis.
+                  PREDICTIONS; EM = exact match of the whole answer on test people):
+                    P1a c1k EM >= 80%; P1b c1k within 5 points of the best strong-base arm;
+                    P1c weak_c1k EM <= 25%; P2 d32k - d2k inside +-3 points (95% interval);
+                    P3 c1k - n10k >= 5 points; P4 d2k - h2k >= 5 points on held-out question
+                    forms; P5 d2k - u2k >= 3 points (differences: interval above 0, clustered
+                    by test person).
+  bioworld_sweep  bioworld plus the quantity sweep d125 ... d16k (LIMA's Figure 6) and c1k
+                  without its refusals (c1k_noref) or its format examples (c1k_norec); same
+                  world and bases, so a DIR that ran bioworld reuses them.
+  bioworld_smoke  CI's version: 160 people, a short pretraining, c1k against n10k, one seed,
+                  a short SFT; checks the pipeline and the splits, not the claims.
+
 Arms (`config.arms.NAME`): `data` (training files, comma-separated) or `curate` (a
 configs/curate.py preset) with `pool`, `n` and `curate_seed`; `overrides` (training config
 fields, 'a.b=value' strings, after the study's `base_overrides`); `seeds` (training seeds: an
@@ -211,7 +235,61 @@ def get_config(name: str = "tiny") -> ml_collections.ConfigDict:
         curate="random", pool=c.pools.get_ref("wikihow"), n=2000,
         hint="make it with python -m lima_jax.datasets.wikihow --csv=wikihowAll.csv "
              "--out=wikihow.jsonl, then --config.pools.wikihow=wikihow.jsonl")
+  elif name in ("bioworld", "bioworld_sweep", "bioworld_smoke"):
+    _bioworld(c, name)
   else:
     raise ValueError(f"configs/experiments.py: unknown study {name!r}; use tiny, "
-                     "dropout_epochs, shared_data or lima_paper_7b")
+                     "dropout_epochs, shared_data, lima_paper_7b, bioworld, bioworld_sweep or "
+                     "bioworld_smoke")
   return c
+
+
+def _bioworld(c, name: str) -> None:
+  smoke = name == "bioworld_smoke"
+  testbed = ("python", "-m", "lima_jax.testbed")
+  sources = ("configs/bioworld.py", "lima_jax/testbed/world.py", "lima_jax/testbed/sft.py",
+             "lima_jax/testbed/arms.py", "lima_jax/testbed/__main__.py")
+  world = "configs/bioworld.py:world_smoke" if smoke else "configs/bioworld.py:world"
+  pretrain = "configs/bioworld.py:pretrain_smoke" if smoke else "configs/bioworld.py:pretrain"
+  c.prepare.world = _prep(command=(*testbed, "build", f"--config={world}", "--out={out}"),
+                          files=sources)
+  c.prepare.base_strong = _prep(
+      command=(*testbed, "pretrain", f"--config={pretrain}", "--world={world}",
+               "--corpus=strong", "--workdir={out}", "--gate=0" if smoke else "--gate=0.95"),
+      files=sources)
+  if not smoke:
+    # One fixed biography a person: 150 epochs are 150 exposures, as 30 of the strong corpus.
+    # No gate: the negative control's cloze is reported, whatever it is.
+    c.prepare.base_weak = _prep(
+        command=(*testbed, "pretrain", f"--config={pretrain}", "--world={world}",
+                 "--corpus=weak", "--workdir={out}", "--gate=0",
+                 "--config.train.epochs=150", "--config.checkpoint.keep_epochs=150"),
+        files=sources)
+  c.base = "configs/bioworld.py:sft"
+  c.prompts = "{world}/eval/prompts.jsonl"
+  c.generate.update(max_new_tokens=32, greedy=True, repetition_penalty=1.0, batch_size=128)
+  c.protocols = ("judge_free",)
+  c.report.metric = "judge_free.exact_rate:set=test"
+  c.report.fields = ("exact_rate:template=visible", "exact_rate:template=heldout",
+                     "exact_rate:set=pool", "exact_rate:set=fake", "exact_rate:style=record",
+                     "exact_rate:style=value")
+  c.report.pairs = ("c1k-n10k", "d2k-h2k", "d2k-u2k", "d32k-d2k", "c1k-r1k")
+  arms = ("c1k", "n10k") if smoke else ("c1k", "h2k", "u2k", "n10k", "r1k", "d2k", "d32k")
+  if name == "bioworld_sweep":
+    arms += ("d125", "d250", "d500", "d4k", "d8k", "d16k", "c1k_noref", "c1k_norec")
+  seeds = (0,) if smoke else (0, 1, 2)
+  for arm in arms:
+    n = _bioworld_size(arm)
+    epochs = 1 if smoke else max(1, round(16000 / n))  # about 16,000 examples seen
+    c.arms[arm] = _arm(data=f"{{world}}/sft/{arm}.jsonl", seeds=seeds, n_examples=n, overrides=(
+        "model.init={base_strong}/base", f"train.epochs={epochs}",
+        f"checkpoint.keep_epochs={epochs}"))
+  if not smoke:
+    c.report.pairs += ("c1k-weak_c1k",)
+    c.arms.weak_c1k = _arm(data="{world}/sft/c1k.jsonl", seeds=seeds, overrides=(
+        "model.init={base_weak}/base", "train.epochs=16", "checkpoint.keep_epochs=16"))
+
+
+def _bioworld_size(arm: str) -> int:
+  digits = "".join(ch for ch in arm.split("_")[0] if ch.isdigit())
+  return int(digits) * (1000 if arm.split("_")[0].endswith("k") else 1)

@@ -4,6 +4,7 @@ r"""The bioworld testbed: build a world, pretrain a base on it, analyse answers.
     python -m lima_jax.testbed pretrain --config=configs/bioworld.py:pretrain --world=DIR \
         --corpus=strong --workdir=BASE [--gate=0.95]
     python -m lima_jax.testbed analyze --world=DIR --answers=A.jsonl[,B.jsonl] [--out=F.json]
+    python -m lima_jax.testbed verdict --study=STUDY_DIR
 
 build writes DIR/world.json (every person's facts and split), DIR/pretrain/{strong,weak}.jsonl
 (plain documents), DIR/tokenizer.model (SentencePiece trained on the corpus), DIR/sft/ARM.jsonl
@@ -19,6 +20,11 @@ pretrain trains the base (lima_jax.train on the corpus), measures biography cloz
 (greedy continuation of the text up to each attribute value, the value followed by '.'), writes
 BASE/cloze.json and links BASE/base to the final checkpoint; under --gate it exits 2 without
 the link, so nothing is fine-tuned on a base that did not store the facts.
+
+analyze prints the judge-free figures of answers files (lima_jax.testbed.analysis.metrics);
+verdict reads a study run by the experiment runner (configs/experiments.py:bioworld) and
+writes STUDY_DIR/report/bioworld.{json,md,png}: every arm's figures (mean over seeds) and which
+pre-registered predictions held, with 95% intervals clustered by test person.
 """
 import hashlib
 import json
@@ -45,6 +51,7 @@ _WORKDIR = flags.DEFINE_string("workdir", None, "pretrain: the base model's run 
 _GATE = flags.DEFINE_float("gate", 0.0, "pretrain: least cloze accuracy for the base to be "
                            "linked as BASE/base (0: no gate).")
 _ANSWERS = flags.DEFINE_string("answers", None, "analyze: answers JSONL files (comma-separated).")
+_STUDY = flags.DEFINE_string("study", None, "verdict: a study's workdir (experiment runner).")
 
 
 def _sha256(path: pathlib.Path) -> str:
@@ -152,8 +159,9 @@ def pretrain(config, world: pathlib.Path, corpus: str, workdir: pathlib.Path, ga
 
 @cli_main
 def main(argv):
-  if len(argv) != 2 or argv[1] not in ("build", "pretrain", "analyze"):
-    raise app.UsageError("usage: python -m lima_jax.testbed build|pretrain|analyze --flags")
+  if len(argv) != 2 or argv[1] not in ("build", "pretrain", "analyze", "verdict"):
+    raise app.UsageError("usage: python -m lima_jax.testbed build|pretrain|analyze|verdict "
+                         "--flags")
   if argv[1] == "build":
     if not _OUT.value or _CONFIG.value is None:
       raise UserError("build needs --config=configs/bioworld.py:world and --out=DIR")
@@ -164,6 +172,11 @@ def main(argv):
                       "--workdir")
     pretrain(_CONFIG.value, pathlib.Path(_WORLD.value), _CORPUS.value,
              pathlib.Path(_WORKDIR.value), _GATE.value)
+  elif argv[1] == "verdict":
+    from lima_jax.testbed import report
+    if not _STUDY.value:
+      raise UserError("verdict needs --study=DIR (a study's workdir)")
+    report.main(pathlib.Path(_STUDY.value))
   else:
     from lima_jax.testbed import analysis
     if not (_WORLD.value and _ANSWERS.value):

@@ -126,6 +126,81 @@ def paired_difference(a: dict, b: dict, rounds: int = 10000, seed: int = 0) -> d
           "n_people": len(people)}
 
 
+# Pre-registered before the first full run (configs/experiments.py:bioworld says the same):
+# (name, claim, kind, arms, key, x). 'at_least' / 'at_most': the arm's rate (mean over seeds)
+# against x; 'near_best': within x of the best strong-base arm; 'diff_at_least': a - b >= x
+# with the interval's lower end above 0; 'within': the interval of a - b inside +-x. The key of
+# a difference is per person: 'exact' (all test prompts) or 'heldout' (held-out forms only).
+PREDICTIONS = (
+    ("P1a", "curated 1K reaches 80% EM on test people", "at_least", ("c1k",), "em_test", 0.80),
+    ("P1b", "curated 1K within 5 points of the best arm", "near_best", ("c1k",), "em_test", 0.05),
+    ("P1c", "the weak base stays at or under 25% with the curated 1K", "at_most", ("weak_c1k",),
+     "em_test", 0.25),
+    ("P2", "2K and 32K clean examples within 3 points", "within", ("d32k", "d2k"), "exact", 0.03),
+    ("P3", "curated 1K beats noisy 10K by 5 points", "diff_at_least", ("c1k", "n10k"), "exact",
+     0.05),
+    ("P4", "diverse 2K beats homogeneous 2K by 5 points on held-out forms", "diff_at_least",
+     ("d2k", "h2k"), "heldout", 0.05),
+    ("P5", "clean 2K beats unfiltered 2K by 3 points", "diff_at_least", ("d2k", "u2k"), "exact",
+     0.03),
+)
+
+
+def verdict(by_arm: dict) -> dict:
+  """{arm: [answers rows of each seed]} -> per-arm metrics (mean over seeds) and each
+  prediction's evidence and outcome ('held', 'failed', or 'not run' when an arm is missing)."""
+  arms = {}
+  for a, seeds in by_arm.items():
+    per_seed = [metrics(rows) for rows in seeds]
+    arms[a] = {k: float(np.mean([m[k] for m in per_seed])) for k in per_seed[0]}
+    arms[a]["seeds"] = len(seeds)
+  out = []
+  for name, claim, kind, names, key, x in PREDICTIONS:
+    rec = {"name": name, "claim": claim, "arms": list(names)}
+    if any(a not in by_arm for a in names):
+      out.append({**rec, "outcome": "not run"})
+      continue
+    if kind in ("at_least", "at_most"):
+      v = arms[names[0]][key]
+      rec.update(value=v, outcome="held" if (v >= x if kind == "at_least" else v <= x)
+                 else "failed")
+    elif kind == "near_best":
+      strong = [a for a in arms if not a.startswith("weak")]
+      best = max(strong, key=lambda a: arms[a][key])
+      rec.update(value=arms[names[0]][key], best=best, best_value=arms[best][key],
+                 outcome="held" if arms[best][key] - arms[names[0]][key] <= x else "failed")
+    else:
+      a, b = names
+      template = "heldout" if key == "heldout" else None
+      d = paired_difference(per_person(by_arm[a], "exact", template),
+                            per_person(by_arm[b], "exact", template))
+      lo, hi = d["ci95"]
+      ok = (d["diff"] >= x and lo > 0) if kind == "diff_at_least" else (-x < lo and hi < x)
+      rec.update(d, outcome="held" if ok else "failed")
+    out.append(rec)
+  return {"arms": arms, "predictions": out}
+
+
+def study_answers(workdir: pathlib.Path) -> dict:
+  """{arm: [answers rows per seed]} from a study's manifest (the last answered epoch)."""
+  try:
+    steps = json.loads((workdir / "manifest.json").read_text())["steps"]
+  except (OSError, json.JSONDecodeError, KeyError) as e:
+    raise UserError(f"{workdir}: no readable manifest.json ({e})") from None
+  last: dict = {}
+  for rec in steps.values():
+    if rec.get("kind") == "answer" and rec.get("status") == "done":
+      k = (rec["arm"], rec["seed"])
+      if k not in last or (rec.get("epoch") or 0) > (last[k].get("epoch") or 0):
+        last[k] = rec
+  by_arm: dict = {}
+  for (arm, _), rec in sorted(last.items()):
+    by_arm.setdefault(arm, []).append(read_answers(pathlib.Path(rec["output"]) / "answers.jsonl"))
+  if not by_arm:
+    raise UserError(f"{workdir}: no finished answer step yet")
+  return by_arm
+
+
 def main(world: pathlib.Path, answers: list[str], out: str | None) -> None:
   if not (world / "world.json").exists():
     raise UserError(f"--world={world}: no world.json (run `build` first)")
