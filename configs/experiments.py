@@ -51,9 +51,11 @@ Studies (`NAME`):
                     P3 c1k - n10k >= 5 points; P4 d2k - h2k >= 5 points on held-out question
                     forms; P5 d2k - u2k >= 3 points (differences: interval above 0, clustered
                     by test person).
-  bioworld_sweep  bioworld plus the quantity sweep d125 ... d16k (LIMA's Figure 6) and c1k
-                  without its refusals (c1k_noref) or its format examples (c1k_norec); same
-                  world and bases, so a DIR that ran bioworld reuses them.
+  bioworld_sweep  bioworld plus the quantity sweep d125 ... d16k (LIMA's Figure 6), c1k
+                  without its refusals (c1k_noref) or its format examples (c1k_norec), and 1K
+                  of the raw pool chosen by each curate selector (random1k, quality1k,
+                  longest1k, diverse1k); same world and bases, so a DIR that ran bioworld
+                  reuses them.
   bioworld_smoke  CI's version: 160 people, a short pretraining, c1k against n10k, one seed,
                   a short SFT; checks the pipeline and the splits, not the claims.
 
@@ -277,6 +279,12 @@ def _bioworld(c, name: str) -> None:
   arms = ("c1k", "n10k") if smoke else ("c1k", "h2k", "u2k", "n10k", "r1k", "d2k", "d32k")
   if name == "bioworld_sweep":
     arms += ("d125", "d250", "d500", "d4k", "d8k", "d16k", "c1k_noref", "c1k_norec")
+    # 1K of the raw pool chosen by each lima_jax.curate selector; the verdict's "clean SFT
+    # rows" is each one's precision against the planted labels.
+    for preset in ("random", "quality", "longest", "diverse"):
+      c.arms[f"{preset}1k"] = _arm(
+          curate=preset, pool="{world}/sft/raw.jsonl", n=1000, seeds=(0, 1, 2), overrides=(
+              "model.init={base_strong}/base", "train.epochs=16", "checkpoint.keep_epochs=16"))
   seeds = (0,) if smoke else (0, 1, 2)
   for arm in arms:
     n = _bioworld_size(arm)

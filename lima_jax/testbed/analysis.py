@@ -181,6 +181,35 @@ def verdict(by_arm: dict) -> dict:
   return {"arms": arms, "predictions": out}
 
 
+def clean_share(train_files: list[str], raw_file: pathlib.Path) -> float:
+  """Share of an arm's SFT rows that are clean (or refusals of fake names): the planted labels
+  of the raw pool, looked up by text for rows that a curation step copied without them."""
+  labels = {}
+  for line in raw_file.read_text(encoding="utf-8").splitlines():
+    r = json.loads(line)
+    labels[tuple(r["conversations"])] = r["noise"]
+  ok = n = 0
+  for f in train_files:
+    for line in pathlib.Path(f).read_text(encoding="utf-8").splitlines():
+      r = json.loads(line)
+      noise = r.get("noise") or labels.get(tuple(r["conversations"]), "unknown")
+      ok += noise in ("clean", "refusal")
+      n += 1
+  return ok / n if n else float("nan")
+
+
+def study_data(workdir: pathlib.Path) -> dict:
+  """{arm: its SFT files} from the train steps' config.json (the same for every seed)."""
+  steps = json.loads((workdir / "manifest.json").read_text())["steps"]
+  out = {}
+  for rec in steps.values():
+    config = pathlib.Path(rec.get("output", "")) / "config.json"
+    if rec.get("kind") == "train" and config.exists():
+      files = json.loads(config.read_text())["data"]["train_files"]
+      out[rec["arm"]] = [f for f in files.split(",") if f]
+  return out
+
+
 def study_answers(workdir: pathlib.Path) -> dict:
   """{arm: [answers rows per seed]} from a study's manifest (the last answered epoch)."""
   try:

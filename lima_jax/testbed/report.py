@@ -10,7 +10,7 @@ import pathlib
 from lima_jax import files
 from lima_jax.testbed import analysis
 
-COLUMNS = (("em_test", "EM test"), ("em_test_visible", "visible forms"),
+COLUMNS = (("clean_data", "clean SFT rows"), ("em_test", "EM test"), ("em_test_visible", "visible forms"),
            ("em_test_heldout", "held-out forms"), ("em_pool", "EM SFT people"),
            ("format_ok_test", "house format"), ("hallucination_test", "wrong fact"),
            ("run_on_test", "run-on"), ("refusal_fake", "refuses fakes"),
@@ -19,7 +19,7 @@ COLUMNS = (("em_test", "EM test"), ("em_test_visible", "visible forms"),
 
 
 def _pct(v) -> str:
-  return "-" if v != v else f"{100 * v:.1f}"
+  return "-" if v is None or v != v else f"{100 * v:.1f}"
 
 
 def markdown(v: dict, order: list[str]) -> str:
@@ -27,7 +27,8 @@ def markdown(v: dict, order: list[str]) -> str:
   lines = [head, "|" + "---|" * (len(COLUMNS) + 2)]
   for a in order:
     m = v["arms"][a]
-    lines.append(f"| {a} | {m['seeds']} | " + " | ".join(_pct(m[k]) for k, _ in COLUMNS) + " |")
+    lines.append(f"| {a} | {m['seeds']} | "
+                 + " | ".join(_pct(m.get(k, float("nan"))) for k, _ in COLUMNS) + " |")
   lines += ["", "| prediction | claim | evidence | outcome |", "|---|---|---|---|"]
   for p in v["predictions"]:
     if "diff" in p:
@@ -70,6 +71,10 @@ def figure(v: dict, by_arm: dict, order: list[str], path: pathlib.Path) -> None:
 def main(workdir: pathlib.Path) -> dict:
   by_arm = analysis.study_answers(workdir)
   v = analysis.verdict(by_arm)
+  raw = workdir / "prepare" / "world" / "sft" / "raw.jsonl"
+  for arm, data in analysis.study_data(workdir).items():
+    if arm in v["arms"]:
+      v["arms"][arm]["clean_data"] = analysis.clean_share(data, raw) if raw.exists() else None
   order = sorted(by_arm, key=lambda a: (a.startswith("weak"), -v["arms"][a]["em_test"]))
   out = workdir / "report"
   out.mkdir(parents=True, exist_ok=True)
