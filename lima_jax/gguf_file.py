@@ -17,9 +17,8 @@ import numpy as np
 
 from lima_jax import hf, layers
 from lima_jax.errors import UserError
-from lima_jax.model_config import ModelConfig
+from lima_jax.model_config import ARCHS, ModelConfig
 
-ARCHS = ("llama", "mistral", "qwen2")
 _PERMUTED = ("llama", "mistral")  # archs whose q/k rows llama.cpp interleaves
 _TOP = {"model.embed_tokens.weight": "token_embd.weight", "model.norm.weight": "output_norm.weight",
         "lm_head.weight": "output.weight"}
