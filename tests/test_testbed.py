@@ -144,3 +144,41 @@ def test_bad_answers_file_is_one_line(tmp_path):
   bad.write_text('{"id": "test/0/major/visible", "answer": "x"}\n')
   with pytest.raises(Exception, match=r"a.jsonl:1: not an answer row"):
     analysis.read_answers(bad)
+
+
+@pytest.mark.slow
+def test_smoke_study_from_nothing_to_a_verdict(tmp_path):
+  # CI's bioworld: the world, a short pretraining, c1k and 1K of n10k, answers scored exactly, the
+  # runner's report and the testbed's verdict. It checks the pipeline, not the claims.
+  study = tmp_path / "study"
+  run = lambda *a: subprocess.run([sys.executable, "-m", *a], cwd=REPO, capture_output=True,
+                                  text=True)
+  r = run("lima_jax.experiment", "run", "--config=configs/experiments.py:bioworld_smoke",
+          f"--workdir={study}")
+  assert r.returncode == 0, (r.stdout + r.stderr)[-3000:]
+  cloze = json.loads((study / "prepare/base_strong/cloze.json").read_text())
+  assert cloze["n"] > 0 and 0 <= cloze["accuracy"] <= 1
+  world = study / "prepare/world"
+  w = json.loads((world / "world.json").read_text())
+  forbidden = [p["name"] for p in w["people"] if p["split"] != "pool"] + w["fake_test"]
+  for arm in ("c1k", "n10k"):  # what the arms were trained on, as the runner gave it
+    cfg = json.loads((study / f"arms/{arm}/seed0/train/config.json").read_text())
+    text = pathlib.Path(cfg["data"]["train_files"]).read_text()
+    assert not [n for n in forbidden if f'{n} ' in text or f'{n}?' in text or f'{n}.' in text]
+    res = json.loads(next((study / "arms" / arm).glob("seed0/e*/answer/results.json"))
+                     .read_text())
+    assert 0 <= res["exact_rate:set=test"] <= 1 and res["exact_n:set=test"] == 60 * 12
+  r = run("lima_jax.experiment", "report", f"--workdir={study}")
+  assert r.returncode == 0, r.stderr[-2000:]
+  r = run("lima_jax.testbed", "verdict", f"--study={study}")
+  assert r.returncode == 0, r.stderr[-2000:]
+  v = json.loads((study / "report/bioworld.json").read_text())
+  assert set(v["arms"]) == {"c1k", "n10k"}
+  assert v["arms"]["c1k"]["clean_data"] == 1.0 and v["arms"]["n10k"]["clean_data"] < 0.7
+  outcome = {p["name"]: p["outcome"] for p in v["predictions"]}
+  assert outcome["P3"] in ("held", "failed") and outcome["P4"] == "not run"
+  assert (study / "report/bioworld.png").stat().st_size > 10_000
+  # A rerun finds everything done and redoes nothing.
+  r = run("lima_jax.experiment", "run", "--config=configs/experiments.py:bioworld_smoke",
+          f"--workdir={study}")
+  assert r.returncode == 0 and "running" not in r.stdout, r.stdout[-2000:]
