@@ -39,6 +39,13 @@ the torch side, a CUDA build of torch: requirements-test.txt pins the CPU wheel,
 worker then stops with one line instead of timing a CPU torch against a GPU lima_jax. The
 torch side always runs on the platform lima_jax ran on (round 1 runs lima_jax first).
 
+`--shape=testbed` times the bioworld testbed's pretraining step (configs/bioworld.py:pretrain:
+size 'bioworld', 8 rows of 256, every token in the loss), the step the testbed's study spends
+most of its time in:
+
+    python benchmarks/train_throughput.py --shape=testbed --impl=both --steps=20 --warmup=5 \
+        --rounds=5 --out=benchmarks/results/train_throughput_testbed.json
+
 Results go to --out (JSON: figures per implementation and round, the ratio, machine, versions,
 the exact command). Worker processes are this script with --worker_out.
 """
@@ -65,6 +72,9 @@ def define_flags() -> None:
   """Defined on demand, so that compile_time.py can import this module's helpers."""
   flags.DEFINE_enum("impl", "both", ["jax", "torch", "both"], "Which implementation(s) to time.")
   flags.DEFINE_string("size", "bench-20m", "Model size from lima_jax.model.SIZES.")
+  flags.DEFINE_enum("shape", "", ["", *SHAPES], "A named benchmark shape (SHAPES): its model "
+                    "(a --size with overrides) and its batch, length and loss fraction, for the "
+                    "flags not given on the command line.")
   flags.DEFINE_integer("batch", 8, "Rows per step (global batch).")
   flags.DEFINE_integer("seq", 512, "Tokens per row.")
   flags.DEFINE_integer("steps", 5, "Timed steps per round; the step time is their median.")
@@ -76,7 +86,8 @@ def define_flags() -> None:
   flags.DEFINE_float("peak_tflops", 0.0, "Peak dense TFLOP/s of the device for --dtype, for MFU "
                      "(0: the known figure for the accelerator; none on CPU).")
   flags.DEFINE_float("assistant_fraction", 0.6,
-                     "Fraction of tokens that are assistant tokens (those in the loss).")
+                     "Fraction of tokens that are assistant tokens (those in the loss); 1: "
+                     "plain text, the loss on every token.")
   flags.DEFINE_bool("scan_layers", True, "jax: nn.scan over layers (False: unrolled).")
   from configs import lima
   from lima_jax.model import REMAT_POLICIES
@@ -106,6 +117,27 @@ def define_flags() -> None:
 
 FLAGS = flags.FLAGS
 
+# Named shapes: a model (a SIZES entry with overrides) and the flags it is measured at, which a
+# flag given on the command line overrides.
+SHAPES = {
+    # Issue 23's synthetic testbed as configs/bioworld.py:pretrain runs it: size 'bioworld'
+    # (dim 192, 4 layers, 4 heads of 48, MLP 512, vocab 1,024, 2.2M parameters), rows of 256,
+    # batch 8, float32, no dropout, the loss on every token (plain text). One segment per row
+    # here: lima_jax's cost does not depend on the number of packed segments, and torch would
+    # need a 4-D mask for more.
+    "testbed": {"size": "bioworld", "model": {},
+                "flags": dict(batch=8, seq=256, assistant_fraction=1.0)},
+}
+
+
+def apply_shape() -> None:
+  """Fills the flags --shape names that the command line did not give."""
+  if FLAGS.shape:
+    for name, value in {"size": SHAPES[FLAGS.shape]["size"],
+                        **SHAPES[FLAGS.shape]["flags"]}.items():
+      if not FLAGS[name].present:
+        FLAGS[name].value = value
+
 
 # ---------------------------------------------------------------------------------------------
 # Shared pieces: batch, FLOPs, machine.
@@ -120,6 +152,11 @@ def make_batch(cfg, batch: int, seq: int, assistant_fraction: float, seed: int =
   import numpy as np
   rng = np.random.default_rng(seed)
   tokens = rng.integers(3, cfg.vocab_size, size=(batch, seq + 1), dtype=np.int32)
+  if assistant_fraction >= 1.0:  # plain text: every token in the loss
+    mask = np.ones((batch, seq), bool)
+    return {"inputs": tokens[:, :-1], "targets": tokens[:, 1:], "loss_mask": mask,
+            "segment_ids": np.ones((batch, seq), np.int32),
+            "positions": np.tile(np.arange(seq, dtype=np.int32), (batch, 1))}
   mask = np.zeros((batch, seq), bool)
   ratio = assistant_fraction / (1.0 - assistant_fraction)
   for row in mask:
@@ -185,16 +222,19 @@ def write_json(path: str, obj: dict) -> None:
   os.replace(tmp, out)
 
 
-def _time_steps(step, n_warmup: int, n_steps: int, desc: str) -> tuple[list, list]:
+def _time_steps(step, n_warmup: int, n_steps: int, desc: str) -> tuple[list, list, float]:
+  """Wall and CPU seconds of each timed step, and the minor page faults per timed step."""
   from tqdm import tqdm
-  wall, cpu = [], []
+  wall, cpu, faults = [], [], 0
   for i in tqdm(range(n_warmup + n_steps), desc=desc, unit="step", file=sys.stderr):
     t0, c0 = time.perf_counter(), time.process_time()
+    f0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
     step()
     if i >= n_warmup:
       wall.append(time.perf_counter() - t0)
       cpu.append(time.process_time() - c0)
-  return wall, cpu
+      faults += resource.getrusage(resource.RUSAGE_SELF).ru_minflt - f0
+  return wall, cpu, faults / n_steps
 
 
 # ---------------------------------------------------------------------------------------------
@@ -209,8 +249,11 @@ def model_config():
     overrides["attention_impl"] = FLAGS.attention
   if FLAGS.attention_block >= 0:
     overrides["attention_block"] = FLAGS.attention_block
+  if FLAGS.shape:
+    overrides = {**SHAPES[FLAGS.shape]["model"], **overrides}
   cfg = model_lib.get_size(FLAGS.size, **overrides)
-  return model_lib.get_size(FLAGS.size, **overrides, max_seq_len=max(cfg.max_seq_len, FLAGS.seq))
+  overrides["max_seq_len"] = max(cfg.max_seq_len, FLAGS.seq)
+  return model_lib.get_size(FLAGS.size, **overrides)
 
 
 def run_jax() -> dict:
@@ -250,10 +293,11 @@ def run_jax() -> dict:
       jax.block_until_ready((state[0], metrics))
       step.loss = float(metrics["loss"])
 
-    wall, cpu = _time_steps(step, FLAGS.warmup, FLAGS.steps, "jax")
+    wall, cpu, faults = _time_steps(step, FLAGS.warmup, FLAGS.steps, "jax")
   dev = jax.devices()[0]
   stats = dev.memory_stats() or {}
   return {"step_s": wall, "cpu_s": cpu, "compile_s": compile_s, "loss": step.loss,
+          "page_faults_per_step": faults,
           "device_kind": dev.device_kind, "platform": dev.platform,
           "device_peak_bytes": stats.get("peak_bytes_in_use"),
           "n_params": model_lib.param_count(cfg), "cfg": cfg.to_dict(), "batch": batch_np}
@@ -324,9 +368,10 @@ def run_torch(compile_model: bool) -> dict:
 
   if dev.type == "cuda":
     torch.cuda.reset_peak_memory_stats()
-  wall, cpu = _time_steps(step, FLAGS.warmup, FLAGS.steps,
-                          "torch.compile" if compile_model else "torch")
+  wall, cpu, faults = _time_steps(step, FLAGS.warmup, FLAGS.steps,
+                                  "torch.compile" if compile_model else "torch")
   return {"step_s": wall, "cpu_s": cpu, "loss": step.loss, "platform": dev.type,
+          "page_faults_per_step": faults,
           "device_kind": (torch.cuda.get_device_name() if dev.type == "cuda"
                           else platform.processor()),
           "device_peak_bytes": torch.cuda.max_memory_allocated() if dev.type == "cuda" else None,
@@ -394,10 +439,11 @@ def _spread(values: list[float]) -> dict:
 
 def main(argv):
   from lima_jax.errors import fail
+  apply_shape()
   if FLAGS.batch < 1 or FLAGS.seq < 2 or FLAGS.steps < 1 or FLAGS.warmup < 0:
     fail("--batch, --seq, --steps must be positive and --warmup non-negative")
-  if not 0.0 < FLAGS.assistant_fraction < 1.0:
-    fail(f"--assistant_fraction={FLAGS.assistant_fraction}: must be in (0, 1)")
+  if not 0.0 < FLAGS.assistant_fraction <= 1.0:
+    fail(f"--assistant_fraction={FLAGS.assistant_fraction}: must be in (0, 1]")
   model_config()  # A bad size or override stops here, before any worker starts.
   if FLAGS.worker_out:
     worker("torch_compile" if FLAGS.impl == "torch" and FLAGS.torch_compile else FLAGS.impl)
@@ -453,8 +499,8 @@ def main(argv):
     fail(f"{len(failed)} worker(s) failed; first: {failed[0]} (results in {FLAGS.out})")
 
 
-_OWN_FLAGS = ("impl", "size", "batch", "seq", "steps", "warmup", "rounds", "dtype", "peak_tflops",
-              "assistant_fraction", "scan_layers", "remat_policy", "attention", "attention_block",
+_OWN_FLAGS = ("impl", "shape", "size", "batch", "seq", "steps", "warmup", "rounds", "dtype",
+              "peak_tflops", "assistant_fraction", "scan_layers", "remat_policy", "attention", "attention_block",
               "loss_chunk", "torch_attention",
               "torch_optimizer", "torch_compile")
 

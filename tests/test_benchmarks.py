@@ -44,12 +44,34 @@ def test_train_throughput_both_sides_train_the_same_model(tmp_path):
   assert "train_throughput.py" in result["command"]
 
 
+def test_train_throughput_testbed_shape_fills_unset_flags(tmp_path):
+  """--shape=testbed times the bioworld pretraining step (size 'bioworld', every token in the
+  loss); a flag given on the command line (here the batch and length) wins over the shape's."""
+  out = tmp_path / "tt.json"
+  proc = _run("train_throughput.py", "--shape=testbed", "--impl=both", "--batch=8", "--seq=32",
+              "--steps=1", "--warmup=0", "--rounds=1", f"--out={out}")
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  result = json.loads(out.read_text())
+  settings = result["settings"]
+  assert (settings["size"], settings["batch"], settings["seq"]) == ("bioworld", 8, 32)
+  assert settings["assistant_fraction"] == 1.0
+  (round_,) = result["rounds"]
+  jax_r, torch_r = round_["jax"], round_["torch"]
+  from lima_jax import model
+  bioworld = model.get_size("bioworld")
+  assert jax_r["n_params"] == torch_r["n_params"] == model.param_count(bioworld)
+  for r in (jax_r, torch_r):
+    assert r["assistant_fraction"] == 1.0 and r["tokens_per_s"] == r["loss_tokens_per_s"]
+    assert abs(r["loss"] - math.log(1024)) < 1.5, r["loss"]
+    assert r["page_faults_per_step"] >= 0
+
+
 def test_train_throughput_rejects_bad_flag_in_one_line(tmp_path):
   out = tmp_path / "tt.json"
   proc = _run("train_throughput.py", "--assistant_fraction=1.5", f"--out={out}")
   assert proc.returncode != 0
   assert proc.stderr.strip().splitlines() == [
-      "error: --assistant_fraction=1.5: must be in (0, 1)"]
+      "error: --assistant_fraction=1.5: must be in (0, 1]"]
   assert not out.exists()
 
 
