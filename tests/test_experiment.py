@@ -365,7 +365,7 @@ def get_config():
 # --- The report on judge_free's exact scores -------------------------------------------------
 
 def _exact_study(tmp_path, right, metric="judge_free.exact_rate:set=test",
-                 fields=("exact_rate:template=heldout", "lima_likert.mean")):
+                 fields=("exact_rate:template=heldout", "lima_likert.mean"), epochs=None):
   """A finished study without running one: per arm and seed, judge_free on 40 prompts (even
   ones tagged set=test, every fourth template=heldout), prompt i exact when right(arm, seed, i),
   written through lima_jax.eval itself from an answers file."""
@@ -389,9 +389,10 @@ def _exact_study(tmp_path, right, metric="judge_free.exact_rate:set=test",
       e = eval_configs.get_config("judge_free")
       e.answers, e.bootstrap.rounds = str(out / "answers.jsonl"), 200
       lima_eval.evaluate(e, out)
-      steps[f"{arm}/seed{seed}/e2/answer"] = {
+      epoch = (epochs or {}).get(arm, 2)
+      steps[f"{arm}/seed{seed}/e{epoch}/answer"] = {
           "status": "done", "kind": "answer", "output": str(out), "arm": arm, "seed": seed,
-          "epoch": 2, "protocol": "judge_free"}
+          "epoch": epoch, "protocol": "judge_free"}
   c.arms = {"a": {"n_examples": 10}, "b": {"n_examples": 20}}
   study_json = json.loads(c.to_json())
   study_json["arms"] = {"a": {"n_examples": 10}, "b": {"n_examples": 20}}
@@ -436,6 +437,20 @@ def test_report_metric_and_columns_from_judge_free_exact_tags(tmp_path, capsys):
   assert pair["ci95"][0] > 0.1 and pair["ci95"][1] < 0.65
   page = (workdir / "report" / "index.html").read_text()
   assert "exact_rate:template=heldout" in page and "arms.png" in page
+
+
+def test_report_pairs_arms_of_other_epoch_counts_at_their_last_epochs(tmp_path, capsys):
+  """Arms matched on examples seen train for different epochs (a 1K arm 16, a 10K arm 2):
+  the pair compares each at its own last answered epoch instead of finding no prompts."""
+  from lima_jax.experiment import report
+  right = lambda arm, seed, i: i % 2 or (arm == "a" or i % 4 == 0)
+  workdir = _exact_study(tmp_path, right, epochs={"a": 16, "b": 2})
+  report.main(workdir)
+  (pair,) = json.loads((workdir / "report" / "report.json").read_text())["pairs"]
+  assert pair["epochs"] == [16, 2] and pair["n_prompts"] == 20
+  assert pair["difference"] == pytest.approx(0.5)  # a: every test prompt; b: half of them
+  assert "a-b (judge_free exact_rate:set=test, epoch 16 / 2, 20 prompts): +0.500" in (
+      capsys.readouterr().out)
 
 
 def test_report_metric_that_no_results_have_is_an_error(tmp_path):

@@ -112,15 +112,17 @@ def figure(by_seed: dict, field: str, rounds: int, rng, protocol: str = "") -> d
 
 
 def paired(found: dict, a: str, b: str, protocol: str, epoch, rounds: int, rng,
-           baseline: str = "", field: str = "") -> dict:
+           baseline: str = "", field: str = "", epoch_b=None) -> dict:
   """Mean per-prompt score of arm a minus arm b on the prompts both have (seeds averaged
-  per prompt), with a paired bootstrap over prompts. Pairwise scores are against the
-  baseline arm, which against itself scores 0.5 (a tie) on every prompt. judge_free's
-  per-prompt score is the exact share; `field` exact_rate:TAG keeps the prompts with TAG."""
+  per prompt), with a paired bootstrap over prompts: a at `epoch`, b at `epoch_b` (default
+  the same). Pairwise scores are against the baseline arm, which against itself scores 0.5
+  (a tie) on every prompt. judge_free's per-prompt score is the exact share; `field`
+  exact_rate:TAG keeps the prompts with TAG."""
   tag = per_prompt_tag(protocol, field) or ""
+  epochs = {a: epoch, b: epoch if epoch_b is None else epoch_b}
 
   def scores(arm):
-    per = [_scores(e, tag) for e in found.get((arm, protocol, epoch), {}).values()]
+    per = [_scores(e, tag) for e in found.get((arm, protocol, epochs[arm]), {}).values()]
     per = [p for p in per if p]
     keys = set.intersection(*(set(p) for p in per)) if per else set()
     return {k: float(np.mean([p[k] for p in per])) for k in keys}
@@ -133,13 +135,13 @@ def paired(found: dict, a: str, b: str, protocol: str, epoch, rounds: int, rng,
   shared = sorted(set(sa) & set(sb))
   score = ({"judge_free": "exact_rate" + (f":{tag}" if tag else ""), "lima_pairwise": "score",
             "alpaca_eval": "preference"}.get(protocol, "mean"))
+  head = {"pair": f"{a}-{b}", "protocol": protocol, "score": score, "epoch": epoch,
+          "epochs": [epochs[a], epochs[b]]}
   if not shared:
-    return {"pair": f"{a}-{b}", "protocol": protocol, "score": score, "epoch": epoch,
-            "n_prompts": 0, "difference": None, "ci95": [None, None]}
+    return {**head, "n_prompts": 0, "difference": None, "ci95": [None, None]}
   d = np.array([sa[k] - sb[k] for k in shared])
   boot = [d[rng.integers(len(d), size=len(d))].mean() for _ in range(rounds)]
-  return {"pair": f"{a}-{b}", "protocol": protocol, "score": score, "epoch": epoch,
-          "n_prompts": len(shared), "difference": float(d.mean()),
+  return {**head, "n_prompts": len(shared), "difference": float(d.mean()),
           "ci95": [float(np.percentile(boot, 2.5)), float(np.percentile(boot, 97.5))]}
 
 
@@ -197,13 +199,22 @@ def build(workdir: pathlib.Path) -> dict:
     a, _, b = spec.partition("-")
     if a not in study["arms"] or b not in study["arms"]:
       raise UserError(f"config report.pairs: {spec!r} is not 'ARM-ARM' of this study")
+    # Arms on one epoch schedule meet at the last epoch both have answered; arms trained for
+    # different epochs (matched examples seen) each at their own last one.
     epoch = min(last.get(a, 0), last.get(b, 0))
-    pairs.append(paired(found, a, b, metric_protocol, epoch, rounds, rng,
-                        study.get("baseline_arm", ""), field=metric[1]))
+    both = all((arm, metric_protocol, epoch) in found for arm in (a, b))
+    ea, eb = (epoch, epoch) if both else (last.get(a, 0), last.get(b, 0))
+    pairs.append(paired(found, a, b, metric_protocol, ea, rounds, rng,
+                        study.get("baseline_arm", ""), field=metric[1], epoch_b=eb))
   return {"study": study["name"], "metric": study["report"]["metric"], "rows": rows,
           "baseline_arm": study.get("baseline_arm", ""), "missing_fields": missing,
           "pairs": pairs, "last_epoch": last,
           "n_examples": {arm: a["n_examples"] for arm, a in study["arms"].items()}}
+
+
+def _epochs(pair: dict) -> str:
+  ea, eb = pair.get("epochs") or (pair["epoch"], pair["epoch"])
+  return str(ea) if ea == eb else f"{ea} / {eb}"
 
 
 def _png(fig) -> bytes:
@@ -317,7 +328,7 @@ def render(rep: dict, pngs: dict[str, bytes]) -> str:
     body.append(f"<tr><th>{esc(arm)}</th><td>{epoch}</td><td>{seeds}</td>{''.join(tds)}</tr>")
   pairs = "".join(
       f"<tr><td>{esc(p['pair'])}</td><td>{esc(p['protocol'])}<br><small>"
-      f"{esc(p.get('score', ''))}</small></td><td>{p['epoch']}</td>"
+      f"{esc(p.get('score', ''))}</small></td><td>{_epochs(p)}</td>"
       f"<td>{p['n_prompts']}</td><td>{_fmt(p['difference'])}</td>"
       f"<td>[{_fmt(p['ci95'][0])}, {_fmt(p['ci95'][1])}]</td></tr>" for p in rep["pairs"])
   imgs = "".join(f'<figure><img src="data:image/png;base64,{base64.b64encode(b).decode()}" '
@@ -350,7 +361,9 @@ def main(workdir: pathlib.Path) -> None:
   for spec in rep["missing_fields"]:
     print(f"  report.fields: {spec!r} is in no finished step's results.json")
   for p in rep["pairs"]:
-    if p["difference"] is not None:
-      print(f"  {p['pair']} ({p['protocol']} {p['score']}, epoch {p['epoch']}, "
+    if p["difference"] is None:
+      print(f"  {p['pair']}: no prompt scored by both arms at epoch {_epochs(p)} (not run yet?)")
+    else:
+      print(f"  {p['pair']} ({p['protocol']} {p['score']}, epoch {_epochs(p)}, "
             f"{p['n_prompts']} prompts): "
             f"{p['difference']:+.3f} [{p['ci95'][0]:+.3f}, {p['ci95'][1]:+.3f}]")
