@@ -162,6 +162,9 @@ def get_config(name: str = "tiny") -> ml_collections.ConfigDict:
   c.report.fields = ()
   # Paired differences to print: 'ARM_A-ARM_B' on the prompts both answered.
   c.report.pairs = ()
+  # The score-against-examples figure's line (LIMA's Figure 6): arms of one data mixture at
+  # several sizes. Empty: every arm with a size (fine when the arms differ only in size).
+  c.report.size_arms = ()
   c.report.bootstrap_rounds = 2000
   c.tpu = ml_collections.ConfigDict()
   # --executor=tpu: one slice per arm, named PREFIX-ARM; the workdirs under `bucket`.
@@ -298,6 +301,8 @@ def _bioworld(c, name: str) -> None:
     c.arms.weak_c1k = _arm(data="{world}/sft/c1k.jsonl", seeds=seeds, overrides=(
         "model.init={base_weak}/base", "train.epochs=16", "checkpoint.keep_epochs=16"))
   c.report.pairs = tuple(p for p in c.report.pairs if all(a in c.arms for a in p.split("-")))
+  # c1k is the clean mixture at 1,000 (the d<N> recipe at N = 1000).
+  c.report.size_arms = tuple(a for a in c.arms if a == "c1k" or (a[0] == "d" and a[1].isdigit()))
 
 
 def _bioworld_size(arm: str) -> int:

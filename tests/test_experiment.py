@@ -453,6 +453,22 @@ def test_report_pairs_arms_of_other_epoch_counts_at_their_last_epochs(tmp_path, 
       capsys.readouterr().out)
 
 
+def test_size_figure_draws_one_mixture_when_the_study_names_it():
+  """bioworld's arms differ in kind as well as size: the Figure 6 line is the clean mixture
+  (c1k, d2k, d32k), not a zigzag through the noisy and homogeneous arms."""
+  sys.path.insert(0, str(REPO))
+  from configs import experiments
+  from lima_jax.experiment import report
+  c = experiments.get_config("bioworld")
+  sizes = {a: arm.n_examples for a, arm in c.arms.items()}
+  rep = {"size_arms": list(c.report.size_arms), "n_examples": sizes}
+  arms = list(c.arms)
+  assert report.size_line(rep, arms) == ["c1k", "d2k", "d32k"]
+  # Without size_arms: every arm with a size (weak_c1k has none), smallest first.
+  assert report.size_line({"size_arms": [], "n_examples": sizes}, arms) == [
+      "c1k", "r1k", "d2k", "h2k", "u2k", "n10k", "d32k"]
+
+
 def test_report_metric_that_no_results_have_is_an_error(tmp_path):
   from lima_jax.experiment import report
   workdir = _exact_study(tmp_path, lambda arm, seed, i: True,

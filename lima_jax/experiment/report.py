@@ -209,6 +209,7 @@ def build(workdir: pathlib.Path) -> dict:
   return {"study": study["name"], "metric": study["report"]["metric"], "rows": rows,
           "baseline_arm": study.get("baseline_arm", ""), "missing_fields": missing,
           "pairs": pairs, "last_epoch": last,
+          "size_arms": [a for a in study["report"].get("size_arms") or () if a in last],
           "n_examples": {arm: a["n_examples"] for arm, a in study["arms"].items()}}
 
 
@@ -221,6 +222,14 @@ def _png(fig) -> bytes:
   buf = io.BytesIO()
   fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
   return buf.getvalue()
+
+
+def size_line(rep: dict, arms: list[str]) -> list[str]:
+  """The arms of the score-against-examples line, smallest first: report.size_arms (one data
+  mixture at several sizes) where given, else every arm with a size."""
+  line = rep.get("size_arms") or arms
+  return sorted((a for a in arms if a in line and rep["n_examples"].get(a)),
+                key=lambda a: rep["n_examples"][a])
 
 
 def figures(rep: dict, workdir: pathlib.Path) -> dict[str, bytes]:
@@ -244,13 +253,14 @@ def figures(rep: dict, workdir: pathlib.Path) -> dict[str, bytes]:
     ax.tick_params(axis="x", rotation=30)
     out["arms.png"] = _png(fig)
     plt.close(fig)
-  sized = [a for a in arms if rep["n_examples"].get(a)]
+  sized = size_line(rep, arms)
   if len({rep["n_examples"][a] for a in sized}) >= 2:  # LIMA's Figure 6: score against data
     fig, ax = plt.subplots(figsize=(4.6, 3.4))
-    sized.sort(key=lambda a: rep["n_examples"][a])
     vals = [pick[(a, rep["last_epoch"][a])] for a in sized]
-    ax.errorbar([rep["n_examples"][a] for a in sized], [v["value"] for v in vals],
-                yerr=_errors(vals), marker="o", capsize=4)
+    xs = [rep["n_examples"][a] for a in sized]
+    ax.errorbar(xs, [v["value"] for v in vals], yerr=_errors(vals), marker="o", capsize=4)
+    for a, x, v in zip(sized, xs, vals):
+      ax.annotate(a, (x, v["value"]), textcoords="offset points", xytext=(4, 4), fontsize=8)
     ax.set_xscale("log")
     ax.set_xlabel("training examples")
     ax.set_ylabel(rep["metric"])
