@@ -39,7 +39,8 @@ Studies (`NAME`):
                   each), then SFT arms scored by exact match on 240 test people no SFT file
                   mentions. Core arms at 3 seeds: c1k (curated), h2k (homogeneous), u2k
                   (unfiltered), n10k (noisy), r1k (random raw), d2k and d32k (clean, quantity),
-                  weak_c1k (the weak base). Each arm sees about 16,000 examples.
+                  weak_c1k (the weak base). Each arm trains round(16,000 / size) epochs, at
+                  least one (n10k sees 20,000 examples, d32k 32,000).
                     python -m lima_jax.experiment run --config=configs/experiments.py:bioworld \
                       --workdir=DIR
                     python -m lima_jax.experiment report --workdir=DIR
@@ -51,11 +52,16 @@ Studies (`NAME`):
                     P3 c1k - n10k >= 5 points; P4 d2k - h2k >= 5 points on held-out question
                     forms; P5 d2k - u2k >= 3 points (differences: interval above 0, clustered
                     by test person).
+                  Measured (benchmarks/results/bioworld/, 57 min on 2 CPU cores): EM on test
+                  people d2k 52.0%, d32k 49.2, c1k 46.0, n10k 40.7, u2k 31.3, r1k 22.1,
+                  h2k 12.8, weak_c1k 0.0; P1c, P3, P4 and P5 held, P1a, P1b and P2 failed.
   bioworld_sweep  bioworld plus the quantity sweep d125 ... d16k (LIMA's Figure 6), c1k
                   without its refusals (c1k_noref) or its format examples (c1k_norec), and 1K
                   of the raw pool chosen by each curate selector (random1k, quality1k,
                   longest1k, diverse1k); same world and bases, so a DIR that ran bioworld
-                  reuses them.
+                  reuses them. Measured at seed 0 (benchmarks/results/bioworld_sweep/, 19 min on
+                  top of bioworld): a plateau at 2K-8K (d4k 54.1%), c1k_noref 52.0,
+                  and every curate preset's 1K at 1.7-21.5%.
   bioworld_smoke  CI's version: 160 people, a short pretraining, c1k against 1K drawn from
                   n10k (data.subset_size), one seed, one SFT epoch; checks the pipeline and
                   the splits, not the claims.
