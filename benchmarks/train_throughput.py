@@ -72,9 +72,9 @@ def define_flags() -> None:
   """Defined on demand, so that compile_time.py can import this module's helpers."""
   flags.DEFINE_enum("impl", "both", ["jax", "torch", "both"], "Which implementation(s) to time.")
   flags.DEFINE_string("size", "bench-20m", "Model size from lima_jax.model.SIZES.")
-  flags.DEFINE_enum("shape", "", ["", *SHAPES], "A named benchmark shape (SHAPES): its model "
-                    "(a --size with overrides) and its batch, length and loss fraction, for the "
-                    "flags not given on the command line.")
+  flags.DEFINE_enum("shape", "", ["", *SHAPES], "A named benchmark shape (SHAPES): the --size, "
+                    "--batch, --seq and --assistant_fraction it sets, for those not given on the "
+                    "command line.")
   flags.DEFINE_integer("batch", 8, "Rows per step (global batch).")
   flags.DEFINE_integer("seq", 512, "Tokens per row.")
   flags.DEFINE_integer("steps", 5, "Timed steps per round; the step time is their median.")
@@ -117,26 +117,22 @@ def define_flags() -> None:
 
 FLAGS = flags.FLAGS
 
-# Named shapes: a model (a SIZES entry with overrides) and the flags it is measured at, which a
-# flag given on the command line overrides.
+# Named shapes: the flags a shape sets, unless the command line gives them.
 SHAPES = {
     # Issue 23's synthetic testbed as configs/bioworld.py:pretrain runs it: size 'bioworld'
     # (dim 192, 4 layers, 4 heads of 48, MLP 512, vocab 1,024, 2.2M parameters), rows of 256,
     # batch 8, float32, no dropout, the loss on every token (plain text). One segment per row
     # here: lima_jax's cost does not depend on the number of packed segments, and torch would
     # need a 4-D mask for more.
-    "testbed": {"size": "bioworld", "model": {},
-                "flags": dict(batch=8, seq=256, assistant_fraction=1.0)},
+    "testbed": dict(size="bioworld", batch=8, seq=256, assistant_fraction=1.0),
 }
 
 
 def apply_shape() -> None:
   """Fills the flags --shape names that the command line did not give."""
-  if FLAGS.shape:
-    for name, value in {"size": SHAPES[FLAGS.shape]["size"],
-                        **SHAPES[FLAGS.shape]["flags"]}.items():
-      if not FLAGS[name].present:
-        FLAGS[name].value = value
+  for name, value in SHAPES.get(FLAGS.shape, {}).items():
+    if not FLAGS[name].present:
+      FLAGS[name].value = value
 
 
 # ---------------------------------------------------------------------------------------------
@@ -144,7 +140,8 @@ def apply_shape() -> None:
 # ---------------------------------------------------------------------------------------------
 
 def make_batch(cfg, batch: int, seq: int, assistant_fraction: float, seed: int = 0) -> dict:
-  """One conversation per row: alternating user / assistant turns, loss on assistant tokens.
+  """One conversation per row: alternating user / assistant turns, loss on assistant tokens
+  (assistant_fraction 1: plain text, the loss on every token).
 
   A single segment per row (no packing, no padding) so that torch gets the same causal
   attention without a 4-D mask.
@@ -152,22 +149,20 @@ def make_batch(cfg, batch: int, seq: int, assistant_fraction: float, seed: int =
   import numpy as np
   rng = np.random.default_rng(seed)
   tokens = rng.integers(3, cfg.vocab_size, size=(batch, seq + 1), dtype=np.int32)
-  if assistant_fraction >= 1.0:  # plain text: every token in the loss
-    mask = np.ones((batch, seq), bool)
-    return {"inputs": tokens[:, :-1], "targets": tokens[:, 1:], "loss_mask": mask,
-            "segment_ids": np.ones((batch, seq), np.int32),
-            "positions": np.tile(np.arange(seq, dtype=np.int32), (batch, 1))}
   mask = np.zeros((batch, seq), bool)
-  ratio = assistant_fraction / (1.0 - assistant_fraction)
-  for row in mask:
-    t = 0
-    while t < seq:
-      user = int(rng.integers(16, 128))
-      reply = int(user * ratio * rng.uniform(0.5, 1.5))
-      if t + user + reply > seq:  # The last turn, trimmed at the row's end, keeps the ratio.
-        user = int((seq - t) * (1.0 - assistant_fraction))
-      row[t + user:t + user + reply] = True
-      t += user + reply
+  if assistant_fraction >= 1.0:  # plain text: every token in the loss
+    mask[:] = True
+  else:
+    ratio = assistant_fraction / (1.0 - assistant_fraction)
+    for row in mask:
+      t = 0
+      while t < seq:
+        user = int(rng.integers(16, 128))
+        reply = int(user * ratio * rng.uniform(0.5, 1.5))
+        if t + user + reply > seq:  # The last turn, trimmed at the row's end, keeps the ratio.
+          user = int((seq - t) * (1.0 - assistant_fraction))
+        row[t + user:t + user + reply] = True
+        t += user + reply
   return {"inputs": tokens[:, :-1], "targets": tokens[:, 1:], "loss_mask": mask,
           "segment_ids": np.ones((batch, seq), np.int32),
           "positions": np.tile(np.arange(seq, dtype=np.int32), (batch, 1))}
@@ -249,11 +244,8 @@ def model_config():
     overrides["attention_impl"] = FLAGS.attention
   if FLAGS.attention_block >= 0:
     overrides["attention_block"] = FLAGS.attention_block
-  if FLAGS.shape:
-    overrides = {**SHAPES[FLAGS.shape]["model"], **overrides}
   cfg = model_lib.get_size(FLAGS.size, **overrides)
-  overrides["max_seq_len"] = max(cfg.max_seq_len, FLAGS.seq)
-  return model_lib.get_size(FLAGS.size, **overrides)
+  return model_lib.get_size(FLAGS.size, **overrides, max_seq_len=max(cfg.max_seq_len, FLAGS.seq))
 
 
 def run_jax() -> dict:
@@ -500,9 +492,9 @@ def main(argv):
 
 
 _OWN_FLAGS = ("impl", "shape", "size", "batch", "seq", "steps", "warmup", "rounds", "dtype",
-              "peak_tflops", "assistant_fraction", "scan_layers", "remat_policy", "attention", "attention_block",
-              "loss_chunk", "torch_attention",
-              "torch_optimizer", "torch_compile")
+              "peak_tflops", "assistant_fraction", "scan_layers", "remat_policy", "attention",
+              "attention_block", "loss_chunk", "torch_attention", "torch_optimizer",
+              "torch_compile")
 
 if __name__ == "__main__":
   define_flags()

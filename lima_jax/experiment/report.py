@@ -209,12 +209,12 @@ def build(workdir: pathlib.Path) -> dict:
   return {"study": study["name"], "metric": study["report"]["metric"], "rows": rows,
           "baseline_arm": study.get("baseline_arm", ""), "missing_fields": missing,
           "pairs": pairs, "last_epoch": last,
-          "size_arms": [a for a in study["report"].get("size_arms") or () if a in last],
+          "size_arms": list(study["report"].get("size_arms") or ()),
           "n_examples": {arm: a["n_examples"] for arm, a in study["arms"].items()}}
 
 
 def _epochs(pair: dict) -> str:
-  ea, eb = pair.get("epochs") or (pair["epoch"], pair["epoch"])
+  ea, eb = pair["epochs"]
   return str(ea) if ea == eb else f"{ea} / {eb}"
 
 
