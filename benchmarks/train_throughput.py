@@ -46,6 +46,11 @@ most of its time in:
     python benchmarks/train_throughput.py --shape=testbed --impl=both --steps=20 --warmup=5 \
         --rounds=5 --out=benchmarks/results/train_throughput_testbed.json
 
+Both sides' workers start with glibc's malloc on transparent huge pages
+(`lima_jax.host_memory.with_huge_pages`, as the study runner starts its steps; each worker
+records its GLIBC_TUNABLES): XLA:CPU's per-step block of temporaries otherwise costs a page
+fault per 4 KiB each step. `--nohuge_pages` times the environment as given.
+
 Results go to --out (JSON: figures per implementation and round, the ratio, machine, versions,
 the exact command). Worker processes are this script with --worker_out.
 """
@@ -107,6 +112,9 @@ def define_flags() -> None:
                     "default there).")
   flags.DEFINE_bool("torch_compile", False,
                     "torch: also time a torch.compile'd model (reported as torch_compile).")
+  flags.DEFINE_bool("huge_pages", True, "Start both sides' workers with glibc's malloc on "
+                    "transparent huge pages (GLIBC_TUNABLES=glibc.malloc.hugetlb=1, "
+                    "lima_jax/host_memory.py); --nohuge_pages: the environment as given.")
   flags.DEFINE_string("out", str(REPO / "benchmarks/results/train_throughput.json"),
                       "Where to write the results JSON (atomically).")
   flags.DEFINE_string("worker_out", "", "Internal: run ONE implementation (--impl) for one "
@@ -386,7 +394,8 @@ def summarise(raw: dict) -> dict:
           "assistant_fraction": float(batch["loss_mask"].mean()),
           "model_tflop_per_step": flops / 1e12, "achieved_tflops": flops / step / 1e12,
           "peak_tflops": peak, "mfu": flops / step / 1e12 / peak if peak else None,
-          "host_peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+          "host_peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+          "glibc_tunables": os.environ.get("GLIBC_TUNABLES", "")}
 
 
 def worker(impl: str) -> None:
@@ -400,6 +409,7 @@ def worker(impl: str) -> None:
 
 def _spawn(impl: str, jax_platform: str) -> dict:
   """Runs one worker; its progress bar passes through, its stderr tail names any failure."""
+  from lima_jax import host_memory
   with tempfile.TemporaryDirectory() as tmp:
     out = os.path.join(tmp, "worker.json")
     args = [f"--{k}={FLAGS[k].value}" for k in _OWN_FLAGS if k not in ("impl", "torch_compile")]
@@ -407,8 +417,9 @@ def _spawn(impl: str, jax_platform: str) -> dict:
              "--torch_compile" if impl == "torch_compile" else "--notorch_compile",
              f"--worker_platform={jax_platform}"]
     load = os.getloadavg()[0]
+    env = host_memory.with_huge_pages(os.environ) if FLAGS.huge_pages else None
     proc = subprocess.Popen([sys.executable, os.path.abspath(__file__), *args],
-                            stderr=subprocess.PIPE)
+                            stderr=subprocess.PIPE, env=env)
     tail = b""
     for chunk in iter(lambda: proc.stderr.read1(4096), b""):
       sys.stderr.buffer.write(chunk)
@@ -494,7 +505,7 @@ def main(argv):
 _OWN_FLAGS = ("impl", "shape", "size", "batch", "seq", "steps", "warmup", "rounds", "dtype",
               "peak_tflops", "assistant_fraction", "scan_layers", "remat_policy", "attention",
               "attention_block", "loss_chunk", "torch_attention", "torch_optimizer",
-              "torch_compile")
+              "torch_compile", "huge_pages")
 
 if __name__ == "__main__":
   define_flags()

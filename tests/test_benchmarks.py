@@ -64,6 +64,9 @@ def test_train_throughput_testbed_shape_fills_unset_flags(tmp_path):
     assert r["assistant_fraction"] == 1.0 and r["tokens_per_s"] == r["loss_tokens_per_s"]
     assert abs(r["loss"] - math.log(1024)) < 1.5, r["loss"]
     assert r["page_faults_per_step"] >= 0
+    # Both sides start on huge pages (--huge_pages, the default), as the study runner's steps.
+    assert r["glibc_tunables"].split(":")[-1] == "glibc.malloc.hugetlb=1"
+  assert settings["huge_pages"] is True
 
 
 def test_train_throughput_rejects_bad_flag_in_one_line(tmp_path):

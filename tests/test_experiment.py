@@ -278,6 +278,21 @@ def test_prepare_step_runs_once_and_a_changed_one_redoes_the_arm(tmp_path, fake_
   assert runs.read_text() == "run\n" * 3 and len(fake_training) == 3
 
 
+def test_steps_start_on_huge_pages_keeping_the_callers_tunables(tmp_path, fake_training,
+                                                                monkeypatch):
+  """Every step's process gets glibc.malloc.hugetlb=1 (lima_jax/host_memory.py: XLA:CPU's
+  per-step temporaries on 2 MiB pages), after the tunables the runner was started with."""
+  from lima_jax.experiment import study
+  monkeypatch.setenv("GLIBC_TUNABLES", "glibc.malloc.arena_max=4")
+  c = _prep_study(tmp_path)
+  dump = "; open(out + '/env.txt', 'w').write(__import__('os').environ['GLIBC_TUNABLES'])"
+  c.prepare.world.command = ("python", "-c", WRITE + dump, "{out}", "v1",
+                             str(tmp_path / "runs.txt"))
+  study.run_local(c, tmp_path / "study", ["a"])
+  env = (tmp_path / "study" / "prepare" / "world" / "env.txt").read_text()
+  assert env == "glibc.malloc.arena_max=4:glibc.malloc.hugetlb=1"
+
+
 def test_placeholders_link_every_field_to_its_prepare_steps(tmp_path):
   from lima_jax.experiment import study
   sys.path.insert(0, str(REPO))

@@ -25,7 +25,7 @@ import subprocess
 import sys
 import time
 
-from lima_jax import files
+from lima_jax import files, host_memory
 from lima_jax.errors import UserError
 
 PAIRWISE = ("lima_pairwise", "alpaca_eval")
@@ -423,7 +423,8 @@ def execute(step: Step, manifest: Manifest, workdir: pathlib.Path, label: str) -
   t0 = time.perf_counter()
   with open(log, "ab") as out:
     code = subprocess.run(step.command, stdout=out, stderr=subprocess.STDOUT,
-                          env={**os.environ, "PYTHONUNBUFFERED": "1"}).returncode
+                          env=host_memory.with_huge_pages({**os.environ,
+                                                           "PYTHONUNBUFFERED": "1"})).returncode
   seconds = round(time.perf_counter() - t0, 1)
   if code:
     manifest.set(step.key, status="failed", returncode=code, seconds=seconds)

@@ -1,0 +1,40 @@
+"""Transparent huge pages for host memory, asked of glibc's malloc through the environment.
+
+On CPU, XLA allocates each step's temporaries as one block (117 MB for the bioworld testbed's
+step) and frees it after the step; glibc maps such a block afresh each time, in 4 KiB pages.
+With `glibc.malloc.hugetlb=1` malloc asks the kernel for 2 MiB pages instead
+(`madvise(MADV_HUGEPAGE)`; Linux with transparent huge pages in `madvise` or `always` mode),
+which removes almost all of the step's page faults and TLB misses (README "Performance": what
+it bought, measured). glibc reads the tunable once, when a process starts, so it cannot be set
+from inside a running Python; whatever starts the process sets it:
+
+    GLIBC_TUNABLES=glibc.malloc.hugetlb=1 python -m lima_jax.main --config=... --workdir=...
+
+The study runner (`lima_jax.experiment`) and `benchmarks/train_throughput.py` (both sides) start
+their subprocesses with `with_huge_pages(os.environ)`. Elsewhere than glibc on Linux the
+variable means nothing and is not added.
+"""
+import sys
+from typing import Mapping
+
+TUNABLE = "glibc.malloc.hugetlb"
+
+
+def with_huge_pages(env: Mapping[str, str]) -> dict[str, str]:
+  """A copy of `env` whose GLIBC_TUNABLES also sets glibc.malloc.hugetlb=1.
+
+  Other tunables already there are kept, and so is a hugetlb value the caller chose (e.g.
+  GLIBC_TUNABLES=glibc.malloc.hugetlb=0 to measure without huge pages).
+
+  >>> with_huge_pages({"GLIBC_TUNABLES": "glibc.malloc.arena_max=2"})["GLIBC_TUNABLES"]
+  'glibc.malloc.arena_max=2:glibc.malloc.hugetlb=1'
+  """
+  out = dict(env)
+  if not sys.platform.startswith("linux"):
+    return out
+  tunables = [t for t in out.get("GLIBC_TUNABLES", "").split(":") if t]
+  if not any(t.split("=", 1)[0] == TUNABLE for t in tunables):
+    tunables.append(f"{TUNABLE}=1")
+  out["GLIBC_TUNABLES"] = ":".join(tunables)
+  return out
+
