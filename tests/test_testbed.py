@@ -146,6 +146,27 @@ def test_bad_answers_file_is_one_line(tmp_path):
     analysis.read_answers(bad)
 
 
+def test_cloze_cache_is_reused_only_for_the_same_checkpoint_and_items(tmp_path, monkeypatch):
+  from lima_jax.testbed import cloze
+  calls = []
+  monkeypatch.setattr(cloze, "accuracy", lambda ckpt, items: calls.append((ckpt, items)) or {
+      "accuracy": 0.5, "n": 2, "by_attr": {}})
+  items, cache = tmp_path / "cloze.jsonl", tmp_path / "e1" / "retention.json"
+  items.write_text('{"prefix": "A was born in", "value": "1970", "attr": "birth_year"}\n')
+  cache.parent.mkdir()
+  first = cloze.cached_accuracy(tmp_path / "ck/10", items, cache)
+  assert first["accuracy"] == 0.5 and len(calls) == 1
+  assert cloze.cached_accuracy(tmp_path / "ck/10", items, cache) == first and len(calls) == 1
+  cloze.cached_accuracy(tmp_path / "ck/20", items, cache)  # another checkpoint
+  assert len(calls) == 2
+  items.write_text(items.read_text() * 2)  # other items
+  cloze.cached_accuracy(tmp_path / "ck/20", items, cache)
+  assert len(calls) == 3
+  cache.write_text("{not json")  # a damaged cache is measured again, and rewritten whole
+  assert cloze.cached_accuracy(tmp_path / "ck/20", items, cache)["accuracy"] == 0.5
+  assert len(calls) == 4 and json.loads(cache.read_text())["checkpoint"] == str(tmp_path / "ck/20")
+
+
 @pytest.mark.slow
 def test_smoke_study_from_nothing_to_a_verdict(tmp_path):
   # CI's bioworld: the world, a short pretraining, c1k and 1K of n10k, answers scored exactly, the
@@ -178,6 +199,22 @@ def test_smoke_study_from_nothing_to_a_verdict(tmp_path):
   outcome = {p["name"]: p["outcome"] for p in v["predictions"]}
   assert outcome["P3"] in ("held", "failed") and outcome["P4"] == "not run"
   assert (study / "report/bioworld.png").stat().st_size > 10_000
+  # Knowledge retained after SFT: seed 0's answered checkpoint on its base's cloze items,
+  # cached beside the answers; the base's own figure is its pretraining cloze.json.
+  for arm in ("c1k", "n10k"):
+    m = v["arms"][arm]
+    assert 0 <= m["retention"] <= 1 and m["retention_seeds"] == [0]
+    assert m["retention_base"] == cloze["accuracy"]
+    (cache,) = (study / "arms" / arm).glob("seed0/e*/retention.json")
+    assert json.loads(cache.read_text())["accuracy"] == m["retention"]
+  assert "cloze after SFT" in (study / "report/bioworld.md").read_text()
+  stamp = cache.stat().st_mtime_ns
+  r = run("lima_jax.testbed", "verdict", f"--study={study}", "--retention_seeds=")
+  assert r.returncode == 0, r.stderr[-2000:]
+  assert "retention" not in json.loads((study / "report/bioworld.json").read_text())["arms"]["c1k"]
+  r = run("lima_jax.testbed", "verdict", f"--study={study}")
+  assert r.returncode == 0 and "retention: c1k/seed0" in r.stdout, r.stderr[-2000:]
+  assert cache.stat().st_mtime_ns == stamp  # read from the cache, not measured again
   # A rerun finds everything done and redoes nothing.
   r = run("lima_jax.experiment", "run", "--config=configs/experiments.py:bioworld_smoke",
           f"--workdir={study}")

@@ -4,7 +4,7 @@ r"""The bioworld testbed: build a world, pretrain a base on it, analyse answers.
     python -m lima_jax.testbed pretrain --config=configs/bioworld.py:pretrain --world=DIR \
         --corpus=strong --workdir=BASE [--gate=0.95]
     python -m lima_jax.testbed analyze --world=DIR --answers=A.jsonl[,B.jsonl] [--out=F.json]
-    python -m lima_jax.testbed verdict --study=STUDY_DIR
+    python -m lima_jax.testbed verdict --study=STUDY_DIR [--retention_seeds=0,1,2]
 
 build writes DIR/world.json (every person's facts and split), DIR/pretrain/{strong,weak}.jsonl
 (plain documents), DIR/tokenizer.model (SentencePiece trained on the corpus), DIR/sft/ARM.jsonl
@@ -24,7 +24,9 @@ the link, so nothing is fine-tuned on a base that did not store the facts.
 analyze prints the judge-free figures of answers files (lima_jax.testbed.analysis.metrics);
 verdict reads a study run by the experiment runner (configs/experiments.py:bioworld) and
 writes STUDY_DIR/report/bioworld.{json,md,png}: every arm's figures (mean over seeds) and which
-pre-registered predictions held, with 95% intervals clustered by test person.
+pre-registered predictions held, with 95% intervals clustered by test person, and the knowledge
+each arm kept: the biography cloze of the answered checkpoints of --retention_seeds (default 0)
+next to its base's (lima_jax/testbed/cloze.py).
 """
 import hashlib
 import json
@@ -52,6 +54,10 @@ _GATE = flags.DEFINE_float("gate", 0.0, "pretrain: least cloze accuracy for the 
                            "linked as BASE/base (0: no gate).")
 _ANSWERS = flags.DEFINE_string("answers", None, "analyze: answers JSONL files (comma-separated).")
 _STUDY = flags.DEFINE_string("study", None, "verdict: a study's workdir (experiment runner).")
+_RETENTION_SEEDS = flags.DEFINE_list(
+    "retention_seeds", ["0"], "verdict: the seeds whose answered checkpoints get the biography "
+    "cloze (knowledge retained after SFT; about as long as answering, once: cached beside the "
+    "answers); empty: none.")
 
 
 def _sha256(path: pathlib.Path) -> str:
@@ -111,25 +117,6 @@ def build(c, out: pathlib.Path) -> dict:
   return hashes
 
 
-def _cloze(checkpoint: pathlib.Path, cloze_file: pathlib.Path) -> dict:
-  from lima_jax import generate
-  from lima_jax.sampling import GREEDY
-  import dataclasses
-  params, cfg, tok, _ = generate.load(str(checkpoint))
-  items = [json.loads(line) for line in cloze_file.read_text().splitlines()]
-  gen = generate.Generator(params, cfg, tok, batch_size=128, stop_ids=(tok.eos_id,))
-  dec = dataclasses.replace(GREEDY, max_new_tokens=16)
-  outs = gen.answer_ids([[tok.bos_id] + tok.encode(it["prefix"]) for it in items], dec,
-                        progress=True)
-  by_attr: dict = {}
-  for it, (ids, _) in zip(items, outs):
-    ok = tok.decode(ids).lstrip().startswith(it["value"] + ".")
-    by_attr.setdefault(it["attr"], []).append(ok)
-  flat = [x for v in by_attr.values() for x in v]
-  return {"accuracy": sum(flat) / len(flat), "n": len(flat),
-          "by_attr": {a: sum(v) / len(v) for a, v in by_attr.items()}}
-
-
 def pretrain(config, world: pathlib.Path, corpus: str, workdir: pathlib.Path, gate: float):
   from lima_jax import train
   for f in (world / "pretrain" / f"{corpus}.jsonl", world / "tokenizer.model"):
@@ -140,7 +127,8 @@ def pretrain(config, world: pathlib.Path, corpus: str, workdir: pathlib.Path, ga
   train.train_and_evaluate(config, str(workdir))
   steps = sorted(int(p.name) for p in (workdir / "checkpoints").iterdir() if p.name.isdigit())
   final = workdir / "checkpoints" / str(steps[-1])
-  result = _cloze(final, world / "eval" / f"cloze_{corpus}.jsonl")
+  from lima_jax.testbed import cloze
+  result = cloze.accuracy(final, world / "eval" / f"cloze_{corpus}.jsonl")
   result.update(corpus=corpus, checkpoint=str(final), gate=gate)
   (workdir / "cloze.json").write_text(json.dumps(result, indent=1) + "\n")
   by = ", ".join(f"{a} {v:.1%}" for a, v in result["by_attr"].items())
@@ -176,7 +164,12 @@ def main(argv):
     from lima_jax.testbed import report
     if not _STUDY.value:
       raise UserError("verdict needs --study=DIR (a study's workdir)")
-    report.main(pathlib.Path(_STUDY.value))
+    try:
+      seeds = tuple(int(x) for x in _RETENTION_SEEDS.value)
+    except ValueError:
+      raise UserError(f"--retention_seeds={','.join(_RETENTION_SEEDS.value)}: expected "
+                      "comma-separated seed numbers") from None
+    report.main(pathlib.Path(_STUDY.value), seeds)
   else:
     from lima_jax.testbed import analysis
     if not (_WORLD.value and _ANSWERS.value):

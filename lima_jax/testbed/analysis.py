@@ -210,8 +210,8 @@ def study_data(workdir: pathlib.Path) -> dict:
   return out
 
 
-def study_answers(workdir: pathlib.Path) -> dict:
-  """{arm: [answers rows per seed]} from a study's manifest (the last answered epoch)."""
+def last_answers(workdir: pathlib.Path) -> dict:
+  """{(arm, seed): manifest record of its last answered epoch's answer step}."""
   try:
     steps = json.loads((workdir / "manifest.json").read_text())["steps"]
   except (OSError, json.JSONDecodeError, KeyError) as e:
@@ -222,6 +222,12 @@ def study_answers(workdir: pathlib.Path) -> dict:
       k = (rec["arm"], rec["seed"])
       if k not in last or (rec.get("epoch") or 0) > (last[k].get("epoch") or 0):
         last[k] = rec
+  return last
+
+
+def study_answers(workdir: pathlib.Path) -> dict:
+  """{arm: [answers rows per seed]} from a study's manifest (the last answered epoch)."""
+  last = last_answers(workdir)
   by_arm: dict = {}
   for (arm, _), rec in sorted(last.items()):
     by_arm.setdefault(arm, []).append(read_answers(pathlib.Path(rec["output"]) / "answers.jsonl"))

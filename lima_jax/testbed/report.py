@@ -3,15 +3,23 @@
 Writes DIR/report/bioworld.json, bioworld.md (the tables, ready for the README) and
 bioworld.png (exact match on test people by arm, visible and held-out question forms, with
 each arm's seeds as dots).
+
+Knowledge retained after SFT: the biography cloze (lima_jax.testbed.cloze) of each arm's
+answered checkpoint, for the seeds asked (measured once, then cached beside the answers), on
+the cloze file of the base the arm was fine-tuned from, next to that base's own accuracy.
 """
 import json
 import pathlib
 
+import numpy as np
+
 from lima_jax import files
-from lima_jax.testbed import analysis
+from lima_jax.errors import UserError
+from lima_jax.testbed import analysis, cloze
 
 COLUMNS = (("clean_data", "clean SFT rows"), ("em_test", "EM test"), ("em_test_visible", "visible forms"),
            ("em_test_heldout", "held-out forms"), ("em_pool", "EM SFT people"),
+           ("retention", "cloze after SFT"), ("retention_base", "cloze of its base"),
            ("format_ok_test", "house format"), ("hallucination_test", "wrong fact"),
            ("run_on_test", "run-on"), ("refusal_fake", "refuses fakes"),
            ("false_refusal_test", "refuses real"), ("record_ok", "record style"),
@@ -29,6 +37,11 @@ def markdown(v: dict, order: list[str]) -> str:
     m = v["arms"][a]
     lines.append(f"| {a} | {m['seeds']} | "
                  + " | ".join(_pct(m.get(k, float("nan"))) for k, _ in COLUMNS) + " |")
+  measured = sorted({s for a in order for s in v["arms"][a].get("retention_seeds", [])})
+  if measured:
+    lines += ["", f"Cloze after SFT: the biography cloze of each arm's answered checkpoint, "
+              f"seed{'s' if len(measured) > 1 else ''} {', '.join(map(str, measured))}; "
+              "cloze of its base: the same items before fine-tuning."]
   lines += ["", "| prediction | claim | evidence | outcome |", "|---|---|---|---|"]
   for p in v["predictions"]:
     if "diff" in p:
@@ -68,13 +81,44 @@ def figure(v: dict, by_arm: dict, order: list[str], path: pathlib.Path) -> None:
   plt.close(fig)
 
 
-def main(workdir: pathlib.Path) -> dict:
+def retention(workdir: pathlib.Path, seeds) -> dict:
+  """{arm: {'retention': mean cloze accuracy of its answered checkpoints of `seeds`,
+  'retention_base': its base's, 'retention_seeds': the seeds measured}}."""
+  by_arm: dict = {}
+  for (arm, seed), rec in sorted(analysis.last_answers(workdir).items()):
+    if seed not in seeds:
+      continue
+    ckpt = [a.split("=", 1)[1] for a in rec["command"] if a.startswith("--config.checkpoint=")]
+    config = pathlib.Path(ckpt[0]).parents[1] / "config.json" if ckpt else None
+    if config is None or not config.exists():
+      raise UserError(f"{arm}/seed{seed}: no checkpoint and training config.json in its "
+                      f"answer step's command ({rec.get('log', '')})")
+    init = json.loads(config.read_text())["model"]["init"]
+    base_cloze = pathlib.Path(init).parent / "cloze.json"
+    if not base_cloze.exists():
+      raise UserError(f"{arm}/seed{seed}: its base {init} has no cloze.json (a base made by "
+                      "`python -m lima_jax.testbed pretrain` has one)")
+    base = json.loads(base_cloze.read_text())
+    items = workdir / "prepare" / "world" / "eval" / f"cloze_{base['corpus']}.jsonl"
+    print(f"retention: {arm}/seed{seed} on {items.name}", flush=True)
+    got = cloze.cached_accuracy(pathlib.Path(ckpt[0]), items,
+                                pathlib.Path(rec["output"]).parent / "retention.json")
+    m = by_arm.setdefault(arm, {"after": [], "base": base["accuracy"], "seeds": []})
+    m["after"].append(got["accuracy"])
+    m["seeds"].append(seed)
+  return {a: {"retention": float(np.mean(m["after"])), "retention_base": m["base"],
+              "retention_seeds": m["seeds"]} for a, m in by_arm.items()}
+
+
+def main(workdir: pathlib.Path, retention_seeds=(0,)) -> dict:
   by_arm = analysis.study_answers(workdir)
   v = analysis.verdict(by_arm)
   raw = workdir / "prepare" / "world" / "sft" / "raw.jsonl"
   for arm, data in analysis.study_data(workdir).items():
     if arm in v["arms"]:
       v["arms"][arm]["clean_data"] = analysis.clean_share(data, raw) if raw.exists() else None
+  for arm, m in retention(workdir, set(retention_seeds)).items():
+    v["arms"][arm].update(m)
   order = sorted(by_arm, key=lambda a: (a.startswith("weak"), -v["arms"][a]["em_test"]))
   out = workdir / "report"
   out.mkdir(parents=True, exist_ok=True)
