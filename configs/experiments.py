@@ -59,9 +59,9 @@ Studies (`NAME`):
                   without its refusals (c1k_noref) or its format examples (c1k_norec), and 1K
                   of the raw pool chosen by each curate selector (random1k, quality1k,
                   longest1k, diverse1k); same world and bases, so a DIR that ran bioworld
-                  reuses them. Measured at seed 0 (benchmarks/results/bioworld_sweep/, 19 min on
-                  top of bioworld): a plateau at 2K-8K (d4k 54.1%), c1k_noref 52.0,
-                  and every curate preset's 1K at 1.7-21.5%.
+                  reuses them. Measured at 3 seeds (benchmarks/results/bioworld_sweep/, 53 min
+                  on top of bioworld): a plateau at 2K-16K (d4k 54.2%), c1k_noref 51.4,
+                  and every curate preset's 1K at 1.7-22.4%.
   bioworld_smoke  CI's version: 160 people, a short pretraining, c1k against 1K drawn from
                   n10k (data.subset_size), one seed, one SFT epoch; checks the pipeline and
                   the splits, not the claims.
