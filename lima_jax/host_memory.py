@@ -37,4 +37,3 @@ def with_huge_pages(env: Mapping[str, str]) -> dict[str, str]:
     tunables.append(f"{TUNABLE}=1")
   out["GLIBC_TUNABLES"] = ":".join(tunables)
   return out
-
