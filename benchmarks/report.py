@@ -101,6 +101,18 @@ def throughput_table(result: dict, results: pathlib.Path) -> str:
                f"**{r['median']:.2f}x** (per-round ratios {r['min']:.2f}-{r['max']:.2f})")
     else:
       line += " a step"
+    if "jax_attention_free_over_torch" in again:
+      r, share = again["jax_attention_free_over_torch"], again["jax_attention_free_over_jax"]
+      line += (f"; with attention replaced by a stand-in that costs nothing (`--attention_free`, "
+               f"the ceiling for any attention kernel) **{r['median']:.2f}x** (per-round "
+               f"{r['min']:.2f}-{r['max']:.2f}): attention is {1 - 1 / share['median']:.0%} of "
+               "lima_jax's step")
+    if "matmul_floor_over_torch" in again:
+      r, floor = again["matmul_floor_over_torch"], again["matmul_floor"]
+      line += (f"; the weight matmuls alone at the best single-matmul rate measured "
+               f"({floor['best_gemm_gflops']['median']:.0f} GFLOP/s) take "
+               f"{floor['step_time_s']['median']:.3f} s, **{r['median']:.2f}x** torch's step "
+               f"(per-round {r['min']:.2f}-{r['max']:.2f}): the most any step gains at that rate")
     line += _mfu(again)
     if not _same_run(other, result):
       line += f"; `{_command(other)}`"

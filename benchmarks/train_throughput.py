@@ -51,6 +51,20 @@ Both sides' workers start with glibc's malloc on transparent huge pages
 records its GLIBC_TUNABLES): XLA:CPU's per-step block of temporaries otherwise costs a page
 fault per 4 KiB each step. `--nohuge_pages` times the environment as given.
 
+`--attention_free` adds a third worker each round, lima_jax's step with its causal attention
+replaced by a stand-in of the same shapes and no scores (q + k + v, elementwise), so that every
+other op (projections, MLP, head, norms, optimizer) is timed as shipped. Its ratio to torch
+(`jax_attention_free_over_torch`) bounds what any attention kernel could buy at the shape: at
+the testbed shape it says whether 2x is within reach of attention work at all.
+
+Every worker also times one matmul of each of the step's weight-matmul shapes in its own
+library (`gemm_gflops`, in the compute dtype; jax compiled as the step is). `matmul_floor` is the
+time of 6 * N * B * T FLOPs (the projections' and head's forward and both gradients) at the best
+of those rates in the round: no step, however written, does its weight matmuls faster on that
+machine, so `matmul_floor_over_torch` is the most any implementation can gain over torch (with
+every token in the loss, as at the testbed shape; with fewer, lima_jax's head skips the others
+and needs less than the floor counts for it).
+
 Results go to --out (JSON: figures per implementation and round, the ratio, machine, versions,
 the exact command). Worker processes are this script with --worker_out.
 """
@@ -112,6 +126,11 @@ def define_flags() -> None:
                     "default there).")
   flags.DEFINE_bool("torch_compile", False,
                     "torch: also time a torch.compile'd model (reported as torch_compile).")
+  flags.DEFINE_bool("attention_free", False, "Also time lima_jax with attention replaced by "
+                    "a stand-in that costs nothing (jax_attention_free: every other op of the "
+                    "step as shipped), reported beside the real step. Not a model anyone "
+                    "trains: the ratio it gets is a ceiling on what any attention kernel could "
+                    "buy at this shape.")
   flags.DEFINE_bool("huge_pages", True, "Start both sides' workers with glibc's malloc on "
                     "transparent huge pages (GLIBC_TUNABLES=glibc.malloc.hugetlb=1, "
                     "lima_jax/host_memory.py); --nohuge_pages: the environment as given.")
@@ -176,10 +195,39 @@ def make_batch(cfg, batch: int, seq: int, assistant_fraction: float, seed: int =
           "positions": np.tile(np.arange(seq, dtype=np.int32), (batch, 1))}
 
 
+def matmul_params(cfg, n_params: int) -> int:
+  return n_params - (0 if cfg.tie_embeddings else cfg.vocab_size * cfg.dim)
+
+
 def model_flops(cfg, n_params: int, batch: int, seq: int) -> float:
-  matmul_params = n_params - (0 if cfg.tie_embeddings else cfg.vocab_size * cfg.dim)
   attention = 12 * cfg.n_layers * cfg.n_heads * cfg.head_dim * seq**2 * batch
-  return 6.0 * matmul_params * batch * seq + attention
+  return 6.0 * matmul_params(cfg, n_params) * batch * seq + attention
+
+
+def gemm_shapes(cfg, tokens: int) -> list[tuple[int, int, int]]:
+  """(M, K, N) of the step's weight matmuls as the forward pass runs them (the backward pass
+  runs the same sizes with an operand transposed): q, k, v, o, the MLP's in and out, the head."""
+  D, F, V = cfg.dim, cfg.hidden_dim, cfg.vocab_size
+  q, kv = cfg.n_heads * cfg.head_dim, cfg.n_kv_heads * cfg.head_dim
+  return sorted({(tokens, D, q), (tokens, D, kv), (tokens, q, D), (tokens, D, F), (tokens, F, D),
+                 (tokens, D, V)})
+
+
+def gemm_rates(make, shapes, reps: int = 25) -> dict[str, float]:
+  """GFLOP/s of one matmul of each shape, the median of `reps` after 3 untimed:
+  make(m, k, n) returns a no-argument call that runs it to completion."""
+  import numpy as np
+  rates = {}
+  for m, k, n in shapes:
+    run = make(m, k, n)
+    times = []
+    for i in range(reps + 3):
+      t0 = time.perf_counter()
+      run()
+      if i >= 3:
+        times.append(time.perf_counter() - t0)
+    rates[f"{m}x{k}x{n}"] = 2.0 * m * k * n / float(np.median(times)) / 1e9
+  return rates
 
 
 # Dense peaks (TFLOP/s) by device-kind substring; float32 on GPUs/TPUs is left to --peak_tflops.
@@ -256,12 +304,23 @@ def model_config():
   return model_lib.get_size(FLAGS.size, **overrides, max_seq_len=max(cfg.max_seq_len, FLAGS.seq))
 
 
-def run_jax() -> dict:
+def _attention_stand_in(q, k, v, segments, block):
+  """causal_attention's shapes at elementwise cost: every query row gets q + k + v of its own
+  position (k kept so that its projection is not dead code), no scores, no softmax."""
+  import jax.numpy as jnp
+  del segments, block
+  return q + jnp.repeat(k + v, q.shape[2] // k.shape[2], axis=2)
+
+
+def run_jax(attention_free: bool = False) -> dict:
   import jax
   import jax.numpy as jnp
   import flax.linen as nn
   from configs import lima
-  from lima_jax import model as model_lib, sharding, train
+  from lima_jax import attention, model as model_lib, sharding, train
+
+  if attention_free:  # This worker process only; layers.Attention looks the kernel up per call.
+    attention.causal_attention = _attention_stand_in
 
   cfg = model_config()
   config = lima.get_config("demo")
@@ -295,9 +354,18 @@ def run_jax() -> dict:
 
     wall, cpu, faults = _time_steps(step, FLAGS.warmup, FLAGS.steps, "jax")
   dev = jax.devices()[0]
+  options = train.CPU_COMPILER_OPTIONS if dev.platform == "cpu" else None
+  dtype = jnp.dtype(FLAGS.dtype)
+
+  def gemm(m, k, n):  # as the step compiles its matmuls, in the compute dtype
+    a, b = jnp.full((m, k), 0.5, dtype), jnp.full((k, n), 0.5, dtype)
+    f = jax.jit(jnp.matmul, compiler_options=options)
+    return lambda: f(a, b).block_until_ready()
+
+  rates = gemm_rates(gemm, gemm_shapes(cfg, FLAGS.batch * FLAGS.seq))
   stats = dev.memory_stats() or {}
   return {"step_s": wall, "cpu_s": cpu, "compile_s": compile_s, "loss": step.loss,
-          "page_faults_per_step": faults,
+          "page_faults_per_step": faults, "gemm_gflops": rates,
           "device_kind": dev.device_kind, "platform": dev.platform,
           "device_peak_bytes": stats.get("peak_bytes_in_use"),
           "n_params": model_lib.param_count(cfg), "cfg": cfg.to_dict(), "batch": batch_np}
@@ -370,8 +438,15 @@ def run_torch(compile_model: bool) -> dict:
     torch.cuda.reset_peak_memory_stats()
   wall, cpu, faults = _time_steps(step, FLAGS.warmup, FLAGS.steps,
                                   "torch.compile" if compile_model else "torch")
+
+  def gemm(m, k, n):
+    a, b = (torch.full(shape, 0.5, dtype=dtype, device=dev) for shape in ((m, k), (k, n)))
+    return lambda: (a @ b, sync())
+
+  with torch.no_grad():
+    rates = gemm_rates(gemm, gemm_shapes(cfg, FLAGS.batch * FLAGS.seq))
   return {"step_s": wall, "cpu_s": cpu, "loss": step.loss, "platform": dev.type,
-          "page_faults_per_step": faults,
+          "page_faults_per_step": faults, "gemm_gflops": rates,
           "device_kind": (torch.cuda.get_device_name() if dev.type == "cuda"
                           else platform.processor()),
           "device_peak_bytes": torch.cuda.max_memory_allocated() if dev.type == "cuda" else None,
@@ -393,13 +468,18 @@ def summarise(raw: dict) -> dict:
           "loss_tokens_per_s": int(batch["loss_mask"].sum()) / step,
           "assistant_fraction": float(batch["loss_mask"].mean()),
           "model_tflop_per_step": flops / 1e12, "achieved_tflops": flops / step / 1e12,
+          "weight_matmul_gflop_per_step": 6.0 * matmul_params(cfg, raw["n_params"])
+          * batch["inputs"].size / 1e9,
           "peak_tflops": peak, "mfu": flops / step / 1e12 / peak if peak else None,
           "host_peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
           "glibc_tunables": os.environ.get("GLIBC_TUNABLES", "")}
 
 
 def worker(impl: str) -> None:
-  raw = run_jax() if impl == "jax" else run_torch(impl == "torch_compile")
+  if impl.startswith("jax"):
+    raw = run_jax(attention_free=impl == "jax_attention_free")
+  else:
+    raw = run_torch(impl == "torch_compile")
   write_json(FLAGS.worker_out, summarise(raw))
 
 
@@ -412,9 +492,11 @@ def _spawn(impl: str, jax_platform: str) -> dict:
   from lima_jax import host_memory
   with tempfile.TemporaryDirectory() as tmp:
     out = os.path.join(tmp, "worker.json")
-    args = [f"--{k}={FLAGS[k].value}" for k in _OWN_FLAGS if k not in ("impl", "torch_compile")]
-    args += [f"--impl={'jax' if impl == 'jax' else 'torch'}", f"--worker_out={out}",
+    args = [f"--{k}={FLAGS[k].value}" for k in _OWN_FLAGS
+            if k not in ("impl", "torch_compile", "attention_free")]
+    args += [f"--impl={'jax' if impl.startswith('jax') else 'torch'}", f"--worker_out={out}",
              "--torch_compile" if impl == "torch_compile" else "--notorch_compile",
+             "--attention_free" if impl == "jax_attention_free" else "--noattention_free",
              f"--worker_platform={jax_platform}"]
     load = os.getloadavg()[0]
     env = host_memory.with_huge_pages(os.environ) if FLAGS.huge_pages else None
@@ -435,6 +517,18 @@ def _spawn(impl: str, jax_platform: str) -> dict:
     return result
 
 
+def matmul_floor(round_: dict) -> dict:
+  """The least time a step could take if it were only its weight matmuls (6 N B T FLOPs: the
+  forward and both gradients of every projection and the head; no attention, no elementwise
+  work, no optimizer) at the best single-matmul rate any worker of the round measured on the
+  step's shapes (gemm_shapes). A side whose step is 2x another's must beat this floor."""
+  best = max(rate for res in round_.values() for rate in res["gemm_gflops"].values())
+  gflop = next(iter(round_.values()))["weight_matmul_gflop_per_step"]
+  tokens = FLAGS.batch * FLAGS.seq
+  return {"step_time_s": gflop / best, "tokens_per_s": tokens * best / gflop,
+          "best_gemm_gflops": best, "gflop_per_step": gflop}
+
+
 def _spread(values: list[float]) -> dict:
   return {"median": statistics.median(values), "min": min(values), "max": max(values),
           "n": len(values)}
@@ -449,11 +543,18 @@ def main(argv):
     fail(f"--assistant_fraction={FLAGS.assistant_fraction}: must be in (0, 1]")
   model_config()  # A bad size or override stops here, before any worker starts.
   if FLAGS.worker_out:
-    worker("torch_compile" if FLAGS.impl == "torch" and FLAGS.torch_compile else FLAGS.impl)
+    impl = FLAGS.impl
+    if impl == "torch" and FLAGS.torch_compile:
+      impl = "torch_compile"
+    elif impl == "jax" and FLAGS.attention_free:
+      impl = "jax_attention_free"
+    worker(impl)
     return
   impls = {"jax": ["jax"], "torch": ["torch"], "both": ["jax", "torch"]}[FLAGS.impl]
   if FLAGS.torch_compile and "torch" in impls:
     impls.append("torch_compile")
+  if FLAGS.attention_free and "jax" in impls:
+    impls.insert(1, "jax_attention_free")
   rounds, jax_platform = [], ""
   for r in range(FLAGS.rounds):
     # Alternate the order so that neither side always runs first (round 1 runs lima_jax first,
@@ -470,6 +571,7 @@ def main(argv):
       print(f"round {r + 1}/{FLAGS.rounds} {impl}: {shown}", file=sys.stderr, flush=True)
     if any("error" in res for res in rounds[-1].values()):
       break  # A worker's failure (a flag, a missing package, memory) repeats in every round.
+    rounds[-1]["matmul_floor"] = matmul_floor(rounds[-1])
   summary = {}
   for impl in impls:
     ok = [r[impl] for r in rounds if "error" not in r[impl]]
@@ -478,19 +580,29 @@ def main(argv):
           "tokens_per_s", "loss_tokens_per_s", "step_time_s", "cpu_time_s", "achieved_tflops",
           "host_peak_rss_mb")}
       summary[impl]["mfu"] = _spread([r["mfu"] for r in ok]) if ok[0]["mfu"] else None
-  for other in ("torch", "torch_compile"):
-    ratios = [r["jax"]["tokens_per_s"] / r[other]["tokens_per_s"] for r in rounds
-              if "jax" in r and other in r and "error" not in r["jax"] and "error" not in r[other]]
+  floors = [r["matmul_floor"] for r in rounds if "matmul_floor" in r]
+  if floors:
+    summary["matmul_floor"] = {k: _spread([f[k] for f in floors]) for k in (
+        "step_time_s", "best_gemm_gflops")}
+  for mine, other in (("jax", "torch"), ("jax", "torch_compile"),
+                      ("jax_attention_free", "torch"), ("jax_attention_free", "jax"),
+                      ("matmul_floor", "torch")):
+    ratios = [r[mine]["tokens_per_s"] / r[other]["tokens_per_s"] for r in rounds
+              if mine in r and other in r and "error" not in r[mine] and "error" not in r[other]]
     if ratios:
-      summary[f"jax_over_{other}"] = _spread(ratios)
+      summary[f"{mine}_over_{other}"] = _spread(ratios)
   result = {"benchmark": "train_throughput", "command": " ".join([sys.executable] + sys.argv),
             "settings": {k: FLAGS[k].value for k in _OWN_FLAGS},
             "flops_formula": "6*N*B*T + 12*L*H*K*T^2*B (N: matmul params)",
             "machine": machine_info(), "summary": summary, "rounds": rounds}
   write_json(FLAGS.out, result)
   for name, fig in summary.items():
-    if name.startswith("jax_over"):
+    if "_over_" in name:
       print(f"{name}: {fig['median']:.2f}x (rounds: {fig['min']:.2f}..{fig['max']:.2f})")
+    elif name == "matmul_floor":
+      print(f"matmul floor: the weight matmuls alone at the best measured rate "
+            f"({fig['best_gemm_gflops']['median']:.0f} GFLOP/s) take "
+            f"{fig['step_time_s']['median']:.3f}s a step")
     else:
       print(f"{name}: {fig['tokens_per_s']['median']:.0f} tokens/s, "
             f"{fig['loss_tokens_per_s']['median']:.0f} loss tokens/s, step "
@@ -505,7 +617,7 @@ def main(argv):
 _OWN_FLAGS = ("impl", "shape", "size", "batch", "seq", "steps", "warmup", "rounds", "dtype",
               "peak_tflops", "assistant_fraction", "scan_layers", "remat_policy", "attention",
               "attention_block", "loss_chunk", "torch_attention", "torch_optimizer",
-              "torch_compile", "huge_pages")
+              "torch_compile", "attention_free", "huge_pages")
 
 if __name__ == "__main__":
   define_flags()

@@ -278,6 +278,60 @@ def test_prepare_step_runs_once_and_a_changed_one_redoes_the_arm(tmp_path, fake_
   assert runs.read_text() == "run\n" * 3 and len(fake_training) == 3
 
 
+def test_a_docstring_comment_or_layout_edit_reruns_nothing_but_a_code_edit_does(
+    tmp_path, fake_training):
+  """A prepare step's Python source is identified by its syntax tree without docstrings too
+  (source_sha256): docs-only edits keep the step and the arm after it done, while their byte
+  hash is brought up to date; a manifest from before source_sha256, or from a Python whose
+  trees print differently, still matches on bytes."""
+  from lima_jax.experiment import study
+  workdir, runs = tmp_path / "study", tmp_path / "runs.txt"
+  source = tmp_path / "world.py"
+  source.write_text('"""Builds the world."""\nSIZE = 3\n\n\ndef make():\n  """Makes it."""\n'
+                    '  return SIZE * 2\n')
+  c = _prep_study(tmp_path)
+  c.prepare.world.files = (str(source),)
+  manifest = lambda: json.loads((workdir / "manifest.json").read_text())["steps"]
+  study.run_local(c, workdir, ["a"])
+  assert runs.read_text() == "run\n" and len(fake_training) == 1
+  first = manifest()
+
+  source.write_text('"""Builds the world, now documented at length."""\nSIZE = 3  # people\n\n'
+                    'def make():\n    """Makes it, twice the size."""\n    return (SIZE *\n'
+                    '            2)\n')
+  study.run_local(c, workdir, ["a"])
+  assert runs.read_text() == "run\n" and len(fake_training) == 1  # nothing reran
+  after_docs = manifest()
+  for key in ("prepare/world", "a/seed0/train"):
+    assert after_docs[key]["source_sha256"] == first[key]["source_sha256"]
+    assert after_docs[key]["inputs_sha256"] != first[key]["inputs_sha256"]  # bytes: today's
+
+  # Written before source_sha256 existed (or by a Python whose trees print otherwise): the
+  # bytes still match, so nothing reruns and the source identity is filled in.
+  old = manifest()
+  for rec in old.values():
+    rec["source_sha256"] = None if rec["kind"] == "prepare" else "from another python"
+  (workdir / "manifest.json").write_text(json.dumps({"steps": old}))
+  study.run_local(c, workdir, ["a"])
+  assert runs.read_text() == "run\n" and len(fake_training) == 1
+  assert manifest() == after_docs
+
+  source.write_text(source.read_text().replace("SIZE = 3", "SIZE = 4"))  # the code changed
+  study.run_local(c, workdir, ["a"])
+  assert runs.read_text() == "run\n" * 2 and len(fake_training) == 2
+  assert manifest()["prepare/world"]["source_sha256"] != first["prepare/world"]["source_sha256"]
+
+
+def test_source_identity_keeps_code_strings_and_reads_unparsable_files_as_bytes(tmp_path):
+  from lima_jax.experiment import study
+  a, b = tmp_path / "a.py", tmp_path / "b.py"
+  a.write_text('x = "a"\n')
+  b.write_text('x = "b"\n')  # a string that is code, not a docstring
+  assert study._sha256_file(str(a), "source_sha256") != study._sha256_file(str(b), "source_sha256")
+  a.write_text("def broken(:\n")
+  assert study._sha256_file(str(a), "source_sha256") == study._sha256_file(str(a))
+
+
 def test_steps_start_on_huge_pages_keeping_the_callers_tunables(tmp_path, fake_training,
                                                                 monkeypatch):
   """Every step's process gets glibc.malloc.hugetlb=1 (lima_jax/host_memory.py: XLA:CPU's

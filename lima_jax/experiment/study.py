@@ -11,9 +11,16 @@ epoch, known once training has written its checkpoints, so the plan grows as it 
 
 A step's identity is the sha256 of its inputs: its command (the judge's URL left out: the
 judge is its model), the content of the files it reads, and the hashes of the steps it
-follows. DIR/manifest.json maps step keys to {status, inputs_sha256, output, ...}; it is
-rewritten atomically after every change, so a killed run leaves it consistent.
+follows. Each step records two such hashes, which differ only in how a Python source among its
+files is read: `inputs_sha256` hashes its bytes, `source_sha256` its syntax tree without
+docstrings (so a comment, docstring or layout edit is no change). A step is done when either
+matches, and both are then brought up to date: a docstring edit does not rerun a study, nor
+does a new Python version whose syntax trees print differently, and manifests written before
+`source_sha256` existed still match on their bytes. DIR/manifest.json maps step keys to
+{status, inputs_sha256, source_sha256, output, ...}; it is rewritten atomically after every
+change, so a killed run leaves it consistent.
 """
+import ast
 import dataclasses
 import hashlib
 import json
@@ -46,15 +53,38 @@ class Step:
   protocol: str = ""
 
 
-def _sha256_file(path: str) -> str:
+# The two identities a step records (module docstring): how each one reads a file.
+IDENTITIES = ("inputs_sha256", "source_sha256")
+
+
+def _sha256_file(path: str, identity: str = "inputs_sha256") -> str:
+  """The file's bytes; for source_sha256 a Python file's syntax tree without docstrings
+  (comments and layout never reach the tree), or its bytes if it does not parse."""
   h = hashlib.sha256()
   try:
     with open(path, "rb") as f:
+      if identity == "source_sha256" and path.endswith(".py"):
+        data = f.read()
+        try:
+          return "py:" + hashlib.sha256(_code_only(ast.parse(data)).encode()).hexdigest()
+        except (SyntaxError, ValueError):
+          h.update(data)
       for block in iter(lambda: f.read(1 << 20), b""):
         h.update(block)
   except OSError as e:
     raise UserError(f"{path}: cannot read ({e.strerror})") from None
   return h.hexdigest()
+
+
+def _code_only(tree: ast.Module) -> str:
+  """ast.dump of the tree with every module, class and function docstring removed."""
+  for node in ast.walk(tree):
+    if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)):
+      first = node.body[0] if node.body else None
+      if (isinstance(first, ast.Expr) and isinstance(first.value, ast.Constant)
+          and isinstance(first.value.value, str)):
+        node.body = node.body[1:] or [ast.Pass()]
+  return ast.dump(tree)
 
 
 def _hashed_command(command: list[str]) -> list[str]:
@@ -73,25 +103,30 @@ class Manifest:
       except (json.JSONDecodeError, KeyError, TypeError) as e:
         raise UserError(f"{self.path}: not a study manifest ({e})") from None
 
-  def digest(self, step: Step) -> str:
+  def digest(self, step: Step, identity: str = "inputs_sha256") -> str:
+    """The step's identity (one of IDENTITIES); the steps it follows count by the same one."""
     parts = {"command": _hashed_command(step.command),
-             "files": {f: _sha256_file(f) for f in step.files},
-             "after": {k: self.steps.get(k, {}).get("inputs_sha256") for k in step.after}}
+             "files": {f: _sha256_file(f, identity) for f in step.files},
+             "after": {k: self.steps.get(k, {}).get(identity) for k in step.after}}
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()
+
+  def digests(self, step: Step) -> dict[str, str]:
+    return {identity: self.digest(step, identity) for identity in IDENTITIES}
 
   def set(self, key: str, **record) -> None:
     self.steps[key] = {**self.steps.get(key, {}), **record}
     files.write_atomic(self.path, json.dumps({"steps": self.steps}, indent=1, sort_keys=True)
                        + "\n")
 
-  def state(self, step: Step) -> tuple[str, str]:
-    """('done' | 'changed' | 'resume' | 'new', digest)."""
-    digest, rec = self.digest(step), self.steps.get(step.key)
+  def state(self, step: Step) -> tuple[str, dict[str, str]]:
+    """('done' | 'changed' | 'resume' | 'new', today's digests): unchanged when either
+    recorded identity matches today's."""
+    digests, rec = self.digests(step), self.steps.get(step.key)
     if rec is None:
-      return ("changed" if step.output.exists() else "new"), digest
-    if rec.get("inputs_sha256") != digest:
-      return "changed", digest
-    return ("done" if rec.get("status") == "done" else "resume"), digest
+      return ("changed" if step.output.exists() else "new"), digests
+    if not any(rec.get(identity) == digests[identity] for identity in IDENTITIES):
+      return "changed", digests
+    return ("done" if rec.get("status") == "done" else "resume"), digests
 
 
 def _python(module: str, *args: str) -> list[str]:
@@ -400,8 +435,11 @@ def log_path(workdir: pathlib.Path, key: str) -> pathlib.Path:
 
 def execute(step: Step, manifest: Manifest, workdir: pathlib.Path, label: str) -> None:
   """Runs one step unless done; moves a stale output aside first; records the outcome."""
-  state, digest = manifest.state(step)
+  state, digests = manifest.state(step)
   if state == "done":
+    rec = manifest.steps[step.key]
+    if any(rec.get(identity) != value for identity, value in digests.items()):
+      manifest.set(step.key, **digests)  # matched on one identity: the other follows today's
     print(f"{label} {step.key}: done", flush=True)
     return
   if state == "changed" and step.output.exists():
@@ -415,7 +453,7 @@ def execute(step: Step, manifest: Manifest, workdir: pathlib.Path, label: str) -
   step.output.parent.mkdir(parents=True, exist_ok=True)
   if step.kind == "prepare":  # its {out}, made for it
     step.output.mkdir(exist_ok=True)
-  manifest.set(step.key, status="running", inputs_sha256=digest, output=str(step.output),
+  manifest.set(step.key, status="running", **digests, output=str(step.output),
                command=_hashed_command(step.command), log=str(log), kind=step.kind,
                arm=step.arm, seed=step.seed, epoch=step.epoch, protocol=step.protocol)
   print(f"{label} {step.key}: {'resuming' if state == 'resume' else 'running'} "
