@@ -332,6 +332,30 @@ def test_source_identity_keeps_code_strings_and_reads_unparsable_files_as_bytes(
   assert study._sha256_file(str(a), "source_sha256") == study._sha256_file(str(a))
 
 
+def test_dry_run_says_which_done_steps_a_changed_prepare_step_will_redo(tmp_path, fake_training,
+                                                                         capsys):
+  """A done step whose recorded hash still matches today is redone when a prepare step it
+  follows (directly or through another) changes: the plan says so instead of 'done'."""
+  from configs import experiments
+  from lima_jax.experiment import __main__ as experiment_cli, study
+  workdir = tmp_path / "study"
+
+  def plan(version):
+    c = _prep_study(tmp_path, version)
+    c.prepare.later = experiments._prep(command=("python", "-c", "pass", "{world}"))
+    if version == "v1":
+      study.run_local(c, workdir, ["a"])
+    capsys.readouterr()
+    experiment_cli._plan(c, workdir, ["a"], study.prepare_steps(c, workdir), False)
+    return [line.split(None, 1) for line in capsys.readouterr().out.splitlines()[:5]]
+
+  assert plan("v1") == [["prepare:"], ["prepare/world", "done"], ["prepare/later", "done"],
+                        ["arm", "a:"], ["a/seed0/train", "done"]]
+  assert plan("v2") == [["prepare:"], ["prepare/world", "changed"],
+                        ["prepare/later", "done, redone after prepare/world"], ["arm", "a:"],
+                        ["a/seed0/train", "done, redone after prepare/world"]]
+
+
 def test_steps_start_on_huge_pages_keeping_the_callers_tunables(tmp_path, fake_training,
                                                                 monkeypatch):
   """Every step's process gets glibc.malloc.hugetlb=1 (lima_jax/host_memory.py: XLA:CPU's

@@ -96,20 +96,32 @@ def _judge_estimate(c, workdir: pathlib.Path, arms: list[str]) -> str:
 def _plan(c, workdir: pathlib.Path, arms: list[str], prepare: list, show_commands: bool):
   from lima_jax.experiment import study
   manifest = study.Manifest(workdir)
-  pending = set()
+  # pending: prepare steps that will run; changed: those whose hash will change when they do
+  # (a step following one is redone too, though its recorded hash still matches today).
+  pending, changed = set(), set()
+
+  def redone(status: str, step) -> str:
+    redo = sorted(changed.intersection(step.after))
+    return f"{status}, redone after {', '.join(redo)}" if redo and status != "new" else status
+
   if prepare:
     print("prepare:")
   for step in prepare:
     state = manifest.state(step)[0]
-    if state != "done":
+    if state != "done" or changed.intersection(step.after):
       pending.add(step.key)
-    print(f"  {step.key:<40} {state}")
+    if state in ("changed", "new") or changed.intersection(step.after):
+      changed.add(step.key)
+    print(f"  {step.key:<40} {redone(state, step)}")
     if show_commands:
       print(f"    {shlex.join(step.command)}")
   for arm in arms:
     print(f"arm {arm}:")
     for step in study.before_training(c, workdir, arm, pending=pending):
-      print(f"  {step.key:<40} {manifest.steps.get(step.key, {}).get('status', 'new')}")
+      # Its own hash needs files that a pending prepare step has yet to write: shown is its
+      # recorded status, and the prepare steps it follows that will change under it.
+      status = redone(manifest.steps.get(step.key, {}).get("status", "new"), step)
+      print(f"  {step.key:<40} {status}")
       if show_commands:
         print(f"    {shlex.join(step.command)}")
     later = [p for p in c.protocols if p != "judge_free"]
