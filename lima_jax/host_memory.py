@@ -11,9 +11,11 @@ from inside a running Python; whatever starts the process sets it:
     GLIBC_TUNABLES=glibc.malloc.hugetlb=1 python -m lima_jax.main --config=... --workdir=...
 
 The study runner (`lima_jax.experiment`) and `benchmarks/train_throughput.py` (both sides) start
-their subprocesses with `with_huge_pages(os.environ)`. Elsewhere than glibc on Linux the
-variable means nothing and is not added.
+their subprocesses with `with_huge_pages(os.environ)`, and `python -m lima_jax.main` (and
+`lima-train`) restarts itself with it (`restart_with_huge_pages`) before it imports JAX.
+Elsewhere than glibc on Linux the variable means nothing and is not added.
 """
+import os
 import sys
 from typing import Mapping
 
@@ -37,3 +39,16 @@ def with_huge_pages(env: Mapping[str, str]) -> dict[str, str]:
     tunables.append(f"{TUNABLE}=1")
   out["GLIBC_TUNABLES"] = ":".join(tunables)
   return out
+
+
+def restart_with_huge_pages() -> None:
+  """Replaces this process (same pid, arguments, stdio and working directory) with one started
+  with_huge_pages, unless its environment already has the tunable (either value: a caller's
+  glibc.malloc.hugetlb=0 is respected) or nothing would change. Call it first thing in an
+  entry point, before any work: whatever ran before it runs again."""
+  env = with_huge_pages(os.environ)
+  if env == dict(os.environ):
+    return
+  sys.stdout.flush()
+  sys.stderr.flush()
+  os.execve(sys.executable, [sys.executable, *sys.orig_argv[1:]], env)

@@ -7,6 +7,7 @@ Rerunning the same command resumes from the newest complete checkpoint in WORKDI
 from absl import app, flags, logging
 from ml_collections import config_flags
 
+from lima_jax import host_memory
 from lima_jax.errors import cli_main, parse_flags
 
 _CONFIG = config_flags.DEFINE_config_file(
@@ -28,6 +29,8 @@ def main(argv):
 
 
 def run():
+  # XLA:CPU's per-step temporaries on 2 MiB pages; glibc reads the setting only at start-up.
+  host_memory.restart_with_huge_pages()
   app.run(main, flags_parser=parse_flags)
 
 
