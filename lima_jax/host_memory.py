@@ -8,7 +8,7 @@ which removes almost all of the step's page faults and TLB misses (README "Perfo
 it bought, measured). glibc reads the tunable once, when a process starts, so it cannot be set
 from inside a running Python; whatever starts the process sets it:
 
-    GLIBC_TUNABLES=glibc.malloc.hugetlb=1 python -m lima_jax.main --config=... --workdir=...
+    GLIBC_TUNABLES=glibc.malloc.hugetlb=1 python -m lima_jax.testbed pretrain ...
 
 The study runner (`lima_jax.experiment`) and `benchmarks/train_throughput.py` (both sides) start
 their subprocesses with `with_huge_pages(os.environ)`, and `python -m lima_jax.main` (and
@@ -47,8 +47,8 @@ def restart_with_huge_pages() -> None:
   glibc.malloc.hugetlb=0 is respected) or nothing would change. Call it first thing in an
   entry point, before any work: whatever ran before it runs again."""
   env = with_huge_pages(os.environ)
-  if env == dict(os.environ):
-    return
+  if env == dict(os.environ) or not sys.executable or len(sys.orig_argv) < 2:
+    return  # nothing to add, or no command line to start again (an embedded interpreter)
   sys.stdout.flush()
   sys.stderr.flush()
   os.execve(sys.executable, [sys.executable, *sys.orig_argv[1:]], env)
