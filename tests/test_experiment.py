@@ -327,9 +327,11 @@ def test_source_identity_keeps_code_strings_and_reads_unparsable_files_as_bytes(
   a, b = tmp_path / "a.py", tmp_path / "b.py"
   a.write_text('x = "a"\n')
   b.write_text('x = "b"\n')  # a string that is code, not a docstring
-  assert study._sha256_file(str(a), "source_sha256") != study._sha256_file(str(b), "source_sha256")
+  assert (study._file_digests(str(a))["source_sha256"]
+          != study._file_digests(str(b))["source_sha256"])
   a.write_text("def broken(:\n")
-  assert study._sha256_file(str(a), "source_sha256") == study._sha256_file(str(a))
+  broken = study._file_digests(str(a))
+  assert broken["source_sha256"] == broken["inputs_sha256"]
 
 
 def test_dry_run_says_which_done_steps_a_changed_prepare_step_will_redo(tmp_path, fake_training,

@@ -108,9 +108,10 @@ def _plan(c, workdir: pathlib.Path, arms: list[str], prepare: list, show_command
     print("prepare:")
   for step in prepare:
     state = manifest.state(step)[0]
-    if state != "done" or changed.intersection(step.after):
+    follows_changed = bool(changed.intersection(step.after))
+    if state != "done" or follows_changed:
       pending.add(step.key)
-    if state in ("changed", "new") or changed.intersection(step.after):
+    if state in ("changed", "new") or follows_changed:
       changed.add(step.key)
     print(f"  {step.key:<40} {redone(state, step)}")
     if show_commands:

@@ -57,23 +57,26 @@ class Step:
 IDENTITIES = ("inputs_sha256", "source_sha256")
 
 
-def _sha256_file(path: str, identity: str = "inputs_sha256") -> str:
-  """The file's bytes; for source_sha256 a Python file's syntax tree without docstrings
-  (comments and layout never reach the tree), or its bytes if it does not parse."""
+def _file_digests(path: str) -> dict[str, str]:
+  """Both identities of one file, read once: its bytes' sha256, and for source_sha256 a
+  Python file's syntax tree without docstrings (comments and layout never reach the tree), or
+  its bytes if it does not parse."""
   h = hashlib.sha256()
   try:
     with open(path, "rb") as f:
-      if identity == "source_sha256" and path.endswith(".py"):
+      if path.endswith(".py"):
         data = f.read()
+        h.update(data)
         try:
-          return "py:" + hashlib.sha256(_code_only(ast.parse(data)).encode()).hexdigest()
+          tree = "py:" + hashlib.sha256(_code_only(ast.parse(data)).encode()).hexdigest()
         except (SyntaxError, ValueError):
-          h.update(data)
+          tree = h.hexdigest()
+        return {"inputs_sha256": h.hexdigest(), "source_sha256": tree}
       for block in iter(lambda: f.read(1 << 20), b""):
         h.update(block)
   except OSError as e:
     raise UserError(f"{path}: cannot read ({e.strerror})") from None
-  return h.hexdigest()
+  return dict.fromkeys(IDENTITIES, h.hexdigest())
 
 
 def _code_only(tree: ast.Module) -> str:
@@ -103,15 +106,20 @@ class Manifest:
       except (json.JSONDecodeError, KeyError, TypeError) as e:
         raise UserError(f"{self.path}: not a study manifest ({e})") from None
 
-  def digest(self, step: Step, identity: str = "inputs_sha256") -> str:
-    """The step's identity (one of IDENTITIES); the steps it follows count by the same one."""
-    parts = {"command": _hashed_command(step.command),
-             "files": {f: _sha256_file(f, identity) for f in step.files},
-             "after": {k: self.steps.get(k, {}).get(identity) for k in step.after}}
-    return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()
-
   def digests(self, step: Step) -> dict[str, str]:
-    return {identity: self.digest(step, identity) for identity in IDENTITIES}
+    """The step's identities (IDENTITIES), each file read once; the steps it follows count by
+    the same identity."""
+    files_ = {f: _file_digests(f) for f in step.files}
+    out = {}
+    for identity in IDENTITIES:
+      parts = {"command": _hashed_command(step.command),
+               "files": {f: d[identity] for f, d in files_.items()},
+               "after": {k: self.steps.get(k, {}).get(identity) for k in step.after}}
+      out[identity] = hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()
+    return out
+
+  def digest(self, step: Step, identity: str = "inputs_sha256") -> str:
+    return self.digests(step)[identity]
 
   def set(self, key: str, **record) -> None:
     self.steps[key] = {**self.steps.get(key, {}), **record}
