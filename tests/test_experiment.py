@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from lima_jax.errors import UserError
+from tests.conftest import shared_file
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": ""}  # one CPU device a process
@@ -149,6 +150,9 @@ def test_tpu_dry_run_prints_commands_launch_accepts():
 
 
 def test_dry_run_plans_the_shared_data_study_with_a_judging_estimate():
+  for rel in ("lima/train.jsonl", "lima/test.jsonl", "instruct/alpaca_random_9k.json",
+              "instruct/dolly_filtered_3k.json"):
+    shared_file(rel)  # the study reads them from ../shared/data: skipped without (CI: failed)
   r = cli("run", "--config=configs/experiments.py:shared_data", "--workdir=/tmp/unused",
           "--dry_run", "--config.judge.model=gpt-4o")
   assert r.returncode == 0, r.stderr
