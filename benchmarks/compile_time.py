@@ -25,7 +25,7 @@ import train_throughput as common  # noqa: E402 (the helpers only; its flags sta
 _LAYERS = flags.DEFINE_list("layers", ["2", "8", "32", "80"], "Depths to compile.")
 _MODES = flags.DEFINE_list("modes", ["scan", "unrolled"], "'scan' and/or 'unrolled'.")
 _SIZE = flags.DEFINE_string("size", "demo",
-                            "Base size from lima_jax.model_config.SIZES (depth replaced).")
+                            "Base size from lima_jax.model.config.SIZES (depth replaced).")
 _DIM = flags.DEFINE_integer("dim", 256, "Model width (0: the size's own).")
 _BATCH = flags.DEFINE_integer("batch", 8, "Global batch of the compiled step.")
 _SEQ = flags.DEFINE_integer("seq", 128, "Sequence length of the compiled step.")
@@ -40,7 +40,7 @@ _WORKER = flags.DEFINE_string("worker", "", "Internal: 'LAYERS,MODE' to measure 
 def model_config(n_layers: int, scan: bool):
   """The size at `n_layers`, with configs/lima.py's remat policy (what a run compiles)."""
   from configs import lima
-  from lima_jax.model_config import get_size
+  from lima_jax.model.config import get_size
   base = get_size(_SIZE.value)
   dim = _DIM.value or base.dim
   return get_size(
@@ -52,7 +52,8 @@ def model_config(n_layers: int, scan: bool):
 def measure(n_layers: int, scan: bool) -> dict:
   import jax
   from configs import lima
-  from lima_jax import sharding, train
+  from lima_jax.parallel import sharding
+  from lima_jax.train import step as step_lib
   jax.jit(lambda x: x + 1)(1).block_until_ready()  # Backend start-up, not counted.
   cfg = model_config(n_layers, scan)
   config = lima.get_config("demo")
@@ -61,7 +62,7 @@ def measure(n_layers: int, scan: bool) -> dict:
   config.data.max_len, config.train.batch_size = _SEQ.value, _BATCH.value
   mesh = sharding.make_mesh((1, -1, 1))
   with jax.set_mesh(mesh):
-    built = train.build_train_step(config, mesh, cfg, total_steps=1000)
+    built = step_lib.build_train_step(config, mesh, cfg, total_steps=1000)
     t0 = time.perf_counter()
     lowered = built.train_step.lower(built.abstract_state, built.abstract_batch, jax.random.key(0))
     t1 = time.perf_counter()

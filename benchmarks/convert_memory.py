@@ -27,7 +27,7 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string("size", "bench-200m", "Named model size (lima_jax.model_config.SIZES).")
+flags.DEFINE_string("size", "bench-200m", "Named model size (lima_jax.model.config.SIZES).")
 flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"], "Stored parameter dtype.")
 flags.DEFINE_string("workdir", None, "Scratch directory for the checkpoint and the exports "
                     "(default: a fresh temporary directory, deleted afterwards).")
@@ -35,13 +35,16 @@ flags.DEFINE_string("out", str(ROOT / "benchmarks" / "results" / "convert_memory
                     "Where to write the results JSON.")
 
 _BASELINE = ("import jax, jax.numpy as jnp, orbax.checkpoint, safetensors, tqdm; "
-             "from lima_jax import checkpoint, convert, model; jnp.zeros(1).block_until_ready()")
+             "from lima_jax import convert, model; from lima_jax.formats import checkpoint; "
+             "jnp.zeros(1).block_until_ready()")
 # Random weights of the named size, saved with checkpoint.save; prints sizes as JSON.
 _WRITE = """
 import json, sys
 import jax, numpy as np
-from lima_jax import checkpoint, layers, model
-from lima_jax.model_config import get_size
+from lima_jax import model
+from lima_jax.formats import checkpoint
+from lima_jax.model import layers
+from lima_jax.model.config import get_size
 size, dtype, path = sys.argv[1:]
 cfg = get_size(size, param_dtype=dtype, dtype=dtype)
 boxed = model.abstract_params(cfg)
@@ -57,8 +60,9 @@ print(json.dumps({"params": model.param_count(cfg),
                   "largest_layer_slice_mb": round(max(per_layer) / 1e6, 1),
                   "largest_hf_tensor_mb": round(max(per_layer + [values[0].nbytes]) / 1e6, 1)}))
 """
-_FULL_LOAD = ("import sys, pathlib; from lima_jax import checkpoint, convert; "
-              "from lima_jax.model_config import ModelConfig; "
+_FULL_LOAD = ("import sys, pathlib; from lima_jax import convert; "
+              "from lima_jax.formats import checkpoint; "
+              "from lima_jax.model.config import ModelConfig; "
               "params, meta = checkpoint.load(sys.argv[1]); "
               "convert.save_hf(ModelConfig.from_dict(meta['model_config']), params, "
               "pathlib.Path(sys.argv[2]), meta.get('tokenizer'))")

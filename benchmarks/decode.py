@@ -10,7 +10,7 @@ new tokens for every row (no stop tokens), by:
   cache_host    `decoding.Generator(loop="host")`, one jitted step per token from Python
   recompute     `decoding.recompute_greedy`: no cache, a full forward pass per token
   transformers  `LlamaForCausalLM.generate(do_sample=False)` (its KV cache) on the same
-                weights exported with `hf.save_hf` (whose generation config suppresses the
+                weights exported with `hf_export.save_hf` (whose generation config suppresses the
                 vocabulary padding rows, as lima_jax masks them), torch on CPU, left-padded
 
 tokens/s = generated tokens / wall time of one whole call (two batches, prefill included),
@@ -40,7 +40,7 @@ if str(REPO) not in sys.path:
 SHARED = REPO.parent / "shared" / "data"
 IMPLS = ("cache_device", "cache_host", "recompute", "transformers")
 
-_SIZE = flags.DEFINE_string("size", "demo", "Model size from lima_jax.model_config.SIZES "
+_SIZE = flags.DEFINE_string("size", "demo", "Model size from lima_jax.model.config.SIZES "
                             "(vocabulary replaced by the tokenizer's, padded to 128).")
 _BATCHES = flags.DEFINE_list("batch_sizes", ["1", "8"], "Batch sizes to measure.")
 _NEW = flags.DEFINE_integer("max_new_tokens", 64, "New tokens per row.")
@@ -62,11 +62,11 @@ def _setup(size: str):
   import flax.linen as nn
   import jax
   import jax.numpy as jnp
-  from lima_jax import model as model_lib
-  from lima_jax.model_config import get_size
-  from lima_jax.tokenizer import Tokenizer
+  from lima_jax.model import transformer as model_lib
+  from lima_jax.model.config import get_size
+  from lima_jax.tokenizer import load as load_tokenizer
   tok_path = SHARED / "llama2c/llama_tokenizer/tokenizer.model"
-  tok = Tokenizer.load(tok_path if tok_path.exists() else REPO / "data/demo/tokenizer.model")
+  tok = load_tokenizer(tok_path if tok_path.exists() else REPO / "data/demo/tokenizer.model")
   cfg = get_size(size, vocab_size=tok.padded_vocab_size(128))
   init = jax.jit(lambda k: nn.meta.unbox(model_lib.Transformer(cfg).init(
       k, jnp.zeros((1, 8), jnp.int32))["params"]))
@@ -74,7 +74,7 @@ def _setup(size: str):
 
 
 def _prompts(tok, n: int, max_len: int) -> list[list[int]]:
-  from lima_jax import decoding
+  from lima_jax.decode import generator as decoding
   path = SHARED / "lima/test.jsonl"
   if not path.exists():
     path = REPO / "data/demo/train.jsonl"
@@ -88,9 +88,9 @@ def _runner(impl: str, batch: int, new: int, hf_dir: str):
     import numpy as np
     import torch
     from transformers import AutoModelForCausalLM
-    from lima_jax.tokenizer import Tokenizer
+    from lima_jax.tokenizer import from_meta as tokenizer_from_meta
     meta = json.loads((pathlib.Path(hf_dir) / "lima_tokenizer.json").read_text())
-    tok = Tokenizer.from_meta(meta)
+    tok = tokenizer_from_meta(meta)
     prompts = _prompts(tok, 2 * batch, _PROMPT_LEN.value)
     model = AutoModelForCausalLM.from_pretrained(hf_dir, dtype=torch.float32).eval()
     model.generation_config.eos_token_id = None  # every row makes exactly `new` tokens
@@ -112,7 +112,7 @@ def _runner(impl: str, batch: int, new: int, hf_dir: str):
       return out
     return prompts, run
 
-  from lima_jax import decoding
+  from lima_jax.decode import generator as decoding
   params, cfg, tok = _setup(_SIZE.value)
   prompts = _prompts(tok, 2 * batch, _PROMPT_LEN.value)
   if impl == "recompute":
@@ -148,7 +148,7 @@ def main(argv) -> None:
   import torch
   import transformers
   from tqdm import tqdm
-  from lima_jax import hf
+  from lima_jax.formats import hf_export
   load_before = os.getloadavg()
   params, cfg, tok = _setup(_SIZE.value)
   results = {"command": " ".join(["python", "benchmarks/decode.py"] + sys.argv[1:]),
@@ -163,7 +163,7 @@ def main(argv) -> None:
              "batches": {}}
   with tempfile.TemporaryDirectory() as tmp:
     hf_dir = pathlib.Path(tmp) / "hf"
-    hf.save_hf(cfg, params, hf_dir, tok.to_meta())
+    hf_export.save_hf(cfg, params, hf_dir, tok.to_meta())
     (hf_dir / "lima_tokenizer.json").write_text(json.dumps(tok.to_meta()))
     del params
     for batch in map(int, _BATCHES.value):

@@ -20,9 +20,9 @@ from absl import app, flags
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from lima_jax import data  # noqa: E402
+from lima_jax.data import batches as data  # noqa: E402
 from lima_jax.datasets import read_records  # noqa: E402
-from lima_jax.tokenizer import Tokenizer  # noqa: E402
+from lima_jax.tokenizer import load as load_tokenizer
 
 SHARED = ROOT.parent / "shared" / "data"
 FLAGS = flags.FLAGS
@@ -50,7 +50,7 @@ def main(argv):
     if not pathlib.Path(path).exists():
       print(f"skipped: {path} not present (shared data is not bundled: licences)")
       return
-  tok = Tokenizer.load(FLAGS.tokenizer)
+  tok = load_tokenizer(FLAGS.tokenizer)
   read_s, _, (records, _) = timed(lambda: read_records(FLAGS.data), FLAGS.repeats)
   batched_s, batched_all, encoded = timed(
       lambda: data.encode_records(records, tok, FLAGS.max_len), FLAGS.repeats)

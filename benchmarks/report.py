@@ -1,13 +1,13 @@
-r"""Renders benchmarks/results/ into the README's tables.
+r"""Renders benchmarks/results/ into the tables of docs/performance.md.
 
 train_throughput.json is the main table; every other train_throughput_*.json (a rerun, another
 machine, a GPU run) becomes one line under it, naming its machine; ablation/<machine>/*.json
 fill one column each of the ablation table; compile_time.json the compile-time table.
 
-    python benchmarks/report.py           # rewrites the block between the README's markers
-    python benchmarks/report.py --check   # exit 1 if the README's block is not what the files say
+    python benchmarks/report.py           # rewrites the block between docs/performance.md's markers
+    python benchmarks/report.py --check   # exit 1 if that block is not what the files say
 
-The README's performance figures are only ever written by this script, from the results files
+docs/performance.md's figures are only ever written by this script, from the results files
 the benchmarks wrote, so no number in that table is typed by hand (tests/test_benchmarks.py
 runs --check).
 """
@@ -21,8 +21,8 @@ from absl import app, flags
 REPO = pathlib.Path(__file__).resolve().parents[1]
 BEGIN, END = "<!-- benchmarks:begin -->", "<!-- benchmarks:end -->"
 
-_CHECK = flags.DEFINE_bool("check", False, "Only compare; exit 1 if the README is stale.")
-_README = flags.DEFINE_string("readme", str(REPO / "README.md"), "The file to update.")
+_CHECK = flags.DEFINE_bool("check", False, "Only compare; exit 1 if docs/performance.md is stale.")
+_README = flags.DEFINE_string("readme", str(REPO / "docs/performance.md"), "The file to update.")
 _RESULTS = flags.DEFINE_string("results", str(REPO / "benchmarks/results"),
                                "The results folder the tables are rendered from.")
 

@@ -24,8 +24,8 @@ Per request, from the client: TTFT = arrival to the first content chunk; TPOT = 
 (output tokens - 1) (vLLM's definition, TTFT excluded); e2e = arrival to the last chunk;
 output tokens from the final usage chunk. Output tokens/s = all output tokens / (last end -
 first arrival), the median over rounds; percentiles pool the rounds' requests. Results: --out
-(JSON with per-rate p50/p90/p99, load averages and versions); `--markdown` prints the README
-table.
+(JSON with per-rate p50/p90/p99, load averages and versions); `--markdown` prints the table
+of docs/serving.md.
 """
 import concurrent.futures
 import json
@@ -62,7 +62,7 @@ _SEED = flags.DEFINE_integer("seed", 0, "Seed of the prompt choice and the arriv
 _ROUNDS = flags.DEFINE_integer("rounds", 2, "Rounds; each runs every rate on every server, the "
                                "servers' order alternating (drifts in machine load hit both).")
 _OUT = flags.DEFINE_string("out", str(REPO / "benchmarks/results/serve.json"), "Results JSON.")
-_MD = flags.DEFINE_bool("markdown", True, "Print the README table.")
+_MD = flags.DEFINE_bool("markdown", True, "Print the table of docs/serving.md.")
 
 
 def _prompts(n: int, words: int, rng) -> list[str]:

@@ -20,11 +20,11 @@ as the output projection), the attention term counts the full T x T score matrix
 halving), B * T = all tokens of the batch (padding included). Peak is --peak_tflops, or the
 known dense peak of the accelerator for --dtype (CPU: none unless given).
 
-lima_jax's head runs on loss tokens only (lima_jax/loss.py) and its attention skips the masked
+lima_jax's head runs on loss tokens only (lima_jax/train/loss.py) and its attention skips the masked
 upper triangle in blocks, so it executes fewer FLOPs than the formula counts; MFU and achieved
 TFLOP/s are the formula's (the work a plain implementation does) over the measured time, for
 both sides alike. --assistant_fraction changes how much the head skips. On CPU the step is
-compiled with train.CPU_COMPILER_OPTIONS (every matmul on Eigen, not XLA's default YNNPACK).
+compiled with step_lib.CPU_COMPILER_OPTIONS (every matmul on Eigen, not XLA's default YNNPACK).
 
 On one NVIDIA GPU (not measured yet: no GPU was lent to the sessions that wrote this), the
 accelerator target (bfloat16, ~1B LLaMA, length 2,048) is one command:
@@ -47,7 +47,7 @@ most of its time in:
         --rounds=5 --out=benchmarks/results/train_throughput_testbed.json
 
 Both sides' workers start with glibc's malloc on transparent huge pages
-(`lima_jax.host_memory.with_huge_pages`, as the study runner starts its steps; each worker
+(`lima_jax.parallel.host_memory.with_huge_pages`, as the study runner starts its steps; each worker
 records its GLIBC_TUNABLES): XLA:CPU's per-step block of temporaries otherwise costs a page
 fault per 4 KiB each step. `--nohuge_pages` times the environment as given.
 
@@ -109,7 +109,7 @@ def define_flags() -> None:
                      "plain text, the loss on every token.")
   flags.DEFINE_bool("scan_layers", True, "jax: nn.scan over layers (False: unrolled).")
   from configs import lima
-  from lima_jax.model import REMAT_POLICIES
+  from lima_jax.model.transformer import REMAT_POLICIES
   flags.DEFINE_enum("remat_policy", lima.get_config("demo").model.remat_policy,
                     list(REMAT_POLICIES), "jax: rematerialisation policy of each layer "
                     "(lima_jax.model.REMAT_POLICIES; the default is configs/lima.py's).")
@@ -133,7 +133,7 @@ def define_flags() -> None:
                     "buy at this shape.")
   flags.DEFINE_bool("huge_pages", True, "Start both sides' workers with glibc's malloc on "
                     "transparent huge pages (GLIBC_TUNABLES=glibc.malloc.hugetlb=1, "
-                    "lima_jax/host_memory.py); --nohuge_pages: the environment as given.")
+                    "lima_jax/parallel/host_memory.py); --nohuge_pages: the environment as given.")
   flags.DEFINE_string("out", str(REPO / "benchmarks/results/train_throughput.json"),
                       "Where to write the results JSON (atomically).")
   flags.DEFINE_string("worker_out", "", "Internal: run ONE implementation (--impl) for one "
@@ -317,7 +317,10 @@ def run_jax(attention_free: bool = False) -> dict:
   import jax.numpy as jnp
   import flax.linen as nn
   from configs import lima
-  from lima_jax import attention, model as model_lib, sharding, train
+  from lima_jax.model import attention
+  from lima_jax.model import transformer as model_lib
+  from lima_jax.parallel import sharding
+  from lima_jax.train import step as step_lib
 
   if attention_free:  # This worker process only; layers.Attention looks the kernel up per call.
     attention.causal_attention = _attention_stand_in
@@ -335,7 +338,7 @@ def run_jax(attention_free: bool = False) -> dict:
   sharding.check_batch(FLAGS.batch, 1, mesh)
   batch_np = make_batch(cfg, FLAGS.batch, FLAGS.seq, FLAGS.assistant_fraction)
   with jax.set_mesh(mesh):
-    built = train.build_train_step(config, mesh, cfg, total_steps=1000)
+    built = step_lib.build_train_step(config, mesh, cfg, total_steps=1000)
     t0 = time.perf_counter()
     compiled = built.train_step.lower(built.abstract_state, built.abstract_batch,
                                       jax.random.key(0)).compile()
@@ -343,7 +346,7 @@ def run_jax(attention_free: bool = False) -> dict:
     init = lambda r: nn.meta.unbox(built.model.init(r, jnp.zeros((1, 8), jnp.int32)))["params"]
     params = jax.jit(init, out_shardings=built.state_shardings.params)(jax.random.key(0))
     opt_state = jax.jit(built.tx.init, out_shardings=built.state_shardings.opt_state)(params)
-    state = [train.TrainState(jnp.int32(0), params, opt_state)]
+    state = [step_lib.TrainState(jnp.int32(0), params, opt_state)]
     batch = sharding.put_batch(batch_np, mesh)
     rng = jax.random.key(1)
 
@@ -354,7 +357,7 @@ def run_jax(attention_free: bool = False) -> dict:
 
     wall, cpu, faults = _time_steps(step, FLAGS.warmup, FLAGS.steps, "jax")
   dev = jax.devices()[0]
-  options = train.CPU_COMPILER_OPTIONS if dev.platform == "cpu" else None
+  options = step_lib.CPU_COMPILER_OPTIONS if dev.platform == "cpu" else None
   dtype = jnp.dtype(FLAGS.dtype)
 
   def gemm(m, k, n):  # as the step compiles its matmuls, in the compute dtype
@@ -457,7 +460,7 @@ def run_torch(compile_model: bool) -> dict:
 
 def summarise(raw: dict) -> dict:
   """Per-round figures (median step) from a worker's raw timings."""
-  from lima_jax.model import ModelConfig
+  from lima_jax.model.transformer import ModelConfig
   batch = raw.pop("batch")
   cfg = ModelConfig.from_dict(raw.pop("cfg"))
   step = statistics.median(raw["step_s"])
@@ -489,7 +492,7 @@ def worker(impl: str) -> None:
 
 def _spawn(impl: str, jax_platform: str) -> dict:
   """Runs one worker; its progress bar passes through, its stderr tail names any failure."""
-  from lima_jax import host_memory
+  from lima_jax.parallel import host_memory
   with tempfile.TemporaryDirectory() as tmp:
     out = os.path.join(tmp, "worker.json")
     args = [f"--{k}={FLAGS[k].value}" for k in _OWN_FLAGS

@@ -125,6 +125,9 @@ def get_config(preset: str = "quality") -> ml_collections.ConfigDict:
   c.model.checkpoint = ""
   c.model.tokenizer = ""  # '' = the checkpoint's own; else a SentencePiece/llama2.c file.
   c.model.max_len = 2048  # Conversations are trimmed to this many tokens (as in training).
+  # A base model without EOT grows its vocabulary to a multiple of this, as the training run on
+  # the choice will (configs/lima.py model.vocab_multiple): padding rows change the softmax.
+  c.model.vocab_multiple = 128
   c.model.batch_size = 8  # Sequences per forward pass (ifd).
   c.diverse = ml_collections.ConfigDict()
   # 'kcenter' (greedy coverage) | 'kmeans' (one per cluster); see the presets above.

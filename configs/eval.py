@@ -38,7 +38,7 @@ One command from a checkpoint to a score (answers generated first with LIMA's de
       --config.prompts=../shared/data/lima/test.jsonl --config.generate.samples=5 ...
 
 Must-show run (300 LIMA test prompts, the demo model's last epoch against its 4th, through
-the scripted local judge `python -m lima_jax.eval.scripted_judge`): see README "Judged
+the scripted local judge `python -m lima_jax.eval.scripted_judge`): see docs/evaluation.md "Judged
 evaluation" for the commands and figures. A rerun of a finished evaluation makes no judge
 call (every request is in DIR/judgments.sqlite).
 

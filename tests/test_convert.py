@@ -16,10 +16,12 @@ from safetensors import safe_open
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from conftest import shared_file
-from lima_jax import convert, hf_tokenizer
-from lima_jax import model as M
+from lima_jax import convert
+from lima_jax.formats import hf_tokenizer_files as hf_tokenizer
+from lima_jax.formats import llama2c
+from lima_jax.model import transformer as M
 from lima_jax.errors import UserError
-from lima_jax.model_config import ModelConfig, get_size
+from lima_jax.model.config import ModelConfig, get_size
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 STORY = "Once upon a time, there was a little girl named Lily"
@@ -159,8 +161,8 @@ def test_hf_round_trip_is_bit_identical(name, dtype, shard_bytes, tmp_path):
 
 def test_save_hf_exports_the_tokenizer_with_eot(tmp_path):
   from transformers import AutoTokenizer
-  from lima_jax.tokenizer import Tokenizer
-  tok = Tokenizer.load(shared_file("llama2c/stories260K/tok512.bin"))
+  from lima_jax.tokenizer import load as load_tokenizer
+  tok = load_tokenizer(shared_file("llama2c/stories260K/tok512.bin"))
   cfg = get_size("tiny", vocab_size=tok.vocab_size)  # rows for EOT and PAD too
   shapes = jax.eval_shape(lambda: M.Transformer(cfg).init(jax.random.key(0),
                                                           jnp.zeros((1, 1), jnp.int32)))
@@ -208,9 +210,9 @@ def test_load_hf_reports_bad_configs(tmp_path, hf_root):
 # --- llama2.c ---------------------------------------------------------------------------------
 
 def test_stories260k_greedy_decoding_from_bos_tells_the_story():
-  from lima_jax.tokenizer import Tokenizer
-  cfg, params = convert.load_llama2c(shared_file("llama2c/stories260K/stories260K.bin"))
-  tok = Tokenizer.load(shared_file("llama2c/stories260K/tok512.bin"))
+  from lima_jax.tokenizer import load as load_tokenizer
+  cfg, params = llama2c.load_llama2c(shared_file("llama2c/stories260K/stories260K.bin"))
+  tok = load_tokenizer(shared_file("llama2c/stories260K/tok512.bin"))
   assert (cfg.dim, cfg.n_layers, cfg.n_heads, cfg.n_kv_heads, cfg.vocab_size) == (64, 5, 8, 4, 512)
   step = jax.jit(lambda p, t, c, i: M.Transformer(cfg).apply({"params": p}, t, cache=c,
                                                               cache_index=i))
@@ -235,7 +237,7 @@ def test_llama2c_header_errors(tmp_path):
   for fname, (data, message) in cases.items():
     (tmp_path / fname).write_bytes(data)
     with pytest.raises(UserError, match=f"{fname}: .*{message}"):
-      convert.load_llama2c(tmp_path / fname)
+      llama2c.load_llama2c(tmp_path / fname)
 
 
 # --- command line -----------------------------------------------------------------------------

@@ -8,12 +8,12 @@ import numpy as np
 import pytest
 
 from configs import curate as curate_config
-from lima_jax import checkpoint
-from lima_jax import model as model_lib
+from lima_jax.formats import checkpoint
+from lima_jax.model import transformer as model_lib
 from lima_jax.curate import model_scores, pipeline, selectors
 from lima_jax.datasets import Record
-from lima_jax.model_config import get_size
-from lima_jax.tokenizer import Tokenizer
+from lima_jax.model.config import get_size
+from lima_jax.tokenizer import load as load_tokenizer
 
 TOKENIZER = pathlib.Path(__file__).resolve().parents[1] / "data" / "demo" / "tokenizer.model"
 MAX_LEN = 32
@@ -31,7 +31,7 @@ RECORDS = [
 
 @pytest.fixture(scope="module")
 def scorer():
-  tok = Tokenizer.load(TOKENIZER)
+  tok = load_tokenizer(TOKENIZER)
   cfg = get_size("tiny", vocab_size=tok.padded_vocab_size())
   model = model_lib.Transformer(cfg)
   params = nn.unbox(jax.jit(model.init)(jax.random.key(0), jnp.zeros((1, 8), jnp.int32))["params"])
@@ -48,7 +48,7 @@ def reference_loss(scorer, encoded):
 
 
 def test_batched_padded_losses_match_one_sequence_at_a_time(scorer):
-  from lima_jax import data  # pylint: disable=g-import-not-at-top
+  from lima_jax.data import batches as data  # pylint: disable=g-import-not-at-top
   encoded = [data.encode_conversation(r.conversations, scorer.tok, MAX_LEN) for r in RECORDS]
   lengths = [len(e.tokens) for e in encoded]
   assert len(set(lengths)) >= 2  # the shorter rows are padded
@@ -64,7 +64,7 @@ def test_ifd_compares_the_same_response_tokens_with_and_without_the_prompt(score
     assert part["ifd"] == pytest.approx(part["loss_conditional"] / part["loss_response"])
   # The dragon's story does not fit in MAX_LEN: trimming leaves part of the response, and
   # the response-only sequence is cut to exactly those tokens.
-  from lima_jax import data  # pylint: disable=g-import-not-at-top
+  from lima_jax.data import batches as data  # pylint: disable=g-import-not-at-top
   cond = data.encode_conversation(RECORDS[3].conversations, scorer.tok, MAX_LEN)
   alone = model_scores.response_only(RECORDS[3], scorer.tok, cond.n_loss_tokens)
   full_response = len(scorer.tok.encode(RECORDS[3].conversations[1])) + 1
@@ -94,7 +94,7 @@ def test_count_sketch_preserves_inner_products():
 
 def test_gradient_features_match_single_example_gradients_and_find_the_target(scorer):
   features = model_scores.gradient_features(scorer, RECORDS, dim=256, seed=0, batch_size=2)
-  from lima_jax import data  # pylint: disable=g-import-not-at-top
+  from lima_jax.data import batches as data  # pylint: disable=g-import-not-at-top
   e = data.encode_conversation(RECORDS[1].conversations, scorer.tok, MAX_LEN)
 
   def loss(p):

@@ -19,11 +19,12 @@ TOPICS = {
 }
 
 
-def topic_pool(per_topic=12, seed=0):
-  """Records whose prompts are drawn from one topic's vocabulary each: four clear clusters."""
+def topic_pool(per_topic=12, seed=0, topics=None):
+  """Records whose prompts are drawn from one topic's vocabulary each: four clear clusters
+  (or one per entry of `topics`)."""
   rng = np.random.default_rng(seed)
   records = []
-  for topic, vocab in TOPICS.items():
+  for topic, vocab in (topics or TOPICS).items():
     for k in range(per_topic):
       words = " ".join(rng.choice(vocab, size=8))
       records.append(Record((f"Tell me about {words}", f"An answer about {topic} {k}."),
@@ -187,3 +188,41 @@ def test_kmeans_covers_six_separated_topics_for_every_pool_seed(monkeypatch):
     emb = embed.tfidf_embed([r.conversations[0] for r in records], dim=16)
     picks = selectors.diverse(emb, 6, method="kmeans", seed=seed)
     assert sorted(records[p.index].source for p in picks) == sorted(SIX_TOPICS), seed
+
+
+def mixed_six_topic_pool(seed):
+  """topic_pool(seed) of the six topics (12 records each) with 6 exact duplicates, 4 records
+  leaking a test prompt and 4 truncated answers mixed in, shuffled: (pool, test prompts)."""
+  clean = topic_pool(seed=seed, topics=SIX_TOPICS)
+  rng = np.random.default_rng(100 + seed)  # apart from the words: same clean records
+  defects, tests = [], []
+  for k, j in enumerate(rng.choice(len(clean), 6, replace=False)):
+    defects.append(Record(clean[j].conversations, clean[j].source, f"dup{k}"))
+  for k, j in enumerate(rng.choice(len(clean), 4, replace=False)):
+    prompt = f"Leaked question {k}: {clean[j].conversations[0]} please explain in detail"
+    defects.append(Record((prompt, "A leaked answer."), clean[j].source, f"leak{k}"))
+    tests.append((f"test{k}", prompt))
+  for k, j in enumerate(rng.choice(len(clean), 4, replace=False)):
+    defects.append(Record((f"{clean[j].conversations[0]} in code",
+                           "Use it like this:\n```\nx = 1\n"), clean[j].source, f"cut{k}"))
+  pool = clean + defects
+  return [pool[i] for i in rng.permutation(len(pool))], tests
+
+
+def test_diverse_preset_covers_six_topics_in_a_mixed_pool_for_every_seed():
+  """The `diverse` preset (k-means over TF-IDF + SVD, ~62 dimensions), n = 6, on 20 pools and
+  seeds: the filters take out exactly the planted defects and every topic is chosen. The
+  best of 3 seedings judged by their own inertia (before `_fit_kmeans`) missed a topic at 4
+  of these 20 (seeds 0, 1, 8, 19; 8 of the first 100)."""
+  missed = []
+  for seed in range(20):
+    pool, tests = mixed_six_topic_pool(seed)
+    curation = pipeline.curate(pool, _config("diverse", n=6, seed=seed), tests)
+    # (Of a duplicate pair the earlier in the shuffled pool is kept: either may be removed.)
+    removed = collections.Counter(stage for _, stage, _ in curation.removed)
+    assert removed == {"exact_dedup": 6, "test_overlap": 4, "truncated": 4}, seed
+    assert len(curation.candidates) == 72, seed
+    chosen = sorted(curation.candidates[i].source for i, _ in curation.chosen)
+    if chosen != sorted(SIX_TOPICS):
+      missed.append(seed)
+  assert not missed, f"a topic missed at seeds {missed}"

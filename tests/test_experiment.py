@@ -364,7 +364,7 @@ def test_dry_run_says_which_done_steps_a_changed_prepare_step_will_redo(tmp_path
 
 def test_steps_start_on_huge_pages_keeping_the_callers_tunables(tmp_path, fake_training,
                                                                 monkeypatch):
-  """Every step's process gets glibc.malloc.hugetlb=1 (lima_jax/host_memory.py: XLA:CPU's
+  """Every step's process gets glibc.malloc.hugetlb=1 (lima_jax/parallel/host_memory.py: XLA:CPU's
   per-step temporaries on 2 MiB pages), after the tunables the runner was started with."""
   from lima_jax.experiment import study
   monkeypatch.setenv("GLIBC_TUNABLES", "glibc.malloc.arena_max=4")

@@ -12,9 +12,12 @@ from transformers import (AutoModelForCausalLM, AutoTokenizer, GenerationConfig,
                           RepetitionPenaltyLogitsProcessor)
 
 from conftest import shared_file, tiny_config
-from lima_jax import data, decoding, generate, hf_tokenizer
-from lima_jax.sampling import Decoding
-from lima_jax.tokenizer import Tokenizer
+from lima_jax.data import batches as data
+from lima_jax.decode import generator as decoding
+from lima_jax.formats import hf_tokenizer_files as hf_tokenizer
+from lima_jax.formats import model_file
+from lima_jax.decode.sampling import Decoding
+from lima_jax.tokenizer import load as load_tokenizer
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 PROMPTS = [["What is the capital of France?"], ["How many legs does a spider have?"],
@@ -31,7 +34,7 @@ def _messages(turns):
 def finetuned(tmp_path_factory):
   """(checkpoint, exported HF dir, the same in float32): the tiny model fine-tuned on 64 demo
   conversations."""
-  from lima_jax import train
+  from lima_jax.train import loop as train
   c = tiny_config(**{"data.subset_size": 64, "data.eval_fraction": 0.0})
   workdir = tmp_path_factory.mktemp("finetune")
   train.train_and_evaluate(c, str(workdir))
@@ -47,7 +50,8 @@ def finetuned(tmp_path_factory):
 
 def test_export_loads_as_is_with_eot_as_special_end_of_turn(finetuned):
   ckpt, out, _ = finetuned
-  _, cfg, tok, _ = generate.load(ckpt)
+  m = model_file.read(ckpt)
+  cfg, tok = m.config, m.tokenizer
   assert cfg.vocab_size > tok.vocab_size
   hf_tok = AutoTokenizer.from_pretrained(out)
   AutoModelForCausalLM.from_pretrained(out)
@@ -73,7 +77,7 @@ def test_export_loads_as_is_with_eot_as_special_end_of_turn(finetuned):
 
 def test_chat_template_tokenizes_as_training(finetuned):
   ckpt, out, _ = finetuned
-  _, _, tok, _ = generate.load(ckpt)
+  tok = model_file.read(ckpt).tokenizer
   hf_tok = AutoTokenizer.from_pretrained(out)
   rows = [json.loads(l) for l in (REPO / "data/demo/train.jsonl").read_text().splitlines()]
   # The demo tokenizer strips and collapses spaces; SentencePiece adds its prefix space even
@@ -98,7 +102,7 @@ def test_chat_template_tokenizes_as_training(finetuned):
 def test_chat_template_matches_sentencepiece_on_lima_with_the_llama_tokenizer(tmp_path):
   # transformers' own conversion of this tokenizer differs on 323 of these conversations
   # (runs of spaces); the exported tokenizer.json must not.
-  tok = Tokenizer.load(shared_file("llama2c/llama_tokenizer/tokenizer.model"))
+  tok = load_tokenizer(shared_file("llama2c/llama_tokenizer/tokenizer.model"))
   rows = [json.loads(l) for l in shared_file("lima/train.jsonl").read_text().splitlines()]
   rows = rows[::3]  # 344 conversations (~5 s), 112 of them with runs of spaces
   _, files = hf_tokenizer.tokenizer_files(tok.to_meta(), tok.padded_vocab_size(), 2048)
@@ -128,7 +132,8 @@ def test_shipped_generation_config_greedy_is_lima_jax_greedy(finetuned):
   do_sample=False decodes as lima_jax greedy with the penalty the card says it applies (1.0).
   The float32 export: lima_jax and torch cannot round bfloat16 arithmetic alike."""
   ckpt, _, out = finetuned
-  params, cfg, tok, _ = generate.load(ckpt)
+  m = model_file.open(ckpt)
+  params, cfg, tok = m.params, m.config, m.tokenizer
   model = AutoModelForCausalLM.from_pretrained(out).eval()
   hf_tok = AutoTokenizer.from_pretrained(out)
   ours = _ours(params, cfg, tok, 1.0, cfg.max_seq_len)
@@ -147,7 +152,8 @@ def test_shipped_generation_config_greedy_is_lima_jax_greedy(finetuned):
 def test_model_card_recipe_reproduces_lima_penalty(finetuned):
   """The card's recipe for LIMA's penalty (generated tokens only) equals lima_jax --greedy."""
   ckpt, _, out = finetuned
-  params, cfg, tok, _ = generate.load(ckpt)
+  m = model_file.open(ckpt)
+  params, cfg, tok = m.params, m.config, m.tokenizer
   model = AutoModelForCausalLM.from_pretrained(out).eval()
   hf_tok = AutoTokenizer.from_pretrained(out)
   ours = _ours(params, cfg, tok, 1.2, 24)

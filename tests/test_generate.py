@@ -12,9 +12,14 @@ import numpy as np
 import pytest
 
 from conftest import random_tiny_model
-from lima_jax import checkpoint, decoding, generate, sampling, sharding
-from lima_jax import model as M
-from lima_jax.sampling import Decoding
+from lima_jax.decode import answer
+from lima_jax.decode.prompts import read_prompts
+from lima_jax.formats import checkpoint
+from lima_jax.decode import generator as decoding
+from lima_jax.decode import sampling
+from lima_jax.parallel import sharding
+from lima_jax.model import transformer as M
+from lima_jax.decode.sampling import Decoding
 from lima_jax.errors import UserError
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -112,7 +117,7 @@ def test_cached_greedy_equals_recomputation_batched_and_on_a_mesh(model, gen):
   assert len({tuple(r) for r in ref}) == len(ref) and max(map(len, ref)) >= 6
   assert [ids for ids, _ in gen.answer_ids(prompts, PLAIN)] == ref
   # The public helper the trainer calls: greedy texts of the same tokens.
-  assert generate.generate(params, cfg, tok, CONVS, max_new_tokens=12) == [
+  assert answer.generate(params, cfg, tok, CONVS, max_new_tokens=12) == [
       tok.decode(r) for r in ref]
 
   mesh = sharding.make_mesh((2, 2, 2))
@@ -182,7 +187,7 @@ def test_chat_keeps_the_history(model, gen, monkeypatch, capsys):
   real = gen.answer
   monkeypatch.setattr(gen, "answer", lambda convs, *a, **k: seen.append(convs[0]) or real(
       convs, *a, **k))
-  generate._chat(gen, PLAIN, seed=0)
+  answer.chat(gen, PLAIN, seed=0)
   assert [len(c) for c in seen] == [1, 3, 1]
   assert seen[1][:1] == ["What is the capital of France?"] and seen[1][2] == "And of Spain?"
   assert seen[1][1] == real([seen[0]], PLAIN, 0)[0].text  # the model's own first answer
@@ -257,14 +262,14 @@ def test_read_prompts_names_the_line_at_fault(tmp_path):
   for text, message in cases:
     path.write_text(text)
     with pytest.raises(UserError, match=message):
-      generate.read_prompts(path)
+      read_prompts(path)
 
 
 def test_cli_bad_input_is_one_line_and_leaves_the_output_alone(tmp_path):
   out = tmp_path / "out.jsonl"
   out.write_text("good\n")
   cases = [('{"conversations": ["q"]}\n{oops\n', "prompts.jsonl:2: invalid JSON"),
-           ('{"conversations": ["q"]}\n', "nope: checkpoint directory does not exist")]
+           ('{"conversations": ["q"]}\n', "nope: no such checkpoint directory or model file")]
   for text, message in cases:
     (tmp_path / "prompts.jsonl").write_text(text)
     r = _cli(f"--checkpoint={tmp_path / 'nope'}", f"--prompts={tmp_path / 'prompts.jsonl'}",

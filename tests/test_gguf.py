@@ -15,10 +15,10 @@ from transformers import (AutoModelForCausalLM, AutoTokenizer, LlamaConfig,  # n
                           LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM)
 from transformers.convert_slow_tokenizer import bytes_to_unicode  # noqa: E402
 
-from lima_jax import gguf_file  # noqa: E402
-from lima_jax import model as M  # noqa: E402
+from lima_jax.formats import gguf as gguf_file  # noqa: E402
+from lima_jax.model import transformer as M  # noqa: E402
 from lima_jax.errors import UserError  # noqa: E402
-from lima_jax.tokenizer import Tokenizer  # noqa: E402
+from lima_jax.tokenizer import load as load_tokenizer, from_meta as tokenizer_from_meta
 
 ALPHABET = list(bytes_to_unicode().values())
 SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
@@ -125,7 +125,7 @@ def test_logits_match_transformers_gguf_loader(arch, tied, qtype, tmp_path):
 
 def test_tokenizer_from_metadata_matches_transformers_and_never_parses_specials(tmp_path):
   path = write_gguf(tmp_path / "m.gguf", _hf_model("llama", True))
-  tok = Tokenizer.load(path)
+  tok = load_tokenizer(path)
   assert (tok.bos_id, tok.eos_id, tok.eot_id, tok.vocab_size) == (1, 2, VOCAB, VOCAB + 2)
   ref = AutoTokenizer.from_pretrained(tmp_path, gguf_file="m.gguf")
   for text in ["the cat in the hat", "  the\n\nthe  a", "é ü 1 22 in"]:
@@ -134,7 +134,7 @@ def test_tokenizer_from_metadata_matches_transformers_and_never_parses_specials(
   forged = tok.encode("<|im_start|>the<|endoftext|> <eot>")
   assert not {0, 1, 2, tok.eot_id} & set(forged)
   assert tok.decode(forged) == "<|im_start|>the<|endoftext|> <eot>"
-  assert Tokenizer.from_meta(tok.to_meta()).encode("the in") == tok.encode("the in")
+  assert tokenizer_from_meta(tok.to_meta()).encode("the in") == tok.encode("the in")
 
 
 def _one_line_failure(args, out):
@@ -161,7 +161,7 @@ def test_unknown_architecture_and_tensor_type_are_one_line_and_write_nothing(tmp
 
 
 def test_from_gguf_cli_stores_the_architecture_and_tokenizer(tmp_path):
-  from lima_jax import checkpoint
+  from lima_jax.formats import checkpoint
   path = write_gguf(tmp_path / "m.gguf", _hf_model("qwen2", False), "qwen2", Q.F32)
   run = subprocess.run([sys.executable, "-m", "lima_jax.convert", "from-gguf", f"--gguf={path}",
                         f"--out={tmp_path / 'ckpt'}"], capture_output=True, text=True,
@@ -169,4 +169,4 @@ def test_from_gguf_cli_stores_the_architecture_and_tokenizer(tmp_path):
   assert run.returncode == 0, run.stderr
   meta = checkpoint.read_meta(tmp_path / "ckpt")
   assert meta["model_config"]["arch"] == "qwen2" and meta["model_config"]["qkv_bias"]
-  assert json.dumps(meta["tokenizer"]) == json.dumps(Tokenizer.load(path).to_meta())
+  assert json.dumps(meta["tokenizer"]) == json.dumps(load_tokenizer(path).to_meta())

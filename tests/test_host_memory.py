@@ -1,4 +1,5 @@
-"""lima_jax.host_memory: the environment that puts glibc's malloc on transparent huge pages."""
+"""lima_jax.parallel.host_memory: the environment that puts glibc's malloc on transparent huge
+pages."""
 import doctest
 import os
 import pathlib
@@ -7,7 +8,7 @@ import sys
 
 import pytest
 
-from lima_jax import host_memory
+from lima_jax.parallel import host_memory
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
@@ -41,7 +42,7 @@ def _python(*args, env_extra=None, cwd=None):
                         cwd=cwd or REPO, timeout=300)
 
 
-RESTART = ("import os, sys; print('started', flush=True); from lima_jax import host_memory; "
+RESTART = ("import os, sys; print('started', flush=True); from lima_jax.parallel import host_memory; "
            "host_memory.restart_with_huge_pages(); "
            "print(os.environ.get('GLIBC_TUNABLES'), sys.argv[1:])")
 

@@ -1,4 +1,4 @@
-"""The fused output projection + cross-entropy over loss tokens (lima_jax/loss.py) against the
+"""The fused output projection + cross-entropy over loss tokens (lima_jax/train/loss.py) against the
 plain route: float32 logits [B, T, V], optax's cross-entropy, masked sum."""
 import re
 
@@ -9,8 +9,10 @@ import numpy as np
 import optax
 import pytest
 
-from lima_jax import loss, model as M, train
-from lima_jax.model_config import get_size
+from lima_jax.train import loss
+from lima_jax.model import transformer as M
+from lima_jax.train import step as step_lib
+from lima_jax.model.config import get_size
 
 B, T, D, V = 3, 37, 16, 50
 
@@ -71,7 +73,7 @@ def test_fused_loss_groups_must_divide_the_rows():
 def test_fused_loss_on_a_sharded_batch_keeps_rows_on_their_devices():
   """groups = batch shards: under jit on 8 devices the result equals the plain one, and the
   joined rows stay sharded (no gather of hidden states onto one device)."""
-  from lima_jax import sharding
+  from lima_jax.parallel import sharding
   if len(jax.devices()) < 8:
     pytest.skip("needs the 8 fake CPU devices from conftest")
   rng = np.random.default_rng(3)
@@ -118,7 +120,7 @@ def test_train_loss_sums_same_with_and_without_the_fused_head(tied):
   assert ("lm_head" in params) != tied
 
   def run(chunk):
-    f = lambda p: train.loss_sums(model, p, batch, None, True, chunk)
+    f = lambda p: step_lib.loss_sums(model, p, batch, None, True, chunk)
     return jax.jit(jax.value_and_grad(f, has_aux=True))(params)
 
   (nll0, n0), g0 = run(0)

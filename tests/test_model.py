@@ -10,10 +10,13 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from lima_jax import axes, layers, model_config, sharding
-from lima_jax import model as M
+from lima_jax.model import axes
+from lima_jax.model import layers
+from lima_jax.model import config as model_config
+from lima_jax.parallel import sharding
+from lima_jax.model import transformer as M
 from lima_jax.errors import UserError
-from lima_jax.model_config import ModelConfig, SIZES, get_size
+from lima_jax.model.config import ModelConfig, SIZES, get_size
 
 
 BASE = get_size("tiny", n_layers=3, dropout_top=0.5)  # dropout rates 0, 0.25, 0.5
@@ -82,7 +85,9 @@ def test_config_rejects_unknown_keys_and_bad_values():
 
 def test_the_config_module_is_re_exported_and_types_the_layers():
   # lima_jax.model's names are the documented ones (docs/INTERFACES.md, README).
-  assert (M.ModelConfig, M.SIZES, M.get_size) == (ModelConfig, SIZES, get_size)
+  import lima_jax.model as face
+  assert (face.ModelConfig, face.SIZES, face.get_size) == (ModelConfig, SIZES, get_size)
+  assert (face.Transformer, face.init_cache) == (M.Transformer, M.init_cache)
   assert M.REMAT_POLICIES is model_config.REMAT_POLICIES
   for module in (layers.Attention, layers.MLP, layers.Embed, layers.LMHead):
     assert typing.get_type_hints(module)["cfg"] is ModelConfig
@@ -334,7 +339,7 @@ def _reference_attention(q, k, v, mask):
 
 def _blocked_attention(q, k, v, segments, block):
   """attention.causal_attention on [B, T, G, R, K] queries and [B, T, G, K] keys/values."""
-  from lima_jax import attention
+  from lima_jax.model import attention
   B, T, G, R, K = q.shape
   qh = q.transpose(0, 2, 1, 3, 4).reshape(B, G, T * R, K)
   out = attention.causal_attention(qh, k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3),
@@ -344,7 +349,7 @@ def _blocked_attention(q, k, v, segments, block):
 
 @pytest.mark.parametrize("block", [0, 1, 5, 16, 37])
 def test_blocked_attention_matches_reference_with_packed_segments(block):
-  from lima_jax import attention
+  from lima_jax.model import attention
   rng = np.random.default_rng(0)
   B, T, G, R, K = 2, 37, 2, 3, 8
   q = jnp.asarray(rng.normal(size=(B, T, G, R, K)), jnp.float32)
@@ -384,7 +389,7 @@ def test_blocked_attention_in_bfloat16_stays_close_to_float32():
   """bfloat16 q, k, v (what accelerator training feeds it): output and gradients within
   bfloat16's precision of the float32 reference on the same (rounded) inputs; the softmax
   sums run in float32, so longer rows do not drift."""
-  from lima_jax import attention
+  from lima_jax.model import attention
   rng = np.random.default_rng(1)
   B, T, G, R, K = 2, 256, 2, 2, 16
   q = jnp.asarray(rng.normal(size=(B, T, G, R, K)), jnp.bfloat16)

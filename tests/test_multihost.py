@@ -30,7 +30,7 @@ def read_metrics(workdir):
 
 
 def final_params(workdir):
-  from lima_jax import checkpoint
+  from lima_jax.formats import checkpoint
   root = pathlib.Path(workdir) / "checkpoints"
   step = max(int(p.name) for p in root.iterdir() if p.name.isdigit())
   params, _ = checkpoint.load_numpy(root / str(step))
@@ -53,7 +53,7 @@ def two_processes(**overrides):
                                    (2, 4, 1), (4, 1, 2)])
 @pytest.mark.parametrize("accum", [1, 2])
 def test_device_rows_are_jax_sharding(shape, accum):
-  from lima_jax import sharding
+  from lima_jax.parallel import sharding
   mesh = sharding.make_mesh(shape)
   batch = 16
   global_shape = (accum, batch // accum, 5) if accum > 1 else (batch, 5)
@@ -81,7 +81,7 @@ class MockTpu:
 
 
 def mock_slice(name):
-  from lima_jax import tpu_specs
+  from lima_jax.parallel import tpu_specs
   s = tpu_specs.parse_slice(name)
   grid = s.grid + (1,) * (3 - len(s.grid))
   bounds = s.host_bounds
@@ -96,7 +96,7 @@ def mock_slice(name):
   return s, devices
 
 
-# Every mesh the README, docs/tpu.md, configs/lima.py and the planner recommend (and the one
+# Every mesh docs/tpu.md, configs/lima.py and the planner recommend (and the one
 # the issue found broken: v4-256 (1,32,4), whose 4-way 'tensor' lies along the 4-chip x axis
 # while a v4 host holds 2x2x1 chips).
 RECOMMENDED = [("v4-64", (1, 32, 1), 32, False), ("v4-128", (1, 32, 2), 32, False),
@@ -115,7 +115,7 @@ def test_mock_tpu_hosts_feed_what_their_chips_hold(name, shape, batch, crosses):
 
 
 def _check_hosts(slice_, devices, shape, batch, accum, crosses):
-  from lima_jax import sharding
+  from lima_jax.parallel import sharding
   grid = sharding.device_grid(shape, devices)
   assert sharding.tensor_groups_cross_hosts(grid) == crosses
   per_device = sharding.device_rows(grid, batch, accum)
@@ -144,12 +144,12 @@ def _check_hosts(slice_, devices, shape, batch, accum, crosses):
     (8, 8, 8, (1, 8, 1)), (8, 4, 4, (1, 4, 2)), (128, 4, 32, (1, 32, 4)), (64, 4, 32, (1, 32, 2)),
     (16, 4, 64, (1, 16, 1)), (4, 4, 6, (1, 2, 2))])
 def test_auto_mesh_shape(chips, per_host, micro, want):
-  from lima_jax import sharding
+  from lima_jax.parallel import sharding
   assert sharding.auto_mesh_shape(chips, per_host, micro) == want
 
 
 def test_auto_mesh_refuses_tensor_across_hosts():
-  from lima_jax import sharding
+  from lima_jax.parallel import sharding
   from lima_jax.errors import UserError
   with pytest.raises(UserError, match=r"mesh.shape=\(\).*micro-batch of 16.*inside a host of 4"):
     sharding.auto_mesh_shape(256, 4, 16)
@@ -169,7 +169,7 @@ EQUIV = {"train.epochs": 2, "train.batch_size": 16, "train.grad_accum_steps": 2,
 @pytest.mark.slow
 @pytest.mark.parametrize("shape", [(1, 1, 8), (1, 8, 1), (2, 2, 2), (1, 2, 4)])
 def test_two_processes_train_exactly_what_one_does(tmp_path, shape):
-  from lima_jax import train
+  from lima_jax.train import loop as train
   one = train.train_and_evaluate(tiny_config(**EQUIV, **{"mesh.shape": shape}),
                                  str(tmp_path / "one"))
   train.train_and_evaluate(tiny_config(**two_processes(**EQUIV, **{"mesh.shape": shape})),
@@ -188,7 +188,7 @@ def test_two_processes_train_exactly_what_one_does(tmp_path, shape):
 
 @pytest.mark.slow
 def test_gradient_accumulation_is_exact(tmp_path):
-  from lima_jax import train
+  from lima_jax.train import loop as train
   runs = {}
   for accum in (1, 2, 4):
     overrides = {"train.epochs": 1, "train.batch_size": 16, "train.grad_accum_steps": accum,
@@ -279,7 +279,7 @@ def test_sigterm_to_one_of_two_processes_saves_the_same_step_and_resumes_exactly
 
 @pytest.mark.slow
 def test_preemption_can_save_params_only(tmp_path):
-  from lima_jax import checkpoint
+  from lima_jax.formats import checkpoint
   args = ["--config.train.epochs=40", "--config.checkpoint.on_preemption=params",
           "--config.checkpoint.every_steps=3"]
   proc = subprocess.Popen(main_cmd(tmp_path, *args), cwd=REPO, env=cpu_env(), text=True,
@@ -360,20 +360,21 @@ def test_hosts_with_different_data_refuse_with_one_line(tmp_path):
 
 @pytest.fixture(scope="module")
 def stories(tmp_path_factory):
-  from lima_jax import checkpoint, convert, tokenizer
+  from lima_jax.formats import checkpoint, llama2c
+  from lima_jax import tokenizer
   model = shared_file("llama2c/stories260K/stories260K.bin")
   tok = shared_file("llama2c/stories260K/tok512.bin")
   out = tmp_path_factory.mktemp("stories") / "ckpt"
-  cfg, params = convert.load_llama2c(model)
+  cfg, params = llama2c.load_llama2c(model)
   checkpoint.save(out, params, {"model_config": cfg.to_dict(), "step": 0, "epoch": 0,
-                                "tokenizer": tokenizer.Tokenizer.load(tok).to_meta()})
+                                "tokenizer": tokenizer.load(tok).to_meta()})
   return model, tok, out
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("kind, shape", [("lima", (1, 2, 4)), ("llama2c", (2, 2, 2))])
 def test_training_from_model_init_on_two_processes(tmp_path, stories, kind, shape):
-  from lima_jax import train
+  from lima_jax.train import loop as train
   model, tok, ckpt = stories
   init = {"model.size": "", "model.init": str(ckpt if kind == "lima" else model),
           "data.tokenizer": "" if kind == "lima" else str(tok), "train.epochs": 1,
@@ -392,7 +393,7 @@ def test_training_from_model_init_on_two_processes(tmp_path, stories, kind, shap
 
 
 def test_init_and_tokenizer_must_belong_together(tmp_path, stories):
-  from lima_jax import train
+  from lima_jax.train import loop as train
   from lima_jax.errors import UserError
   _, _, ckpt = stories
   wrong = {"model.size": "", "model.init": str(ckpt), "train.epochs": 1}  # demo's tokenizer
@@ -407,7 +408,8 @@ def test_init_and_tokenizer_must_belong_together(tmp_path, stories):
 # ----------------------------------------------------------------------------------------------
 
 def test_nonfinite_loss_between_logged_steps_never_reaches_a_checkpoint(tmp_path):
-  from lima_jax import checkpoint, train
+  from lima_jax.formats import checkpoint
+  from lima_jax.train import loop as train
   from lima_jax.errors import UserError
   blowup = {"train.learning_rate": 1e30, "train.end_learning_rate": 1e30, "train.grad_clip": 0.0,
             "train.log_every": 1000, "checkpoint.every_steps": 1, "train.epochs": 1}

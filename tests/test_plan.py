@@ -7,9 +7,9 @@ import sys
 
 import pytest
 
-from lima_jax import tpu_specs
+from lima_jax.parallel import tpu_specs
 from lima_jax.errors import UserError
-from lima_jax.model_config import get_size
+from lima_jax.model.config import get_size
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 HAS_LIBTPU = importlib.util.find_spec("libtpu") is not None
@@ -181,7 +181,9 @@ def test_the_big_configs_lower_on_cpu(variant, billions):
   the parameter count is LLaMA-1's published one (vocabulary grown by EOT, padded)."""
   import importlib.util
   import jax
-  from lima_jax import base_model, sharding, train
+  from lima_jax.train import base_model
+  from lima_jax.parallel import sharding
+  from lima_jax.train import step as step_lib
   spec = importlib.util.spec_from_file_location("lima_config", REPO / "configs" / "lima.py")
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
@@ -189,7 +191,7 @@ def test_the_big_configs_lower_on_cpu(variant, billions):
   micro = config.train.batch_size // config.train.grad_accum_steps
   mesh = sharding.choose_mesh(config.mesh.shape, jax.devices(), micro)
   with jax.set_mesh(mesh):
-    built = train.build_train_step(config, mesh, base_model.planned_model_config(config),
+    built = step_lib.build_train_step(config, mesh, base_model.planned_model_config(config),
                                    total_steps=1000)
     lowered = built.train_step.lower(built.abstract_state, built.abstract_batch,
                                      jax.eval_shape(lambda: jax.random.key(0)))

@@ -34,7 +34,7 @@ def _run(module, *flags, timeout=600):
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
   """(workdir, prompts file): the tiny model trained 3 epochs, one checkpoint per epoch."""
-  from lima_jax import train
+  from lima_jax.train import loop as train
   workdir = tmp_path_factory.mktemp("run")
   train.train_and_evaluate(tiny_config(**{"train.epochs": 3, "data.eval_fraction": 0.0}),
                            str(workdir))
@@ -87,7 +87,7 @@ def test_select_on_two_processes_gives_one_process_page(run, tmp_path):
 
 @pytest.mark.slow
 def test_training_with_sample_prompts_on_two_processes(tmp_path):
-  from lima_jax import train
+  from lima_jax.train import loop as train
   prompts = "What is the capital of France?|Name a colour."
   runs = {}
   for name, extra in (("one", {}), ("two", {"distributed.local_processes": 2,
@@ -106,8 +106,11 @@ def test_training_with_sample_prompts_on_two_processes(tmp_path):
 def test_bfloat16_load_halves_bytes_and_keeps_greedy_answers(tmp_path):
   """A model trained with bfloat16 compute: its float32 checkpoint loaded in bfloat16 holds
   half the bytes and answers greedily as the float32 load does."""
-  from lima_jax import decoding, generate, sharding, train
-  from lima_jax.sampling import Decoding
+  from lima_jax.decode import generator as decoding
+  from lima_jax.formats import model_file
+  from lima_jax.parallel import sharding
+  from lima_jax.train import loop as train
+  from lima_jax.decode.sampling import Decoding
   train.train_and_evaluate(tiny_config(**{"train.epochs": 2, "model.dtype": "bfloat16",
                                           "data.eval_fraction": 0.0}), str(tmp_path))
   ckpt = _last_checkpoint(tmp_path)
@@ -115,7 +118,8 @@ def test_bfloat16_load_halves_bytes_and_keeps_greedy_answers(tmp_path):
   dec = Decoding(greedy=True, repetition_penalty=1.0, max_new_tokens=16)
   answers, nbytes = {}, {}
   for dtype in (None, "bfloat16"):
-    params, cfg, tok, _ = generate.load(ckpt, mesh, dtype)
+    m = model_file.open(ckpt, mesh=mesh, dtype=dtype)
+    params, cfg, tok = m.params, m.config, m.tokenizer
     leaves = jax.tree.leaves(params)
     assert {x.dtype for x in leaves} == {np.dtype(dtype or "float32")}
     nbytes[dtype] = sum(x.nbytes for x in leaves)
@@ -129,7 +133,7 @@ def test_bfloat16_load_halves_bytes_and_keeps_greedy_answers(tmp_path):
 def test_small_layers_save_without_orbax_chunk_warnings(tmp_path, caplog):
   """Layers under 1 MiB ask orbax for 1 MiB chunks (below that it warns on every save); a
   1 MiB layer still gets a chunk of its own, and slices read back exactly."""
-  from lima_jax import checkpoint
+  from lima_jax.formats import checkpoint
   rng = np.random.default_rng(0)
   params = {"layers": {"big": rng.standard_normal((4, 512, 512), np.float32),
                        "small": rng.standard_normal((4, 8, 8), np.float32)},
@@ -149,7 +153,7 @@ def _tree_hash(directory: pathlib.Path) -> dict:
 
 
 def test_training_checkpoints_store_one_layer_per_chunk_and_read_by_slice(run):
-  from lima_jax import checkpoint
+  from lima_jax.formats import checkpoint
   workdir, _ = run
   ckpt = _last_checkpoint(workdir)
   full, _ = checkpoint.load_numpy(ckpt)

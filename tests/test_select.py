@@ -11,12 +11,15 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from lima_jax import checkpoint, decoding, select
-from lima_jax import model as M
-from lima_jax.model_config import get_size
-from lima_jax.sampling import Decoding
+from lima_jax.eval import epochs
+from lima_jax.formats import epoch_checkpoints
+from lima_jax.formats import checkpoint
+from lima_jax.decode import generator as decoding
+from lima_jax.model import transformer as M
+from lima_jax.model.config import get_size
+from lima_jax.decode.sampling import Decoding
 from lima_jax.errors import UserError
-from lima_jax.tokenizer import Tokenizer
+from lima_jax.tokenizer import load as load_tokenizer
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 DEC = Decoding(greedy=True, repetition_penalty=1.0, max_new_tokens=12)  # as test_generate's
@@ -37,7 +40,7 @@ def workdir(tmp_path_factory):
   """A run of 3 epochs of 4 steps: epoch ends at steps 4, 8, 12, a mid-epoch checkpoint at
   step 10 (epoch 2 done), and metrics.jsonl with a torn last line."""
   root = tmp_path_factory.mktemp("run")
-  tok = Tokenizer.load(REPO / "data/demo/tokenizer.model")
+  tok = load_tokenizer(REPO / "data/demo/tokenizer.model")
   cfg = get_size("tiny", vocab_size=tok.padded_vocab_size(128))
   base = {"model_config": cfg.to_dict(), "tokenizer": tok.to_meta()}
   for step, epoch, loss in ((4, 1, 3.0), (8, 2, None), (10, 2, None), (12, 3, 2.2)):
@@ -52,21 +55,21 @@ def workdir(tmp_path_factory):
 
 def test_finds_the_checkpoint_that_ended_each_epoch(workdir):
   root, _, _ = workdir
-  found = select.find_epoch_checkpoints(root)
+  found = epoch_checkpoints.find_epoch_checkpoints(root)
   assert {e: (c.step, c.eval_loss) for e, c in found.items()} == {
       1: (4, 3.0), 2: (8, 2.5), 3: (12, 2.2)}  # epoch 2's loss from metrics.jsonl
-  assert select.parse_epochs("2-3", found, "w") == [2, 3]
-  assert select.parse_epochs("3,1", found, "w") == [1, 3]
-  assert select.parse_epochs("", found, "w") == [1, 2, 3]
+  assert epoch_checkpoints.select_epochs("2-3", found, "w") == [2, 3]
+  assert epoch_checkpoints.select_epochs("3,1", found, "w") == [1, 3]
+  assert epoch_checkpoints.select_epochs("", found, "w") == [1, 2, 3]
   with pytest.raises(UserError, match=r"epoch\(s\) \[4, 5\] in w; available epochs: 1, 2, 3"):
-    select.parse_epochs("2-5", found, "w")
+    epoch_checkpoints.select_epochs("2-5", found, "w")
   with pytest.raises(UserError, match="not like '5-10'"):
-    select.parse_epochs("five", found, "w")
+    epoch_checkpoints.select_epochs("five", found, "w")
 
 
 def test_answers_of_each_epoch_side_by_side(workdir, tmp_path):
   root, cfg, tok = workdir
-  out = select.compare_epochs(root, root / "prompts.jsonl", "2-3", tmp_path / "sel", DEC,
+  out = epochs.compare_epochs(root, root / "prompts.jsonl", "2-3", tmp_path / "sel", DEC,
                               batch_size=4)
   convs = [p["conversations"] if "conversations" in p else [p["prompt"]] for p in PROMPTS]
   want = {step: decoding.Generator(_params(cfg, step), cfg, tok, batch_size=4).answer(convs, DEC)

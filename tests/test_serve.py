@@ -23,8 +23,10 @@ import uvicorn
 from prometheus_client.parser import text_string_to_metric_families
 
 from conftest import random_tiny_model
-from lima_jax import checkpoint, decoding
-from lima_jax.sampling import Decoding
+from lima_jax.formats import checkpoint
+from lima_jax.decode import generator as decoding
+from lima_jax.decode.sampling import Decoding
+from lima_jax.errors import UserError
 from lima_jax.serve.api import create_app
 from lima_jax.serve.engine import Engine, buckets
 
@@ -465,10 +467,10 @@ def test_cli_serves_a_checkpoint_to_the_openai_client(model, tmp_path):
 
 
 def test_a_hugging_face_directory_serves_the_same_tokens(model, tmp_path):
-  from lima_jax import hf
+  from lima_jax.formats import hf_export
   from lima_jax.serve.__main__ import check_checkpoint, load_engine
   params, cfg, tok = model
-  hf.save_hf(cfg, params, tmp_path / "hf", tok.to_meta(), "float32")
+  hf_export.save_hf(cfg, params, tmp_path / "hf", tok.to_meta(), "float32")
   check_checkpoint(tmp_path / "hf")
   engine, hf_tok = load_engine(tmp_path / "hf", slots=2)
   assert (hf_tok.eot_id, hf_tok.vocab_size) == (tok.eot_id, tok.vocab_size)
@@ -477,3 +479,29 @@ def test_a_hugging_face_directory_serves_the_same_tokens(model, tmp_path):
   engine.insert(1, prompt, seed=0, index=0, temperature=1.0, top_p=1.0, top_k=0, penalty=1.0,
                 greedy=True)
   assert [int(engine.step()[1]) for _ in ids] == ids
+
+
+def test_a_hugging_face_directory_with_only_tokenizer_json_serves(model, tmp_path):
+  """Without tokenizer.model the directory's tokenizer.json is the tokenizer: the engine gives
+  the decoder's tokens with that tokenizer."""
+  from lima_jax.formats import hf_export
+  from lima_jax.serve.__main__ import check_checkpoint, load_engine
+  from lima_jax.tokenizer import tokenizer_json
+  from lima_jax.tokenizer import load as load_tokenizer
+  params, cfg, tok = model
+  hf_dir = tmp_path / "hf"
+  hf_export.save_hf(cfg, params, hf_dir, tok.to_meta(), "float32")
+  (hf_dir / "tokenizer.model").unlink()
+  check_checkpoint(hf_dir)
+  engine, served_tok = load_engine(hf_dir, slots=2)
+  json_tok = load_tokenizer(hf_dir / "tokenizer.json")
+  assert served_tok.to_meta() == json_tok.to_meta()
+  assert served_tok.to_meta()["format"] == tokenizer_json.META_FORMAT
+  prompt = decoding.render_prompt(CONVS[2], json_tok)
+  (ids, _), = decoding.Generator(params, cfg, json_tok, batch_size=1).answer_ids([prompt], PLAIN)
+  engine.insert(1, prompt, seed=0, index=0, temperature=1.0, top_p=1.0, top_k=0, penalty=1.0,
+                greedy=True)
+  assert [int(engine.step()[1]) for _ in ids] == ids
+  (hf_dir / "tokenizer.json").unlink()
+  with pytest.raises(UserError, match="needs tokenizer.model .* or tokenizer.json"):
+    check_checkpoint(hf_dir)

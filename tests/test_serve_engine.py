@@ -6,13 +6,13 @@ import jax
 import jax.numpy as jnp
 import pytest
 
-from lima_jax import decoding
-from lima_jax import model as model_lib
-from lima_jax.decoding import Generator
-from lima_jax.model_config import get_size
-from lima_jax.sampling import Decoding
+from lima_jax.decode import generator as decoding
+from lima_jax.model import transformer as model_lib
+from lima_jax.decode.generator import Generator
+from lima_jax.model.config import get_size
+from lima_jax.decode.sampling import Decoding
 from lima_jax.serve.engine import Engine, bucket_for, buckets
-from lima_jax.tokenizer import Tokenizer
+from lima_jax.tokenizer import load as load_tokenizer
 from conftest import _REPO
 
 N_NEW = 20
@@ -20,7 +20,7 @@ N_NEW = 20
 
 @pytest.fixture(scope="module")
 def setup():
-  tok = Tokenizer.load(_REPO / "data/demo/tokenizer.model")
+  tok = load_tokenizer(_REPO / "data/demo/tokenizer.model")
   cfg = get_size("tiny", vocab_size=tok.padded_vocab_size())
   params = nn.meta.unbox(model_lib.Transformer(cfg).init(
       jax.random.key(1), jnp.zeros((1, 8), jnp.int32))["params"])
@@ -77,7 +77,7 @@ def test_buckets():
 def test_on_a_mesh_gives_the_same_tokens(setup):
   """Params sharded (fsdp x tensor over 4 of the fake devices), the cache over the batch: the
   same tokens as on one device (what `--mesh` serves)."""
-  from lima_jax import sharding
+  from lima_jax.parallel import sharding
   tok, cfg, params, engine, prompts = setup
   mesh = sharding.make_mesh([1, 2, 2], jax.devices()[:4])
   placed = jax.device_put(params, sharding.logical_shardings(model_lib.abstract_params(cfg),

@@ -37,10 +37,10 @@ def ref():
 
 @pytest.fixture(scope="module")
 def ours():
-  from lima_jax import gguf_file
-  from lima_jax.tokenizer import Tokenizer
+  from lima_jax.formats import gguf as gguf_file
+  from lima_jax.tokenizer import load as load_tokenizer
   cfg, params = gguf_file.load_gguf(smollm2_gguf())
-  return Tokenizer.load(smollm2_gguf()), cfg, params
+  return load_tokenizer(smollm2_gguf()), cfg, params
 
 
 def _texts():
@@ -56,8 +56,8 @@ def _chat(tok, question):
 
 
 def test_config_and_logits_match_transformers(ours, ref):
-  from lima_jax import model as M
-  from lima_jax.model_config import SIZES
+  from lima_jax.model import transformer as M
+  from lima_jax.model.config import SIZES
   tok, cfg, params = ours
   assert (cfg.n_layers, cfg.dim, cfg.n_heads, cfg.n_kv_heads, cfg.vocab_size, cfg.rope_theta,
           cfg.tie_embeddings) == (30, 576, 9, 3, 49152, 1e5, True)
@@ -112,9 +112,9 @@ def test_tokenizer_ids_match_transformers_on_lima(ours, ref):
 
 
 def test_greedy_answers_match_transformers(ours, ref):
-  from lima_jax import decoding
-  from lima_jax import model as M
-  from lima_jax.sampling import GREEDY
+  from lima_jax.decode import generator as decoding
+  from lima_jax.model import transformer as M
+  from lima_jax.decode.sampling import GREEDY
   tok, cfg, params = ours
   # As training sees it: rows for EOT (mean-initialised), padded to 128.
   cfg = dataclasses.replace(cfg, vocab_size=tok.padded_vocab_size())

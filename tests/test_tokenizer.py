@@ -1,4 +1,5 @@
-"""Tokenizer: added special ids, text safety, meta round trip, llama2.c import."""
+"""Tokenizer: the contract (EOT after the base vocabulary), added special ids, text safety, meta
+round trip, the one loader, llama2.c import."""
 import base64
 import json
 import random
@@ -8,7 +9,9 @@ import pytest
 from sentencepiece import sentencepiece_model_pb2 as sp_pb2
 
 from lima_jax.errors import UserError
-from lima_jax.tokenizer import Tokenizer, parse_llama2c_tokenizer, train_sentencepiece
+from lima_jax.tokenizer import Tokenizer, train_sentencepiece
+from lima_jax.tokenizer import load as load_tokenizer, from_meta as tokenizer_from_meta
+from lima_jax.tokenizer.sentencepiece import SentencePieceTokenizer, parse_llama2c_tokenizer
 from tests.conftest import shared_file
 
 _WORDS = ("the a cat dog sat on mat ran to park and saw big red ball she he loved play outside "
@@ -62,6 +65,41 @@ def test_training_is_deterministic_and_atomic(tmp_path):
   assert sorted(p.name for p in tmp_path.iterdir()) == ["a.model", "b.model"]
 
 
+class _Letters(Tokenizer):
+  """A minimal backend: ids 0..2 are BOS, EOS, PAD; 3.. are the letters a..e."""
+
+  def __init__(self):
+    super().__init__(8, bos_id=0, eos_id=1, pad_id=2)
+
+  def encode(self, text):
+    return [ord(c) - ord("a") + 3 for c in text]
+
+  def _decode_run(self, ids):
+    return "".join(chr(i - 3 + ord("a")) for i in ids)
+
+  def _base_piece(self, i):
+    return self._decode_run([i])
+
+
+def test_a_backend_gets_eot_pad_and_decoding_from_the_contract():
+  tok = _Letters()
+  assert (tok.eot_id, tok.pad_id, tok.vocab_size, tok.base_vocab_size) == (8, 2, 9, 8)
+  assert tok.encode_batch(["ab", "e"]) == [[3, 4], [7]]
+  assert tok.decode([0, 3, 4, 8, 5, 2, 1]) == "abc"
+  assert tok.decode([0, 3, 8, 2, 1], render_special=True) == "<s>a<eot><pad></s>"
+  assert [tok.id_to_piece(i) for i in (8, 4)] == ["<eot>", "b"]
+  with pytest.raises(UserError, match="PAD id 9 is not in the vocabulary of 8"):
+    Tokenizer.__init__(tok, 8, 0, 1, 9)
+
+
+def test_the_loader_returns_the_backend_the_file_or_meta_names(tok, tmp_path):
+  assert isinstance(tok, SentencePieceTokenizer) and isinstance(tok, Tokenizer)
+  path = tmp_path / "t.model"
+  path.write_bytes(base64.b64decode(tok.to_meta()["model"]))
+  assert type(load_tokenizer(path)) is SentencePieceTokenizer
+  assert type(tokenizer_from_meta(tok.to_meta())) is SentencePieceTokenizer
+
+
 def test_added_ids_without_model_pad(tok):
   assert tok.sp_vocab_size == 400
   assert (tok.bos_id, tok.eos_id) == (1, 2)
@@ -76,7 +114,7 @@ def test_pad_taken_from_model_when_it_has_one(tok):
   piece = proto.pieces.add()
   piece.piece, piece.type = "<pad>", sp_pb2.ModelProto.SentencePiece.CONTROL
   proto.trainer_spec.pad_id = len(proto.pieces) - 1
-  padded = Tokenizer(proto.SerializeToString())
+  padded = SentencePieceTokenizer(proto.SerializeToString())
   assert padded.pad_id == 400 and padded.eot_id == 401 and padded.vocab_size == 402
 
 
@@ -103,15 +141,15 @@ def test_decode_skips_or_renders_specials(tok):
 
 def test_meta_round_trip_and_tamper_check(tok):
   meta = json.loads(json.dumps(tok.to_meta()))
-  back = Tokenizer.from_meta(meta)
+  back = tokenizer_from_meta(meta)
   assert (back.eot_id, back.pad_id, back.vocab_size) == (tok.eot_id, tok.pad_id, tok.vocab_size)
   assert back.encode(STORY) == tok.encode(STORY)
   with pytest.raises(UserError, match="eot_id=7 but the model gives 400"):
-    Tokenizer.from_meta({**meta, "eot_id": 7})
+    tokenizer_from_meta({**meta, "eot_id": 7})
   with pytest.raises(UserError, match="format"):
-    Tokenizer.from_meta({"model": meta["model"]})
+    tokenizer_from_meta({"model": meta["model"]})
   with pytest.raises(UserError, match="tokenizer meta: bad or missing field 'model'"):
-    Tokenizer.from_meta({**meta, "model": base64.b64encode(b"junk").decode()})
+    tokenizer_from_meta({**meta, "model": base64.b64encode(b"junk").decode()})
 
 
 def test_model_without_bos_is_refused(tok):
@@ -120,19 +158,19 @@ def test_model_without_bos_is_refused(tok):
   proto.pieces[1].type = sp_pb2.ModelProto.SentencePiece.NORMAL  # "<s>" is no longer special
   proto.trainer_spec.bos_id = -1
   with pytest.raises(UserError, match="has no BOS piece"):
-    Tokenizer(proto.SerializeToString())
+    SentencePieceTokenizer(proto.SerializeToString())
 
 
 def test_load_dispatches_on_content(tok, tmp_path):
   model = tmp_path / "tok.bin"  # a SentencePiece model under a misleading name
   model.write_bytes(base64.b64decode(tok.to_meta()["model"]))
-  assert Tokenizer.load(model).encode(STORY) == tok.encode(STORY)
+  assert load_tokenizer(model).encode(STORY) == tok.encode(STORY)
   garbage = tmp_path / "garbage.model"
   garbage.write_bytes(b"\x00not a tokenizer at all" * 10)
   with pytest.raises(UserError, match=f"{garbage}: neither a SentencePiece model nor a llama2.c"):
-    Tokenizer.load(garbage)
+    load_tokenizer(garbage)
   with pytest.raises(UserError, match=f"{tmp_path / 'absent.model'}: cannot read"):
-    Tokenizer.load(tmp_path / "absent.model")
+    load_tokenizer(tmp_path / "absent.model")
 
 
 def test_llama2c_import_of_a_synthetic_vocabulary(tmp_path):
@@ -144,7 +182,7 @@ def test_llama2c_import_of_a_synthetic_vocabulary(tmp_path):
             + [(-100.0 - k, c) for k, c in enumerate(chars)])
   path = tmp_path / "tiny.bin"
   write_llama2c(path, pieces)
-  tok = Tokenizer.load(path)
+  tok = load_tokenizer(path)
   assert tok.sp_vocab_size == len(pieces) and tok.eot_id == len(pieces)
   for text in ["the cat sat", "the cat sat on the mat", "Zoë"]:
     ids = tok.encode(text)
@@ -155,7 +193,7 @@ def test_llama2c_import_of_a_synthetic_vocabulary(tmp_path):
 
 def test_tok512_matches_llama2c_merges():
   path = shared_file("llama2c/stories260K/tok512.bin")
-  tok = Tokenizer.load(path)
+  tok = load_tokenizer(path)
   assert (tok.sp_vocab_size, tok.bos_id, tok.eos_id, tok.eot_id, tok.pad_id) == (
       512, 1, 2, 512, 513)
   pieces = parse_llama2c_tokenizer(path.read_bytes())
@@ -167,8 +205,8 @@ def test_tok512_matches_llama2c_merges():
 
 
 def test_llama_bin_agrees_with_llama_model():
-  from_bin = Tokenizer.load(shared_file("llama2c/llama_tokenizer/tokenizer.bin"))
-  real = Tokenizer.load(shared_file("llama2c/llama_tokenizer/tokenizer.model"))
+  from_bin = load_tokenizer(shared_file("llama2c/llama_tokenizer/tokenizer.bin"))
+  real = load_tokenizer(shared_file("llama2c/llama_tokenizer/tokenizer.model"))
   assert from_bin.sp_vocab_size == real.sp_vocab_size == 32000
   for text in [STORY, "Can brain cells move? By movement I mean long distance migration.",
                "def f(x):\n    return x ** 2  # 平方, naïve", "   spaces   ", "2023-05-18"]:

@@ -8,10 +8,11 @@ from tokenizers import Tokenizer as RawTokenizer
 from tokenizers import decoders, models, pre_tokenizers, trainers
 
 from conftest import shared_file
-from lima_jax import data, hf_tokenizer
+from lima_jax.data import batches as data
+from lima_jax.formats import hf_tokenizer_files as hf_tokenizer
 from lima_jax.errors import UserError
-from lima_jax.tokenizer import Tokenizer
-from lima_jax.tokenizer_hf import HFTokenizer
+from lima_jax.tokenizer import load as load_tokenizer, from_meta as tokenizer_from_meta
+from lima_jax.tokenizer.tokenizer_json import HFTokenizer
 
 SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
 
@@ -43,7 +44,7 @@ def tok_dir(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def tok(tok_dir):
-  return Tokenizer.load(tok_dir)
+  return load_tokenizer(tok_dir)
 
 
 def test_eot_and_pad_follow_the_base_vocabulary(tok, tok_dir):
@@ -65,24 +66,24 @@ def test_special_token_text_is_plain_text(tok):
 
 def test_meta_round_trip_and_tamper_check(tok):
   meta = tok.to_meta()
-  back = Tokenizer.from_meta(json.loads(json.dumps(meta)))
+  back = tokenizer_from_meta(json.loads(json.dumps(meta)))
   assert isinstance(back, HFTokenizer) and back.to_meta() == meta
   with pytest.raises(UserError, match="eot_id=5 but the model gives"):
-    Tokenizer.from_meta({**meta, "eot_id": 5})
+    tokenizer_from_meta({**meta, "eot_id": 5})
   with pytest.raises(UserError, match="not a usable tokenizer.json"):
-    Tokenizer.from_meta({**meta, "tokenizer_json": "{nope"})
+    tokenizer_from_meta({**meta, "tokenizer_json": "{nope"})
 
 
 def test_model_without_bos_starts_with_eos_and_pad_is_the_models(tok_dir, tmp_path):
   (tmp_path / "tokenizer.json").write_bytes((tok_dir / "tokenizer.json").read_bytes())
   (tmp_path / "tokenizer_config.json").write_text(json.dumps(
       {"bos_token": None, "eos_token": "<|endoftext|>", "pad_token": "<|im_end|>"}))
-  qwen_like = Tokenizer.load(tmp_path / "tokenizer.json")
+  qwen_like = load_tokenizer(tmp_path / "tokenizer.json")
   assert (qwen_like.bos_id, qwen_like.eos_id, qwen_like.pad_id) == (0, 0, 2)
   assert qwen_like.vocab_size == qwen_like.eot_id + 1
   (tmp_path / "tokenizer_config.json").write_text(json.dumps({"eos_token": "<|nope|>"}))
   with pytest.raises(UserError, match="eos_token '<\\|nope\\|>' is not in tokenizer.json"):
-    Tokenizer.load(tmp_path)
+    load_tokenizer(tmp_path)
 
 
 def test_conversations_encode_with_bos_and_eot(tok):

@@ -19,7 +19,7 @@ def read_metrics(workdir):
 
 
 def final_params(workdir):
-  from lima_jax import checkpoint
+  from lima_jax.formats import checkpoint
   steps = sorted(int(p.name) for p in (pathlib.Path(workdir) / "checkpoints").iterdir()
                  if p.name.isdigit())
   params, meta = checkpoint.load_numpy(pathlib.Path(workdir) / "checkpoints" / str(steps[-1]))
@@ -27,9 +27,10 @@ def final_params(workdir):
 
 
 def _one_step(mesh_shape):
-  from lima_jax import sharding, train
-  from lima_jax.model_config import get_size
-  from lima_jax.train import TrainState
+  from lima_jax.parallel import sharding
+  from lima_jax.train import step as step_lib
+  from lima_jax.model.config import get_size
+  from lima_jax.train.step import TrainState
   config = tiny_config()
   devices = jax.devices()[:int(np.prod(mesh_shape))]
   mesh = sharding.make_mesh(mesh_shape, devices)
@@ -46,7 +47,7 @@ def _one_step(mesh_shape):
     # LIMA's own rate. Adam's first update is ~lr*sign(g), so a gradient entry near zero turns
     # reduction-order noise into a difference of up to 2*lr: the demo's 3e-3 would swamp 1e-5.
     config.train.learning_rate = 1e-5
-    built = train.build_train_step(config, mesh, cfg, total_steps=10)
+    built = step_lib.build_train_step(config, mesh, cfg, total_steps=10)
     init = lambda r: jax.tree.map(lambda x: x, built.model.init(r, jnp.zeros((1, 8), jnp.int32)))
     import flax.linen as nn
     params = jax.jit(lambda r: nn.meta.unbox(init(r))["params"],
@@ -69,7 +70,7 @@ def test_one_step_is_the_same_on_every_mesh():
 
 
 def test_end_to_end_writes_checkpoints_and_loss_falls(tmp_path):
-  from lima_jax import train
+  from lima_jax.train import loop as train
   config = tiny_config(**{"train.epochs": 3})
   last = train.train_and_evaluate(config, str(tmp_path))
   rows = read_metrics(tmp_path)
@@ -127,7 +128,7 @@ def test_exact_resume_after_kill_is_bit_identical(tmp_path):
 
 
 def test_checkpoint_restores_on_another_mesh(tmp_path):
-  from lima_jax import train
+  from lima_jax.train import loop as train
   train.train_and_evaluate(tiny_config(**{"train.epochs": 1, "mesh.shape": (1, 8, 1)}),
                            str(tmp_path))
   step, params, _ = final_params(tmp_path)
@@ -137,8 +138,10 @@ def test_checkpoint_restores_on_another_mesh(tmp_path):
       tiny_config(**{"train.epochs": 2, "mesh.shape": (2, 2, 2),
                      "checkpoint.allow_recipe_change": True}), str(tmp_path))
   assert last["step"] == 2 * step
-  from lima_jax import checkpoint, sharding, model as model_lib
-  from lima_jax.model_config import ModelConfig
+  from lima_jax.formats import checkpoint
+  from lima_jax.parallel import sharding
+  from lima_jax.model import transformer as model_lib
+  from lima_jax.model.config import ModelConfig
   mesh = sharding.make_mesh((2, 2, 2))
   meta = checkpoint.read_meta(tmp_path / "checkpoints" / str(step))
   cfg = ModelConfig.from_dict(meta["model_config"])
@@ -178,10 +181,10 @@ def test_misspelled_override_fails_at_startup(tmp_path):
 
 def test_max_len_past_the_base_models_context_warns_with_both_numbers():
   import warnings
-  from lima_jax import base_model
-  from lima_jax.model_config import get_size
-  from lima_jax.tokenizer import Tokenizer
-  tok = Tokenizer.load(REPO / "data/demo/tokenizer.model")
+  from lima_jax.train import base_model
+  from lima_jax.model.config import get_size
+  from lima_jax.tokenizer import load as load_tokenizer
+  tok = load_tokenizer(REPO / "data/demo/tokenizer.model")
   init = get_size("tiny", vocab_size=640)  # a context of 128 tokens
   longer = tiny_config(**{"model.size": "", "data.max_len": 256})
   with pytest.warns(UserWarning, match=r"data.max_len=256 is longer than model.init's context "
@@ -195,10 +198,10 @@ def test_max_len_past_the_base_models_context_warns_with_both_numbers():
 
 def test_warmup_then_cosine_schedule_follows_its_closed_form():
   import math
-  from lima_jax import train
+  from lima_jax.train import step as step_lib
   c = tiny_config(**{"train.schedule": "cosine", "train.warmup_steps": 4,
                      "train.learning_rate": 1e-3, "train.end_learning_rate": 1e-4})
-  schedule = train.make_schedule(c.train, total_steps=20)
+  schedule = step_lib.make_schedule(c.train, total_steps=20)
   decay = 20 - 1 - 4  # LIMA's convention: the end lr is reached at the last step (19)
   for step in range(20):
     if step < 4:
@@ -211,7 +214,7 @@ def test_warmup_then_cosine_schedule_follows_its_closed_form():
 
 
 def test_keep_epochs_and_every_steps_prune_to_the_kept_epochs_and_the_newest(tmp_path):
-  from lima_jax import train
+  from lima_jax.train import loop as train
   train.train_and_evaluate(tiny_config(**{"train.epochs": 3, "checkpoint.keep_epochs": "2",
                                           "checkpoint.every_steps": 3}), str(tmp_path))
   rows = read_metrics(tmp_path)
@@ -224,7 +227,7 @@ def test_keep_epochs_and_every_steps_prune_to_the_kept_epochs_and_the_newest(tmp
 
 def test_metrics_on_resume_drop_the_rows_past_the_restored_step(tmp_path):
   from etils import epath
-  from lima_jax import metrics_log
+  from lima_jax.train import metrics_log
   (tmp_path / "metrics.jsonl").write_text("".join(
       json.dumps({"step": s, "loss": 1.0 / s}) + "\n" for s in range(1, 11)))
   log = metrics_log.MetricsLog(epath.Path(tmp_path), resume_step=6)
@@ -239,7 +242,7 @@ def test_a_preemption_notice_at_a_step_just_saved_does_not_save_it_twice(tmp_pat
   the step's checkpoint exists already, so the preemption save only waits for it."""
   import types
   from etils import epath
-  from lima_jax import train
+  from lima_jax.train import loop as train
 
   class Manager:
     def __init__(self):

@@ -1,10 +1,10 @@
 """Model-based scores: instruction-following difficulty (IFD) and gradient influence.
 
-Both run a lima_jax model (`load_scorer`: a lima_jax checkpoint; `python -m lima_jax.convert
-from-hf|from-llama2c` makes one from other formats), batched and jitted, on CPU, GPU or TPU.
-Records are encoded as in training (`lima_jax.data.encode_conversation`: BOS, each utterance
-then EOT, loss on assistant tokens and their EOT), sorted by length and padded to
-power-of-two lengths, so only a handful of shapes are ever compiled.
+Both run a lima_jax model (`load_scorer`: any model file `lima_jax.formats.model_file` opens),
+batched and jitted, on CPU, GPU or TPU. Records are encoded as in training
+(`lima_jax.data.encode_conversation`: BOS, each utterance then EOT, loss on assistant tokens and
+their EOT), sorted by length and padded to power-of-two lengths, so only a handful of shapes are
+ever compiled.
 
   ifd        Li et al. 2023 ("From Quantity to Quality"): IFD = L(response | prompt) /
              L(response), each the mean next-token NLL over the response tokens, with and
@@ -31,11 +31,11 @@ import numpy as np
 import optax
 from tqdm import tqdm
 
-from lima_jax import checkpoint, data, decoding
-from lima_jax import model as model_lib
+from lima_jax.data import batches as data
+from lima_jax.decode import generator as decoding
+from lima_jax.model import transformer as model_lib
 from lima_jax.errors import UserError
-from lima_jax.model_config import ModelConfig
-from lima_jax.tokenizer import Tokenizer
+from lima_jax.tokenizer import Tokenizer, chat
 
 
 @dataclasses.dataclass
@@ -53,36 +53,29 @@ class Scorer:
     return self._steps[name]
 
 
-def load_scorer(path: str, *, tokenizer: str = "", max_len: int = 2048) -> Scorer:
-  """A lima_jax checkpoint and its tokenizer (or `tokenizer`, a SentencePiece/llama2.c file)."""
+def load_scorer(path: str, *, tokenizer: str = "", max_len: int = 2048,
+                vocab_multiple: int = 128) -> Scorer:
+  """Any model file `lima_jax.formats.model_file` opens (a lima_jax checkpoint, a Hugging Face
+  directory, GGUF, llama2.c) and its tokenizer (or `tokenizer`, a SentencePiece/llama2.c file or
+  tokenizer.json). A base model without EOT grows as training will grow it: to a multiple of
+  `vocab_multiple` (the training config's `model.vocab_multiple`), since every padding row
+  takes part in the softmax the scores are computed from."""
+  from lima_jax.formats import model_file
   if not path:
-    raise UserError("config model.checkpoint: the ifd and influence selectors need a "
-                    "lima_jax checkpoint (python -m lima_jax.convert makes one)")
-  params, meta = checkpoint.load(path)
-  cfg = ModelConfig.from_dict(meta["model_config"])
-  if tokenizer:
-    tok = Tokenizer.load(tokenizer)
-  elif meta.get("tokenizer"):
-    tok = Tokenizer.from_meta(meta["tokenizer"])
-  else:
+    raise UserError("config model.checkpoint: the ifd and influence selectors need a model "
+                    "(a lima_jax checkpoint, a Hugging Face directory, a GGUF or llama2.c file)")
+  if not tokenizer and model_file.read(path).tokenizer is None:  # before the weights load
     raise UserError(f"config model.tokenizer: required ({path} holds no tokenizer)")
-  if tok.sp_vocab_size > cfg.vocab_size:
-    raise UserError(f"config model.tokenizer: {tok.sp_vocab_size} pieces but {path} has only "
-                    f"{cfg.vocab_size} embedding rows: the tokenizer does not belong to it")
-  if tok.vocab_size > cfg.vocab_size:  # a base model without EOT: grow it as training does
-    params = model_lib.resize_vocab(params, tok.padded_vocab_size())
-    cfg = dataclasses.replace(cfg, vocab_size=tok.padded_vocab_size())
-  return Scorer(model_lib.Transformer(cfg), params, tok, max_len)
+  m = model_file.open(path, tokenizer=tokenizer, need_tokenizer=False,
+                      vocab_multiple=vocab_multiple)
+  return Scorer(model_lib.Transformer(m.config), m.params, m.tokenizer, max_len)
 
 
 def response_only(record: Any, tok: Tokenizer, keep: int) -> data.Encoded:
-  """BOS, then the first `keep` tokens of the assistant turns (each followed by EOT)."""
-  ids = [tok.bos_id]
-  for turn in record.conversations[1::2]:
-    ids += tok.encode(turn) + [tok.eot_id]
-  tokens = np.asarray(ids[:1 + keep], np.int32)
-  mask = np.arange(len(tokens)) > 0
-  return data.Encoded(tokens, mask)
+  """BOS, then the first `keep` tokens of the assistant turns, each followed by EOT
+  (`lima_jax.tokenizer.chat.response_ids`)."""
+  tokens = np.asarray(chat.response_ids(record.conversations, tok)[:1 + keep], np.int32)
+  return data.Encoded(tokens, np.arange(len(tokens)) > 0)
 
 
 def _batches(encoded: Sequence[data.Encoded], batch_size: int, max_len: int,

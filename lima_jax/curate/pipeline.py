@@ -153,7 +153,8 @@ def model_scores(candidates: Sequence[Any], config: ml_collections.ConfigDict,
   """Per-candidate IFD parts (ifd) or similarities to the target set (influence)."""
   from lima_jax.curate import model_scores as scores_lib  # pylint: disable=g-import-not-at-top
   m = config.model
-  scorer = scores_lib.load_scorer(m.checkpoint, tokenizer=m.tokenizer, max_len=m.max_len)
+  scorer = scores_lib.load_scorer(m.checkpoint, tokenizer=m.tokenizer, max_len=m.max_len,
+                                  vocab_multiple=m.vocab_multiple)
   if config.selector == "ifd":
     return scores_lib.ifd(scorer, candidates, batch_size=m.batch_size)
   if not target:

@@ -1,28 +1,82 @@
-"""Checkpoint choice by judge: what lima_jax.select calls to name LIMA's best epoch.
+"""Choosing a checkpoint by its answers, as LIMA did: what `python -m lima_jax.select` runs.
 
-Every epoch's answers get a lima_likert grade; then a ladder of lima_pairwise matches: each
-epoch meets the best so far and takes its place when it wins more prompts than it loses.
-All judgments of all epochs share one store, WORKDIR/judgments.sqlite (a request's key is
-its content), so rerunning select re-asks nothing, nor do epochs that answer alike.
+LIMA found that held-out perplexity does not track answer quality, so it compared the
+checkpoints of epochs 5 to 10 by their answers to a 50-prompt dev set. `compare_epochs` has
+each chosen epoch's checkpoint (`lima_jax.formats.epoch_checkpoints`) answer every prompt with
+the same decoding and seed, and writes them side by side (OUT/answers.jsonl, OUT/index.html).
 
-How lima_jax.select can call it, after compare_epochs() returned its rows (each prompt row
-plus "answers": [{epoch, answer, stopped, ...}]) and with a judge asked for:
-
-  from lima_jax import eval as lima_eval            # imported only then
-  per_epoch = {e: [{**{k: v for k, v in r.items() if k != "answers"}, **a}
-                   for r in rows for a in r["answers"] if a["epoch"] == e] for e in chosen}
-  choice = lima_eval.judge_epochs(per_epoch, out_dir / "judged", eval_config)
-
-eval_config: configs/eval.py:lima_likert (e.g. config_flags.DEFINE_config_file, so every
-field can be overridden) with judge.base_url and judge.model set. choice["likert"][e]
-("mean", "mean_ci95"), the ladder's wins/ties/losses and win_rate_ci95, and
-choice["best_epoch"] go in the page's summary table.
+`judge_epochs` names the best epoch: every epoch's answers get a lima_likert grade; then a
+ladder of lima_pairwise matches: each epoch meets the best so far and takes its place when it
+wins more prompts than it loses. All judgments of all epochs share one store,
+WORKDIR/judgments.sqlite (a request's key is its content), so rerunning select re-asks nothing,
+nor do epochs that answer alike. Its config: configs/eval.py:lima_likert with judge.base_url and
+judge.model set; choice["likert"][e] ("mean", "mean_ci95"), the ladder's wins/ties/losses and
+win_rate_ci95, and choice["best_epoch"] go in the page's summary table.
 """
 import copy
+import os
 import pathlib
 
+import jax
+from etils import epath
+from tqdm import tqdm
+
+from lima_jax import files
+from lima_jax.decode.generator import Generator
+from lima_jax.decode.prompts import read_prompts
+from lima_jax.decode.sampling import LIMA, Decoding
+from lima_jax.errors import UserError
 from lima_jax.eval import answers as answers_lib
 from lima_jax.eval import run
+from lima_jax.eval.epochs_page import render_html
+from lima_jax.formats import model_file
+from lima_jax.formats.epoch_checkpoints import find_epoch_checkpoints, select_epochs
+
+
+def compare_epochs(workdir, prompts_path, epochs: str = "5-10", out_dir=None,
+                   dec: Decoding = LIMA, seed: int = 0, batch_size: int = 8,
+                   mesh=None, dtype: str | None = None, judge_config=None) -> list[dict]:
+  """Answers from each chosen epoch; writes OUT/answers.jsonl and OUT/index.html.
+
+  Returns the JSONL rows: each prompt row plus "answers": [{epoch, step, eval_loss, answer,
+  n_tokens, stopped}, ...] in epoch order. On several processes (a pod), every process
+  returns all rows and process 0 writes the files. dtype: as for `model_file.open`.
+  judge_config: configs/eval.py:lima_likert with its judge set; then `judge_epochs` chooses
+  (each epoch's 1-6 grade, the pairwise ladder, the best epoch), the choice heads the page
+  and is written to OUT/judged.json.
+  """
+  workdir = epath.Path(workdir)
+  if out_dir is None and "://" in os.fspath(workdir):
+    raise UserError(f"{workdir}: not a local directory; give --out for the results")
+  rows = read_prompts(prompts_path)  # bad prompts fail before any model is loaded
+  available = find_epoch_checkpoints(workdir)
+  chosen = [available[e] for e in select_epochs(epochs, available, str(workdir / "checkpoints"))]
+  out_dir = pathlib.Path(out_dir or os.fspath(workdir / "select"))
+  out = [{**obj, "answers": []} for obj, _, _ in rows]
+  quiet = None if jax.process_index() == 0 else True  # one bar on a pod, not one per host
+  for ck in tqdm(chosen, desc="epochs", unit="epoch", disable=quiet):
+    m = model_file.open(ck.path, mesh=mesh, dtype=dtype)
+    # Same model every epoch: the compiled decoder is shared, only the weights change.
+    generator = Generator(m.params, m.config, m.tokenizer, mesh=mesh, batch_size=batch_size)
+    answers = generator.answer([turns for _, turns, _ in rows], dec, seed, progress=True)
+    for row, a in zip(out, answers):
+      row["answers"].append({"epoch": ck.epoch, "step": ck.step, "eval_loss": ck.eval_loss,
+                             "answer": a.text, "n_tokens": len(a.tokens), "stopped": a.stopped})
+    del m, generator  # one checkpoint in memory at a time
+  if jax.process_index() != 0:
+    return out
+  out_dir.mkdir(parents=True, exist_ok=True)
+  files.write_jsonl(out_dir / "answers.jsonl", out)
+  choice = None
+  if judge_config is not None:
+    per_epoch = {ck.epoch: [{**{k: v for k, v in r.items() if k != "answers"}, **a}
+                            for r in out for a in r["answers"] if a["epoch"] == ck.epoch]
+                 for ck in chosen}
+    choice = judge_epochs(per_epoch, out_dir / "judged", judge_config)
+    files.write_json(out_dir / "judged.json", choice)
+  page = render_html(workdir, [turns for _, turns, _ in rows], out, chosen, dec, seed, choice)
+  files.write_atomic(out_dir / "index.html", page)
+  return out
 
 
 def judge_epochs(answers_by_epoch, workdir, config) -> dict:

@@ -1,8 +1,8 @@
 """Answers from a checkpoint, so one command goes from a checkpoint to a score.
 
-Through lima_jax.generate's public functions only (load, read_prompts, Generator,
-render_prompt). k samples a prompt: sample s decodes with seed + s (an answer depends only on
-the seed and the prompt's index). A prompt longer than the model's context leaves room for
+Through the library's public functions only (`lima_jax.formats.model_file.open`,
+`lima_jax.decode`: read_prompts, Generator, render_prompt). k samples a prompt: sample s
+decodes with seed + s (an answer depends only on the seed and the prompt's index). A prompt longer than the model's context leaves room for
 the answer by keeping its last tokens (BOS first): small models meet LIMA's long prompts,
 and the count of cut prompts is printed, not hidden. Each answer row is its prompt row
 (`id`, `expected`, `tags`, ... as they were) plus `answer`, `stopped`, `sample` and
@@ -18,8 +18,8 @@ from lima_jax.errors import UserError
 
 
 def _decoding(g):
-  from lima_jax import generate as gen_lib
-  return gen_lib.Decoding(max_new_tokens=g.max_new_tokens, temperature=g.temperature,
+  from lima_jax.decode.sampling import Decoding
+  return Decoding(max_new_tokens=g.max_new_tokens, temperature=g.temperature,
                           top_p=g.top_p, repetition_penalty=g.repetition_penalty,
                           greedy=g.get("greedy", False))
 
@@ -32,9 +32,9 @@ def _fit(ids: list[int], ctx: int, room: int) -> tuple[list[int], bool]:
 
 
 def _answer_all(gen, convs, dec, seed):
-  from lima_jax import generate as gen_lib
+  from lima_jax.decode.generator import render_prompt
   ctx = gen.cfg.max_seq_len
-  fitted = [_fit(gen_lib.render_prompt(c, gen.tok), ctx, dec.max_new_tokens) for c in convs]
+  fitted = [_fit(render_prompt(c, gen.tok), ctx, dec.max_new_tokens) for c in convs]
   out = gen.answer_ids([ids for ids, _ in fitted], dec, seed, progress=True)
   return [(gen.tok.decode(ids), stopped, cut) for (ids, stopped), (_, cut) in zip(out, fitted)]
 
@@ -52,10 +52,10 @@ def _read_mt_bench(path) -> list[dict]:
 
 def _read_prompts(path):
   """lima_jax.generate's prompt files, and AlpacaEval's (`instruction`, optional `input`)."""
-  from lima_jax import generate as gen_lib
+  from lima_jax.decode.prompts import read_prompts
   first = pathlib.Path(path).read_text(encoding="utf-8").lstrip().split("\n", 1)[0]
   if '"instruction"' not in first:
-    return gen_lib.read_prompts(path)
+    return read_prompts(path)
   rows = []
   for n, line in enumerate(pathlib.Path(path).read_text(encoding="utf-8").splitlines(), 1):
     if not line.strip():
@@ -107,7 +107,7 @@ def _recipe(config) -> dict:
 def generate_answers(config, out_path) -> str:
   """Writes the checkpoint's answers to `out_path` (JSONL, atomically); returns the path.
   OUT.recipe.json records what they came from; the same recipe reuses them."""
-  from lima_jax import generate as gen_lib
+  from lima_jax.decode import answer
   g = config.generate
   if not config.prompts:
     raise UserError("config prompts: --config.checkpoint needs --config.prompts=F.jsonl")
@@ -117,8 +117,8 @@ def generate_answers(config, out_path) -> str:
       recipe_path.read_text()) == recipe:
     print(f"reusing {out_path} (same checkpoint, prompts and decoding)", flush=True)
     return str(out_path)
-  params, cfg, tok, _ = gen_lib.load(config.checkpoint)
-  gen = gen_lib.Generator(params, cfg, tok, batch_size=g.batch_size)
+  gen = answer.open_generator(config.checkpoint, batch_size=g.batch_size)
+  cfg = gen.cfg
   dec = _decoding(g)
   t0, rows, n_cut = time.perf_counter(), [], 0
   if config.protocol == "mt_bench":

@@ -1,0 +1,8 @@
+"""Studies: arms of curate -> train -> answer -> judge, run step by step and compared.
+
+Command line: `python -m lima_jax.experiment run|report` (the studies: configs/experiments.py).
+Modules: `study` (a study's steps, the manifest that records each by the hash of its inputs so a
+rerun does only what is missing, and the local runner) and `report` (arm x metric with 95%
+intervals, paired differences, figures). Each step is one of the project's own commands, run
+as a subprocess. How to run one: docs/studies.md.
+"""

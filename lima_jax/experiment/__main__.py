@@ -64,7 +64,7 @@ def _judge_estimate(c, workdir: pathlib.Path, arms: list[str]) -> str:
   prompts = 1 if later else _count_prompts(path)
   # Epochs judged a run: '' the last, 'all' unknown before training (counted once), else the
   # spec's ('5-10' is six).
-  from lima_jax import checkpoint
+  from lima_jax.formats import checkpoint
   epochs = (len(checkpoint.parse_epochs(c.epochs, "config epochs"))
             if c.epochs not in ("", "all") else 1)
   units = 0

@@ -32,7 +32,8 @@ import subprocess
 import sys
 import time
 
-from lima_jax import files, host_memory
+from lima_jax import files
+from lima_jax.parallel import host_memory
 from lima_jax.errors import UserError
 
 PAIRWISE = ("lima_pairwise", "alpaca_eval")
@@ -363,15 +364,15 @@ def before_training(c, workdir: pathlib.Path, arm: str, pending=frozenset()) -> 
 
 
 def _epochs(c, train_dir: pathlib.Path) -> dict[int, pathlib.Path]:
-  from lima_jax import select  # the epoch-end checkpoints, as `select` finds them
-  found = select.find_epoch_checkpoints(train_dir)
+  from lima_jax.formats import epoch_checkpoints  # as `select` finds them
+  found = epoch_checkpoints.find_epoch_checkpoints(train_dir)
   if not found:
     raise UserError(f"{train_dir}: training finished without an epoch checkpoint")
   spec = "" if c.epochs == "all" else c.epochs
   if not c.epochs:
     return {max(found): pathlib.Path(found[max(found)].path)}
   return {e: pathlib.Path(found[e].path)
-          for e in select.parse_epochs(spec, found, str(train_dir))}
+          for e in epoch_checkpoints.select_epochs(spec, found, str(train_dir))}
 
 
 def after_training(c, workdir: pathlib.Path, arm: str, seed: int) -> list[Step]:

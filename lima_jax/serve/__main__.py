@@ -3,10 +3,11 @@ r"""An OpenAI-compatible server for a checkpoint:
     python -m lima_jax.serve --checkpoint=CKPT [--host=127.0.0.1] [--port=8000] [--slots=8]
         [--api_key_env=VAR] [--served_model_name=NAME] [--max_queue=64] [--mesh=1,-1,1]
 
-CKPT is a lima_jax checkpoint (WORKDIR/checkpoints/STEP) or a Hugging Face Llama directory
-(with tokenizer.model, as `convert to-hf` writes it). The port is bound at once; `/health`
-says 503 until the weights are loaded and every shape is compiled, then 200. Bad flags or
-an unreadable checkpoint end with one line on stderr and exit 1.
+CKPT is a lima_jax checkpoint (WORKDIR/checkpoints/STEP), a Hugging Face directory (with
+tokenizer.model or tokenizer.json; `convert to-hf` writes one) or a GGUF file with its
+tokenizer, opened by `lima_jax.formats.model_file`. The port is bound at once; `/health` says
+503 until the weights are loaded and every shape is compiled, then 200. Bad flags or an
+unreadable checkpoint end with one line on stderr and exit 1.
 """
 import logging
 import os
@@ -22,7 +23,8 @@ log = logging.getLogger("lima_jax.serve")
 def _define_flags() -> None:
   from absl import flags
   flags.DEFINE_string("checkpoint", None, "lima_jax checkpoint directory (its meta holds the "
-                      "model config and tokenizer) or a Hugging Face Llama directory.")
+                      "model config and tokenizer), a Hugging Face directory (tokenizer.model or "
+                      "tokenizer.json beside config.json) or a GGUF file.")
   flags.DEFINE_string("host", "127.0.0.1", "Address to bind; 0.0.0.0 opens it to the network "
                       "(then set --api_key_env).")
   flags.DEFINE_integer("port", 8000, "Port to bind (0: any free one, printed at start).",
@@ -47,51 +49,23 @@ def _define_flags() -> None:
   flags.DEFINE_bool("access_log", False, "Log every HTTP request (uvicorn's access log).")
 
 
-def _is_hf(path: pathlib.Path) -> bool:
-  return (path / "config.json").exists() and not (path / "meta").exists()
-
-
 def check_checkpoint(path: pathlib.Path) -> None:
-  """Fails fast on what can be read in a second, before the port and the slow load."""
-  if not path.is_dir():
-    raise UserError(f"{path}: no such checkpoint directory")
-  if _is_hf(path):
-    from lima_jax import hf
-    hf.read_hf_config(path)
-    if not (path / "tokenizer.model").exists():
-      raise UserError(f"{path}: a Hugging Face directory needs tokenizer.model (SentencePiece) "
-                      "beside config.json")
-  else:
-    from lima_jax import checkpoint
-    checkpoint.read_meta(path)
+  """Fails fast on what can be read in a second (config and tokenizer), before the port and the
+  slow load."""
+  from lima_jax.formats import model_file
+  model_file.read(path, need_tokenizer=True)
 
 
 def load_engine(path: pathlib.Path, *, slots: int, max_len: int = 0, mesh=None,
                 dtype: str | None = None):
-  """(Engine, Tokenizer) of a lima_jax or Hugging Face checkpoint (not yet warmed up)."""
-  import jax
+  """(Engine, Tokenizer) of any model file `model_file.open` reads (not yet warmed up)."""
+  from lima_jax.decode import generator as decoding
+  from lima_jax.formats import model_file
   from lima_jax.serve.engine import Engine
-  if _is_hf(path):
-    from lima_jax import hf
-    from lima_jax import model as model_lib
-    from lima_jax import sharding
-    from lima_jax.tokenizer import Tokenizer
-    cfg, params = hf.load_hf(path, dtype)
-    tok = Tokenizer.load(path / "tokenizer.model")
-    if tok.vocab_size > cfg.vocab_size:
-      raise UserError(f"{path}: tokenizer has {tok.vocab_size} ids but the model only "
-                      f"{cfg.vocab_size} embedding rows")
-    if mesh is not None:
-      params = jax.device_put(
-          params, sharding.logical_shardings(model_lib.abstract_params(cfg), mesh))
-    else:
-      params = jax.device_put(params)
-  else:
-    from lima_jax import generate
-    params, cfg, tok, _ = generate.load(path, mesh, dtype)
-  from lima_jax import decoding
-  return Engine(params, cfg, tok.vocab_size, slots=slots, max_len=max_len or None, mesh=mesh,
-                banned=decoding.banned_ids(tok, (tok.eot_id, tok.eos_id))), tok
+  m = model_file.open(path, mesh=mesh, dtype=dtype)
+  tok = m.tokenizer
+  return Engine(m.params, m.config, tok.vocab_size, slots=slots, max_len=max_len or None,
+                mesh=mesh, banned=decoding.banned_ids(tok, (tok.eot_id, tok.eos_id))), tok
 
 
 def _bind(host: str, port: int) -> socket.socket:
@@ -126,7 +100,7 @@ def main(argv) -> None:
                       "or empty")
   mesh = None
   if f.mesh:
-    from lima_jax.generate import mesh_from_flags
+    from lima_jax.decode.flags import mesh_from_flags
     mesh = mesh_from_flags(f)
   check_checkpoint(path)
   sock = _bind(f.host, f.port)

@@ -24,7 +24,7 @@ from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.exceptions import HTTPException
 
-from lima_jax.decoding import render_prompt
+from lima_jax.decode.generator import render_prompt
 from lima_jax.serve import stream
 from lima_jax.serve.engine import int32_seed
 from lima_jax.serve.metrics import Metrics

@@ -18,7 +18,7 @@ into one batched matmul, with no change to the model. Prefill wants logits at th
 position only (the full [1, P, V] is 2 GB at 8 x 2,048 x 32K); the output projection is
 intercepted (`nn.intercept_methods`) and fed just that position.
 
-Sampling keys derive from (seed, choice index, step) as in `lima_jax.decoding`, so an answer
+Sampling keys derive from (seed, choice index, step) as in `lima_jax.decode.generator`, so an answer
 does not depend on its slot or neighbours, and greedy/seeded answers equal `Generator`'s.
 """
 import dataclasses
@@ -31,9 +31,12 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from lima_jax import decoding, layers, sampling, sharding
-from lima_jax import model as model_lib
-from lima_jax.model_config import ModelConfig
+from lima_jax.decode import generator as decoding
+from lima_jax.model import layers
+from lima_jax.decode import sampling
+from lima_jax.parallel import sharding
+from lima_jax.model import transformer as model_lib
+from lima_jax.model.config import ModelConfig
 
 MIN_BUCKET = 16
 MIN_SPAN = 64

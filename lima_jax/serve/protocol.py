@@ -1,7 +1,7 @@
 """OpenAI's request bodies as lima_jax reads them, and its error shape.
 
 What a field means here: temperature 0 is greedy; top_k and repetition_penalty are LIMA's
-extras; an absent field takes LIMA's decoding (`lima_jax.sampling.LIMA`: temperature 0.7,
+extras; an absent field takes LIMA's decoding (`lima_jax.decode.sampling.LIMA`: temperature 0.7,
 top_p 0.9, repetition penalty 1.2, at most 2,048 new tokens, never past the context).
 Known fields the server cannot honour are refused by name rather than silently ignored (a
 client asking for tools or JSON mode must not get prose back believing otherwise); unknown
@@ -13,7 +13,7 @@ from typing import Literal
 import pydantic
 from pydantic import BaseModel, ConfigDict, Field
 
-from lima_jax import sampling
+from lima_jax.decode import sampling
 
 log = logging.getLogger(__name__)
 

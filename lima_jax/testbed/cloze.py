@@ -16,11 +16,13 @@ from lima_jax import files
 
 def accuracy(checkpoint: pathlib.Path, cloze_file: pathlib.Path) -> dict:
   """{'accuracy', 'n', 'by_attr': {attr: accuracy}} of a checkpoint on a cloze file."""
-  from lima_jax import generate
-  from lima_jax.sampling import GREEDY
-  params, cfg, tok, _ = generate.load(str(checkpoint))
+  from lima_jax.decode.generator import Generator
+  from lima_jax.decode.sampling import GREEDY
+  from lima_jax.formats import model_file
+  m = model_file.open(checkpoint)
+  tok = m.tokenizer
   items = [json.loads(line) for line in cloze_file.read_text().splitlines()]
-  gen = generate.Generator(params, cfg, tok, batch_size=128, stop_ids=(tok.eos_id,))
+  gen = Generator(m.params, m.config, tok, batch_size=128, stop_ids=(tok.eos_id,))
   dec = dataclasses.replace(GREEDY, max_new_tokens=16)
   outs = gen.answer_ids([[tok.bos_id] + tok.encode(it["prefix"]) for it in items], dec,
                         progress=True)

@@ -1,0 +1,351 @@
+"""Conversations -> shifted, masked, optionally packed rows -> per-process batches (numpy).
+
+Worked example (ids made up; B = BOS, E = EOT; user "hi" -> [5], assistant "yo there" -> [7, 8];
+the conversation format is `lima_jax.tokenizer.chat`'s):
+
+  encode_conversation(["hi", "yo there"], tok, max_len=2048)
+    tokens    = [B, 5, E, 7, 8, E]
+    loss_mask = [0, 0, 0, 1, 1, 1]   # assistant tokens and the EOT ending their turn
+
+  shifted for next-token prediction (per conversation, before packing):
+    inputs    = [B, 5, E, 7, 8]
+    targets   = [5, E, 7, 8, E]
+    loss_mask = [0, 0, 1, 1, 1]      # the target is an assistant token or its EOT
+    positions = [0, 1, 2, 3, 4]
+
+A plain document (a `{"text": ...}` row, for pretraining) is BOS, its tokens and EOS, with
+the loss on every token after BOS: `encode_text_ids([5, 6], tok, 2048)` -> tokens [B, 5, 6, S],
+loss_mask [0, 1, 1, 1] (S = EOS, which ends a document as in the base model's pretraining).
+
+Shifting each conversation on its own means a packed row never asks a conversation's last
+token to predict the next conversation's BOS. A conversation is trimmed to `max_len` tokens
+(LIMA: 2,048), so it fills at most `max_len - 1` positions of a `max_len`-long row.
+
+CLI (`python -m lima_jax.data stats|show ...`, console script `lima-data`): see
+`lima_jax.data.__main__`.
+"""
+import dataclasses
+import hashlib
+from typing import Iterator, Sequence
+
+import numpy as np
+from tqdm import tqdm
+
+from lima_jax.datasets.sources import Record, read_files
+from lima_jax.errors import UserError
+from lima_jax.tokenizer import chat
+from lima_jax.tokenizer.base import Tokenizer
+
+BATCH_KEYS = ("inputs", "targets", "loss_mask", "segment_ids", "positions")
+_SHUFFLE, _SPLIT, _SUBSET = 0, 1, 2  # separate random streams, so e.g. a subset ablation
+                                     # does not change which examples are held out
+_MAX_PROBLEMS = 20  # skipped-row messages kept in the report (all are counted)
+
+
+@dataclasses.dataclass(frozen=True)
+class Encoded:
+  """One tokenized conversation (unshifted)."""
+
+  tokens: np.ndarray  # int32 [n]: BOS, then each utterance followed by EOT
+  loss_mask: np.ndarray  # bool [n]: True on assistant tokens and their EOT
+  n_trimmed_loss_tokens: int = 0  # loss tokens cut off by trimming to max_len
+  trimmed: bool = False
+
+  @property
+  def n_loss_tokens(self) -> int:
+    return int(self.loss_mask.sum())
+
+
+def encode_conversation(turns: Sequence[str], tok: Tokenizer, max_len: int) -> Encoded:
+  """Tokens and loss mask of one conversation (user, assistant, user, ...), trimmed to max_len.
+
+  The result may have no loss token left (a long prompt trimmed away its reply); callers drop
+  those (`n_loss_tokens == 0`).
+  """
+  return encode_turn_ids([tok.encode(t) for t in turns], tok, max_len)
+
+
+def encode_turn_ids(turn_ids: Sequence[list[int]], tok: Tokenizer, max_len: int) -> Encoded:
+  """`encode_conversation` for utterances already tokenized (`tok.encode` of each)."""
+  if max_len < 2:
+    raise ValueError(f"max_len must be at least 2, got {max_len}")
+  tokens, mask = chat.encode_turn_ids(turn_ids, tok)
+  if len(tokens) <= max_len:
+    return Encoded(tokens, mask)
+  return Encoded(tokens[:max_len], mask[:max_len], int(mask[max_len:].sum()), True)
+
+
+def encode_text_ids(ids: Sequence[int], tok: Tokenizer, max_len: int) -> Encoded:
+  """A plain document's tokens (`tok.encode` of its text): BOS, ids, EOS; loss on all but BOS."""
+  if max_len < 2:
+    raise ValueError(f"max_len must be at least 2, got {max_len}")
+  tokens = np.array([tok.bos_id, *ids, tok.eos_id], np.int32)
+  mask = np.arange(len(tokens)) > 0
+  if len(tokens) <= max_len:
+    return Encoded(tokens, mask)
+  return Encoded(tokens[:max_len], mask[:max_len], int(mask[max_len:].sum()), True)
+
+
+def _plan_rows(order: Sequence[int], lengths: np.ndarray, row_len: int,
+               pack: bool) -> list[list[int]]:
+  """Examples per row: one each, or greedy first-fit (the first row with room, else a new
+  row) when packing."""
+  if not pack:
+    return [[int(i)] for i in order]
+  rows: list[list[int]] = []
+  room = np.zeros(len(order), np.int64)  # free positions per row; at most one row per example
+  for i in order:
+    need = lengths[i]
+    fits = np.flatnonzero(room[:len(rows)] >= need)
+    r = fits[0] if len(fits) else len(rows)
+    if r == len(rows):
+      rows.append([])
+      room[r] = row_len
+    rows[r].append(int(i))
+    room[r] -= need
+  return rows
+
+
+def _fill_rows(encoded: Sequence[Encoded], plan: Sequence[Sequence[int]],
+               row_len: int) -> dict[str, np.ndarray]:
+  """Arrays [len(plan), row_len]; row r holds the shifted examples plan[r] back to back."""
+  out = {k: np.zeros((len(plan), row_len), np.int32) for k in BATCH_KEYS}
+  out["loss_mask"] = np.zeros((len(plan), row_len), bool)
+  for r, members in enumerate(plan):
+    start = 0
+    for seg, i in enumerate(members, start=1):
+      t, m = encoded[i].tokens, encoded[i].loss_mask
+      n = len(t) - 1
+      if start + n > row_len:
+        raise ValueError(f"row {r}: {start + n} positions do not fit in row_len {row_len}")
+      span = slice(start, start + n)
+      out["inputs"][r, span], out["targets"][r, span] = t[:-1], t[1:]
+      out["loss_mask"][r, span] = m[1:]
+      out["segment_ids"][r, span], out["positions"][r, span] = seg, np.arange(n)
+      start += n
+  return out
+
+
+def make_rows(encoded_list: Sequence[Encoded], row_len: int, pack: bool) -> dict[str, np.ndarray]:
+  """Shifted rows [R, row_len] for `encoded_list`, in order; padding is 0 with segment id 0.
+
+  pack=False: one conversation per row. pack=True: greedy first-fit of whole conversations.
+  Worked example, row_len=10, pack=True, a = [B,5,E,7,8,E] (as in the module docstring) and
+  b = [B,6,E,9,E] (mask [0,0,0,1,1]) -> one row:
+
+    inputs      [B 5 E 7 8 B 6 E 9 0]
+    targets     [5 E 7 8 E 6 E 9 E 0]
+    loss_mask   [0 0 1 1 1 0 0 1 1 0]
+    segment_ids [1 1 1 1 1 2 2 2 2 0]
+    positions   [0 1 2 3 4 0 1 2 3 0]
+  """
+  lengths = np.array([len(e.tokens) - 1 for e in encoded_list])
+  return _fill_rows(encoded_list, _plan_rows(range(len(lengths)), lengths, row_len, pack),
+                    row_len)
+
+
+class SFTDataset:
+  """Shuffled (per seed and epoch), padded or packed batches; step N's batch is a pure
+  function of (seed, N), so a resumed run sees exactly the data it would have seen.
+
+  `global_batch` counts rows (conversations when not packing). `batch(step, rows)` builds only
+  the global rows asked for: on a pod each process asks for the rows its devices hold
+  (`sharding.process_rows`), so no host builds the whole batch and hosts that hold replicas of
+  a row build the same row. With packing, conversations are shuffled and then packed afresh
+  each epoch, so the number of rows, and of steps, may differ a little between epochs.
+  """
+
+  def __init__(self, encoded: Sequence[Encoded], *, global_batch: int, row_len: int, pack: bool,
+               seed: int, drop_remainder: bool = False):
+    if global_batch <= 0:
+      raise ValueError(f"global_batch {global_batch} must be positive")
+    if not encoded:
+      raise ValueError("no examples")
+    self.encoded = list(encoded)
+    lengths = np.array([len(e.tokens) - 1 for e in self.encoded])
+    if lengths.max() > row_len:
+      raise ValueError(f"an example fills {lengths.max()} positions > row_len {row_len}")
+    if any(e.n_loss_tokens == 0 for e in self.encoded):
+      raise ValueError("every example must have a loss token (drop the others first)")
+    self._lengths = lengths
+    self.global_batch, self.row_len, self.pack, self.seed = global_batch, row_len, pack, seed
+    self.drop_remainder = drop_remainder
+    # Row counts of every epoch seen, but the rows themselves only for the latest epoch: a
+    # large set over many epochs would otherwise hold every epoch's plan in memory.
+    self._rows_in_epoch: dict[int, int] = {}
+    self._plan_epoch, self._plan_cache = -1, []
+    if self.steps_in_epoch(0) == 0:
+      raise UserError(f"global batch {global_batch} is larger than the {len(self._plan(0))} rows "
+                      "of an epoch and drop_remainder is set: no step to run")
+
+  @property
+  def num_examples(self) -> int:
+    return len(self.encoded)
+
+  @property
+  def num_loss_tokens(self) -> int:
+    return sum(e.n_loss_tokens for e in self.encoded)
+
+  def _plan(self, epoch: int) -> list[list[int]]:
+    if epoch != self._plan_epoch:
+      order = np.random.default_rng((self.seed, _SHUFFLE, epoch)).permutation(len(self.encoded))
+      self._plan_cache = _plan_rows(order, self._lengths, self.row_len, self.pack)
+      self._plan_epoch = epoch
+      self._rows_in_epoch[epoch] = len(self._plan_cache)
+    return self._plan_cache
+
+  def steps_in_epoch(self, epoch: int) -> int:
+    if epoch not in self._rows_in_epoch:
+      self._rows_in_epoch[epoch] = len(self._plan(epoch)) if self.pack else len(self.encoded)
+    rows = self._rows_in_epoch[epoch]
+    return rows // self.global_batch if self.drop_remainder else -(-rows // self.global_batch)
+
+  def total_steps(self, num_epochs: int) -> int:
+    return sum(self.steps_in_epoch(e) for e in range(num_epochs))
+
+  def locate(self, step: int) -> tuple[int, int]:
+    """(epoch, step within that epoch) of a global step."""
+    if step < 0:
+      raise ValueError(f"step must be >= 0, got {step}")
+    epoch = 0
+    while step >= (n := self.steps_in_epoch(epoch)):
+      step -= n
+      epoch += 1
+    return epoch, step
+
+  def _rows(self, plan: list[list[int]], rows) -> dict[str, np.ndarray]:
+    """Global rows `rows` (default: all) of a batch planned as `plan`, padded to the global
+    batch first with all-padding rows (mask False)."""
+    plan = plan + [[]] * (self.global_batch - len(plan))
+    rows = range(self.global_batch) if rows is None else rows
+    return _fill_rows(self.encoded, [plan[int(r)] for r in rows], self.row_len)
+
+  def batch(self, step: int, rows=None) -> dict[str, np.ndarray]:
+    """Arrays [len(rows), row_len]: rows `rows` of the global batch of `step` (default all)."""
+    epoch, k = self.locate(step)
+    g = self.global_batch
+    return self._rows(self._plan(epoch)[k * g:(k + 1) * g], rows)
+
+  def eval_batches(self, rows=None) -> Iterator[dict[str, np.ndarray]]:
+    """Every example once, in the given order (packed if `pack`), in padded global batches
+    (rows `rows` of each, as for `batch`)."""
+    plan = _plan_rows(range(len(self.encoded)), self._lengths, self.row_len, self.pack)
+    for k in range(0, len(plan), self.global_batch):
+      yield self._rows(plan[k:k + self.global_batch], rows)
+
+  def fingerprint(self) -> str:
+    """sha256 of every encoded example and the epoch-0 plan: hosts with the same data, tokenizer
+    and settings agree on it, a stale copy of a file on one host does not."""
+    h = hashlib.sha256(f"{self.global_batch},{self.row_len},{self.pack},{self.seed}".encode())
+    for e in self.encoded:
+      h.update(e.tokens.tobytes())
+      h.update(np.packbits(e.loss_mask).tobytes())
+    h.update(np.asarray([i for row in self._plan(0) for i in row + [-1]], np.int64).tobytes())
+    return h.hexdigest()
+
+
+def encode_records(records: Sequence[Record], tok: Tokenizer, max_len: int,
+                   desc: str = "encoding") -> list[Encoded]:
+  """`encode_conversation` (or `encode_text_ids` for a plain document) over records, batching
+  SentencePiece calls, with a progress bar."""
+  out, chunk = [], 256
+  with tqdm(total=len(records), desc=desc, unit="conv", disable=None, leave=False) as bar:
+    for start in range(0, len(records), chunk):
+      part = records[start:start + chunk]
+      flat = tok.encode_batch([t for r in part for t in r.conversations])
+      for r in part:
+        n = len(r.conversations)
+        out.append(encode_text_ids(flat[0], tok, max_len) if r.text
+                   else encode_turn_ids(flat[:n], tok, max_len))
+        flat = flat[n:]
+      bar.update(len(part))
+  return out
+
+
+def _as_list(files: str | Sequence[str]) -> list[str]:
+  if isinstance(files, str):
+    files = files.split(",")
+  return [str(f).strip() for f in files if str(f).strip()]
+
+
+def _load(files: list[str], tok: Tokenizer, max_len: int, on_error: str,
+          report: dict) -> tuple[list[Record], list[Encoded]]:
+  """Reads and encodes files, dropping conversations with no loss token; counts in report."""
+  records, problems = read_files(files, on_error=on_error)
+  report["skipped_rows"] += len(problems)
+  report["problems"] += problems[:_MAX_PROBLEMS - len(report["problems"])]
+  report["dropped_trailing_turns"] += sum(r.dropped_turns for r in records)
+  if not records:
+    raise UserError(f"{', '.join(files)}: no conversation could be read "
+                    f"({len(problems)} bad rows skipped)")
+  encoded = encode_records(records, tok, max_len)
+  keep = [i for i, e in enumerate(encoded) if e.n_loss_tokens > 0]
+  report["dropped_no_loss"] += len(records) - len(keep)
+  if not keep:
+    raise UserError(f"{', '.join(files)}: no usable conversation (none left with an "
+                    f"assistant token after trimming to max_len={max_len})")
+  return [records[i] for i in keep], [encoded[i] for i in keep]
+
+
+def _summary(records: Sequence[Record], encoded: Sequence[Encoded]) -> dict:
+  sources: dict[str, int] = {}
+  for r in records:
+    sources[r.source] = sources.get(r.source, 0) + 1
+  return {"examples": len(encoded), "sources": sources,
+          "tokens": int(sum(len(e.tokens) for e in encoded)),
+          "loss_tokens": int(sum(e.n_loss_tokens for e in encoded)),
+          "trimmed": sum(e.trimmed for e in encoded),
+          "trimmed_loss_tokens": int(sum(e.n_trimmed_loss_tokens for e in encoded))}
+
+
+def load_sft_data(files: str | Sequence[str], tok: Tokenizer, *, max_len: int, pack: bool,
+                  global_batch: int, seed: int, subset_size: int = 0,
+                  eval_files: str | Sequence[str] = (), eval_fraction: float = 0.0,
+                  on_error: str = "raise") -> tuple[SFTDataset, SFTDataset | None, dict]:
+  """Reads, encodes, splits and wraps conversation files; rows are `max_len` long.
+
+  The held-out split (`eval_fraction`) is drawn before the subset (`subset_size`), both from
+  `seed`, so the eval set does not move when the training set size is ablated. Conversations
+  left without a loss token by trimming are dropped and counted. Returns (train, eval or
+  None, report), the report being JSON-safe counts for the run's log (with at most
+  20 of the skipped rows' messages).
+  """
+  files, eval_files = _as_list(files), _as_list(eval_files)
+  if not files:
+    raise UserError("no training files given")
+  if eval_files and eval_fraction:
+    raise UserError("give eval files or an eval fraction, not both")
+  if not 0.0 <= eval_fraction < 1.0:
+    raise UserError(f"eval fraction must be in [0, 1), got {eval_fraction}")
+  report = {"files": files, "eval_files": eval_files, "skipped_rows": 0, "problems": [],
+            "dropped_trailing_turns": 0, "dropped_no_loss": 0}
+  records, encoded = _load(files, tok, max_len, on_error, report)
+
+  idx, eval_idx = np.arange(len(records)), None
+  if eval_fraction:
+    n_eval = max(1, round(eval_fraction * len(records)))
+    if n_eval >= len(records):
+      raise UserError(f"eval fraction {eval_fraction} leaves no training example of "
+                      f"{len(records)}")
+    perm = np.random.default_rng((seed, _SPLIT)).permutation(len(records))
+    eval_idx, idx = np.sort(perm[:n_eval]), np.sort(perm[n_eval:])
+  if subset_size:
+    if subset_size > len(idx):
+      raise UserError(f"subset size {subset_size} > the {len(idx)} usable training examples")
+    pick = np.random.default_rng((seed, _SUBSET)).permutation(len(idx))[:subset_size]
+    idx = idx[np.sort(pick)]
+
+  common = dict(global_batch=global_batch, row_len=max_len, pack=pack, seed=seed)
+  train = SFTDataset([encoded[i] for i in idx], **common)
+  report["train"] = dict(_summary([records[i] for i in idx], train.encoded),
+                         steps_in_epoch_0=train.steps_in_epoch(0))
+  if eval_idx is not None:
+    eval_records, eval_encoded = [records[i] for i in eval_idx], [encoded[i] for i in eval_idx]
+  elif eval_files:
+    eval_records, eval_encoded = _load(eval_files, tok, max_len, on_error, report)
+  else:
+    report["eval"] = None
+    return train, None, report
+  report["eval"] = _summary(eval_records, eval_encoded)
+  return train, SFTDataset(eval_encoded, **common), report
+

@@ -1,0 +1,37 @@
+"""The decoding flags `generate`, `select` and `serve` share: decoding, batch, seed, mesh, dtype."""
+from lima_jax.decode.sampling import LIMA, Decoding
+from lima_jax.parallel import distributed
+from lima_jax.parallel import sharding
+
+
+def define_decoding_flags() -> None:
+  """Decoding (defaults: LIMA's), batch, seed, mesh, dtype and the distributed flags."""
+  from absl import flags
+  d = LIMA
+  flags.DEFINE_integer("batch_size", 8, "Prompts decoded together (rounded up to a multiple of "
+                       "the mesh's batch shards).", lower_bound=1)
+  flags.DEFINE_integer("max_new_tokens", d.max_new_tokens, "Most tokens per answer (LIMA: "
+                       "2048); never past the model's context.", lower_bound=1)
+  flags.DEFINE_float("temperature", d.temperature, "Sampling temperature (LIMA: 0.7).")
+  flags.DEFINE_float("top_p", d.top_p, "Nucleus sampling mass, 1 = off (LIMA: 0.9).")
+  flags.DEFINE_integer("top_k", d.top_k, "Keep only the k most likely tokens, 0 = off.")
+  flags.DEFINE_float("repetition_penalty", d.repetition_penalty, "CTRL-style penalty on tokens "
+                     "already generated in this answer, 1 = off (LIMA: 1.2).")
+  flags.DEFINE_bool("greedy", False, "Argmax instead of sampling (the repetition penalty still "
+                    "applies; add --repetition_penalty=1 for plain greedy).")
+  flags.DEFINE_integer("seed", 0, "Sampling seed; an answer depends on it and on the prompt's "
+                       "index in the file, not on the batch size.")
+  flags.DEFINE_list("mesh", ["1", "-1", "1"], "Device mesh (data,fsdp,tensor) over every "
+                    "device of the job (all hosts); one -1 takes the remaining devices.")
+  flags.DEFINE_enum("dtype", None, ["float32", "bfloat16"], "Parameter dtype to load (cast while "
+                    "restoring; bfloat16 halves a float32 checkpoint). Default: as stored.")
+  distributed.define_flags()
+
+
+def decoding_from_flags(f) -> Decoding:
+  return Decoding(max_new_tokens=f.max_new_tokens, temperature=f.temperature, top_p=f.top_p,
+                  top_k=f.top_k, repetition_penalty=f.repetition_penalty, greedy=f.greedy)
+
+
+def mesh_from_flags(f):
+  return sharding.make_mesh(sharding.parse_mesh_shape(f.mesh))

@@ -1,0 +1,186 @@
+r"""Ahead-of-time planner: will a config fit a TPU slice, and how fast could it go?
+
+  python -m lima_jax.plan --config=configs/lima.py:65b --topology=v4-256 [--mesh=1,-1,1]
+
+The training step is compiled for the slice by libtpu's compiler on this machine (no TPU,
+network or credentials), from abstract inputs, on a mesh of "compile-only" devices
+(`jax.experimental.topologies`). The compiled program gives per-chip memory (parameters,
+optimizer state, the rest at peak, peak HBM); FLOPs per step are counted from the parameter
+shapes (XLA's cost analysis counts a scanned loop body only once), and step time and tokens/s
+are estimated at 40% and 60% model FLOPs utilisation (MFU). A config that does not fit gets
+libtpu's own out-of-memory message and suggestions.
+
+The step compiled is the real one, `step_lib.build_train_step`, with the config's model size (its
+vocabulary grown by EOT), dtype, remat policy, dropout, batch, accumulation and optimizer.
+"""
+import dataclasses
+import math
+import re
+
+import jax
+
+from lima_jax.train import base_model
+from lima_jax.parallel import sharding
+from lima_jax.parallel import tpu_specs
+from lima_jax.train import step as step_lib
+from lima_jax.errors import UserError
+from lima_jax.plan import common
+
+MFUS = (0.4, 0.6)
+
+
+@dataclasses.dataclass
+class Plan:
+  """Per-chip figures for one config on one slice (bytes, FLOPs, seconds)."""
+  topology: str
+  accelerator_type: str
+  chips: int
+  hosts: int
+  mesh: dict[str, int]
+  param_bytes: int  # Parameters held by one chip (its shards plus anything replicated).
+  opt_state_bytes: int
+  batch_bytes: int
+  usable_hbm_bytes: int
+  nominal_hbm_bytes: int
+  fits: bool
+  compile_seconds: float
+  # From the compiled program (None when it does not fit):
+  peak_bytes: int | None = None  # Peak HBM of the step, arguments included.
+  argument_bytes: int | None = None  # State + batch + rng as XLA lays them out.
+  temp_bytes: int | None = None  # XLA's temporary allocation (may overlap donated arguments).
+  # XLA's cost analysis counts a loop body once, so with layers under nn.scan this is about one
+  # layer's FLOPs plus the rest: kept for reference, not used for the estimates.
+  xla_flops_loop_bodies_once: float | None = None
+  model_flops: float | None = None  # Per chip per step: 6N + attention per token (PaLM, app. B).
+  tokens_per_step: int = 0
+  step_seconds: dict[str, float] = dataclasses.field(default_factory=dict)  # MFU -> seconds.
+  oom_message: str = ""
+  # Some 'tensor' group spans hosts: those hosts feed identical batch rows (each host loads and
+  # sends more rows than its share); the collectives still run over ICI.
+  tensor_across_hosts: bool = False
+  suggestions: list[str] = dataclasses.field(default_factory=list)
+
+
+def _model_flops(params, tokens_per_step: int, seq_len: int) -> float:
+  """Training FLOPs of the whole step: 6 per matmul parameter per token, plus attention's
+  12*L*H*K*T per token (Chowdhery et al. 2022, app. B). The input embedding is a lookup."""
+  flat = {jax.tree_util.keystr(p): x for p, x in jax.tree_util.tree_leaves_with_path(params)}
+  n = sum(math.prod(x.shape) for k, x in flat.items()
+          if "norm" not in k and not ("embedding" in k and any("lm_head" in j for j in flat)))
+  q = next((x.shape for k, x in flat.items() if re.search(r"\['attn'\]\['q'\]", k)), None)
+  attention = 12 * q[0] * q[2] * q[3] * seq_len if q and len(q) == 4 else 0
+  return float((6 * n + attention) * tokens_per_step)
+
+
+def plan_step(built, mesh: jax.sharding.Mesh, slice_: tpu_specs.Slice, seq_len: int) -> Plan:
+  """Compiles `built.train_step` for the mesh and reads memory and FLOPs off the program."""
+  state, batch = built.abstract_state, built.abstract_batch
+  tokens = math.prod(jax.tree.leaves(batch)[0].shape)
+  p = Plan(topology=slice_.topology, accelerator_type=slice_.accelerator_type,
+           chips=slice_.chips, hosts=slice_.hosts, mesh=dict(mesh.shape),
+           param_bytes=common.bytes_per_chip(state.params),
+           opt_state_bytes=common.bytes_per_chip(state.opt_state),
+           batch_bytes=common.bytes_per_chip(batch),
+           usable_hbm_bytes=slice_.chip.usable_hbm_bytes, nominal_hbm_bytes=slice_.chip.hbm_bytes,
+           fits=True, compile_seconds=0.0, tokens_per_step=tokens,
+           tensor_across_hosts=sharding.tensor_groups_cross_hosts(mesh.devices))
+  rng = jax.eval_shape(lambda: jax.random.key(0))
+
+  def compile_():
+    with jax.set_mesh(mesh):
+      return built.train_step.lower(state, batch, rng).compile()
+  compiled, p.oom_message, p.compile_seconds = common.compile_for_slice(compile_)
+  p.fits = compiled is not None
+  p.model_flops = _model_flops(state.params, tokens, seq_len) / slice_.chips
+  if p.fits:
+    mem = compiled.memory_analysis()
+    p.peak_bytes, p.argument_bytes = mem.peak_memory_in_bytes, mem.argument_size_in_bytes
+    p.temp_bytes = mem.temp_size_in_bytes
+    cost = compiled.cost_analysis()
+    cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+    p.xla_flops_loop_bodies_once = float(cost.get("flops", 0.0)) or None
+    p.step_seconds = {f"{u:.0%}": p.model_flops / (u * slice_.chip.peak_bf16_flops) for u in MFUS}
+  return p
+
+
+def suggest(p: Plan, config) -> list[str]:
+  """What would lower the peak, most effective first."""
+  out, state = [], p.param_bytes + p.opt_state_bytes
+  if state > 0.8 * p.usable_hbm_bytes:
+    out.append(f"parameters + optimizer state alone take {state / tpu_specs.GIB:.1f} GiB per "
+               "chip: shard them over more chips (a bigger slice)")
+  data, fsdp, tensor = (p.mesh[a] for a in sharding.AXES)
+  if data > 1:  # Same batch shards, but no chip holds a replica of the state any more.
+    out.append(f"--mesh=1,{data * fsdp},{tensor}: split parameters, gradients and optimizer "
+               "state over the chips now on 'data' too (fsdp)")
+  if config.model.remat_policy != "full":
+    out.append("--config.model.remat_policy=full: recompute activations in the backward pass "
+               "instead of keeping them (about 1/3 more FLOPs)")
+  accum, batch = config.train.grad_accum_steps, config.train.batch_size
+  if batch % (2 * accum * data * fsdp) == 0:
+    out.append(f"--config.train.grad_accum_steps={2 * accum}: halve the micro-batch "
+               "(same global batch and loss, half the activations)")
+  return out
+
+
+def format_plan(p: Plan, title: str) -> str:
+  mesh = " ".join(f"{k}={v}" for k, v in p.mesh.items())
+  lines = [title,
+           f"slice {p.accelerator_type} ({p.topology}): {p.chips} chips on {p.hosts} hosts; "
+           f"mesh {mesh}; compiled in {p.compile_seconds:.1f} s"]
+  if p.tensor_across_hosts:
+    lines.append(
+        f"note: each 'tensor' group of {p.mesh['tensor']} chips spans several hosts, which then "
+        "feed identical batch rows (more host input work and host-to-chip traffic per host; "
+        "the collectives still run over ICI); with mesh.shape=() the planner and training "
+        "keep 'tensor' inside a host")
+  lines += ["", "memory per chip", f"  parameters           {common.size(p.param_bytes)}",
+            f"  optimizer state      {common.size(p.opt_state_bytes)}",
+            f"  batch                {common.size(p.batch_bytes)}"]
+  if p.fits:
+    usable = p.usable_hbm_bytes / tpu_specs.GIB
+    rest = common.size(p.peak_bytes - p.argument_bytes)
+    lines += [f"  the rest at peak     {rest}   (activations, "
+              "gradients, gathered weights)",
+              f"  peak HBM             {common.size(p.peak_bytes)}   of {usable:.2f} GiB usable "
+              f"({p.peak_bytes / p.usable_hbm_bytes:.0%}): fits"]
+  else:
+    lines += [f"  DOES NOT FIT: libtpu says: {p.oom_message}"]
+  lines += ["", "per step",
+            f"  tokens               {p.tokens_per_step:,} ({p.tokens_per_step // p.chips:,} "
+            "per chip)",
+            f"  model FLOPs per chip {p.model_flops:.3e}   (6N + attention per token)"]
+  if p.fits:
+    for mfu, s in p.step_seconds.items():
+      lines.append(f"  at {mfu} MFU          {common.seconds(s)}per step, "
+                   f"{p.tokens_per_step / p.chips / s:,.0f} tokens/s per chip")
+  if p.suggestions:
+    lines += ["", "to fit:" if not p.fits else "to save memory:"]
+    lines += [f"  - {s}" for s in p.suggestions]
+  return "\n".join(lines)
+
+
+def make_plan(config, topology: str, mesh_shape=None) -> Plan:
+  """Plans `config` on the slice named `topology` ('v4-256' or 'v4:4x4x8')."""
+  slice_ = tpu_specs.parse_slice(topology)
+  micro = config.train.batch_size // max(config.train.grad_accum_steps, 1)
+  shape = config.mesh.shape if mesh_shape is None else mesh_shape
+  mesh = common.topology_mesh(slice_, shape, micro)
+  shards = mesh.shape["data"] * mesh.shape["fsdp"]
+  if micro % shards == 0 or config.train.batch_size % config.train.grad_accum_steps:
+    sharding.check_batch(config.train.batch_size, config.train.grad_accum_steps, mesh)
+  else:
+    fsdp = math.gcd(micro, slice_.chips)
+    raise UserError(f"micro-batch {micro} (train.batch_size/train.grad_accum_steps) does not "
+                    f"split over the {shards} batch shards (data x fsdp) of mesh "
+                    f"{dict(mesh.shape)}; put the other chips on 'tensor', e.g. "
+                    f"--mesh=1,{fsdp},{slice_.chips // fsdp}")
+  with jax.set_mesh(mesh):
+    built = step_lib.build_train_step(config, mesh, base_model.planned_model_config(config),
+                                   total_steps=1000)  # The schedule's length changes nothing.
+  p = plan_step(built, mesh, slice_, config.data.max_len)
+  if not p.fits or p.peak_bytes > 0.9 * p.usable_hbm_bytes:
+    p.suggestions = suggest(p, config)
+  return p
+
+

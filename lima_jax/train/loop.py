@@ -1,0 +1,342 @@
+"""LIMA fine-tuning: `train_and_evaluate(config, workdir)`, read top to bottom.
+
+1. processes and mesh;  2. tokenizer, model config, data and starting weights;  3. optimizer
+and schedule;  4. the pure, jitted `train_step(state, batch, rng)` (3 and 4: `train.step`);
+5. state: resume (under the same recipe only), or init / load weights straight into their
+shardings;  6. the loop: one step, then logging, evaluation, checkpoints and preemption, each a
+small object.
+
+Resuming is exact: the batch of step N and the dropout key of step N are pure functions of
+(seed, N), and a checkpoint holds params, optimizer state, step and the run's fingerprint
+(lima_jax.train.fingerprint). On a pod every process feeds exactly the batch rows its devices hold
+(`sharding.process_rows`), and the hosts check that they agree on data, tokenizer and recipe
+before the first step (`distributed.agree`).
+"""
+import json
+import os
+import time
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from etils import epath
+from tqdm import tqdm
+
+from lima_jax.train import base_model
+from lima_jax.formats import checkpoint
+from lima_jax.data import batches as data
+from lima_jax.parallel import distributed
+from lima_jax.train import fingerprint as recipe
+from lima_jax.parallel import sharding
+from lima_jax.train import metrics_log as metrics_log_lib
+from lima_jax.train.step import Built, TrainState, build_train_step, check_platform
+from lima_jax import tokenizer as tokenizer_lib
+from lima_jax.model import transformer as model_lib
+from lima_jax.errors import UserError
+
+
+# ----------------------------------------------------------------------------------------------
+# 1. Processes and mesh.
+# ----------------------------------------------------------------------------------------------
+
+def make_mesh(config: ml_collections.ConfigDict) -> jax.sharding.Mesh:
+  """`mesh.shape`, or () for one chosen from the devices and the micro-batch (errors name the
+  mesh and batch fields, before anything is read or compiled)."""
+  accum = config.train.grad_accum_steps
+  micro = sharding.micro_batch(config.train.batch_size, accum)
+  mesh = sharding.choose_mesh(config.mesh.shape, jax.devices(), micro)
+  sharding.check_batch(config.train.batch_size, accum, mesh)
+  return mesh
+
+
+# ----------------------------------------------------------------------------------------------
+# 2. Tokenizer, model config, data and starting weights (lima_jax.train.base_model).
+# ----------------------------------------------------------------------------------------------
+
+def load_data(config, tok: tokenizer_lib.Tokenizer):
+  files = [f for f in config.data.train_files.split(",") if f]
+  if not files:
+    raise UserError("data.train_files: no file given")
+  return data.load_sft_data(
+      files, tok, max_len=config.data.max_len, pack=config.data.pack,
+      global_batch=config.train.batch_size, seed=config.seed,
+      subset_size=config.data.subset_size,
+      eval_files=[f for f in config.data.eval_files.split(",") if f],
+      eval_fraction=config.data.eval_fraction, on_error=config.data.on_error)
+
+
+# ----------------------------------------------------------------------------------------------
+# 3-4. Optimizer, schedule and the pure, jitted step: lima_jax.train.step.
+# ----------------------------------------------------------------------------------------------
+
+
+# ----------------------------------------------------------------------------------------------
+# 5. State: resume under the same recipe, else init or load the starting weights.
+# ----------------------------------------------------------------------------------------------
+
+def initial_state(config, built: Built, cfg, init_kind: str, mesh, log) -> TrainState:
+  if init_kind:
+    params = base_model.load_init_params(config, init_kind, cfg, built.state_shardings.params, mesh)
+    log(f"loaded weights from {config.model.init}")
+  else:
+    init = lambda rng: nn.meta.unbox(built.model.init(rng, jnp.zeros((1, 8), jnp.int32))["params"])
+    params = jax.jit(init, out_shardings=built.state_shardings.params)(jax.random.key(config.seed))
+  opt_state = jax.jit(built.tx.init, out_shardings=built.state_shardings.opt_state)(params)
+  return TrainState(jax.device_put(jnp.int32(0), built.state_shardings.step), params, opt_state)
+
+
+def restored_state(manager: checkpoint.Manager, step: int, built: Built) -> TrainState:
+  abstract = built.abstract_state
+  params, opt_state, _ = manager.restore(step, abstract.params, abstract.opt_state)
+  return TrainState(jax.device_put(jnp.int32(step), built.state_shardings.step), params, opt_state)
+
+
+# ----------------------------------------------------------------------------------------------
+# 6. The loop, and what it writes.
+# ----------------------------------------------------------------------------------------------
+
+class NonFinite:
+  """The first step whose loss or gradient norm was NaN/inf, kept on the device (no host sync
+  per step) and read before every checkpoint and on logged steps, so no checkpoint holding NaNs
+  is ever written or called good."""
+
+  def __init__(self):
+    self._first = jnp.int32(-1)
+    self._update = jax.jit(lambda first, ok, step: jnp.where((first < 0) & ~ok, step, first))
+
+  def update(self, metrics, step: int) -> None:
+    self._first = self._update(self._first, metrics["finite"], step)
+
+  def check(self, manager: checkpoint.Manager) -> None:
+    bad = int(self._first)
+    if bad >= 0:
+      manager.wait()
+      good = manager.latest_step()
+      raise UserError(f"step {bad}: the loss or gradient is not finite; stopped. The last good "
+                      f"checkpoint is {manager.step_dir(good) if good else 'none'}")
+
+
+class Checkpoints:
+  """When to save, what to keep, what a preemption saves."""
+
+  def __init__(self, config, manager: checkpoint.Manager, epoch_ends: list[int],
+               fingerprint: dict, workdir: epath.Path):
+    epochs = len(epoch_ends)
+    keep = (checkpoint.parse_epochs(config.checkpoint.keep_epochs, "checkpoint.keep_epochs")
+            or set(range(1, epochs + 1)))
+    self.keep_steps = {epoch_ends[e - 1] for e in keep if 0 < e <= epochs}
+    self.manager, self.every = manager, config.checkpoint.every_steps
+    self.on_preemption, self.fingerprint = config.checkpoint.on_preemption, fingerprint
+    self.preempted_dir = workdir / "preempted"
+    self.saved_step = None
+    if self.on_preemption not in ("full", "params", "none"):
+      raise UserError(f"checkpoint.on_preemption={self.on_preemption!r}: not one of full, "
+                      "params, none")
+
+  def due(self, done: int, epoch_end: bool) -> bool:
+    return epoch_end or bool(self.every and done % self.every == 0)
+
+  def _ours(self, step: int) -> bool:
+    """Only checkpoints of this recipe may be pruned (another recipe's epochs are kept)."""
+    meta = checkpoint.read_meta(self.manager.step_dir(step))
+    return meta.get("fingerprint") == self.fingerprint
+
+  def save(self, state: TrainState, meta: dict) -> None:
+    self.manager.prune(self.keep_steps, deletable=self._ours)
+    self.manager.save(meta["step"], state.params, state.opt_state, meta)
+    self.saved_step = meta["step"]
+
+  def save_preempted(self, state: TrainState, meta: dict) -> str:
+    """What the notice leaves time for (docs/tpu.md): the whole state, params only, or
+    nothing (resume from the last periodic checkpoint)."""
+    if self.on_preemption == "full":
+      if self.saved_step != meta["step"]:  # not when the step was just saved
+        self.save(state, meta)  # (the notice met an epoch end or every_steps)
+      self.manager.wait()
+      return f"saved step {meta['step']} to {self.manager.step_dir(meta['step'])}"
+    if self.on_preemption == "params":
+      where = self.preempted_dir / str(meta["step"])
+      if not where.exists():
+        checkpoint.save(where, state.params, meta)
+      self.manager.wait()
+      return (f"saved the params of step {meta['step']} to {where}; the rerun resumes from step "
+              f"{self.manager.latest_step() or 0}")
+    self.manager.wait()
+    return f"saved nothing; the rerun resumes from step {self.manager.latest_step() or 0}"
+
+  def close(self) -> None:
+    self.manager.prune(self.keep_steps, deletable=self._ours)
+    self.manager.close()
+
+
+class StepLog:
+  """metrics.jsonl rows on logged steps, epoch ends and the last step, with throughput."""
+
+  def __init__(self, config, workdir, start: int, total_steps: int, is_main: bool):
+    self.every, self.total = config.train.log_every, total_steps
+    self.file = metrics_log_lib.MetricsLog(workdir, start) if is_main else None
+    self.bar = tqdm(total=total_steps, initial=start, disable=None if is_main else True,
+                    desc="train", unit="step")
+    self.t0, self.steps, self.last = time.perf_counter(), 0, {}
+
+  def step(self, done: int, metrics, epoch: float, epoch_end: bool) -> bool:
+    """Counts a step; on a logged one fetches its metrics. Returns whether it was logged."""
+    self.steps += 1
+    self.bar.update(1)
+    if not (done % self.every == 0 or epoch_end or done == self.total):
+      return False
+    m = {k: v.item() for k, v in jax.device_get(metrics).items() if k != "finite"}
+    dt = time.perf_counter() - self.t0
+    self.last = {"step": done, "epoch": round(epoch, 4), **m,
+                 "tokens_per_s": m["tokens"] * self.steps / dt,
+                 "examples_per_s": m["examples"] * self.steps / dt, "step_time_s": dt / self.steps}
+    self.t0, self.steps = time.perf_counter(), 0
+    self.bar.set_postfix(loss=f"{m['loss']:.4f}", lr=f"{m['learning_rate']:.2e}")
+    return True
+
+  def write(self, flush: bool) -> None:
+    if self.file:
+      self.file.add(self.last, flush=flush)
+
+  def close(self) -> None:
+    self.bar.close()
+    if self.file:
+      self.file.close()
+
+
+def _evaluate(built: Built, params, eval_ds, mesh, global_batch: int) -> dict:
+  rows = sharding.process_rows(mesh.devices, global_batch)
+  nll, count = 0.0, 0.0
+  for local in eval_ds.eval_batches(rows):
+    n, c = built.eval_step(params, sharding.put_batch(local, mesh, rows, global_batch))
+    nll, count = nll + float(n), count + float(c)
+  loss = nll / max(count, 1.0)
+  return {"eval_loss": loss, "eval_perplexity": float(np.exp(min(loss, 50.0))),
+          "eval_tokens": int(count)}
+
+
+def _samples(config, params, cfg, tok, mesh, label: str, workdir, log) -> None:
+  prompts = [p for p in config.sample_prompts.split("|") if p.strip()]
+  if not prompts:
+    return
+  from lima_jax.decode import answer
+  answers = answer.generate(params, cfg, tok, [[p] for p in prompts], mesh=mesh,
+                            max_new_tokens=config.sample_max_new_tokens, greedy=True)
+  if jax.process_index() == 0:
+    with (workdir / "samples.jsonl").open("a") as f:
+      for p, a in zip(prompts, answers):
+        f.write(json.dumps({"when": label, "prompt": p, "answer": a}) + "\n")
+        log(f"[{label}] {p!r} -> {a!r}")
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
+  """Trains per `config` in `workdir`, resuming there if a checkpoint of the same recipe exists.
+
+  Returns the last logged metrics (process 0) so that tests can check them.
+  """
+  if config.distributed.local_processes and not distributed.is_local_child():
+    distributed.run_local_processes(config, workdir)  # Testing: N processes on this machine.
+    return {}
+  distributed.initialize(config)
+  is_main = jax.process_index() == 0
+  log = (lambda msg: print(msg, flush=True)) if is_main else (lambda msg: None)
+  workdir = epath.Path(workdir)
+  workdir.mkdir(parents=True, exist_ok=True)
+
+  # 1. Mesh.
+  mesh = make_mesh(config)
+  batch_size, accum = config.train.batch_size, config.train.grad_accum_steps
+
+  # 2. Tokenizer, model, data; every host must hold the same.
+  init_cfg, init_tok, init_kind = base_model.read_init(config.model.init)
+  tok = base_model.load_tokenizer(config, init_tok, init_kind)
+  cfg = base_model.model_config(config, init_cfg, tok)
+  check_platform(cfg, mesh.devices.flat[0].platform)  # Before the data is read.
+  train_ds, eval_ds, report = load_data(config, tok)
+  epochs = config.train.epochs
+  steps_per_epoch = [train_ds.steps_in_epoch(e) for e in range(epochs)]
+  total_steps, epoch_ends = sum(steps_per_epoch), np.cumsum(steps_per_epoch).tolist()
+  fingerprint = recipe.fingerprint(config, cfg, tok)
+  distributed.agree({
+      "data": train_ds.fingerprint() + (eval_ds.fingerprint() if eval_ds else ""),
+      "tokenizer": distributed.digest(tok.to_meta()), "steps": distributed.digest(epoch_ends),
+      "recipe": distributed.digest(fingerprint)})
+  log(f"data: {json.dumps(report)}")
+  log(f"model: {model_lib.param_count(cfg):,} parameters, vocab {cfg.vocab_size} "
+      f"(tokenizer {tok.vocab_size}); mesh {dict(mesh.shape)} on {jax.process_count()} "
+      f"process(es); {total_steps} steps ({epochs} epochs)")
+
+  with jax.set_mesh(mesh):
+    # 3-4. Optimizer, step, shardings.
+    built = build_train_step(config, mesh, cfg, total_steps)
+
+    # 5. State.
+    manager = checkpoint.Manager(workdir / "checkpoints", async_save=config.checkpoint.async_save)
+    start = manager.latest_step() or 0
+    if start:
+      diffs = recipe.check_resume(checkpoint.read_meta(manager.step_dir(start)), fingerprint,
+                                  config.checkpoint.allow_recipe_change, manager.step_dir(start))
+      if diffs:
+        log(f"continuing under a changed recipe (checkpoint.allow_recipe_change): {diffs}")
+    if is_main:
+      recipe.write_config(workdir, config, start)
+    if start:
+      state = restored_state(manager, start, built)
+      log(f"resumed from {manager.step_dir(start)}")
+    else:
+      state = initial_state(config, built, cfg, init_kind, mesh, log)
+      _samples(config, state.params, cfg, tok, mesh, "before", workdir, log)
+
+    # 6. The loop.
+    ckpts = Checkpoints(config, manager, epoch_ends, fingerprint, workdir)
+    steplog = StepLog(config, workdir, start, total_steps, is_main)
+    nonfinite, preemption = NonFinite(), distributed.Preemption()
+    meta = {"model_config": cfg.to_dict(), "tokenizer": tok.to_meta(),
+            "fingerprint": fingerprint, "code_version": recipe.code_version()}
+    rows = sharding.process_rows(mesh.devices, batch_size, accum)
+    rng, preempted = jax.random.key(config.seed + 1), False
+    for step in range(start, total_steps):
+      epoch, in_epoch = train_ds.locate(step)
+      batch = sharding.put_batch(train_ds.batch(step, rows), mesh, rows, batch_size, accum)
+      state, metrics = built.train_step(state, batch, rng)
+      done = step + 1
+      nonfinite.update(metrics, done)
+      epoch_end = done in epoch_ends
+      if steplog.step(done, metrics, epoch + (in_epoch + 1) / steps_per_epoch[epoch], epoch_end):
+        nonfinite.check(manager)
+      if epoch_end and eval_ds is not None:
+        steplog.last.update(_evaluate(built, state.params, eval_ds, mesh, batch_size))
+        log(f"epoch {epoch + 1}: loss {steplog.last['loss']:.4f}  eval loss "
+            f"{steplog.last['eval_loss']:.4f} (perplexity {steplog.last['eval_perplexity']:.2f})")
+      if steplog.last.get("step") == done:
+        steplog.write(flush=epoch_end)
+      step_meta = dict(meta, step=done, epoch=epoch + 1 if epoch_end else epoch,
+                       eval_loss=steplog.last.get("eval_loss") if epoch_end else None)
+      preempted = preemption.reached(done)
+      if ckpts.due(done, epoch_end):
+        nonfinite.check(manager)
+        ckpts.save(state, step_meta)
+      _debug_crash(config, done, manager)
+      if preempted:
+        nonfinite.check(manager)
+        print(f"process {jax.process_index()}: SIGTERM: {ckpts.save_preempted(state, step_meta)};"
+              " rerun the same command to resume", flush=True)
+        break
+    steplog.close()
+    ckpts.close()
+    if not preempted and start < total_steps:
+      _samples(config, state.params, cfg, tok, mesh, "after", workdir, log)
+  newest = workdir / "checkpoints" / str(total_steps)
+  log(f"done: checkpoints in {workdir / 'checkpoints'}, metrics in {workdir / 'metrics.jsonl'}\n"
+      f"export to Hugging Face: python -m lima_jax.convert to-hf --checkpoint={newest} "
+      f"--out={workdir / 'hf'}")
+  return steplog.last
+
+
+def _debug_crash(config, done: int, manager: checkpoint.Manager) -> None:
+  """Testing (`debug.crash_after_step`): exit abruptly once step N's checkpoint is written."""
+  if done == config.debug.crash_after_step:
+    manager.wait()
+    os._exit(3)  # A killed process: no cleanup, no final save.
