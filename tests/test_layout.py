@@ -12,9 +12,12 @@ import ast
 import difflib
 import pathlib
 import re
+import subprocess
 import sys
 import textwrap
 import tomllib
+
+import pytest
 
 import import_graph  # tests/import_graph.py: pytest and `python tests/test_layout.py` both find it
 
@@ -24,7 +27,7 @@ WRITE = "python tests/test_layout.py --write"
 WIDTH = 100
 
 # The order rooms are shown in (DESIGN.md's); a room not named here follows, alphabetically.
-TOP = ["main", "convert", "generate", "select", "errors", "files"]
+TOP = ["__main__", "main", "convert", "generate", "select", "errors", "files"]
 ROOMS = ["data", "plan", "model", "tokenizer", "formats", "parallel", "decode", "train",
          "datasets", "curate", "eval", "serve", "experiment", "testbed"]
 ALLOWED_TOP = {f"lima_jax.{name}" for name in TOP}
@@ -283,3 +286,18 @@ if __name__ == "__main__":
     sys.exit(f"usage: {sys.argv[0]} [--write]")
   else:
     print(room_map())
+
+
+@pytest.mark.parametrize("script,flag", [("lima-train", "--workdir"), ("lima-data", "--data"),
+                                         ("lima-testbed", "--world")])
+def test_a_console_script_shows_its_commands_usage_and_flags(script, flag):
+  # What `pip install .` puts on PATH calls lima_jax/__main__.py's entry point for it; absl
+  # reads the usage and the flags it lists from __main__, which the script must make the command.
+  module, func = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["scripts"][
+      script].split(":")
+  code = (f"import sys; sys.argv = [{script!r}, '--help']; "
+          f"from {module} import {func}; {func}()")
+  r = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True,
+                     timeout=300)
+  out = r.stdout + r.stderr
+  assert flag in out and "python -m lima_jax" in out, out[-2000:]
