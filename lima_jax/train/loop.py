@@ -28,7 +28,7 @@ from lima_jax.train import base_model
 from lima_jax.formats import checkpoint
 from lima_jax.data import batches as data
 from lima_jax.parallel import distributed
-from lima_jax.train import fingerprint as recipe
+from lima_jax.train import fingerprint as fingerprint_lib
 from lima_jax.parallel import sharding
 from lima_jax.train import metrics_log as metrics_log_lib
 from lima_jax.train.step import Built, TrainState, build_train_step, check_platform
@@ -258,7 +258,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   epochs = config.train.epochs
   steps_per_epoch = [train_ds.steps_in_epoch(e) for e in range(epochs)]
   total_steps, epoch_ends = sum(steps_per_epoch), np.cumsum(steps_per_epoch).tolist()
-  fingerprint = recipe.fingerprint(config, cfg, tok)
+  fingerprint = fingerprint_lib.fingerprint(config, cfg, tok)
   distributed.agree({
       "data": train_ds.fingerprint() + (eval_ds.fingerprint() if eval_ds else ""),
       "tokenizer": distributed.digest(tok.to_meta()), "steps": distributed.digest(epoch_ends),
@@ -276,12 +276,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     manager = checkpoint.Manager(workdir / "checkpoints", async_save=config.checkpoint.async_save)
     start = manager.latest_step() or 0
     if start:
-      diffs = recipe.check_resume(checkpoint.read_meta(manager.step_dir(start)), fingerprint,
-                                  config.checkpoint.allow_recipe_change, manager.step_dir(start))
+      diffs = fingerprint_lib.check_resume(
+          checkpoint.read_meta(manager.step_dir(start)), fingerprint,
+          config.checkpoint.allow_recipe_change, manager.step_dir(start))
       if diffs:
         log(f"continuing under a changed recipe (checkpoint.allow_recipe_change): {diffs}")
     if is_main:
-      recipe.write_config(workdir, config, start)
+      fingerprint_lib.write_config(workdir, config, start)
     if start:
       state = restored_state(manager, start, built)
       log(f"resumed from {manager.step_dir(start)}")
@@ -294,7 +295,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     steplog = StepLog(config, workdir, start, total_steps, is_main)
     nonfinite, preemption = NonFinite(), distributed.Preemption()
     meta = {"model_config": cfg.to_dict(), "tokenizer": tok.to_meta(),
-            "fingerprint": fingerprint, "code_version": recipe.code_version()}
+            "fingerprint": fingerprint, "code_version": fingerprint_lib.code_version()}
     rows = sharding.process_rows(mesh.devices, batch_size, accum)
     rng, preempted = jax.random.key(config.seed + 1), False
     for step in range(start, total_steps):
