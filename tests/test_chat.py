@@ -64,3 +64,24 @@ def test_template_text_is_the_exported_one():
       "(loop.index0 % 2 == 0) %}{{ raise_exception('LIMA conversations alternate user and "
       "assistant turns, starting with the user (no system turn)') }}{% endif %}"
       "{{ message['content'] + '<eot\ue000>' }}{% endfor %}")
+
+
+def test_system_messages_fold_into_the_first_user_utterance():
+  msgs = [{"role": "system", "content": "Be brief."}, {"role": "developer", "content": "No lists."},
+          {"role": "user", "content": "Capital of France?"}, {"role": "assistant", "content": "Paris."},
+          {"role": "user", "content": "And Spain?"}]
+  assert chat.turns_from_messages(msgs) == [
+      "Be brief.\n\nNo lists.\n\nCapital of France?", "Paris.", "And Spain?"]
+  parts = [{"role": "user", "content": [{"type": "text", "text": "a"}, {"type": "text", "text": "b"}]}]
+  assert chat.turns_from_messages(parts) == ["ab"]
+
+
+@pytest.mark.parametrize("msgs, where", [
+    ([{"role": "user", "content": "a"}, {"role": "system", "content": "late"}], "rows[1].role"),
+    ([{"role": "assistant", "content": "a"}], "rows[0].role"),
+    ([{"role": "system", "content": "only"}], "rows: no user message"),
+    ([{"role": "user", "content": None}], "rows[0].content"),
+])
+def test_messages_out_of_place_name_the_message(msgs, where):
+  with pytest.raises(UserError, match=where.replace("[", r"\[").replace("]", r"\]")):
+    chat.turns_from_messages(msgs, where="rows")

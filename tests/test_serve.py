@@ -243,8 +243,8 @@ def test_errors_are_openai_shaped_with_the_right_status(live):
       client.chat.completions.create(**kw)
     assert e.value.body["param"] == param, e.value.body
     assert set(e.value.body) == {"message", "type", "param", "code"}
-  system = [{"role": "system", "content": "be nice"}, {"role": "user", "content": "hi"}]
-  for msgs, param in ((system, "messages[0].role"), (messages(["a", "b"]), "messages"),
+  late_system = [{"role": "user", "content": "hi"}, {"role": "system", "content": "be nice"}]
+  for msgs, param in ((late_system, "messages[1].role"), (messages(["a", "b"]), "messages"),
                       (messages(["word " * 200]), "messages")):
     with pytest.raises(openai.BadRequestError) as e:
       client.chat.completions.create(model="tiny", messages=msgs)

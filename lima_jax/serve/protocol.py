@@ -14,6 +14,8 @@ import pydantic
 from pydantic import BaseModel, ConfigDict, Field
 
 from lima_jax.decode import sampling
+from lima_jax.errors import UserError
+from lima_jax.tokenizer import chat
 
 log = logging.getLogger(__name__)
 
@@ -119,19 +121,17 @@ class ChatRequest(_Body):
   max_completion_tokens: int | None = Field(None, ge=1)
 
   def turns(self) -> list[str]:
-    """The utterances, user first and last, alternating: the only conversations LIMA was
-    trained on (no system turn)."""
-    for i, m in enumerate(self.messages):
-      want = "user" if i % 2 == 0 else "assistant"
-      if m.role != want:
-        why = ("system messages are not supported: LIMA's format has no system turn"
-               if m.role in ("system", "developer") else
-               f"messages must alternate user/assistant starting with user; message {i} "
-               f"is {m.role!r}")
-        raise APIError(400, why, param=f"messages[{i}].role")
-    if len(self.messages) % 2 == 0:
+    """The utterances, user first and last, alternating; system messages at the start folded
+    into the first user utterance by LIMA's format's stated rule (tokenizer/chat.py)."""
+    try:
+      turns = chat.turns_from_messages(
+          [{"role": m.role, "content": m.text()} for m in self.messages])
+    except UserError as e:
+      param, _, why = str(e).partition(": ")
+      raise APIError(400, why, param=param.removesuffix(".content")) from None
+    if len(turns) % 2 == 0:
       raise APIError(400, "the last message must be the user's", param="messages")
-    return [m.text() for m in self.messages]
+    return turns
 
   def decoding(self) -> sampling.Decoding:
     if self.max_completion_tokens is not None:

@@ -9,10 +9,17 @@ text. Worked example (ids made up; B = BOS, E = EOT; "hi" -> [5], "yo there" -> 
                                            mask [0, 0, 0, 1, 1, 1]
   prompt_ids(["hi"], tok)                -> [B, 5, E]
 
+Rows given as messages (`[{"role": ..., "content": ...}]`, the ecosystem's shape) become
+utterances through `turns_from_messages`, which states the one rule for a system message in this
+format: LIMA had none, so system (or developer) messages, allowed only before the first user
+message, are joined by a blank line and put before the first user utterance, separated from it
+by a blank line. No new token, no new turn: a model trained without system prompts reads them
+as part of the request.
+
 Everything here reads ROLES and `_spans`: a new kind of turn (a system prompt) is a change to
 this file alone, and the training ids, prompts and export template move together.
 """
-from typing import Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 
@@ -25,6 +32,44 @@ LOSS_ROLE = "assistant"  # whose tokens (and closing EOT) training learns
 def role(i: int) -> str:
   """Who speaks utterance i of a conversation."""
   return ROLES[i % len(ROLES)]
+
+
+SYSTEM_ROLES = ("system", "developer")  # folded into the first user utterance (see above)
+SYSTEM_JOIN = "\n\n"
+
+
+def turns_from_messages(messages: Sequence[Mapping[str, Any]], *, where: str = "messages"
+                        ) -> list[str]:
+  """The utterances of a messages list: system messages folded into the first user utterance
+  (the rule above), then user and assistant alternating, user first. Raises UserError naming
+  `where[i]` for a message out of place."""
+  system, i = [], 0
+  while i < len(messages) and messages[i].get("role") in SYSTEM_ROLES:
+    system.append(_content(messages[i], f"{where}[{i}]"))
+    i += 1
+  turns = []
+  for j, m in enumerate(messages[i:], start=i):
+    want = role(j - i)
+    if m.get("role") != want:
+      why = ("a system message is allowed only before the first user message"
+             if m.get("role") in SYSTEM_ROLES else
+             f"messages must alternate user/assistant starting with user; got {m.get('role')!r}")
+      raise UserError(f"{where}[{j}].role: {why}")
+    turns.append(_content(m, f"{where}[{j}]"))
+  if not turns:
+    raise UserError(f"{where}: no user message")
+  if system:
+    turns[0] = SYSTEM_JOIN.join(system + [turns[0]])
+  return turns
+
+
+def _content(m: Mapping[str, Any], where: str) -> str:
+  c = m.get("content")
+  if isinstance(c, list):  # OpenAI content parts: [{"type": "text", "text": ...}]
+    c = "".join(p.get("text", "") for p in c if isinstance(p, Mapping))
+  if not isinstance(c, str):
+    raise UserError(f"{where}.content: expected a string, got {type(c).__name__}")
+  return c
 
 
 def _spans(turn_ids: Sequence[Sequence[int]], tok) -> list[tuple[list[int], bool]]:
