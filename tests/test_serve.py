@@ -53,7 +53,7 @@ def model():
 class Live:
   """uvicorn serving `app` on a free 127.0.0.1 port, on a thread; waits for /health."""
 
-  def __init__(self, app, timeout=120):
+  def __init__(self, app, timeout=120, wait=True):
     self.app = app
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
@@ -63,7 +63,7 @@ class Live:
                                    daemon=True)
     self.thread.start()
     t0 = time.time()
-    while httpx.get(self.url + "/health").status_code != 200:
+    while wait and httpx.get(self.url + "/health").status_code != 200:
       assert time.time() - t0 < timeout, "server never became healthy"
       time.sleep(0.05)
 
@@ -234,7 +234,7 @@ def test_errors_are_openai_shaped_with_the_right_status(live):
       (openai.BadRequestError, dict(tools=[{"type": "function", "function": {"name": "f"}}]),
        "tools"),
       (openai.BadRequestError, dict(extra_body={"logit_bias": {"5": 10}}), "logit_bias"),
-      (openai.BadRequestError, dict(stop=["a", "b", "c", "d", "e"]), "stop"),
+      (openai.BadRequestError, dict(extra_body={"top_logprobs": 2}), "top_logprobs"),
       (openai.NotFoundError, dict(model="gpt-4"), "model"),
   ]
   for error, kw, param in bad:
@@ -296,10 +296,11 @@ def fake(model):
   tok = model[2]
   holder = {}
 
-  def start(slots, max_queue, step_s=0.0):
+  def start(slots, max_queue, step_s=0.0, tokenizer=tok):
     holder["engine"] = FakeEngine(tok, slots, step_s)
-    holder["live"] = Live(create_app(lambda: (holder["engine"], tok), served_model_name="tiny",
-                                     api_key=KEY, max_queue=max_queue, keepalive_s=0.1))
+    holder["live"] = Live(create_app(lambda: (holder["engine"], tokenizer),
+                                     served_model_name="tiny", api_key=KEY,
+                                     max_queue=max_queue, keepalive_s=0.1))
     return holder["live"], holder["engine"]
 
   yield start
@@ -393,6 +394,208 @@ def test_keep_alive_while_waiting_and_engine_failures_are_500(fake):
   assert chat(live.client(), ["hi"], max_tokens=2).usage.completion_tokens == 2
 
 
+# --- what real clients found (issue 39): each a real HTTP request -------------------------------
+
+def post(live, path, body, key=KEY, **kw):
+  headers = {"Authorization": f"Bearer {key}"} if key else {}
+  return httpx.post(live.url + path, content=json.dumps(body), headers={
+      **headers, "Content-Type": "application/json"}, timeout=60, **kw)
+
+
+def test_top_k_past_int32_samples_like_top_k_off(live):
+  """top_k >= 2^31 was a 500 (OverflowError) on both endpoints and an error event mid-stream.
+  Past the vocabulary, top_k keeps every token: the seeded answer equals top_k off."""
+  client = live.client()
+  kw = dict(temperature=0.9, seed=7, max_tokens=N_NEW)
+  off = chat(client, CONVS[4], **kw, extra_body={"top_k": 0}).choices[0].message.content
+  for k in (2**31, 2**40):
+    assert chat(client, CONVS[4], **kw, extra_body={"top_k": k}).choices[0].message.content == off
+    streamed = chat(client, CONVS[4], **kw, extra_body={"top_k": k}, stream=True)
+    assert "".join(c.choices[0].delta.content or "" for c in streamed) == off
+    c = client.completions.create(model="tiny", prompt="Once upon", **kw, extra_body={"top_k": k})
+    assert c.choices[0].finish_reason in ("stop", "length")
+
+
+def test_lone_surrogate_is_a_400_naming_the_field(live):
+  """A lone UTF-16 surrogate is valid JSON but no text; the tokenizer raised (a 500)."""
+  cases = [("/v1/chat/completions", {"model": "tiny", "messages": [
+      {"role": "user", "content": "a\udcff b"}]}, "messages[0].content"),
+           ("/v1/chat/completions", {"model": "tiny", "messages": [{"role": "user", "content": [
+               {"type": "text", "text": "\ud800"}]}]}, "messages[0].content[0].text"),
+           ("/v1/completions", {"model": "tiny", "prompt": "a\udcff b"}, "prompt"),
+           ("/v1/completions", {"model": "tiny", "prompt": ["ok", "\udcff"]}, "prompt[1]"),
+           ("/tokenize", {"prompt": "a\udcff b"}, "prompt")]
+  for path, body, param in cases:
+    r = post(live, path, body)
+    assert r.status_code == 400, (path, r.text)
+    assert r.json()["error"]["param"] == param and "surrogate" in r.json()["error"]["message"]
+
+
+def test_loose_inputs_are_400s_naming_the_field(live):
+  """Pydantic's lax mode took "2", 2.0 and false as integers and a user's null as ""."""
+  cases = [("/v1/chat/completions", {"max_tokens": "2"}, "max_tokens"),
+           ("/v1/chat/completions", {"max_tokens": 2.0}, "max_tokens"),
+           ("/v1/chat/completions", {"n": True}, "n"),
+           ("/v1/chat/completions", {"messages": [{"role": "user", "content": None}]},
+            "messages[0].content"),
+           ("/v1/completions", {"prompt": [[False]]}, "prompt[0][0]"),
+           ("/v1/completions", {"prompt": [[]]}, "prompt[0]"),
+           ("/v1/completions", {"prompt": "hi", "seed": "1"}, "seed")]
+  for path, extra, param in cases:
+    body = {"model": "tiny", "max_tokens": 2, **({"messages": messages(["hi"])} if "chat" in path
+                                                   else {}), **extra}
+    r = post(live, path, body)
+    assert r.status_code == 400 and r.json()["error"]["param"] == param, (extra, r.text)
+  # What strict mode still takes: an integer temperature, a null assistant turn.
+  ok = post(live, "/v1/chat/completions", {"model": "tiny", "max_tokens": 2, "temperature": 1,
+                                           "messages": [{"role": "user", "content": "a"},
+                                                        {"role": "assistant", "content": None},
+                                                        {"role": "user", "content": "b"}]})
+  assert ok.status_code == 200, ok.text
+
+
+def test_tiny_positive_temperature_is_greedy(live, model, reference):
+  """temperature 1e-40 is 0 in float32: sampling divided by it and drew garbage bytes."""
+  tok = model[2]
+  (ids, _), = reference([CONVS[0]], PLAIN)
+  for t in (1e-40, 1e-30, 1e-6):
+    r = chat(live.client(), CONVS[0], temperature=t, seed=3,
+             extra_body={"repetition_penalty": 1.0})
+    assert r.choices[0].message.content == tok.decode(ids), t
+
+
+def test_405_keeps_allow_and_auth_headers_are_sent(live):
+  r = httpx.request("DELETE", live.url + "/v1/chat/completions",
+                    headers={"Authorization": f"Bearer {KEY}"})
+  assert r.status_code == 405 and r.headers["allow"] == "POST"
+  assert r.json()["error"]["type"] == "invalid_request_error"
+  r = httpx.get(live.url + "/v1/models")
+  assert r.status_code == 401 and r.headers["www-authenticate"].startswith("Bearer")
+
+
+def test_the_openapi_document_and_its_page_need_the_key(live):
+  for path in ("/openapi.json", "/docs"):
+    r = httpx.get(live.url + path)
+    assert r.status_code == 401 and "www-authenticate" in r.headers, path
+    assert httpx.get(live.url + path, headers={"Authorization": f"Bearer {KEY}"}
+                     ).status_code == 200
+  assert httpx.get(live.url + "/health").status_code == 200  # /health and /metrics stay open
+  assert httpx.get(live.url + "/metrics").status_code == 200
+
+
+def test_the_openapi_document_says_what_the_server_does(live, model):
+  doc = httpx.get(live.url + "/openapi.json", headers={"Authorization": f"Bearer {KEY}"}).json()
+  chat_op = doc["paths"]["/v1/chat/completions"]["post"]["responses"]
+  assert set(chat_op) == {"200", "400", "401", "404", "429", "500", "503"}
+  assert set(chat_op["200"]["content"]) == {"application/json", "text/event-stream"}
+  assert chat_op["400"]["content"]["application/json"]["schema"] == {
+      "$ref": "#/components/schemas/Error"}
+  assert all("422" not in op["responses"] for path in doc["paths"].values()
+             for op in path.values())
+  assert set(doc["paths"]["/metrics"]["get"]["responses"]["200"]["content"]) == {"text/plain"}
+  props = doc["components"]["schemas"]["CompletionRequest"]["properties"]
+  assert props["model"]["enum"] == ["tiny"]
+  ids = props["prompt"]["anyOf"][2]
+  assert (ids["items"]["maximum"], ids["maxItems"]) == (model[2].vocab_size - 1, 127)
+  r = httpx.get(live.url + "/metrics")
+  assert r.headers["content-type"].startswith("text/plain")
+
+
+def test_a_500_answers_cleanly_and_keeps_the_connection(fake, model):
+  """A bug (here a tokenizer that raises) is a 500 in OpenAI's shape, and the next request on
+  the same keep-alive connection is answered: Starlette's Exception handler re-raised after
+  answering and uvicorn then dropped the connection."""
+  tok = model[2]
+
+  class Broken:
+    def __getattr__(self, name):
+      return getattr(tok, name)
+
+    def encode(self, text):
+      if "BOOM" in text:
+        raise RuntimeError("tokenizer on fire")
+      return tok.encode(text)
+
+  live, _ = fake(slots=1, max_queue=4, tokenizer=Broken())
+  port = int(live.url.rsplit(":", 1)[1])
+
+  def request(sock, body):
+    data = json.dumps(body).encode()
+    sock.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                 + f"Authorization: Bearer {KEY}\r\nContent-Length: {len(data)}\r\n\r\n".encode()
+                 + data)
+    raw = b""
+    while b"\r\n\r\n" not in raw:
+      chunk = sock.recv(65536)
+      assert chunk, "the server closed the connection"
+      raw += chunk
+    head, _, rest = raw.partition(b"\r\n\r\n")
+    lines = head.decode().split("\r\n")
+    headers = {k.lower(): v.strip() for k, v in (l.split(":", 1) for l in lines[1:])}
+    while len(rest) < int(headers["content-length"]):
+      chunk = sock.recv(65536)
+      assert chunk, "the server closed the connection"
+      rest += chunk
+    return int(lines[0].split()[1]), headers, json.loads(rest)
+
+  with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+    for _ in range(3):
+      status, headers, body = request(sock, {"model": "tiny", "prompt": "BOOM", "max_tokens": 1})
+      assert status == 500 and body["error"]["type"] == "server_error"
+      assert "tokenizer on fire" in body["error"]["message"]
+      assert headers.get("connection", "").lower() != "close"
+      status, _, body = request(sock, {"model": "tiny", "prompt": "fine", "max_tokens": 2})
+      assert status == 200 and body["usage"]["completion_tokens"] == 2
+
+
+def test_429_has_retry_after_and_counts_no_aborted_choice(fake):
+  """A request whose choices do not all fit the queue is refused whole: before, the choices
+  queued before the queue filled were cancelled and counted as clients gone."""
+  live, engine = fake(slots=1, max_queue=2)
+  client = live.client()
+  engine.gate.clear()
+
+  def until(name, value):
+    t0 = time.time()
+    while live.metrics()[name] != value:
+      assert time.time() - t0 < 10, (name, live.metrics())
+      time.sleep(0.02)
+
+  with concurrent.futures.ThreadPoolExecutor(2) as pool:
+    first = pool.submit(chat, client, ["one"], max_tokens=3)
+    until("lima_jax:slots_in_use", 1)
+    queued = pool.submit(chat, client, ["two"], max_tokens=3)
+    until("lima_jax:num_requests_waiting", 1)
+    r = post(live, "/v1/chat/completions", {"model": "tiny", "messages": messages(["three"]),
+                                            "n": 2, "max_tokens": 3})
+    assert r.status_code == 429 and r.headers["retry-after"] == "1"
+    assert "choices" in r.json()["error"]["message"]
+    assert live.metrics()["lima_jax:num_requests_waiting"] == 1
+    engine.gate.set()
+    first.result(), queued.result()
+  m = live.metrics()
+  assert (m["lima_jax:requests_rejected_total"], m["lima_jax:requests_aborted_total"]) == (1, 0)
+
+
+def test_503_while_loading_has_retry_after():
+  gate = threading.Event()
+  live = Live(create_app(lambda: gate.wait(60), served_model_name="tiny"), wait=False)
+  try:
+    t0 = time.time()
+    while True:
+      try:
+        r = httpx.get(live.url + "/v1/models")
+        break
+      except httpx.TransportError:
+        assert time.time() - t0 < 10
+        time.sleep(0.05)
+    assert r.status_code == 503 and r.headers["retry-after"] == "5"
+    assert r.json()["error"]["code"] == "not_ready"
+  finally:
+    gate.set()
+    live.close()
+
+
 # --- metrics last: nothing above may have compiled anything new ---------------------------------
 
 def test_metrics_parse_and_nothing_compiled_after_warm_up(live):
@@ -400,8 +603,9 @@ def test_metrics_parse_and_nothing_compiled_after_warm_up(live):
   m = live.metrics()
   engine = live.app.state.server.engine
   n_prefill, n_step = len(buckets(engine.max_len)), len(engine.spans)
-  assert m["lima_jax:compiles"] == n_prefill + 1 + n_step
-  assert engine.compiles == {"prefill": n_prefill, "insert": 1, "step": n_step}
+  assert m["lima_jax:compiles"] == 2 * n_prefill + 1 + n_step
+  assert engine.compiles == {"prefill": n_prefill, "insert": 1, "step": n_step,
+                             "score": n_prefill}
   assert m["lima_jax:time_to_first_token_seconds_count"] > 0
   assert m["lima_jax:generation_tokens_total"] > m["lima_jax:e2e_request_latency_seconds_count"]
   assert (m["lima_jax:num_requests_running"], m["lima_jax:slots_in_use"]) == (0, 0)

@@ -65,7 +65,8 @@ def test_slots_match_generator(setup, dec, seed):
 def test_compiled_once(setup):
   engine = setup[3]
   assert engine.spans == [64, 128]  # the step's cache spans at max_len 128
-  assert engine.compiles == {"prefill": len(buckets(engine.max_len)), "insert": 1, "step": 2}
+  n = len(buckets(engine.max_len))
+  assert engine.compiles == {"prefill": n, "insert": 1, "step": 2, "score": n}
 
 
 def test_buckets():

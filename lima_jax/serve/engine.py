@@ -6,7 +6,11 @@ jitted functions that drive it (JetStream's shape, see docs/INTERFACES.md):
 - `insert(state, row, slot, request scalars)`: writes the row into slot `slot` (traced, so one
   executable serves every slot) and resets the slot's decoding knobs; the state is donated.
 - `step(params, state, span)`: one token for every slot (active or not; the host ignores free
-  ones), fed back through the model; the state is donated. Attention reads only the first
+  ones), fed back through the model; the state is donated. When any slot asked for logprobs it
+  also returns each token's logprob and the top `logprobs.TOP` alternatives (a `lax.cond`:
+  other steps skip the vocabulary-wide ranking).
+- `score(params, tokens [1, P])`: the prompt's own logprobs (echo), one full forward pass;
+  compiled per prefill bucket. Attention reads only the first
   `span` cache positions, a static bucket (64, 128, ... max_len) just above the furthest
   active slot, compiled once per bucket: short conversations do not pay for the full context
   (at 8 slots x 512 on a CPU a step at span 128 costs half the full one).
@@ -37,6 +41,7 @@ from lima_jax.decode import sampling
 from lima_jax.parallel import sharding
 from lima_jax.model import transformer as model_lib
 from lima_jax.model.config import ModelConfig
+from lima_jax.serve import logprobs as lp_lib
 
 MIN_BUCKET = 16
 MIN_SPAN = 64
@@ -96,14 +101,16 @@ class Engine:
     self.max_len = min(self.max_len or self.cfg.max_seq_len, self.cfg.max_seq_len)
     shards = sharding.batch_shards(self.mesh) if self.mesh is not None else 1
     self.slots = -(-max(self.slots, 1) // shards) * shards
-    self.compiles = {"prefill": 0, "insert": 0, "step": 0}
+    self.compiles = {"prefill": 0, "insert": 0, "step": 0, "score": 0}
     self._lock = threading.Lock()
     self.model = model_lib.Transformer(self.cfg)
     state_sh = self._state_shardings()
     self._prefill = jax.jit(self._prefill_fn)
     self._insert = jax.jit(self._insert_fn, donate_argnums=0, out_shardings=state_sh)
     self._step = jax.jit(self._step_fn, donate_argnums=1, static_argnums=2,
-                         out_shardings=(state_sh, None))
+                         out_shardings=(state_sh, None, None))
+    self._score = jax.jit(self._score_fn)
+    self.logprobs = None  # the last step's (logprob [B], top ids [B, K], top logprobs [B, K])
     self.spans = [b for b in buckets(self.max_len) if b >= MIN_SPAN] or [self.max_len]
     self._ends = np.zeros(self.slots, np.int64)  # next write position per slot; 0: free
     self.state = self._init_state()
@@ -149,7 +156,7 @@ class Engine:
          "seen": put(state["seen"], jnp.zeros(state["seen"].shape[1], bool)),
          "key": put(state["key"], key), "t": put(state["t"], 0),
          "pos": put(state["pos"], req["length"])}
-    for name in ("temperature", "top_p", "top_k", "penalty", "greedy"):
+    for name in ("temperature", "top_p", "top_k", "penalty", "greedy", "want_logprobs"):
       s[name] = put(state[name], req[name].astype(state[name].dtype))
     return s
 
@@ -178,9 +185,19 @@ class Engine:
     new_logits, new = apply(params, token, pos, cut, pos)
     cache = {"k": c["k"].at[:, :, :span].set(new["k"]), "v": c["v"].at[:, :, :span].set(new["v"]),
              "segment_ids": c["segment_ids"].at[:, :span].set(new["segment_ids"])}
+    raw = s["logits"]
+    none = (jnp.zeros(B, jnp.float32), jnp.zeros((B, lp_lib.TOP), jnp.int32),
+            jnp.zeros((B, lp_lib.TOP), jnp.float32))
+    lps = jax.lax.cond(jnp.any(s["want_logprobs"]),
+                       lambda: lp_lib.chosen_and_top(raw, token, self.vocab_size), lambda: none)
     s = {**s, "cache": cache, "logits": new_logits, "t": s["t"] + 1, "pos": pos + 1,
          "seen": s["seen"].at[jnp.arange(B), token].set(True)}
-    return s, token
+    return s, token, lps
+
+  def _score_fn(self, params, tokens):
+    self._count("score")
+    logits = self.model.apply({"params": params}, tokens)[0]
+    return lp_lib.chosen_and_top(logits[:-1], tokens[0, 1:], self.vocab_size)
 
   # -- host API ---------------------------------------------------------------------------------
 
@@ -195,7 +212,7 @@ class Engine:
             "t": jnp.zeros(B, i32), "pos": jnp.zeros(B, i32),
             "temperature": jnp.ones(B, f32), "top_p": jnp.ones(B, f32),
             "top_k": jnp.zeros(B, i32), "penalty": jnp.ones(B, f32),
-            "greedy": jnp.ones(B, bool)}
+            "greedy": jnp.ones(B, bool), "want_logprobs": jnp.zeros(B, bool)}
 
   def _state_shardings(self):
     if self.mesh is None:
@@ -209,7 +226,8 @@ class Engine:
     return out
 
   def insert(self, slot: int, prompt: list[int], *, seed: int, index: int, temperature: float,
-             top_p: float, top_k: int, penalty: float, greedy: bool) -> None:
+             top_p: float, top_k: int, penalty: float, greedy: bool,
+             want_logprobs: bool = False) -> None:
     """Prefills `prompt` (1 <= len < max_len) and puts it in `slot` with its knobs."""
     n = len(prompt)
     tokens = np.zeros((1, bucket_for(n, self.max_len)), np.int32)
@@ -217,7 +235,8 @@ class Engine:
     row, logits = self._prefill(self.params, tokens, np.int32(n))
     req = {"seed": np.int32(seed), "index": np.int32(index), "length": np.int32(n),
            "temperature": np.float32(temperature), "top_p": np.float32(top_p),
-           "top_k": np.int32(top_k), "penalty": np.float32(penalty), "greedy": np.bool_(greedy)}
+           "top_k": np.int32(top_k), "penalty": np.float32(penalty), "greedy": np.bool_(greedy),
+           "want_logprobs": np.bool_(want_logprobs)}
     self.state = self._insert(self.state, row, logits, np.int32(slot), req)
     self._ends[slot] = n
 
@@ -226,12 +245,23 @@ class Engine:
     self._ends[slot] = 0
 
   def step(self) -> np.ndarray:
-    """One token per slot, [slots] int32 (one device-to-host transfer)."""
+    """One token per slot, [slots] int32 (one device-to-host transfer); their logprobs are
+    left in `self.logprobs` (zeros unless a busy slot asked for them)."""
     furthest = int(self._ends.max())
     span = next(b for b in self.spans if b > min(furthest, self.max_len - 1))
-    self.state, tokens = self._step(self.params, self.state, span)
+    self.state, tokens, lps = self._step(self.params, self.state, span)
     self._ends[self._ends > 0] += 1
-    return np.asarray(jax.device_get(tokens))
+    tokens, self.logprobs = jax.device_get((tokens, lps))
+    return np.asarray(tokens)
+
+  def score(self, prompt: list[int]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The logprob of each prompt token after the first, given those before it, and the top
+    `logprobs.TOP` alternatives at each position: ([n-1], [n-1, K], [n-1, K])."""
+    n = len(prompt)
+    tokens = np.zeros((1, bucket_for(n, self.max_len)), np.int32)
+    tokens[0, :n] = prompt
+    chosen, ids, lps = jax.device_get(self._score(self.params, tokens))
+    return chosen[:n - 1], ids[:n - 1], lps[:n - 1]
 
   def warm_up(self) -> None:
     """Compiles every prefill bucket, insert and step, so no request waits for a compile."""
@@ -239,8 +269,9 @@ class Engine:
       n = min(b, self.max_len - 1)
       self.insert(0, [0] * n, seed=0, index=0, temperature=1.0, top_p=1.0, top_k=0,
                   penalty=1.0, greedy=True)
+      self.score([0] * n)
     for span in self.spans:
-      self.state, _ = self._step(self.params, self.state, span)
+      self.state, *_ = self._step(self.params, self.state, span)
     self.free(0)
 
 

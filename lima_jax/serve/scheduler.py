@@ -23,15 +23,18 @@ log = logging.getLogger(__name__)
 
 
 class QueueFull(Exception):
-  """The queue holds max_queue requests already (the API answers 429)."""
+  """The queue has no room for the choices submitted together (the API answers 429)."""
 
 
 class Event(NamedTuple):
   """Text that became safe to send; `finish` ("stop", "length", "abort", "error") on the last
-  event of a request, with `tokens` the count of ids generated (the ending stop id included)."""
+  event of a request, with `tokens` the count of ids generated (the ending stop id included).
+  `logprobs`: (id, logprob, [(id, logprob)] * k) of the tokens generated since the previous
+  event, when the request asked for them (the ending stop id has none: it is not text)."""
   text: str
   finish: str | None = None
   tokens: int = 0
+  logprobs: tuple = ()
 
 
 @dataclasses.dataclass(eq=False)
@@ -49,6 +52,9 @@ class Request:
   top_k: int = 0
   penalty: float = 1.0
   greedy: bool = True
+  logprobs: int | None = None  # alternatives per generated token; None: no logprobs
+  score_prompt: bool = False  # fill `prompt_logprobs` (echo) before the first event
+  prompt_logprobs: list | None = None  # entries as Event.logprobs, the first prompt id's None
   arrived: float = dataclasses.field(default_factory=time.perf_counter)
   cancelled: bool = False
   done: bool = False
@@ -61,6 +67,7 @@ class _Running:
   budget: int
   last: float  # when its previous token came (for the inter-token latency)
   n: int = 0
+  pending: list = dataclasses.field(default_factory=list)  # logprobs not yet delivered
 
 
 class Scheduler:
@@ -97,13 +104,19 @@ class Scheduler:
       self._thread.join(timeout)
 
   def submit(self, req: Request) -> None:
-    room = self.engine.max_len - len(req.prompt)
-    if not len(req.prompt) or room < 1:
-      raise ValueError(f"prompt of {len(req.prompt)} ids; a slot holds {self.engine.max_len}")
+    self.submit_all([req])
+
+  def submit_all(self, reqs: Sequence[Request]) -> None:
+    """Queues every choice of one HTTP request, or none of them (QueueFull): a refused request
+    leaves nothing to cancel, so it is never counted as aborted."""
+    for req in reqs:
+      if not len(req.prompt) or self.engine.max_len - len(req.prompt) < 1:
+        raise ValueError(f"prompt of {len(req.prompt)} ids; a slot holds {self.engine.max_len}")
     with self._cv:
-      if len(self._waiting) >= self.max_queue:
-        raise QueueFull(f"{len(self._waiting)} requests are waiting already")
-      self._waiting.append(req)
+      if len(self._waiting) + len(reqs) > self.max_queue:
+        raise QueueFull(f"{len(self._waiting)} choices wait for a slot already, room for "
+                        f"{self.max_queue}; this request has {len(reqs)}")
+      self._waiting.extend(reqs)
       self._cv.notify_all()
 
   def cancel(self, req: Request) -> None:
@@ -164,9 +177,12 @@ class Scheduler:
         req = self._waiting.popleft()
       try:
         text = TextStream(self._decode, req.stop or ())
+        if req.score_prompt:
+          req.prompt_logprobs = _prompt_entries(req, self.engine.score(list(req.prompt)))
+        knobs = {"want_logprobs": True} if req.logprobs is not None else {}
         self.engine.insert(slot, list(req.prompt), seed=req.seed, index=req.index,
                            temperature=req.temperature, top_p=req.top_p, top_k=req.top_k,
-                           penalty=req.penalty, greedy=req.greedy)
+                           penalty=req.penalty, greedy=req.greedy, **knobs)
       except Exception as e:  # a failed prefill fails its request, not the server
         log.exception("prefill failed")
         self._deliver(req, Event(f"prefill failed: {type(e).__name__}: {e}", "error"))
@@ -186,8 +202,14 @@ class Scheduler:
       return
     self.steps += 1
     now = time.perf_counter()
+    lps = getattr(self.engine, "logprobs", None)
     for slot, run in list(self._slots.items()):
       token = int(tokens[slot])
+      k = run.req.logprobs
+      if k is not None and token not in self._stop_ids:
+        chosen, ids, top = (a[slot] for a in lps)
+        run.pending.append((token, float(chosen),
+                            [(int(i), float(l)) for i, l in zip(ids[:k], top[:k])]))
       run.n += 1
       m = self.metrics
       if m is not None:
@@ -204,7 +226,8 @@ class Scheduler:
       elif run.n >= run.budget:
         self._end(run, "length", piece)
       elif piece:
-        self._deliver(run.req, Event(piece))
+        self._deliver(run.req, Event(piece, logprobs=tuple(run.pending)))
+        run.pending.clear()
 
   def _end(self, run: _Running, reason: str, piece: str = "") -> None:
     slot = next(s for s, r in self._slots.items() if r is run)
@@ -216,7 +239,7 @@ class Scheduler:
       self.metrics.aborted.inc()
     if self.metrics is not None:
       self.metrics.e2e.observe(time.perf_counter() - run.req.arrived)
-    self._deliver(run.req, Event(piece, reason, run.n))
+    self._deliver(run.req, Event(piece, reason, run.n, tuple(run.pending)))
 
   def _finish_queued(self, req: Request) -> None:
     if self.metrics is not None:
@@ -230,3 +253,12 @@ class Scheduler:
       req.emit(event)
     except Exception:  # a broken consumer must not take the engine thread down
       log.exception("emit failed")
+
+
+def _prompt_entries(req: Request, scored) -> list:
+  """Engine.score's arrays as Event.logprobs entries, `req.logprobs` alternatives each."""
+  chosen, ids, lps = scored
+  k = req.logprobs or 0
+  return [(int(req.prompt[0]), None, [])] + [
+      (int(t), float(c), [(int(i), float(l)) for i, l in zip(ids[j][:k], lps[j][:k])])
+      for j, (t, c) in enumerate(zip(req.prompt[1:], chosen))]

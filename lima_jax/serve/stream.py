@@ -65,12 +65,15 @@ def _failed(event) -> APIError | None:
   if event.finish == "error":
     return APIError(500, event.text, type="server_error")
   if event.finish == "abort":  # the server is shutting down
-    return APIError(503, "the server is shutting down", type="server_error")
+    return APIError(503, "the server is shutting down", type="server_error",
+                    headers={"Retry-After": "10"})
   return None
 
 
 async def collect(events, count):
+  """(texts, finish reasons, token counts, logprob entries) of every choice."""
   texts, finishes, tokens = [""] * count, [None] * count, [0] * count
+  entries = [[] for _ in range(count)]
   async for item in events:
     if item is None:
       continue
@@ -78,12 +81,14 @@ async def collect(events, count):
     if (err := _failed(ev)) is not None:
       raise err
     texts[i] += ev.text
+    entries[i].extend(ev.logprobs)
     if ev.finish is not None:
       finishes[i], tokens[i] = ev.finish, ev.tokens
-  return texts, finishes, tokens
+  return texts, finishes, tokens, entries
 
 
-async def sse(events, meta, usage, count, chat, include_usage, done):
+async def sse(events, meta, usage, count, chat, include_usage, done, shape=None):
+  """shape: logprob entries -> the choice's `logprobs` (None: the request asked for none)."""
   obj = "chat.completion.chunk" if chat else "text_completion"
   completion = 0
 
@@ -93,13 +98,14 @@ async def sse(events, meta, usage, count, chat, include_usage, done):
       c["usage"] = None
     return f"data: {json.dumps(c, ensure_ascii=False)}\n\n"
 
-  def choice(i, text=None, finish=None, role=None):
+  def choice(i, text=None, finish=None, role=None, entries=()):
+    lp = shape(entries) if shape is not None and entries else None
     if chat:
       delta = {} if text is None else {"content": text}
       if role:
         delta["role"] = role
-      return {"index": i, "delta": delta, "logprobs": None, "finish_reason": finish}
-    return {"index": i, "text": text or "", "logprobs": None, "finish_reason": finish}
+      return {"index": i, "delta": delta, "logprobs": lp, "finish_reason": finish}
+    return {"index": i, "text": text or "", "logprobs": lp, "finish_reason": finish}
 
   try:
     if chat:
@@ -113,8 +119,8 @@ async def sse(events, meta, usage, count, chat, include_usage, done):
       if (err := _failed(ev)) is not None:
         yield f"data: {json.dumps(err.body())}\n\n"
         break
-      if ev.text:
-        yield chunk([choice(i, ev.text)])
+      if ev.text or ev.logprobs:
+        yield chunk([choice(i, ev.text, entries=ev.logprobs)])
       if ev.finish is not None:
         completion += ev.tokens
         yield chunk([choice(i, None if chat else "", finish=ev.finish)])
