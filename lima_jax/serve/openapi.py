@@ -115,6 +115,9 @@ class Completion(BaseModel):
   usage: Usage
 
 
+_EVENT = {"type": "object", "required": ["data"], "properties": {"data": {
+    "type": "string", "description": "a chunk (chat.completion.chunk or text_completion) as "
+    "JSON, {\"error\": ...} if the engine failed, then [DONE]"}}}
 METRICS = {200: {"description": "Prometheus text exposition",
                  "content": {"text/plain": {"schema": {"type": "string"}}}}}
 
@@ -125,7 +128,8 @@ def responses(*statuses: int, model: type[BaseModel], stream: bool = False) -> d
   ok = {"model": model, "description": "the answer"}
   if stream:
     ok["description"] = "the answer; with stream=true, Server-Sent Events (chunks, [DONE])"
-    ok["content"] = {"text/event-stream": {"schema": {"type": "string"}}}
+    # One event's schema (OpenAPI 3.2's itemSchema): `data` is a JSON chunk, an error, [DONE].
+    ok["content"] = {"text/event-stream": {"itemSchema": _EVENT}}
   return {200: ok, **{s: {"model": Error, "description": _REASONS[s]} for s in statuses}}
 
 
@@ -137,6 +141,12 @@ def document(app, srv) -> dict:
   schemas = doc.get("components", {}).get("schemas", {})
   for name in ("HTTPValidationError", "ValidationError"):
     schemas.pop(name, None)
+  if srv.api_key is not None:
+    doc["components"]["securitySchemes"] = {"key": {"type": "http", "scheme": "bearer"}}
+    for path, ops in doc["paths"].items():
+      for op in ops.values():
+        if path not in ("/health", "/metrics"):
+          op["security"] = [{"key": []}]
   if srv.ready:
     for name in ("ChatRequest", "CompletionRequest", "TokenizePrompt", "TokenizeMessages",
                  "DetokenizeRequest"):
@@ -149,6 +159,8 @@ def document(app, srv) -> dict:
         model.update({"anyOf": [name_only, {"type": "null"}]} if optional else name_only)
     _bound_ids(schemas.get("CompletionRequest", {}).get("properties", {}).get("prompt"),
                srv.tok.vocab_size - 1, srv.engine.max_len - 1)
+    _bound_ids(schemas.get("DetokenizeRequest", {}).get("properties", {}).get("tokens"),
+               srv.tok.vocab_size - 1, None)
   return doc
 
 
@@ -158,7 +170,7 @@ def _bound_ids(schema, top: int, most: int) -> None:
     return
   if schema.get("type") == "integer":
     schema["maximum"] = top
-  if schema.get("type") == "array" and schema.get("items", {}).get("type") == "integer":
+  if most and schema.get("type") == "array" and schema.get("items", {}).get("type") == "integer":
     schema["maxItems"] = most
   for sub in schema.get("anyOf", []) + [schema.get("items")]:
     _bound_ids(sub, top, most)

@@ -37,6 +37,7 @@ _OFF = {"best_of": (1, None), "response_format": (None, {"type": "text"}),
         "logit_bias": (None, {}), "min_tokens": (None, 0)}
 # Below this a temperature is greedy (vLLM's epsilon): dividing by it overflows float32.
 MIN_TEMPERATURE = 1e-5
+_F32_TINY = 1e-30  # a float32 normal: smaller top_p / penalties would round to 0
 _STRICT = ConfigDict(strict=True, allow_inf_nan=False)
 
 
@@ -115,16 +116,17 @@ class _Body(BaseModel):
                      param="stream_options")
 
   def decoding(self) -> sampling.Decoding:
-    """The request's decoding: LIMA's for every absent field; temperature 0 is greedy."""
+    """The request's decoding: LIMA's for every absent field; temperature 0 is greedy. Values
+    the device's float32 / int32 cannot hold are clamped to ones that mean the same."""
     d = sampling.LIMA
     t = d.temperature if self.temperature is None else self.temperature
+    p = d.repetition_penalty if self.repetition_penalty is None else self.repetition_penalty
     return sampling.Decoding(
         max_new_tokens=self.max_tokens or d.max_new_tokens,
         temperature=t if t >= MIN_TEMPERATURE else 1.0, greedy=t < MIN_TEMPERATURE,
-        top_p=d.top_p if self.top_p is None else self.top_p,
+        top_p=max(d.top_p if self.top_p is None else self.top_p, _F32_TINY),
         top_k=d.top_k if self.top_k is None else min(max(self.top_k, 0), INT32_MAX),
-        repetition_penalty=(d.repetition_penalty if self.repetition_penalty is None
-                            else self.repetition_penalty))
+        repetition_penalty=min(max(p, _F32_TINY), 1 / _F32_TINY))
 
 
 class TextPart(BaseModel):
@@ -229,4 +231,4 @@ class TokenizeMessages(BaseModel):
 class DetokenizeRequest(BaseModel):
   model_config = ConfigDict(extra="ignore", **_STRICT)
   model: str | None = None
-  tokens: list[int]
+  tokens: list[_Id]
