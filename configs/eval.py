@@ -21,6 +21,11 @@ Protocols (`PROTOCOL`):
                  and a length-controlled win rate fitted on this prompt set.
   judge_free     No judge: lengths, stops at EOT, repetition, refusals, empty answers,
                  non-English share; and exact match when rows carry `expected` (below).
+  harness        lm-evaluation-harness tasks (--config.harness.tasks: names or local YAML
+                 files; generate_until or loglikelihood) against --config.checkpoint served
+                 by python -m lima_jax.serve for the run (or --config.harness.base_url);
+                 needs requirements-eval.txt. No judge; results.json has each task's
+                 metrics with lm-eval's stderr and a 95% interval over documents.
 
 Exact answers (judge_free): a prompt or answer row may carry `"expected": str` (the exact
 answer) and `"tags": [str, ...]` (groups: "set=test", "template=heldout"); generation copies
@@ -49,7 +54,8 @@ is locked: a misspelled or wrongly typed override fails at start-up.
 """
 import ml_collections
 
-PROTOCOLS = ("lima_pairwise", "lima_likert", "mt_bench", "alpaca_eval", "judge_free")
+PROTOCOLS = ("lima_pairwise", "lima_likert", "mt_bench", "alpaca_eval", "judge_free",
+             "harness")
 
 # USD per million tokens (prompt, completion); list prices, to be checked before trusting a
 # budget. A model not listed costs 0 here: then judge.max_cost cannot be enforced and the
@@ -131,6 +137,28 @@ def get_config(protocol: str = "lima_pairwise") -> ml_collections.ConfigDict:
 
   c.judge_free = ml_collections.ConfigDict()
   c.judge_free.min_ascii_letters = 0.8  # Below this share of ASCII letters: not English.
+
+  c.harness = ml_collections.ConfigDict()
+  c.harness.tasks = ""  # Comma-separated lm-eval task names and/or local task YAML files.
+  c.harness.include_path = ""  # A directory of local task YAMLs (lm-eval's --include_path).
+  # local-completions: loglikelihood + generate_until (ids from the server's /tokenize);
+  # local-chat-completions: generate_until through the chat route (LIMA's turn format).
+  c.harness.model = "local-completions"
+  c.harness.base_url = ""  # A running server (http://HOST:PORT); '' serves config.checkpoint.
+  c.harness.served_model_name = "lima_jax"  # The model id the server answers to.
+  c.harness.api_key_env = ""  # Variable holding a running server's key ('' = none).
+  c.harness.num_fewshot = -1  # -1: each task's own.
+  c.harness.limit = 0  # Documents per task (0 = all).
+  c.harness.batch_size = 1  # Prompts per request.
+  c.harness.num_concurrent = 1  # Requests in flight.
+  c.harness.max_length = 2048  # lm-eval's context cap in tokens (it keeps the last ones).
+  c.harness.system_instruction = ""  # lm-eval's --system_instruction (chat).
+  # lm-eval's --gen_kwargs, e.g. 'repetition_penalty=1' for plain greedy: at temperature 0
+  # the server still applies LIMA's 1.2 penalty unless told otherwise.
+  c.harness.gen_kwargs = ""
+  c.harness.seed = 1234  # lm-eval's seeds (few-shot sampling; the requests' seed).
+  c.harness.slots = 8  # The served checkpoint's decode slots.
+  c.harness.max_len = 0  # Its tokens a slot (0 = the model's context).
 
   c.report = ml_collections.ConfigDict()
   c.report.examples = 300  # Prompts shown side by side in report.html (the judge's reasons).

@@ -20,7 +20,7 @@ from lima_jax.errors import UserError, cli_main, parse_flags
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Eval config: configs/eval.py:PROTOCOL (lima_pairwise, lima_likert, "
-    "mt_bench, alpaca_eval, judge_free); override fields with --config.a.b=value.",
+    "mt_bench, alpaca_eval, judge_free, harness); override fields with --config.a.b=value.",
     lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Where results.json, judgments.sqlite, "
                                "report.html and the figure go (a rerun resumes from it).")
@@ -67,12 +67,17 @@ def main(argv):
 
 
 def summary(out: dict, workdir) -> str:
-  def ci(key):
-    v, c = out.get(key), out.get(key + "_ci95")
+  def ci(key, within=None):
+    src = out if within is None else out["tasks"][within]
+    v, c = src.get(key), src.get(key + "_ci95")
     if v is None:
       return "-"
     return f"{v:.3f} [{c[0]:.3f}, {c[1]:.3f}]" if c and None not in c else f"{v:.3f}"
 
+  if out.get("protocol") == "harness":
+    return "; ".join(f"{task}: " + ", ".join(
+        f"{m} {ci(task, m)}" for m in fig if f"{m}_ci95" in fig) + f" (n={fig['n']})"
+        for task, fig in out["tasks"].items()) + f" -> {workdir}/results.json"
   if "wins" in out:
     head = (f"{out['system']} vs {out['baseline']}: {out['wins']} W / {out['ties']} T / "
             f"{out['losses']} L of {out['n']}; win {ci('win_rate')}, tie {ci('tie_rate')}, "

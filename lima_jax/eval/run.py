@@ -163,6 +163,9 @@ def evaluate(config, workdir, *, answers=None, baseline=None) -> dict | None:
   """Runs one evaluation and writes DIR/results.json, judgments.sqlite, report.html and the
   figure; returns the results (None for a dry run). `answers`/`baseline`: lists of
   answers.Answer instead of the config's files (lima_jax.select passes its own)."""
+  if config.protocol == "harness":
+    from lima_jax.eval import harness
+    return harness.evaluate(config, workdir)
   t0 = time.perf_counter()
   workdir = pathlib.Path(workdir)
   if answers is None and config.checkpoint:
