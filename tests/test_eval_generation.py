@@ -140,3 +140,52 @@ def test_greedy_answers_are_lima_jax_generate_greedy(ckpt, tmp_path):
   want = answer.generate(m.params, m.config, m.tokenizer, [[q] for q in questions],
                          max_new_tokens=8)
   assert [r["answer"] for r in rows] == want * 2
+
+
+def test_alpaca_eval_model_outputs_beside_the_answers_and_its_annotations_read(ckpt, tmp_path):
+  """AlpacaEval's `--model_outputs` format is written next to answers.jsonl (sample 0 of k, one
+  per instruction); its annotations.json is read into its plain win rate with an interval."""
+  import subprocess
+  from lima_jax.eval import alpaca
+  root, _ = ckpt
+  prompts = tmp_path / "p.jsonl"
+  prompts.write_text("".join(json.dumps(r) + "\n" for r in [
+      {"id": "a", "conversations": ["What is the capital of France?"]},
+      {"id": "b", "conversations": ["Name a fruit."]}]))
+  c = _config("judge_free", root, prompts)
+  c.generate.samples = 2
+  lima_eval.evaluate(c, tmp_path / "run")
+  rows = [json.loads(l) for l in (tmp_path / "run/answers.jsonl").read_text().splitlines()]
+  outputs = json.loads((tmp_path / "run/answers.alpaca_eval.json").read_text())
+  assert outputs == [{"instruction": r["conversations"][0], "output": r["answer"],
+                      "generator": f"lima_jax-{root.parent.parent.name}-step"}
+                     for r in rows if r["sample"] == 0]
+  back = answers_lib.read(tmp_path / "run/answers.alpaca_eval.json")  # our reader takes it too
+  assert [b.answer[0] for b in back] == [o["output"] for o in outputs]
+  # annotations.json as alpaca_eval writes it: preference 1 = output_1 (the reference) wins.
+  ann = [{"instruction": "i1", "output_1": "r", "generator_1": "ref", "output_2": "m",
+          "generator_2": "lima", "annotator": "x", "preference": 2.0},
+         {"instruction": "i2", "output_1": "r", "generator_1": "ref", "output_2": "m",
+          "generator_2": "lima", "annotator": "x", "preference": 1.0},
+         {"instruction": "i3", "output_1": "r", "generator_1": "ref", "output_2": "m",
+          "generator_2": "lima", "annotator": "x", "preference": 1.5},
+         {"instruction": "i4", "output_1": "r", "generator_1": "ref", "output_2": "m",
+          "generator_2": "lima", "annotator": "x", "preference": 1.9},
+         {"instruction": "i5", "output_1": "r", "generator_1": "ref", "output_2": "m",
+          "generator_2": "lima", "annotator": "x", "preference": None}]
+  (tmp_path / "annotations.json").write_text(json.dumps(ann))
+  got = alpaca.read_annotations(tmp_path / "annotations.json", rounds=200)
+  assert abs(got["win_rate"] - (1 + 0 + 0.5 + 0.9) / 4) < 1e-12
+  assert (got["n"], got["n_draws"], got["generator"], got["reference"]) == (4, 1, "lima", "ref")
+  assert got["win_rate_ci95"][0] < got["win_rate"] < got["win_rate_ci95"][1]
+  r = subprocess.run([sys.executable, "-m", "lima_jax.eval", "annotations",
+                      str(tmp_path / "annotations.json"), f"--workdir={tmp_path / 'ann'}"],
+                     cwd=_REPO, capture_output=True, text=True, timeout=120)
+  assert r.returncode == 0 and "win rate 0.600" in r.stdout, r.stderr
+  assert json.loads((tmp_path / "ann/results.json").read_text())["win_rate"] == got["win_rate"]
+  (tmp_path / "bad.json").write_text(json.dumps([{"instruction": "i", "preference": 3}]))
+  r = subprocess.run([sys.executable, "-m", "lima_jax.eval", "annotations",
+                      str(tmp_path / "bad.json")], cwd=_REPO, capture_output=True, text=True,
+                     timeout=120)
+  assert r.returncode == 1 and len(r.stderr.strip().splitlines()) == 1
+  assert "row 0" in r.stderr

@@ -5,12 +5,14 @@ r"""Command line: judge answers; compare runs; agreement between judges.
     --config.judge.base_url=URL --config.judge.model=NAME [--config.dry_run=True]
   python -m lima_jax.eval compare DIR1 DIR2 ... [--png=F.png]
   python -m lima_jax.eval agreement A/judgments.sqlite B/judgments.sqlite|LABELS.jsonl
+  python -m lima_jax.eval annotations ALPACA_EVAL_DIR/annotations.json [--workdir=DIR]
 
 Protocols and every config field: configs/eval.py. Bad input stops with one line naming the
 file and row before anything is written or sent. Exit status 3: a budget cap stopped the
 run (what was judged is kept; rerun with a larger cap to finish); 4: some judgments failed
 after every retry (results.json counts them in n_failed; a rerun retries them).
 """
+import pathlib
 import sys
 
 from absl import app, flags, logging
@@ -45,9 +47,24 @@ def main(argv):
     from lima_jax.eval import compare
     print(compare.agreement(*rest))
     return
+  if command == "annotations":
+    if len(rest) != 1:
+      raise UserError("annotations: give one AlpacaEval annotations.json")
+    from lima_jax.eval import alpaca
+    out = alpaca.read_annotations(rest[0])
+    if _WORKDIR.value:
+      from lima_jax import files
+      pathlib.Path(_WORKDIR.value).mkdir(parents=True, exist_ok=True)
+      files.write_json(pathlib.Path(_WORKDIR.value) / "results.json",
+                       {"protocol": "alpaca_eval_annotations", "annotations": rest[0], **out})
+    lo, hi = out["win_rate_ci95"]
+    print(f"{out['generator']} vs {out['reference']}: AlpacaEval win rate "
+          f"{out['win_rate']:.3f} [{lo:.3f}, {hi:.3f}] over {out['n_instructions']} "
+          f"instructions ({out['n_draws']} draws)")
+    return
   if command != "evaluate" or rest:
-    raise app.UsageError(f"unknown command {' '.join(argv[1:])!r}: use compare, agreement, or "
-                         "flags alone")
+    raise app.UsageError(f"unknown command {' '.join(argv[1:])!r}: use compare, agreement, "
+                         "annotations, or flags alone")
   if _CONFIG.value is None or not _WORKDIR.value:
     raise UserError("needs --config=configs/eval.py:PROTOCOL and --workdir=DIR")
   from lima_jax.eval import run

@@ -6,7 +6,7 @@ decodes with seed + s (an answer depends only on the seed and the prompt's index
 the answer by keeping its last tokens (BOS first): small models meet LIMA's long prompts,
 and the count of cut prompts is printed, not hidden. Each answer row is its prompt row
 (`id`, `expected`, `tags`, ... as they were) plus `answer`, `stopped`, `sample` and
-`prompt_truncated`.
+`prompt_truncated`. Beside it, OUT.alpaca_eval.json: AlpacaEval's model outputs (`alpaca`).
 """
 import hashlib
 import json
@@ -15,6 +15,7 @@ import time
 
 from lima_jax import files
 from lima_jax.errors import UserError
+from lima_jax.eval import alpaca
 
 
 def _decoding(g):
@@ -104,6 +105,14 @@ def _recipe(config) -> dict:
           "generate": config.generate.to_dict()}
 
 
+def _alpaca_outputs(config, rows, out_path) -> None:
+  """AlpacaEval's model-outputs JSON beside the answers (what `alpaca_eval evaluate
+  --model_outputs` reads); the generator is the run's name or the checkpoint's."""
+  ckpt = pathlib.Path(config.checkpoint)
+  name = config.name or f"lima_jax-{ckpt.parent.parent.name}-{ckpt.name}"
+  alpaca.write_model_outputs(rows, alpaca.output_path(out_path), name)
+
+
 def generate_answers(config, out_path) -> str:
   """Writes the checkpoint's answers to `out_path` (JSONL, atomically); returns the path.
   OUT.recipe.json records what they came from; the same recipe reuses them."""
@@ -116,6 +125,9 @@ def generate_answers(config, out_path) -> str:
   if out_path.exists() and recipe_path.exists() and json.loads(
       recipe_path.read_text()) == recipe:
     print(f"reusing {out_path} (same checkpoint, prompts and decoding)", flush=True)
+    if config.protocol != "mt_bench" and not alpaca.output_path(out_path).exists():
+      _alpaca_outputs(config, [json.loads(l) for l in out_path.read_text().splitlines() if l],
+                      out_path)
     return str(out_path)
   gen = answer.open_generator(config.checkpoint, batch_size=g.batch_size)
   cfg = gen.cfg
@@ -139,6 +151,8 @@ def generate_answers(config, out_path) -> str:
         rows.append({**obj, "answer": text, "stopped": stopped, "sample": s,
                      "prompt_truncated": cut})
   files.write_jsonl(out_path, rows)
+  if config.protocol != "mt_bench":
+    _alpaca_outputs(config, rows, out_path)
   recipe_path.write_text(json.dumps(recipe) + "\n")
   print(f"generated {len(rows)} answers in {time.perf_counter() - t0:.0f}s -> {out_path}"
         + (f" ({n_cut} prompts cut to the model's context of {cfg.max_seq_len} tokens)"
