@@ -16,6 +16,7 @@ from lima_jax.errors import UserError
 from lima_jax.formats import checkpoint
 
 lm_eval = pytest.importorskip("lm_eval")  # requirements-eval.txt (CI installs it)
+pytestmark = pytest.mark.slow  # a served checkpoint and lm-eval runs: ~2 minutes on 2 cores
 from lm_eval.tasks import TaskManager  # noqa: E402
 
 GEN = [{"question": "What is 2 plus 3?", "answer": "5"},

@@ -162,7 +162,7 @@ class ChatRequest(_Body):
 
   def check(self) -> None:
     super().check()
-    if self.top_logprobs is not None and not self.logprobs:
+    if self.top_logprobs and not self.logprobs:
       raise APIError(400, "top_logprobs needs logprobs=true", param="top_logprobs")
 
   def logprob_count(self) -> int | None:
