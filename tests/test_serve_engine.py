@@ -65,8 +65,9 @@ def test_slots_match_generator(setup, dec, seed):
 def test_compiled_once(setup):
   engine = setup[3]
   assert engine.spans == [64, 128]  # the step's cache spans at max_len 128
+  assert engine.row_buckets == [1, 2, 4]  # rows a step computes: the busy slots, padded
   n = len(buckets(engine.max_len))
-  assert engine.compiles == {"prefill": n, "insert": 1, "step": 2, "score": n}
+  assert engine.compiles == {"prefill": n, "insert": 1, "step": 2 * 3, "score": n}
 
 
 def test_buckets():

@@ -5,15 +5,16 @@ jitted functions that drive it (JetStream's shape, see docs/INTERFACES.md):
   one-row cache; returns that row (padded to the slot length) and its last-position logits.
 - `insert(state, row, slot, request scalars)`: writes the row into slot `slot` (traced, so one
   executable serves every slot) and resets the slot's decoding knobs; the state is donated.
-- `step(params, state, span)`: one token for every slot (active or not; the host ignores free
-  ones), fed back through the model; the state is donated. When any slot asked for logprobs it
-  also returns each token's logprob and the top `logprobs.TOP` alternatives (a `lax.cond`:
-  other steps skip the vocabulary-wide ranking).
+- `step(params, state, span, rows)`: one token for each slot in `rows` (the busy ones, padded
+  with free ones to a power of two: at low load a step computes 1 or 2 rows, not all 8), fed
+  back through the model; the state is donated. Attention reads only the first `span` cache
+  positions, a static bucket (64, 128, ... max_len) just above the furthest active slot:
+  short conversations do not pay for the full context (at 8 slots x 512 on a CPU a step at
+  span 128 costs half the full one). One compilation per (span, row count). When any row
+  asked for logprobs it also returns each token's logprob and the top `logprobs.TOP`
+  alternatives (a `lax.cond`: other steps skip the vocabulary-wide ranking).
 - `score(params, tokens [1, P])`: the prompt's own logprobs (echo), one full forward pass;
-  compiled per prefill bucket. Attention reads only the first
-  `span` cache positions, a static bucket (64, 128, ... max_len) just above the furthest
-  active slot, compiled once per bucket: short conversations do not pay for the full context
-  (at 8 slots x 512 on a CPU a step at span 128 costs half the full one).
+  compiled per prefill bucket.
 
 The model's cache takes one write index for the whole batch, while slots sit at different
 positions. Each row is therefore applied on its own under `jax.vmap`, with its own scalar
@@ -50,6 +51,8 @@ MIN_SPAN = 64
 # layout cost two transposes of the whole cache in and two out at every step (3-4x the step
 # time at 8 slots x 512 tokens on a CPU).
 _CACHE_AXES = {"k": 0, "v": 0, "segment_ids": 0}  # the batch axis of each cache array
+_ROW_STATE = ("logits", "seen", "key", "t", "pos", "temperature", "top_p", "top_k", "penalty",
+              "greedy", "want_logprobs")
 
 
 def buckets(max_len: int) -> list[int]:
@@ -112,6 +115,10 @@ class Engine:
     self._score = jax.jit(self._score_fn)
     self.logprobs = None  # the last step's (logprob [B], top ids [B, K], top logprobs [B, K])
     self.spans = [b for b in buckets(self.max_len) if b >= MIN_SPAN] or [self.max_len]
+    # Rows a step computes: the busy slots padded to a power of two. On a mesh the rows are
+    # sharded over the batch axes, so a step there always takes every slot.
+    self.row_buckets = [self.slots] if self.mesh is not None else sorted(
+        {min(2**i, self.slots) for i in range(self.slots.bit_length() + 1)})
     self._ends = np.zeros(self.slots, np.int64)  # next write position per slot; 0: free
     self.state = self._init_state()
     if state_sh is not None:
@@ -160,9 +167,10 @@ class Engine:
       s[name] = put(state[name], req[name].astype(state[name].dtype))
     return s
 
-  def _step_fn(self, params, s, span):
+  def _step_fn(self, params, full, span, rows):
     self._count("step")
-    B = s["pos"].shape[0]
+    s = {k: full[k][rows] for k in _ROW_STATE}  # the rows stepped: the busy slots (+ padding)
+    R = rows.shape[0]
     allowed = sampling.allowed(s["logits"].shape[-1], self.vocab_size, self.banned)
     logits = jnp.where(allowed, s["logits"], -jnp.inf)
     logits = sampling.repetition_penalty(logits, s["seen"], s["penalty"][:, None])
@@ -176,23 +184,26 @@ class Engine:
     keys = jax.vmap(jax.random.fold_in)(s["key"], s["t"])
     sampled = jax.vmap(jax.random.categorical)(keys, scaled).astype(jnp.int32)
     token = jnp.where(s["greedy"], greedy, sampled)
-    pos = jnp.minimum(s["pos"], span - 1)  # free rows may run on: keep them in range
+    pos = jnp.minimum(s["pos"], span - 1)  # padding rows may run on: keep them in range
     apply = jax.vmap(self._row_apply, in_axes=(None, 0, 0, _CACHE_AXES, 0),
                      out_axes=(0, _CACHE_AXES))
-    c = s["cache"]
-    cut = {"k": c["k"][:, :, :span], "v": c["v"][:, :, :span],
-           "segment_ids": c["segment_ids"][:, :span]}
+    c = full["cache"]
+    cut = {"k": c["k"][rows, :, :span], "v": c["v"][rows, :, :span],
+           "segment_ids": c["segment_ids"][rows, :span]}
     new_logits, new = apply(params, token, pos, cut, pos)
-    cache = {"k": c["k"].at[:, :, :span].set(new["k"]), "v": c["v"].at[:, :, :span].set(new["v"]),
-             "segment_ids": c["segment_ids"].at[:, :span].set(new["segment_ids"])}
+    cache = {"k": c["k"].at[rows, :, :span].set(new["k"]),
+             "v": c["v"].at[rows, :, :span].set(new["v"]),
+             "segment_ids": c["segment_ids"].at[rows, :span].set(new["segment_ids"])}
     raw = s["logits"]
-    none = (jnp.zeros(B, jnp.float32), jnp.zeros((B, lp_lib.TOP), jnp.int32),
-            jnp.zeros((B, lp_lib.TOP), jnp.float32))
+    none = (jnp.zeros(R, jnp.float32), jnp.zeros((R, lp_lib.TOP), jnp.int32),
+            jnp.zeros((R, lp_lib.TOP), jnp.float32))
     lps = jax.lax.cond(jnp.any(s["want_logprobs"]),
                        lambda: lp_lib.chosen_and_top(raw, token, self.vocab_size), lambda: none)
-    s = {**s, "cache": cache, "logits": new_logits, "t": s["t"] + 1, "pos": pos + 1,
-         "seen": s["seen"].at[jnp.arange(B), token].set(True)}
-    return s, token, lps
+    seen = s["seen"].at[jnp.arange(R), token].set(True)
+    put = lambda name, value: full[name].at[rows].set(value)
+    full = {**full, "cache": cache, "logits": put("logits", new_logits),
+            "t": put("t", s["t"] + 1), "pos": put("pos", pos + 1), "seen": put("seen", seen)}
+    return full, token, lps
 
   def _score_fn(self, params, tokens):
     self._count("score")
@@ -245,14 +256,20 @@ class Engine:
     self._ends[slot] = 0
 
   def step(self) -> np.ndarray:
-    """One token per slot, [slots] int32 (one device-to-host transfer); their logprobs are
-    left in `self.logprobs` (zeros unless a busy slot asked for them)."""
+    """One token per busy slot, as [slots] int32 (free slots: 0; one device-to-host transfer);
+    their logprobs are left in `self.logprobs` (zeros unless a busy slot asked for them)."""
     furthest = int(self._ends.max())
     span = next(b for b in self.spans if b > min(furthest, self.max_len - 1))
-    self.state, tokens, lps = self._step(self.params, self.state, span)
-    self._ends[self._ends > 0] += 1
-    tokens, self.logprobs = jax.device_get((tokens, lps))
-    return np.asarray(tokens)
+    busy = np.flatnonzero(self._ends > 0)
+    n = next(b for b in self.row_buckets if b >= len(busy))
+    rows = np.concatenate([busy, np.flatnonzero(self._ends == 0)[:n - len(busy)]])
+    self.state, tokens, lps = self._step(self.params, self.state, span, rows.astype(np.int32))
+    self._ends[busy] += 1
+    tokens, lps = jax.device_get((tokens, lps))
+    out = np.zeros(self.slots, np.int32)
+    out[rows] = tokens
+    self.logprobs = tuple(_scatter(a, rows, self.slots) for a in lps)
+    return out
 
   def score(self, prompt: list[int]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The logprob of each prompt token after the first, given those before it, and the top
@@ -271,10 +288,17 @@ class Engine:
                   penalty=1.0, greedy=True)
       self.score([0] * n)
     for span in self.spans:
-      self.state, *_ = self._step(self.params, self.state, span)
+      for n in self.row_buckets:
+        self.state, *_ = self._step(self.params, self.state, span, np.arange(n, dtype=np.int32))
     self.free(0)
 
 
 def int32_seed(seed: int) -> int:
   """An OpenAI seed (any int64) as the int32 `jax.random.key` takes; small seeds unchanged."""
   return (int(seed) + 2**31) % 2**32 - 2**31
+
+
+def _scatter(a: np.ndarray, rows: np.ndarray, slots: int) -> np.ndarray:
+  out = np.zeros((slots,) + a.shape[1:], a.dtype)
+  out[rows] = a
+  return out
