@@ -26,7 +26,7 @@ import json
 
 from sentencepiece import sentencepiece_model_pb2 as sp_pb2
 
-from lima_jax.tokenizer import chat, loader, tokenizer_json
+from lima_jax.tokenizer import base, chat, loader, tokenizer_json
 from lima_jax.tokenizer.sentencepiece import SentencePieceTokenizer
 
 _SPACE = "\u2581"
@@ -34,8 +34,8 @@ _SPACE = "\u2581"
 # token's text in the input, but training never parses text for special tokens: a user who
 # types "<eot>" or "</s>" gets ordinary text there. A private-use character (U+E000) inside
 # the name keeps that true of the export for any text short of the marker itself.
-_MARK = "\ue000"
-EOT_TEXT = f"<eot{_MARK}>"
+_MARK = base.EXPORT_MARK
+EOT_TEXT = base.EXPORTED_EOT
 
 
 def special_text(piece: str) -> str:
