@@ -1,7 +1,7 @@
 """Answers from a checkpoint, so one command goes from a checkpoint to a score.
 
 Through the library's public functions only (`lima_jax.formats.model_file.open`,
-`lima_jax.decode`: read_prompts, Generator, render_prompt). k samples a prompt: sample s
+`lima_jax.decode`: read_prompts, Generator). k samples a prompt: sample s
 decodes with seed + s (an answer depends only on the seed and the prompt's index). A prompt longer than the model's context leaves room for
 the answer by keeping its last tokens (BOS first): small models meet LIMA's long prompts,
 and the count of cut prompts is printed, not hidden. Each answer row is its prompt row
@@ -32,9 +32,8 @@ def _fit(ids: list[int], ctx: int, room: int) -> tuple[list[int], bool]:
 
 
 def _answer_all(gen, convs, dec, seed):
-  from lima_jax.decode.generator import render_prompt
   ctx = gen.cfg.max_seq_len
-  fitted = [_fit(render_prompt(c, gen.tok), ctx, dec.max_new_tokens) for c in convs]
+  fitted = [_fit(gen.prompt_ids(c), ctx, dec.max_new_tokens) for c in convs]
   out = gen.answer_ids([ids for ids, _ in fitted], dec, seed, progress=True)
   return [(gen.tok.decode(ids), stopped, cut) for (ids, stopped), (_, cut) in zip(out, fitted)]
 

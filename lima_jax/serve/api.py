@@ -25,6 +25,8 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.exceptions import HTTPException
 
 from lima_jax.decode.generator import render_prompt
+from lima_jax.errors import UserError
+from lima_jax.tokenizer import chat as chat_format
 from lima_jax.serve import stream
 from lima_jax.serve.engine import int32_seed
 from lima_jax.serve.metrics import Metrics
@@ -34,6 +36,16 @@ from lima_jax.serve.scheduler import QueueFull, Request, Scheduler
 log = logging.getLogger(__name__)
 
 
+def _chat_prompt(srv, body: ChatRequest) -> list[int]:
+  """A chat request's prompt ids in the server's format (LIMA's: its stated system rule)."""
+  if isinstance(srv.renderer, chat_format.Lima):
+    return render_prompt(body.turns(), srv.tok)
+  try:
+    return srv.renderer.prompt_ids(body.message_dicts())
+  except UserError as e:
+    raise APIError(400, str(e), param="messages") from None
+
+
 class _Server:
   """What the routes share: the loaded model (once ready), the scheduler, the metrics."""
 
@@ -41,7 +53,7 @@ class _Server:
     self.load, self.name, self.api_key = load, name, api_key
     self.max_queue, self.keepalive_s, self.on_failure = max_queue, keepalive_s, on_failure
     self.metrics, self.ready, self.failure = Metrics(), False, None
-    self.engine = self.tok = self.scheduler = None
+    self.engine = self.tok = self.scheduler = self.renderer = None
     self.created = int(time.time())
 
   def start_loading(self) -> None:
@@ -49,10 +61,11 @@ class _Server:
 
   def _load(self) -> None:
     try:
-      engine, tok = self.load()
+      engine, tok, *rest = self.load()  # (engine, tok[, renderer]); default LIMA's format
       engine.warm_up()
       self.engine, self.tok = engine, tok
-      self.scheduler = Scheduler(engine, tok.decode, (tok.eot_id, tok.eos_id),
+      self.renderer = rest[0] if rest else chat_format.Lima(tok)
+      self.scheduler = Scheduler(engine, tok.decode, self.renderer.stop_ids,
                                  max_queue=self.max_queue, metrics=self.metrics)
       self.scheduler.start()
       self.ready = True
@@ -136,7 +149,7 @@ def create_app(load: Callable[[], tuple], *, served_model_name: str, api_key: st
     srv.check_model(body.model)
     if body.messages is not None:
       chat = ChatRequest(model=srv.name, messages=body.messages)
-      ids = render_prompt(chat.turns(), srv.tok)
+      ids = _chat_prompt(srv, chat)
     elif body.prompt is not None:
       ids = srv.encode_text(body.prompt) if body.add_special_tokens else srv.tok.encode(
           body.prompt)
@@ -149,7 +162,7 @@ def create_app(load: Callable[[], tuple], *, served_model_name: str, api_key: st
     srv.check_ready()
     srv.check_model(body.model)
     body.check()
-    prompt = render_prompt(body.turns(), srv.tok)
+    prompt = _chat_prompt(srv, body)
     return await _generate(srv, request, body, [prompt], chat=True)
 
   @app.post("/v1/completions", dependencies=keyed)

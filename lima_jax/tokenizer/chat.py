@@ -69,6 +69,11 @@ def turns_from_messages(messages: Sequence[Mapping[str, Any]], *, where: str = "
   return turns
 
 
+def message_text(m: Mapping[str, Any], where: str = "message") -> str:
+  """A message's content as text (OpenAI content parts joined); UserError naming `where`."""
+  return _content(m, where)
+
+
 def _content(m: Mapping[str, Any], where: str) -> str:
   c = m.get("content")
   if isinstance(c, list):  # OpenAI content parts: [{"type": "text", "text": ...}]
