@@ -89,7 +89,7 @@ def check_prompts(config) -> None:
       answers_lib.labels(f"{path}:{n}", row)
 
 
-def _recipe(config) -> dict:
+def _recipe(config, fmt=None, chat_template: str = "") -> dict:
   """What the answers depend on; a rerun with the same recipe reuses them (decoding the
   300 LIMA prompts k times is the slow part of a rerun)."""
   prompts = pathlib.Path(config.prompts)
@@ -100,23 +100,26 @@ def _recipe(config) -> dict:
           "checkpoint_meta_mtime": meta.stat().st_mtime if meta.exists() else None,
           "prompts_sha256": hashlib.sha256(prompts.read_bytes()).hexdigest(),
           "protocol_turns": 2 if config.protocol == "mt_bench" else 1,
-          "generate": config.generate.to_dict()}
+          "generate": config.generate.to_dict(),
+          **({"format": fmt, "chat_template": chat_template} if fmt or chat_template else {})}
 
 
-def generate_answers(config, out_path) -> str:
+def generate_answers(config, out_path, fmt=None, chat_template: str = "") -> str:
   """Writes the checkpoint's answers to `out_path` (JSONL, atomically); returns the path.
-  OUT.recipe.json records what they came from; the same recipe reuses them."""
+  OUT.recipe.json records what they came from; the same recipe reuses them. fmt, chat_template:
+  the conversation format (`lima_jax.decode.answer.open_model`; default the checkpoint's)."""
   from lima_jax.decode import answer
   g = config.generate
   if not config.prompts:
     raise UserError("config prompts: --config.checkpoint needs --config.prompts=F.jsonl")
   out_path = pathlib.Path(out_path)
-  recipe, recipe_path = _recipe(config), out_path.with_suffix(".recipe.json")
+  recipe, recipe_path = _recipe(config, fmt, chat_template), out_path.with_suffix(".recipe.json")
   if out_path.exists() and recipe_path.exists() and json.loads(
       recipe_path.read_text()) == recipe:
     print(f"reusing {out_path} (same checkpoint, prompts and decoding)", flush=True)
     return str(out_path)
-  gen = answer.open_generator(config.checkpoint, batch_size=g.batch_size)
+  gen = answer.open_generator(config.checkpoint, batch_size=g.batch_size, fmt=fmt,
+                              chat_template=chat_template)
   cfg = gen.cfg
   dec = _decoding(g)
   t0, rows, n_cut = time.perf_counter(), [], 0
