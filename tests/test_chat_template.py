@@ -220,3 +220,65 @@ def test_prefixes_that_disagree_are_refused(spec):
   with pytest.raises(UserError, match=r"^row 5: mistral refuses it: Conversation roles"):
     chat.renderer("chat_template", _pair(spec, "<s>", "</s>")[0], MISTRAL, "mistral").encode(
         chat.as_messages(["a", "b"])[::-1], "row 5")
+
+
+def test_messages_rows_in_data_and_prompt_files(spec, tmp_path):
+  """Data and prompt files take the ecosystem's messages rows beside LIMA's conversations; LIMA's
+  format folds system messages into the first user turn, a chat template gets them as given."""
+  from lima_jax.data import batches
+  from lima_jax.datasets.sources import read_records
+  from lima_jax.decode.prompts import read_prompts
+  template, bos, eos, _ = _templates(spec)["chatml"]
+  tok, ref = _pair(spec, bos, eos)
+  system = {"role": "system", "content": "Be brief."}
+  rows = [{"messages": [system, {"role": "user", "content": "Hi?"},
+                        {"role": "assistant", "content": "Hello."},
+                        {"role": "user", "content": "Bye?"}]},
+          {"conversations": ["Why?", "Because."]}]
+  data = tmp_path / "d.jsonl"
+  data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+  records, _ = read_records(data)
+  assert records[0].conversations == ("Be brief.\n\nHi?", "Hello.")  # LIMA's stated rule
+  assert records[0].messages == tuple(rows[0]["messages"][:3]) and records[0].dropped_turns == 1
+  assert records[1].messages == ()
+  r = chat.renderer("chat_template", tok, template, "chatml")
+  for rec, enc in zip(records, batches.encode_records(records, tok, 4096, renderer=r)):
+    messages = list(rec.messages) or chat.as_messages(rec.conversations)
+    want = ref.apply_chat_template(messages, chat_template=template, return_dict=False)
+    assert enc.tokens.tolist() == list(want) and enc.n_loss_tokens > 0
+  lima = batches.encode_records(records, tok, 4096)  # LIMA's format: unchanged path
+  assert lima[0].tokens.tolist() == chat.encode_turns(records[0].conversations, tok)[0].tolist()
+  data.write_text(json.dumps({"messages": [{"role": "user", "content": "a"},
+                                           system]}) + "\n")
+  with pytest.raises(UserError, match=r"d.jsonl:1: messages\[1\].role: a system message is "):
+    read_records(data)
+
+  prompts = tmp_path / "p.jsonl"
+  prompts.write_text(json.dumps({"id": 1, "messages": [system, {"role": "user", "content": "Hi?"}]})
+                     + "\n" + json.dumps({"conversations": ["Why?"]}) + "\n")
+  (row, messages, n), (_, plain, _) = read_prompts(prompts)
+  assert messages == [system, {"role": "user", "content": "Hi?"}] and row["id"] == 1
+  assert r.prompt_ids(messages) == list(ref.apply_chat_template(
+      messages, chat_template=template, add_generation_prompt=True, return_dict=False))
+  assert plain == [{"role": "user", "content": "Why?"}]
+  prompts.write_text(json.dumps({"messages": [{"role": "user", "content": "Hi?"},
+                                              {"role": "assistant", "content": "Yo"}]}) + "\n")
+  with pytest.raises(UserError, match=r"p.jsonl:1: 'messages' ends on an assistant message"):
+    read_prompts(prompts)
+
+
+def test_template_sources_and_no_template(spec, tmp_path):
+  """A Hugging Face directory's template (tokenizer_config.json, named templates, or
+  chat_template.jinja); the chat_template format without one is one line."""
+  from lima_jax.formats import model_file
+  tok, _ = _pair(spec, "<|im_start|>", "<|im_end|>")
+  (tmp_path / "tokenizer_config.json").write_text(json.dumps(
+      {"chat_template": [{"name": "tool_use", "template": "x"},
+                         {"name": "default", "template": CHATML}]}))
+  assert model_file.hf_chat_template(tmp_path)[0] == CHATML
+  (tmp_path / "chat_template.jinja").write_text(MISTRAL)
+  assert model_file.hf_chat_template(tmp_path)[0] == MISTRAL
+  with pytest.raises(UserError, match=r"^x.gguf: holds no chat template \(give one as a file"):
+    chat.renderer("chat_template", tok, None, "x.gguf")
+  with pytest.raises(UserError, match=r"^bad.jinja:1: not a valid Jinja template"):
+    chat.renderer("chat_template", tok, "{% for %}", "bad.jinja")

@@ -49,7 +49,9 @@ class ModelFile:
     if self.meta.get("format"):
       return self.meta["format"]
     # A template over a SentencePiece model (Llama-2 chat) is not rendered here (template.py)
-    usable = self.chat_template and hasattr(self.tokenizer, "encode_rendered")
+    # nor is our own LIMA export's (it is LIMA's format, which answers the same)
+    usable = (self.chat_template and hasattr(self.tokenizer, "encode_rendered")
+              and not getattr(self.tokenizer, "exported", False))
     return "chat_template" if usable else "lima"
 
 

@@ -164,8 +164,8 @@ def renderer(fmt: str, tok, template: str | None = None, name: str = "chat templ
   if fmt != "chat_template":
     raise UserError(f"format: {fmt!r} is not one of {FORMATS}")
   if not template:
-    raise UserError(f"format 'chat_template': {name} holds no chat template (give one as a file: "
-                    "--chat_template=F.jinja, or data.chat_template)")
+    raise UserError(f"{name}: holds no chat template (give one as a file for format "
+                    "'chat_template': --chat_template=F.jinja, or data.chat_template)")
   from lima_jax.tokenizer import template as template_lib  # jinja2 only for this format
   return template_lib.ChatTemplate(template, tok, name)
 

@@ -76,6 +76,9 @@ class HFTokenizer(base.Tokenizer):
     self._plain = {i: t["content"] for i, t in added.items()}
     special = {i: t["content"] for i, t in added.items() if t.get("special")}
     self._own_special = frozenset(special) | super().special_ids()
+    self.exported = bool(exported)  # our LIMA export: its template is LIMA's format
+    if exported:
+      self._own_special |= {self.eot_id}
     for i in (self.bos_id, self.eos_id):
       special.setdefault(i, self._plain[i] if i in self._plain else self._base_piece(i))
     special[self.eot_id] = "<eot>"
