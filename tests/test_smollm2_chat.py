@@ -108,7 +108,7 @@ def test_converted_base_answers_in_lima_format_too(converted):
   emb = np.asarray(gen.params["embed"]["embedding"])
   tok = gen.tok
   assert gen.cfg.vocab_size >= tok.vocab_size > 49152 and gen.stop_ids == (tok.eot_id, tok.eos_id)
-  np.testing.assert_allclose(emb[tok.eot_id], emb[:49152].mean(0), atol=1e-6)
+  np.testing.assert_allclose(emb[tok.eot_id], emb[:49152].mean(0), atol=1e-5)
   a = gen.answer([[PROMPTS[0]]], dataclasses.replace(PLAIN, max_new_tokens=N_NEW))[0]
   assert a.stopped and isinstance(a.text, str)
 
