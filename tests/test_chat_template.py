@@ -100,7 +100,16 @@ def spec():
   return {**base, "added_tokens": added}
 
 
+_PAIRS = {}  # (bos, eos) -> the pair: building a 49K-piece tokenizer twice costs seconds
+
+
 def _pair(spec, bos: str, eos: str):
+  if (bos, eos) not in _PAIRS:
+    _PAIRS[bos, eos] = _new_pair(spec, bos, eos)
+  return _PAIRS[bos, eos]
+
+
+def _new_pair(spec, bos: str, eos: str):
   """Our tokenizer and transformers' over the same tokenizer.json and special tokens. With
   Llama-3's BOS, Llama-3's pre-tokenizer (newline runs split off whole): under SmolLM2's,
   "<|end_header_id|>\n\n" ends a prompt in another token than it has before the answer, which
