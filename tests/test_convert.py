@@ -179,6 +179,11 @@ def test_save_hf_exports_the_tokenizer_with_eot(tmp_path):
                                       ) == [tok.eot_id, tok.pad_id]
   text = "Once upon a time, Lily saw a big red ball."
   assert hf_tok(text).input_ids == [tok.bos_id] + tok.encode(text)
+  # The export's tokenizer.json read back: EOT is the exported token (512), not one after it.
+  back = load_tokenizer(tmp_path / "hf" / "tokenizer.json")
+  assert (back.bos_id, back.eos_id, back.eot_id, back.pad_id, back.vocab_size) == (
+      tok.bos_id, tok.eos_id, tok.eot_id, tok.pad_id, tok.vocab_size) == (1, 2, 512, 513, 514)
+  assert back.encode(text) == tok.encode(text)
 
 
 def test_save_hf_refuses_mismatched_params_and_leaves_nothing(tmp_path, hf_root):

@@ -101,6 +101,9 @@ def test_export_chat_template_gives_training_ids_on_lima(tok, tmp_path):
     (tmp_path / name).write_bytes(blob)
   hf = AutoTokenizer.from_pretrained(tmp_path)
   assert hf.convert_tokens_to_ids(hf_tokenizer.EOT_TEXT) == tok.eot_id
+  back = load_tokenizer(tmp_path)  # the export read back keeps every id
+  assert (back.bos_id, back.eos_id, back.eot_id, back.pad_id, back.vocab_size) == (
+      tok.bos_id, tok.eos_id, tok.eot_id, tok.pad_id, tok.vocab_size)
   assert hf.eos_token_id == tok.eot_id
   rows = _lima(40)
   for turns in rows:

@@ -244,10 +244,23 @@ class SFTDataset:
     return h.hexdigest()
 
 
+def _trim(tokens: np.ndarray, mask: np.ndarray, max_len: int) -> Encoded:
+  if len(tokens) <= max_len:
+    return Encoded(tokens, mask)
+  return Encoded(tokens[:max_len], mask[:max_len], int(mask[max_len:].sum()), True)
+
+
 def encode_records(records: Sequence[Record], tok: Tokenizer, max_len: int,
-                   desc: str = "encoding") -> list[Encoded]:
+                   desc: str = "encoding", renderer=None) -> list[Encoded]:
   """`encode_conversation` (or `encode_text_ids` for a plain document) over records, batching
-  SentencePiece calls, with a progress bar."""
+  SentencePiece calls, with a progress bar. renderer: a chat template
+  (`lima_jax.tokenizer.chat.renderer`) that renders each record's messages instead of LIMA's
+  format; a row it refuses stops the run with one line naming the row."""
+  if renderer is not None and not isinstance(renderer, chat.Lima):
+    return [encode_text_ids(tok.encode(r.conversations[0]), tok, max_len) if r.text
+            else _trim(*renderer.encode(r.messages or chat.as_messages(r.conversations),
+                                        r.origin), max_len)
+            for r in tqdm(records, desc=desc, unit="conv", disable=None, leave=False)]
   out, chunk = [], 256
   with tqdm(total=len(records), desc=desc, unit="conv", disable=None, leave=False) as bar:
     for start in range(0, len(records), chunk):
@@ -269,7 +282,7 @@ def _as_list(files: str | Sequence[str]) -> list[str]:
 
 
 def _load(files: list[str], tok: Tokenizer, max_len: int, on_error: str,
-          report: dict) -> tuple[list[Record], list[Encoded]]:
+          report: dict, renderer=None) -> tuple[list[Record], list[Encoded]]:
   """Reads and encodes files, dropping conversations with no loss token; counts in report."""
   records, problems = read_files(files, on_error=on_error)
   report["skipped_rows"] += len(problems)
@@ -278,7 +291,7 @@ def _load(files: list[str], tok: Tokenizer, max_len: int, on_error: str,
   if not records:
     raise UserError(f"{', '.join(files)}: no conversation could be read "
                     f"({len(problems)} bad rows skipped)")
-  encoded = encode_records(records, tok, max_len)
+  encoded = encode_records(records, tok, max_len, renderer=renderer)
   keep = [i for i, e in enumerate(encoded) if e.n_loss_tokens > 0]
   report["dropped_no_loss"] += len(records) - len(keep)
   if not keep:
@@ -301,14 +314,15 @@ def _summary(records: Sequence[Record], encoded: Sequence[Encoded]) -> dict:
 def load_sft_data(files: str | Sequence[str], tok: Tokenizer, *, max_len: int, pack: bool,
                   global_batch: int, seed: int, subset_size: int = 0,
                   eval_files: str | Sequence[str] = (), eval_fraction: float = 0.0,
-                  on_error: str = "raise") -> tuple[SFTDataset, SFTDataset | None, dict]:
+                  on_error: str = "raise", renderer=None
+                  ) -> tuple[SFTDataset, SFTDataset | None, dict]:
   """Reads, encodes, splits and wraps conversation files; rows are `max_len` long.
 
   The held-out split (`eval_fraction`) is drawn before the subset (`subset_size`), both from
   `seed`, so the eval set does not move when the training set size is ablated. Conversations
   left without a loss token by trimming are dropped and counted. Returns (train, eval or
   None, report), the report being JSON-safe counts for the run's log (with at most
-  20 of the skipped rows' messages).
+  20 of the skipped rows' messages). renderer: as for `encode_records` (None: LIMA's format).
   """
   files, eval_files = _as_list(files), _as_list(eval_files)
   if not files:
@@ -319,7 +333,7 @@ def load_sft_data(files: str | Sequence[str], tok: Tokenizer, *, max_len: int, p
     raise UserError(f"eval fraction must be in [0, 1), got {eval_fraction}")
   report = {"files": files, "eval_files": eval_files, "skipped_rows": 0, "problems": [],
             "dropped_trailing_turns": 0, "dropped_no_loss": 0}
-  records, encoded = _load(files, tok, max_len, on_error, report)
+  records, encoded = _load(files, tok, max_len, on_error, report, renderer)
 
   idx, eval_idx = np.arange(len(records)), None
   if eval_fraction:
@@ -342,7 +356,7 @@ def load_sft_data(files: str | Sequence[str], tok: Tokenizer, *, max_len: int, p
   if eval_idx is not None:
     eval_records, eval_encoded = [records[i] for i in eval_idx], [encoded[i] for i in eval_idx]
   elif eval_files:
-    eval_records, eval_encoded = _load(eval_files, tok, max_len, on_error, report)
+    eval_records, eval_encoded = _load(eval_files, tok, max_len, on_error, report, renderer)
   else:
     report["eval"] = None
     return train, None, report

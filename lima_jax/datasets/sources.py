@@ -9,6 +9,11 @@ Formats (`fmt`):
 * `lima`: one object per line, `{"conversations": [str, ...], "source": str?}`. An utterance
   may also be `{"role": "user"|"assistant", "content": str}`; then the roles must alternate
   user, assistant, ... and a break in that order is an error.
+  The ecosystem's rows, `{"messages": [{"role": "system"|"user"|"assistant", "content": str},
+  ...]}` (Hugging Face chat datasets, TRL), are read too: system messages first, then user and
+  assistant alternating. `Record.messages` keeps them as given (a chat template renders them);
+  `conversations` holds LIMA's utterances, system messages folded into the first user turn by
+  LIMA's stated rule (`lima_jax.tokenizer.chat.turns_from_messages`).
 * `alpaca` (also Dolly): `{"instruction": str, "input": str?, "output": str}`, as a JSON list
   or as JSONL. The user turn is the instruction, followed by "\\n\\n" and the input when the
   input is not empty; the assistant turn is the output.
@@ -36,6 +41,7 @@ from typing import Any, Iterator, Sequence
 from absl import logging
 
 from lima_jax.errors import UserError
+from lima_jax.tokenizer import chat
 
 FORMATS = ("auto", "lima", "alpaca", "text")
 _ROLES = ("user", "assistant")
@@ -51,6 +57,8 @@ class Record:
     origin: "path:line" (1-based) for JSONL, "path:#index" (0-based) for a JSON list.
     dropped_turns: trailing user turns removed while reading (0 or 1).
     text: a plain document (`conversations` holds it alone), learned on every token.
+    messages: a messages row's messages ({"role", "content"}) as given (less a dropped
+      trailing user message); () for other rows (`chat.as_messages(conversations)`).
   """
 
   conversations: tuple[str, ...]
@@ -58,6 +66,7 @@ class Record:
   origin: str
   dropped_turns: int = 0
   text: bool = False
+  messages: tuple = ()
 
 
 class _BadRow(Exception):
@@ -105,7 +114,9 @@ def read_records(path: str | os.PathLike, *, on_error: str = "raise", fmt: str =
         records.append(Record((_text_document(obj),), _source(obj, default=path.stem), origin,
                               text=True))
         continue
-      convo = _lima_turns(obj) if fmt == "lima" else _alpaca_turns(obj)
+      messages = _messages(obj) if fmt == "lima" and "conversations" not in obj else []
+      convo = (_turns_of(messages) if messages else _lima_turns(obj)) if fmt == "lima" \
+          else _alpaca_turns(obj)
       source = _source(obj, default=path.stem)
     except _BadRow as e:
       message = f"{origin}: {e}"
@@ -121,10 +132,10 @@ def read_records(path: str | os.PathLike, *, on_error: str = "raise", fmt: str =
           raise UserError(message)
         problems.append(message)
         continue
-      convo, dropped = convo[:-1], 1
+      convo, dropped, messages = convo[:-1], 1, messages[:-1]
       logging.warning("%s: dropped the trailing user turn (turn %d has no reply)", origin,
                       len(convo) + 1)
-    records.append(Record(tuple(convo), source, origin, dropped))
+    records.append(Record(tuple(convo), source, origin, dropped, messages=tuple(messages)))
   return records, problems
 
 
@@ -173,14 +184,14 @@ def _json_list_rows(path: pathlib.Path, raw: bytes) -> Iterator[tuple[str, Any]]
 
 
 def _detect_format(obj: dict) -> str:
-  if "conversations" in obj:
+  if "conversations" in obj or "messages" in obj:
     return "lima"
   if "instruction" in obj or "output" in obj:
     return "alpaca"
   if "text" in obj:
     return "text"
   fields = ", ".join(sorted(obj)) or "none"
-  raise _BadRow("expected a 'conversations' list (LIMA), 'instruction' and 'output' "
+  raise _BadRow("expected a 'conversations' list (LIMA), 'messages', 'instruction' and 'output' "
                 f"(Alpaca/Dolly) or 'text' (a plain document); fields found: {fields}")
 
 
@@ -213,6 +224,30 @@ def _lima_turns(obj: dict) -> list[str]:
       where += ".content"
     texts.append(_utterance(turn, where))
   return texts
+
+
+def _messages(obj: dict) -> list[dict]:
+  """A messages row's messages, each {"role", "content"} with non-empty text content."""
+  messages = obj.get("messages")
+  if not isinstance(messages, list) or not messages:
+    raise _BadRow("missing field 'conversations' or 'messages' (a non-empty list)")
+  out = []
+  for i, m in enumerate(messages):
+    if not isinstance(m, dict):
+      raise _BadRow(f"messages[{i}] must be an object, got {_type_name(m)}")
+    try:
+      text = chat.message_text(m, f"messages[{i}]")
+    except UserError as e:
+      raise _BadRow(str(e)) from None
+    out.append({"role": m.get("role"), "content": _utterance(text, f"messages[{i}].content")})
+  return out
+
+
+def _turns_of(messages: list[dict]) -> list[str]:
+  try:
+    return chat.turns_from_messages(messages)
+  except UserError as e:
+    raise _BadRow(str(e)) from None
 
 
 def _alpaca_turns(obj: dict) -> list[str]:

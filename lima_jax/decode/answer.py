@@ -1,18 +1,21 @@
 """Answers from a model: one call for a list of conversations, a prompts file or a terminal chat.
 
-Prompts are rendered as in training (BOS, then every utterance followed by EOT) up to and
-including the last user turn's EOT, so the model answers as the assistant and ends its turn
-with EOT. `python -m lima_jax.generate` is the command line around this module.
+Prompts are rendered as in training: in LIMA's format BOS, then every utterance followed by EOT,
+up to and including the last user turn's EOT, so the model answers as the assistant and ends
+its turn with EOT; in a chat template's, the conversation with the generation prompt, and the
+answer ends at the template's end-of-turn token (`open_model` picks the format).
+`python -m lima_jax.generate` is the command line around this module.
 """
 import dataclasses
 import itertools
+import pathlib
 import time
 from typing import Optional, Sequence
 
 import jax
 
 from lima_jax import files
-from lima_jax.decode.generator import Generator, render_prompt
+from lima_jax.decode.generator import Generator
 from lima_jax.decode.prompts import read_prompts
 from lima_jax.decode.sampling import GREEDY, LIMA, Decoding
 from lima_jax.errors import UserError
@@ -22,25 +25,59 @@ from lima_jax.model.config import ModelConfig
 def generate(params, cfg: ModelConfig, tok, conversations: Sequence[Sequence[str]],
              *, mesh=None, max_new_tokens: int = 64, greedy: bool = True,
              decoding: Optional[Decoding] = None, seed: int = 0,
-             batch_size: int = 8) -> list[str]:
+             batch_size: int = 8, renderer=None) -> list[str]:
   """Answers, one per conversation ending on a user turn.
 
   greedy=True is plain argmax (no repetition penalty); greedy=False is LIMA's sampling.
-  `decoding` replaces both (and max_new_tokens) when given.
+  `decoding` replaces both (and max_new_tokens) when given. renderer: the conversation format
+  (`lima_jax.tokenizer.chat.renderer`), default LIMA's.
   """
   if decoding is None:
     decoding = dataclasses.replace(GREEDY if greedy else LIMA, max_new_tokens=max_new_tokens)
-  gen = Generator(params, cfg, tok, mesh=mesh, batch_size=batch_size)
+  gen = Generator(params, cfg, tok, mesh=mesh, batch_size=batch_size, renderer=renderer)
   return [a.text for a in gen.answer(conversations, decoding, seed)]
 
 
-def open_generator(path, *, mesh=None, dtype: Optional[str] = None, batch_size: int = 8,
-                   **kwargs) -> Generator:
-  """The decoder of any model file `lima_jax.formats.model_file.open` reads; `kwargs` go to
-  `Generator` (stop_ids, loop)."""
+def open_model(path, *, mesh=None, dtype: Optional[str] = None, fmt: Optional[str] = None,
+               chat_template: str = ""):
+  """(ModelFile, renderer): any model file, ready to answer in format `fmt` ('lima' or
+  'chat_template'; default the model's own, `ModelFile.format`), with the Jinja template of the
+  file `chat_template` instead of the model's.
+
+  A model that answers as it is: in its chat template no id is added (the template's end of
+  turn is its own token); in LIMA's format a base model without an EOT row gets one at the mean
+  embedding, as training starts it (so it can read prompts in that format at all)."""
   from lima_jax.formats import model_file
-  m = model_file.open(path, mesh=mesh, dtype=dtype)
-  return Generator(m.params, m.config, m.tokenizer, mesh=mesh, batch_size=batch_size, **kwargs)
+  from lima_jax.tokenizer import chat
+  m = model_file.read(path, need_tokenizer=True)
+  fmt = fmt or m.format
+  if fmt not in chat.FORMATS:
+    raise UserError(f"format: {fmt!r} is not one of {chat.FORMATS}")
+  template, name = m.chat_template, m.template_name
+  if chat_template:
+    try:
+      template, name = pathlib.Path(chat_template).read_text(encoding="utf-8"), chat_template
+    except (OSError, UnicodeDecodeError) as e:
+      raise UserError(f"{chat_template}: cannot read ({getattr(e, 'strerror', None) or e})"
+                      ) from None
+  renderer = chat.renderer(fmt, m.tokenizer, template, name or str(path))  # fails before weights
+  tok, rows = m.tokenizer, m.config.vocab_size
+  if tok.base_vocab_size > rows:
+    raise UserError(f"{path}: the tokenizer has {tok.base_vocab_size} pieces but the model only "
+                    f"{rows} embedding rows: it does not belong to it")
+  grow = fmt == "lima" and tok.vocab_size > rows
+  m = model_file.open(path, mesh=mesh, dtype=dtype, check_vocab=False,
+                      vocab_multiple=128 if grow else None)
+  return m, (chat.renderer(fmt, m.tokenizer, template, name) if fmt == "lima" else renderer)
+
+
+def open_generator(path, *, mesh=None, dtype: Optional[str] = None, batch_size: int = 8,
+                   fmt: Optional[str] = None, chat_template: str = "", **kwargs) -> Generator:
+  """The decoder of any model file `lima_jax.formats.model_file.open` reads, answering in
+  format `fmt` (see `open_model`); `kwargs` go to `Generator` (stop_ids, loop)."""
+  m, renderer = open_model(path, mesh=mesh, dtype=dtype, fmt=fmt, chat_template=chat_template)
+  return Generator(m.params, m.config, m.tokenizer, mesh=mesh, batch_size=batch_size,
+                   renderer=renderer, **kwargs)
 
 
 def answer_file(gen: Generator, prompts, out, dec: Decoding = LIMA, seed: int = 0,
@@ -50,7 +87,7 @@ def answer_file(gen: Generator, prompts, out, dec: Decoding = LIMA, seed: int = 
   'n_tokens' and 'stopped'. Returns a summary line on process 0 (which writes), else None."""
   rows = read_prompts(prompts) if rows is None else rows
   tok, ctx = gen.tok, gen.cfg.max_seq_len
-  ids = [render_prompt(turns, tok) for _, turns, _ in rows]
+  ids = [gen.prompt_ids(conv) for _, conv, _ in rows]
   for (_, _, n), p in zip(rows, ids):
     if len(p) >= ctx:
       raise UserError(f"{prompts}:{n}: the prompt is {len(p)} tokens; the model's context "
@@ -83,9 +120,9 @@ def chat(gen: Generator, dec: Decoding, seed: int) -> None:
       history = [] if text.strip() else history
       continue
     conv = history + [text]
-    while len(conv) > 1 and len(render_prompt(conv, gen.tok)) >= ctx:
+    while len(conv) > 1 and len(gen.prompt_ids(conv)) >= ctx:
       conv = conv[2:]  # forget the oldest exchange to stay within the context
-    if len(render_prompt(conv, gen.tok)) >= ctx:
+    if len(gen.prompt_ids(conv)) >= ctx:
       print(f"(too long: the model's context is {ctx} tokens)", flush=True)
       continue
     answer = gen.answer([conv], dec, seed + turn)[0]

@@ -1,4 +1,5 @@
-"""The decoding flags `generate`, `select` and `serve` share: decoding, batch, seed, mesh, dtype."""
+"""The decoding flags `generate`, `select` and `serve` share: decoding, batch, seed, mesh, dtype,
+conversation format."""
 from lima_jax.decode.sampling import LIMA, Decoding
 from lima_jax.parallel import distributed
 from lima_jax.parallel import sharding
@@ -25,7 +26,20 @@ def define_decoding_flags() -> None:
                     "device of the job (all hosts); one -1 takes the remaining devices.")
   flags.DEFINE_enum("dtype", None, ["float32", "bfloat16"], "Parameter dtype to load (cast while "
                     "restoring; bfloat16 halves a float32 checkpoint). Default: as stored.")
+  define_format_flags()
   distributed.define_flags()
+
+
+def define_format_flags() -> None:
+  """--format and --chat_template (generate, select, serve)."""
+  from absl import flags
+  flags.DEFINE_enum("format", None, ["lima", "chat_template"], "Conversation format of the "
+                    "prompts: 'lima' (BOS, each utterance + EOT) or 'chat_template' (the model's "
+                    "own Jinja template, rendered with the generation prompt; answers stop at its "
+                    "end-of-turn token and EOS). Default: what the checkpoint was trained in; for "
+                    "a converted model that carries a template, its template.")
+  flags.DEFINE_string("chat_template", "", "A Jinja chat template file used instead of the "
+                      "model's own (with --format=chat_template).")
 
 
 def decoding_from_flags(f) -> Decoding:

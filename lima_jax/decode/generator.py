@@ -38,9 +38,10 @@ class Answer:
   stopped: bool  # True: ended with EOT/EOS; False: ran out of new tokens (or of context)
 
 
-def render_prompt(turns: Sequence[str], tok) -> list[int]:
-  """The training format up to the last user turn (`lima_jax.tokenizer.chat.prompt_ids`)."""
-  return chat.prompt_ids(turns, tok)
+def render_prompt(conversation: Sequence, tok, renderer=None) -> list[int]:
+  """The ids a model answers for a conversation (utterances or messages, ending on the user's):
+  `renderer`'s prompt (`lima_jax.tokenizer.chat.renderer`), by default LIMA's format."""
+  return (renderer or chat.Lima(tok)).prompt_ids(chat.as_messages(conversation))
 
 
 def bucket(n: int, minimum: int = _MIN_BUCKET, maximum: int | None = None) -> int:
@@ -125,18 +126,21 @@ class Generator:
   loop: "device" (the loop inside jit) or "host" (a jitted step per token, for comparison).
   Compiled decoders are shared by all Generators (keyed by model, mesh, settings and shapes),
   so `params` may be replaced by another checkpoint of the same model at no cost.
-  stop_ids: ids that end an answer; default EOT and EOS.
+  stop_ids: ids that end an answer; default the renderer's (EOT and EOS; a chat template's end
+  of turn and EOS). renderer: the conversation format prompts are rendered in
+  (`chat.renderer`), by default LIMA's.
   """
 
   def __init__(self, params, cfg: ModelConfig, tok, *, mesh=None, batch_size: int = 8,
-               loop: str = "device", stop_ids: Sequence[int] | None = None):
+               loop: str = "device", stop_ids: Sequence[int] | None = None, renderer=None):
     if loop not in ("device", "host"):
       raise ValueError(f"loop must be 'device' or 'host', got {loop!r}")
     self.cfg = dataclasses.replace(cfg, remat_policy="none", dropout_top=0.0)
     self.params, self.tok, self.mesh, self.loop = params, tok, mesh, loop
     shards = sharding.batch_shards(mesh) if mesh is not None else 1
     self.batch_size = -(-max(batch_size, 1) // shards) * shards
-    self.stop_ids = tuple(stop_ids) if stop_ids is not None else (tok.eot_id, tok.eos_id)
+    self.renderer = renderer or chat.Lima(tok)
+    self.stop_ids = tuple(stop_ids) if stop_ids is not None else tuple(self.renderer.stop_ids)
     self.banned = banned_ids(tok, self.stop_ids)
     if len(self.stop_ids) > _MAX_STOPS:
       raise ValueError(f"at most {_MAX_STOPS} stop ids, got {len(self.stop_ids)}")
@@ -181,10 +185,14 @@ class Generator:
     bar.close()
     return results
 
+  def prompt_ids(self, conversation: Sequence) -> list[int]:
+    """The prompt of a conversation in this generator's format."""
+    return render_prompt(conversation, self.tok, self.renderer)
+
   def answer(self, conversations: Sequence[Sequence[str]], dec: Decoding = LIMA, seed: int = 0,
              progress: bool = False) -> list[Answer]:
-    """One answer per conversation (user, assistant, ..., user)."""
-    prompts = [render_prompt(c, self.tok) for c in conversations]
+    """One answer per conversation (user, assistant, ..., user; utterances or messages)."""
+    prompts = [self.prompt_ids(c) for c in conversations]
     return [Answer(self.tok.decode(ids), ids, stopped)
             for ids, stopped in self.answer_ids(prompts, dec, seed, progress)]
 

@@ -26,6 +26,12 @@ _CONFIG = config_flags.DEFINE_config_file(
     lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Where results.json, judgments.sqlite, "
                                "report.html and the figure go (a rerun resumes from it).")
+_FORMAT = flags.DEFINE_enum("format", None, ["lima", "chat_template"], "With "
+                            "--config.checkpoint: the conversation format it answers in "
+                            "(default: what it was trained in; a converted model's own template; "
+                            "docs/chat-templates.md).")
+_TEMPLATE = flags.DEFINE_string("chat_template", "", "With --config.checkpoint: a Jinja chat "
+                                "template file used instead of the model's own.")
 _PNG = flags.DEFINE_string("png", "", "compare: also draw the pairwise runs' win/tie/loss bars "
                            "(LIMA's Figure 1) to this PNG.")
 
@@ -70,7 +76,8 @@ def main(argv):
   from lima_jax.eval import run
   if _CONFIG.value.checkpoint and not flags.FLAGS["verbosity"].present:
     logging.set_verbosity(logging.ERROR)  # orbax's INFO lines would bury the progress
-  out = run.evaluate(_CONFIG.value, _WORKDIR.value)
+  out = run.evaluate(_CONFIG.value, _WORKDIR.value, fmt=_FORMAT.value,
+                     chat_template=_TEMPLATE.value)
   if out is None:
     return
   print(summary(out, _WORKDIR.value))

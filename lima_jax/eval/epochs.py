@@ -23,19 +23,21 @@ from tqdm import tqdm
 
 from lima_jax import files
 from lima_jax.decode.generator import Generator
+from lima_jax.decode import answer as answer_lib
 from lima_jax.decode.prompts import read_prompts
 from lima_jax.decode.sampling import LIMA, Decoding
 from lima_jax.errors import UserError
 from lima_jax.eval import answers as answers_lib
 from lima_jax.eval import run
 from lima_jax.eval.epochs_page import render_html
-from lima_jax.formats import model_file
+from lima_jax.tokenizer import chat
 from lima_jax.formats.epoch_checkpoints import find_epoch_checkpoints, select_epochs
 
 
 def compare_epochs(workdir, prompts_path, epochs: str = "5-10", out_dir=None,
                    dec: Decoding = LIMA, seed: int = 0, batch_size: int = 8,
-                   mesh=None, dtype: str | None = None, judge_config=None) -> list[dict]:
+                   mesh=None, dtype: str | None = None, judge_config=None,
+                   fmt: str | None = None, chat_template: str = "") -> list[dict]:
   """Answers from each chosen epoch; writes OUT/answers.jsonl and OUT/index.html.
 
   Returns the JSONL rows: each prompt row plus "answers": [{epoch, step, eval_loss, answer,
@@ -55,10 +57,13 @@ def compare_epochs(workdir, prompts_path, epochs: str = "5-10", out_dir=None,
   out = [{**obj, "answers": []} for obj, _, _ in rows]
   quiet = None if jax.process_index() == 0 else True  # one bar on a pod, not one per host
   for ck in tqdm(chosen, desc="epochs", unit="epoch", disable=quiet):
-    m = model_file.open(ck.path, mesh=mesh, dtype=dtype)
+    # In the format each checkpoint was trained in unless `fmt` says otherwise.
+    m, renderer = answer_lib.open_model(ck.path, mesh=mesh, dtype=dtype, fmt=fmt,
+                                        chat_template=chat_template)
     # Same model every epoch: the compiled decoder is shared, only the weights change.
-    generator = Generator(m.params, m.config, m.tokenizer, mesh=mesh, batch_size=batch_size)
-    answers = generator.answer([turns for _, turns, _ in rows], dec, seed, progress=True)
+    generator = Generator(m.params, m.config, m.tokenizer, mesh=mesh, batch_size=batch_size,
+                          renderer=renderer)
+    answers = generator.answer([conv for _, conv, _ in rows], dec, seed, progress=True)
     for row, a in zip(out, answers):
       row["answers"].append({"epoch": ck.epoch, "step": ck.step, "eval_loss": ck.eval_loss,
                              "answer": a.text, "n_tokens": len(a.tokens), "stopped": a.stopped})
@@ -74,7 +79,9 @@ def compare_epochs(workdir, prompts_path, epochs: str = "5-10", out_dir=None,
                  for ck in chosen}
     choice = judge_epochs(per_epoch, out_dir / "judged", judge_config)
     files.write_json(out_dir / "judged.json", choice)
-  page = render_html(workdir, [turns for _, turns, _ in rows], out, chosen, dec, seed, choice)
+  page = render_html(workdir, [[f"{m['role']}: {m['content']}" if m["role"] in chat.SYSTEM_ROLES
+                                else m["content"] for m in conv] for _, conv, _ in rows],
+                     out, chosen, dec, seed, choice)
   files.write_atomic(out_dir / "index.html", page)
   return out
 

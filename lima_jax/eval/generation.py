@@ -1,7 +1,7 @@
 """Answers from a checkpoint, so one command goes from a checkpoint to a score.
 
 Through the library's public functions only (`lima_jax.formats.model_file.open`,
-`lima_jax.decode`: read_prompts, Generator, render_prompt). k samples a prompt: sample s
+`lima_jax.decode`: read_prompts, Generator). k samples a prompt: sample s
 decodes with seed + s (an answer depends only on the seed and the prompt's index). A prompt longer than the model's context leaves room for
 the answer by keeping its last tokens (BOS first): small models meet LIMA's long prompts,
 and the count of cut prompts is printed, not hidden. Each answer row is its prompt row
@@ -33,9 +33,8 @@ def _fit(ids: list[int], ctx: int, room: int) -> tuple[list[int], bool]:
 
 
 def _answer_all(gen, convs, dec, seed):
-  from lima_jax.decode.generator import render_prompt
   ctx = gen.cfg.max_seq_len
-  fitted = [_fit(render_prompt(c, gen.tok), ctx, dec.max_new_tokens) for c in convs]
+  fitted = [_fit(gen.prompt_ids(c), ctx, dec.max_new_tokens) for c in convs]
   out = gen.answer_ids([ids for ids, _ in fitted], dec, seed, progress=True)
   return [(gen.tok.decode(ids), stopped, cut) for (ids, stopped), (_, cut) in zip(out, fitted)]
 
@@ -91,7 +90,7 @@ def check_prompts(config) -> None:
       answers_lib.labels(f"{path}:{n}", row)
 
 
-def _recipe(config) -> dict:
+def _recipe(config, fmt=None, chat_template: str = "") -> dict:
   """What the answers depend on; a rerun with the same recipe reuses them (decoding the
   300 LIMA prompts k times is the slow part of a rerun)."""
   prompts = pathlib.Path(config.prompts)
@@ -102,7 +101,8 @@ def _recipe(config) -> dict:
           "checkpoint_meta_mtime": meta.stat().st_mtime if meta.exists() else None,
           "prompts_sha256": hashlib.sha256(prompts.read_bytes()).hexdigest(),
           "protocol_turns": 2 if config.protocol == "mt_bench" else 1,
-          "generate": config.generate.to_dict()}
+          "generate": config.generate.to_dict(),
+          **({"format": fmt, "chat_template": chat_template} if fmt or chat_template else {})}
 
 
 def _alpaca_outputs(config, rows, out_path) -> None:
@@ -113,15 +113,16 @@ def _alpaca_outputs(config, rows, out_path) -> None:
   alpaca.write_model_outputs(rows, alpaca.output_path(out_path), name)
 
 
-def generate_answers(config, out_path) -> str:
+def generate_answers(config, out_path, fmt=None, chat_template: str = "") -> str:
   """Writes the checkpoint's answers to `out_path` (JSONL, atomically); returns the path.
-  OUT.recipe.json records what they came from; the same recipe reuses them."""
+  OUT.recipe.json records what they came from; the same recipe reuses them. fmt, chat_template:
+  the conversation format (`lima_jax.decode.answer.open_model`; default the checkpoint's)."""
   from lima_jax.decode import answer
   g = config.generate
   if not config.prompts:
     raise UserError("config prompts: --config.checkpoint needs --config.prompts=F.jsonl")
   out_path = pathlib.Path(out_path)
-  recipe, recipe_path = _recipe(config), out_path.with_suffix(".recipe.json")
+  recipe, recipe_path = _recipe(config, fmt, chat_template), out_path.with_suffix(".recipe.json")
   if out_path.exists() and recipe_path.exists() and json.loads(
       recipe_path.read_text()) == recipe:
     print(f"reusing {out_path} (same checkpoint, prompts and decoding)", flush=True)
@@ -129,7 +130,8 @@ def generate_answers(config, out_path) -> str:
       _alpaca_outputs(config, [json.loads(l) for l in out_path.read_text().splitlines() if l],
                       out_path)
     return str(out_path)
-  gen = answer.open_generator(config.checkpoint, batch_size=g.batch_size)
+  gen = answer.open_generator(config.checkpoint, batch_size=g.batch_size, fmt=fmt,
+                              chat_template=chat_template)
   cfg = gen.cfg
   dec = _decoding(g)
   t0, rows, n_cut = time.perf_counter(), [], 0

@@ -159,10 +159,12 @@ def _sha_of(path, answers) -> str:
   return protocols.sha(json.dumps([dataclasses.astuple(a) for a in answers]))
 
 
-def evaluate(config, workdir, *, answers=None, baseline=None) -> dict | None:
+def evaluate(config, workdir, *, answers=None, baseline=None, fmt=None,
+             chat_template: str = "") -> dict | None:
   """Runs one evaluation and writes DIR/results.json, judgments.sqlite, report.html and the
   figure; returns the results (None for a dry run). `answers`/`baseline`: lists of
-  answers.Answer instead of the config's files (lima_jax.select passes its own)."""
+  answers.Answer instead of the config's files (lima_jax.select passes its own). fmt,
+  chat_template: the conversation format `config.checkpoint` answers in (default its own)."""
   if config.protocol == "harness":
     from lima_jax.eval import harness
     return harness.evaluate(config, workdir)
@@ -173,7 +175,8 @@ def evaluate(config, workdir, *, answers=None, baseline=None) -> dict | None:
     generation.check_prompts(config)  # bad rows stop here, before anything is written
     if not workdir.is_dir():
       workdir.mkdir(parents=True)
-    config.answers = generation.generate_answers(config, workdir / "answers.jsonl")
+    config.answers = generation.generate_answers(config, workdir / "answers.jsonl", fmt,
+                                                 chat_template)
   system, base, pairs = _inputs(config, answers, baseline)
   names = (config.name or (pathlib.Path(config.answers).stem if config.answers else "system"),
            config.baseline_name or (pathlib.Path(config.baseline).stem if config.baseline

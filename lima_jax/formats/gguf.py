@@ -236,3 +236,10 @@ def read_tokenizer_meta(path, reader=None) -> dict:
   if kind == "llama":
     return SentencePieceTokenizer(_sentencepiece_proto(meta)).to_meta()
   raise UserError(f"{where}tokenizer.ggml.model {kind!r} is not supported ('gpt2' or 'llama')")
+
+
+def read_chat_template(path, reader=None) -> str | None:
+  """The GGUF file's `tokenizer.chat_template` (the model's own Jinja template), if any."""
+  field = (reader or open_reader(path)).fields.get("tokenizer.chat_template")
+  value = field.contents() if field is not None else None
+  return value if isinstance(value, str) and value.strip() else None

@@ -85,7 +85,8 @@ def _write_safetensors(path: pathlib.Path, entries, fetch, bar) -> None:
 
 
 def save_hf(cfg: ModelConfig, params, out_dir, tokenizer_meta: dict | None = None,
-            dtype: str | None = None, max_shard_bytes: int = 5 * 10**9) -> None:
+            dtype: str | None = None, max_shard_bytes: int = 5 * 10**9,
+            chat_template: str | None = None) -> None:
   """Writes a HF Llama directory: config.json, generation_config.json, safetensors shards
   (+ model.safetensors.index.json when more than one), and tokenizer files if given.
 
@@ -94,6 +95,8 @@ def save_hf(cfg: ModelConfig, params, out_dir, tokenizer_meta: dict | None = Non
   parameter at a time. One layer slice of one parameter is on the host at a time. dtype
   defaults to cfg.param_dtype ('float32' or 'bfloat16'; never float16). Everything goes
   into a temporary directory renamed to out_dir at the end; out_dir must not exist.
+  chat_template: the model's own template (a chat-template checkpoint): the tokenizer files
+  are the model's with it (`hf_tokenizer_files.template_tokenizer_files`).
   """
   out_dir = pathlib.Path(out_dir)
   if out_dir.exists():
@@ -149,10 +152,14 @@ def save_hf(cfg: ModelConfig, params, out_dir, tokenizer_meta: dict | None = Non
 
   ids = {"bos": 1, "eos": 2}
   files = {}
-  if tokenizer_meta is not None:
+  if tokenizer_meta is not None and chat_template:
+    from lima_jax.formats import hf_tokenizer_files as hf_tokenizer
+    ids, files = hf_tokenizer.template_tokenizer_files(tokenizer_meta, chat_template,
+                                                       cfg.max_seq_len)
+  elif tokenizer_meta is not None:
     ids, files = _tokenizer_files(tokenizer_meta, cfg)
   files["config.json"] = json.dumps(_hf_config(cfg, dtype, ids), indent=2).encode()
-  eos = [ids["eos"]] + ([ids["eot"]] if "eot" in ids else [])
+  eos = list(dict.fromkeys([ids["eos"]] + [ids[k] for k in ("eot", "end_of_turn") if k in ids]))
   generation = {"bos_token_id": ids["bos"], "eos_token_id": eos if len(eos) > 1 else eos[0],
                 "pad_token_id": ids.get("pad")}
   if "eot" in ids:  # a LIMA-format model: LIMA's decoding by default
@@ -206,6 +213,8 @@ def export_checkpoint(ckpt, out_dir, dtype: str = "bfloat16",
     raise UserError(f"{ckpt}: checkpoint meta has no 'model_config'")
   try:
     cfg = ModelConfig.from_dict(meta["model_config"])
-    save_hf(cfg, params, out_dir, meta.get("tokenizer"), dtype, max_shard_bytes)
+    save_hf(cfg, params, out_dir, meta.get("tokenizer"), dtype, max_shard_bytes,
+            meta.get("chat_template") if meta.get("format", "chat_template") == "chat_template"
+            else None)
   except (UserError, TypeError) as e:
     raise UserError(f"{ckpt}: {e}") from None

@@ -26,7 +26,7 @@ import json
 
 from sentencepiece import sentencepiece_model_pb2 as sp_pb2
 
-from lima_jax.tokenizer import chat, loader, tokenizer_json
+from lima_jax.tokenizer import base, chat, loader, tokenizer_json
 from lima_jax.tokenizer.sentencepiece import SentencePieceTokenizer
 
 _SPACE = "\u2581"
@@ -34,8 +34,8 @@ _SPACE = "\u2581"
 # token's text in the input, but training never parses text for special tokens: a user who
 # types "<eot>" or "</s>" gets ordinary text there. A private-use character (U+E000) inside
 # the name keeps that true of the export for any text short of the marker itself.
-_MARK = "\ue000"
-EOT_TEXT = f"<eot{_MARK}>"
+_MARK = base.EXPORT_MARK
+EOT_TEXT = base.EXPORTED_EOT
 
 
 def special_text(piece: str) -> str:
@@ -164,3 +164,26 @@ def tokenizer_files(meta: dict, vocab_size: int, max_len: int) -> tuple[dict, di
                   chat_template=chat.chat_template(name(tok.eot_id)))
   files["tokenizer_config.json"] = json.dumps(config, indent=2).encode()
   return ids, files
+
+
+def template_tokenizer_files(meta: dict, template: str, max_len: int) -> tuple[dict, dict]:
+  """`tokenizer_files` of a model trained (or converted) in its own chat template: the
+  tokenizer.json as the model ships it (its control tokens under their own names, so the
+  template tokenizes in transformers as in training), tokenizer_config.json with the template
+  and the model's own BOS/EOS/PAD, no EOT. ids: bos, eos, n_tokens, pad when the model has one,
+  and end_of_turn, the template's end-of-turn token (generation stops there too)."""
+  from lima_jax.tokenizer import template as template_lib
+  tok = loader.from_meta(meta)
+  eot = template_lib.ChatTemplate(template, tok, "the checkpoint's chat_template").eot_id
+  n = tok.base_vocab_size
+  ids = {"bos": tok.bos_id, "eos": tok.eos_id, "n_tokens": n, "end_of_turn": eot}
+  config = {"tokenizer_class": "PreTrainedTokenizerFast", "bos_token": tok.own_piece(tok.bos_id),
+            "eos_token": tok.own_piece(tok.eos_id), "clean_up_tokenization_spaces": False,
+            "model_max_length": max_len, "chat_template": template}
+  if tok.pad_id < n:
+    ids["pad"] = tok.pad_id
+    config["pad_token"] = tok.own_piece(tok.pad_id)
+  files = {"tokenizer.json": json.dumps(tok.spec, ensure_ascii=False).encode(),
+           "tokenizer_config.json": json.dumps(config, indent=2, ensure_ascii=False).encode()}
+  return ids, files
+

@@ -9,6 +9,7 @@ checkpoint restores straight into its shardings on `mesh`; the other kinds are r
 and each host places only its own devices' shards.
 """
 import dataclasses
+import json
 from typing import Any, Optional
 
 import jax
@@ -37,6 +38,21 @@ class ModelFile:
   tokenizer_meta: Optional[dict]  # as stored (training compares it with data.tokenizer's)
   meta: dict  # a lima_jax checkpoint's meta (step, epoch, eval_loss, ...); {} for other kinds
   params: Any = None  # None from `read`
+  chat_template: Optional[str] = None  # the model's own Jinja chat template, if it has one
+  template_name: str = ""  # where it came from, for error messages
+
+  @property
+  def format(self) -> str:
+    """The conversation format it answers in by default: what it was trained in (meta
+    'format'), else its own chat template when it carries one (a converted model), else
+    LIMA's."""
+    if self.meta.get("format"):
+      return self.meta["format"]
+    # A template over a SentencePiece model (Llama-2 chat) is not rendered here (template.py)
+    # nor is our own LIMA export's (it is LIMA's format, which answers the same)
+    usable = (self.chat_template and hasattr(self.tokenizer, "encode_rendered")
+              and not getattr(self.tokenizer, "exported", False))
+    return "chat_template" if usable else "lima"
 
 
 def kind_of(path) -> str:
@@ -77,20 +93,24 @@ def read(path, *, kind: Optional[str] = None, tokenizer: str = "",
   k = kind or kind_of(path)
   if k not in KINDS:
     raise ValueError(f"kind must be one of {KINDS}, got {k!r}")
-  meta, tok_meta = {}, None
+  meta, tok_meta, template, template_name = {}, None, None, ""
   if k == "lima":
     meta = checkpoint.read_meta(path)
     cfg, tok_meta = _lima_config(path, meta), meta.get("tokenizer") or None
+    template, template_name = meta.get("chat_template"), f"{path}/meta chat_template"
   elif k == "hf":
     from lima_jax.formats import hf
     cfg = hf.read_hf_config(path)
     if not tokenizer and any((epath.Path(path) / f).exists()
                              for f in ("tokenizer.model", "tokenizer.json")):
       tok_meta = load_tokenizer(path).to_meta()
+    template, template_name = hf_chat_template(path)
   elif k == "gguf":
     from lima_jax.formats import gguf
-    reader = gguf.open_reader(path)  # parsed once for both
+    reader = gguf.open_reader(path)  # parsed once for all three
     cfg, tok_meta = gguf.read_config(path, reader), gguf.read_tokenizer_meta(path, reader)
+    template = gguf.read_chat_template(path, reader)
+    template_name = f"{epath.Path(path).name}'s tokenizer.chat_template"
   else:
     from lima_jax.formats import llama2c
     cfg = llama2c.read_config(path)
@@ -106,7 +126,27 @@ def read(path, *, kind: Optional[str] = None, tokenizer: str = "",
               "beside config.json",
         "llama2c": "a llama2.c checkpoint holds no tokenizer; convert it with one "
                    "(python -m lima_jax.convert from-llama2c --tokenizer=T.bin)"}[k])
-  return ModelFile(path, k, cfg, tok, tok_meta, meta)
+  return ModelFile(path, k, cfg, tok, tok_meta, meta, chat_template=template or None,
+                   template_name=template_name)
+
+
+def hf_chat_template(path) -> tuple[Optional[str], str]:
+  """(template, where) of a Hugging Face directory: chat_template.jinja (transformers 5 saves
+  it there), else tokenizer_config.json's chat_template (a string, or named templates of which
+  'default' is the one transformers uses); (None, '') when it has none."""
+  d = epath.Path(path)
+  if (d / "chat_template.jinja").exists():
+    return (d / "chat_template.jinja").read_text(), str(d / "chat_template.jinja")
+  config = d / "tokenizer_config.json"
+  if not config.exists():
+    return None, ""
+  try:
+    value = json.loads(config.read_text()).get("chat_template")
+  except (ValueError, AttributeError):
+    raise UserError(f"{config}: not a JSON object") from None
+  if isinstance(value, list):
+    value = {t.get("name"): t.get("template") for t in value if isinstance(t, dict)}.get("default")
+  return (value, f"{config} chat_template") if isinstance(value, str) else (None, "")
 
 
 def place(host_tree, shardings):
@@ -185,5 +225,8 @@ def to_checkpoint(path, out, *, kind: Optional[str] = None, dtype: Optional[str]
   (or `tokenizer`'s), as read: no vocabulary growth. dtype as for `open`."""
   m = open(path, kind=kind, dtype=dtype, tokenizer=tokenizer, need_tokenizer=False,
            check_vocab=False, on_host=True)
-  checkpoint.save(out, m.params, {"model_config": m.config.to_dict(),
-                                  "tokenizer": m.tokenizer_meta, "step": 0, "epoch": 0})
+  meta = {"model_config": m.config.to_dict(), "tokenizer": m.tokenizer_meta, "step": 0,
+          "epoch": 0}
+  if m.chat_template:  # the model's own format, what it answers in by default
+    meta["chat_template"] = m.chat_template
+  checkpoint.save(out, m.params, meta)

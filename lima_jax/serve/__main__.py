@@ -47,6 +47,8 @@ def _define_flags() -> None:
   flags.DEFINE_float("keepalive_s", 10.0, "Seconds between SSE keep-alive comments while a "
                      "stream waits.", lower_bound=0.1)
   flags.DEFINE_bool("access_log", False, "Log every HTTP request (uvicorn's access log).")
+  from lima_jax.decode.flags import define_format_flags
+  define_format_flags()  # --format, --chat_template
 
 
 def check_checkpoint(path: pathlib.Path) -> None:
@@ -58,14 +60,23 @@ def check_checkpoint(path: pathlib.Path) -> None:
 
 def load_engine(path: pathlib.Path, *, slots: int, max_len: int = 0, mesh=None,
                 dtype: str | None = None):
-  """(Engine, Tokenizer) of any model file `model_file.open` reads (not yet warmed up)."""
+  """(Engine, Tokenizer) of any model file `model_file.open` reads (not yet warmed up), in the
+  model's own conversation format."""
+  return load_model(path, slots=slots, max_len=max_len, mesh=mesh, dtype=dtype)[:2]
+
+
+def load_model(path: pathlib.Path, *, slots: int, max_len: int = 0, mesh=None,
+               dtype: str | None = None, fmt: str | None = None, chat_template: str = ""):
+  """(Engine, Tokenizer, renderer): `load_engine` answering in format `fmt` (default the
+  model's own; `lima_jax.decode.answer.open_model`)."""
+  from lima_jax.decode import answer
   from lima_jax.decode import generator as decoding
-  from lima_jax.formats import model_file
   from lima_jax.serve.engine import Engine
-  m = model_file.open(path, mesh=mesh, dtype=dtype)
+  m, renderer = answer.open_model(path, mesh=mesh, dtype=dtype, fmt=fmt,
+                                  chat_template=chat_template)
   tok = m.tokenizer
   return Engine(m.params, m.config, tok.vocab_size, slots=slots, max_len=max_len or None,
-                mesh=mesh, banned=decoding.banned_ids(tok, (tok.eot_id, tok.eos_id))), tok
+                mesh=mesh, banned=decoding.banned_ids(tok, renderer.stop_ids)), tok, renderer
 
 
 def _bind(host: str, port: int) -> socket.socket:
@@ -120,8 +131,8 @@ def main(argv) -> None:
     failed.append(e)
     server.should_exit = True
 
-  app = create_app(lambda: load_engine(path, slots=f.slots, max_len=f.max_len, mesh=mesh,
-                                       dtype=f.dtype),
+  app = create_app(lambda: load_model(path, slots=f.slots, max_len=f.max_len, mesh=mesh,
+                                      dtype=f.dtype, fmt=f.format, chat_template=f.chat_template),
                    served_model_name=f.served_model_name, api_key=api_key,
                    max_queue=f.max_queue, keepalive_s=f.keepalive_s, on_failure=on_failure)
   config = uvicorn.Config(app, log_level="warning", access_log=f.access_log,

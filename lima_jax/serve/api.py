@@ -17,9 +17,11 @@ from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from lima_jax.decode.generator import render_prompt
+from lima_jax.errors import UserError
 from lima_jax.serve import failures, openapi
 from lima_jax.serve.completion import generate
 from lima_jax.serve.logprobs import Texts
+from lima_jax.tokenizer import chat as chat_format
 from lima_jax.serve.metrics import Metrics
 from lima_jax.serve.protocol import (APIError, ChatRequest, CompletionRequest,
                                      DetokenizeRequest, TokenizeMessages, TokenizePrompt)
@@ -29,6 +31,16 @@ log = logging.getLogger(__name__)
 RETRY_LOADING_S = "5"
 
 
+def _chat_prompt(srv, body: ChatRequest) -> list[int]:
+  """A chat request's prompt ids in the server's format (LIMA's: its stated system rule)."""
+  if isinstance(srv.renderer, chat_format.Lima):
+    return render_prompt(body.turns(), srv.tok)
+  try:
+    return srv.renderer.prompt_ids(body.message_dicts())
+  except UserError as e:
+    raise APIError(400, str(e), param="messages") from None
+
+
 class _Server:
   """What the routes share: the loaded model (once ready), the scheduler, the metrics."""
 
@@ -36,7 +48,7 @@ class _Server:
     self.load, self.name, self.api_key = load, name, api_key
     self.max_queue, self.keepalive_s, self.on_failure = max_queue, keepalive_s, on_failure
     self.metrics, self.ready, self.failure = Metrics(), False, None
-    self.engine = self.tok = self.scheduler = self.token_text = None
+    self.engine = self.tok = self.scheduler = self.token_text = self.renderer = None
     self.created = int(time.time())
 
   def start_loading(self) -> None:
@@ -44,10 +56,11 @@ class _Server:
 
   def _load(self) -> None:
     try:
-      engine, tok = self.load()
+      engine, tok, *rest = self.load()  # (engine, tok[, renderer]); default LIMA's format
       engine.warm_up()
       self.engine, self.tok, self.token_text = engine, tok, Texts(tok)
-      self.scheduler = Scheduler(engine, tok.decode, (tok.eot_id, tok.eos_id),
+      self.renderer = rest[0] if rest else chat_format.Lima(tok)
+      self.scheduler = Scheduler(engine, tok.decode, self.renderer.stop_ids,
                                  max_queue=self.max_queue, metrics=self.metrics)
       self.scheduler.start()
       self.ready = True
@@ -159,7 +172,7 @@ def create_app(load: Callable[[], tuple], *, served_model_name: str, api_key: st
             "bos_token_id": tok.bos_id, "eos_token_id": tok.eos_id if tok.eos_id >= 0 else None,
             "eot_token_id": tok.eot_id, "pad_token_id": tok.pad_id,
             "vocab_size": tok.vocab_size, "model_max_length": srv.engine.max_len,
-            "chat_template": None}
+            "chat_template": getattr(srv.renderer, "text", None)}
 
   @app.post("/tokenize", dependencies=keyed,
             responses=doc(400, 401, 404, 503, model=openapi.Tokens))
@@ -168,7 +181,7 @@ def create_app(load: Callable[[], tuple], *, served_model_name: str, api_key: st
     srv.check_model(body.model)
     if isinstance(body, TokenizeMessages):
       chat = ChatRequest(model=srv.name, messages=body.messages)
-      ids = render_prompt(chat.turns(), srv.tok)
+      ids = _chat_prompt(srv, chat)
     else:
       ids = srv.encode_text(body.prompt) if body.add_special_tokens else srv.tok.encode(
           body.prompt)
@@ -190,7 +203,7 @@ def create_app(load: Callable[[], tuple], *, served_model_name: str, api_key: st
     srv.check_ready()
     srv.check_model(body.model)
     body.check()
-    prompt = render_prompt(body.turns(), srv.tok)
+    prompt = _chat_prompt(srv, body)
     return await generate(srv, request, body, [prompt], chat=True)
 
   @app.post("/v1/completions", dependencies=keyed,

@@ -182,6 +182,10 @@ class ChatRequest(_Body):
       raise APIError(400, "the last message must be the user's", param="messages")
     return turns
 
+  def message_dicts(self) -> list[dict]:
+    """The messages as {"role", "content"} dicts, as a chat template reads them."""
+    return [{"role": m.role, "content": m.text()} for m in self.messages]
+
   def decoding(self) -> sampling.Decoding:
     if self.max_completion_tokens is not None:
       self.max_tokens = self.max_completion_tokens

@@ -18,6 +18,11 @@ from typing import Iterable, Sequence
 from lima_jax.errors import UserError
 
 _META_KEYS = ("bos_id", "eos_id", "eot_id", "pad_id", "vocab_size")
+# The text of LIMA's EOT in a Hugging Face export (formats/hf_tokenizer_files): a private-use
+# character inside the name, so that no ordinary text spells it. A tokenizer.json holding it is
+# an export, and EOT is that token's id (not the id after it).
+EXPORT_MARK = "\ue000"
+EXPORTED_EOT = f"<eot{EXPORT_MARK}>"
 
 
 class Tokenizer:
@@ -97,6 +102,14 @@ class Tokenizer:
       if i in names:
         return names[i]
     return self._base_piece(i)
+
+  def own_piece(self, i: int) -> str:
+    """The model's own spelling of id i (what a chat template writes for it)."""
+    return self._plain.get(i) or self._base_piece(i)
+
+  def special_ids(self) -> frozenset:
+    """Ids of the model's own special (control) tokens."""
+    return frozenset(i for i in (self.bos_id, self.eos_id) if i >= 0)
 
   def to_meta(self) -> dict:
     """JSON-safe description, everything needed to rebuild it, saved in every checkpoint."""

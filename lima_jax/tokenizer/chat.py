@@ -16,6 +16,12 @@ message, are joined by a blank line and put before the first user utterance, sep
 by a blank line. No new token, no new turn: a model trained without system prompts reads them
 as part of the request.
 
+The other format is the model's own chat template (`template.ChatTemplate`, jinja2 as
+transformers renders it). Both are renderers with one interface, which `renderer(fmt, tok,
+template)` returns: `encode(messages, where) -> (ids, loss mask)`, `prompt_ids(messages, where)`
+and `stop_ids`. Conversations travel as messages (`as_messages` turns LIMA's utterance lists into
+them), so a system message reaches a template that has a place for it.
+
 Everything here reads ROLES and `_spans`: a new kind of turn (a system prompt) is a change to
 this file alone, and the training ids, prompts and export template move together.
 """
@@ -61,6 +67,11 @@ def turns_from_messages(messages: Sequence[Mapping[str, Any]], *, where: str = "
   if system:
     turns[0] = SYSTEM_JOIN.join(system + [turns[0]])
   return turns
+
+
+def message_text(m: Mapping[str, Any], where: str = "message") -> str:
+  """A message's content as text (OpenAI content parts joined); UserError naming `where`."""
+  return _content(m, where)
 
 
 def _content(m: Mapping[str, Any], where: str) -> str:
@@ -118,3 +129,43 @@ def chat_template(eot: str) -> str:
           "{{ raise_exception('LIMA conversations alternate user and assistant turns, starting "
           "with the user (no system turn)') }}{% endif %}"
           f"{{{{ message['content'] + '{eot}' }}}}{{% endfor %}}")
+
+
+FORMATS = ("lima", "chat_template")
+
+
+def as_messages(conversation: Sequence[Any]) -> list[dict]:
+  """Messages of a conversation given as utterances (strings, roles alternating user first) or
+  as messages already ({"role", "content"})."""
+  return [dict(u) if isinstance(u, Mapping) else {"role": role(i), "content": u}
+          for i, u in enumerate(conversation)]
+
+
+class Lima:
+  """LIMA's format as a renderer (the interface of `template.ChatTemplate`)."""
+  name = "LIMA's format"
+
+  def __init__(self, tok):
+    self.tok, self.eot_id = tok, tok.eot_id
+    self.stop_ids = (tok.eot_id, tok.eos_id)
+
+  def encode(self, messages, where: str = "messages") -> tuple[np.ndarray, np.ndarray]:
+    return encode_turns(turns_from_messages(messages, where=where), self.tok)
+
+  def prompt_ids(self, messages, where: str = "messages") -> list[int]:
+    return prompt_ids(turns_from_messages(messages, where=where), self.tok)
+
+
+def renderer(fmt: str, tok, template: str | None = None, name: str = "chat template"):
+  """The renderer of format `fmt`: `Lima(tok)`, or the chat template `template` (whose errors
+  name it as `name`) for 'chat_template'."""
+  if fmt == "lima":
+    return Lima(tok)
+  if fmt != "chat_template":
+    raise UserError(f"format: {fmt!r} is not one of {FORMATS}")
+  if not template:
+    raise UserError(f"{name}: holds no chat template (give one as a file for format "
+                    "'chat_template': --chat_template=F.jinja, or data.chat_template)")
+  from lima_jax.tokenizer import template as template_lib  # jinja2 only for this format
+  return template_lib.ChatTemplate(template, tok, name)
+

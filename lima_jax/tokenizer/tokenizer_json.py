@@ -61,13 +61,24 @@ class HFTokenizer(base.Tokenizer):
     added = {int(t["id"]): t for t in spec.get("added_tokens") or []}
     vocab = vocab_ids(spec["model"])
     n = max([len(vocab)] + [i + 1 for i in vocab.values()] + [i + 1 for i in added])
+    exported = [i for i, t in added.items() if t["content"] == base.EXPORTED_EOT]
+    if exported:  # our own export: EOT (and PAD after it) are already in the file
+      n = exported[0]
+      pad_id = pad_id if pad_id is not None and pad_id < n else None
+      added = {i: t for i, t in added.items() if i < n}
     if eos_id is None or not 0 <= eos_id < n:
       raise UserError(f"{where}EOS id {eos_id} is not in the vocabulary of {n}")
     super().__init__(n, eos_id if bos_id is None else bos_id, eos_id, pad_id, where)
+    self._spec = spec
+    self._full = None  # the tokenizer with its added tokens, for rendered chat templates
     # Added tokens keep their text; the special ones, BOS, EOS and EOT (and PAD when it is
     # not the model's own) are dropped by decode unless rendered.
     self._plain = {i: t["content"] for i, t in added.items()}
     special = {i: t["content"] for i, t in added.items() if t.get("special")}
+    self._own_special = frozenset(special) | super().special_ids()
+    self.exported = bool(exported)  # our LIMA export: its template is LIMA's format
+    if exported:
+      self._own_special |= {self.eot_id}
     for i in (self.bos_id, self.eos_id):
       special.setdefault(i, self._plain[i] if i in self._plain else self._base_piece(i))
     special[self.eot_id] = "<eot>"
@@ -85,6 +96,19 @@ class HFTokenizer(base.Tokenizer):
 
   def encode_batch(self, texts: Sequence[str]) -> list[list[int]]:
     return [e.ids for e in self._tk.encode_batch(list(texts), add_special_tokens=False)]
+
+  def encode_rendered(self, text: str, offsets: bool = False):
+    """Ids of a rendered chat template, as transformers tokenizes it (add_special_tokens=False):
+    the model's added tokens are matched in the text, nothing is prepended. offsets: (ids,
+    [(start, end)] character spans)."""
+    if self._full is None:
+      self._full = tokenizers.Tokenizer.from_str(json.dumps(
+          {**self._spec, "post_processor": None, "truncation": None, "padding": None}))
+    e = self._full.encode(text, add_special_tokens=False)
+    return (e.ids, e.offsets) if offsets else e.ids
+
+  def special_ids(self) -> frozenset:
+    return self._own_special
 
   def _decode_run(self, ids: list[int]) -> str:
     return self._tk.decode(ids, skip_special_tokens=False)
@@ -131,6 +155,10 @@ class HFTokenizer(base.Tokenizer):
       ids = {**vocab_ids(spec["model"]), **ids}
     except (ValueError, KeyError, TypeError) as e:
       raise UserError(f"{path}: not a usable tokenizer.json ({str(e)[:200]})") from None
+
+    if config.get("eos_token") == base.EXPORTED_EOT and config.get("additional_special_tokens"):
+      # Our LIMA export names EOT its eos_token; the model's own EOS is the first extra one.
+      config = {**config, "eos_token": config["additional_special_tokens"][0]}
 
     def token_id(key):
       value = config.get(key)

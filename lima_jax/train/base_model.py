@@ -35,7 +35,8 @@ def read_init(path: str) -> tuple[Optional[ModelConfig], Optional[dict], str]:
 def model_config(config, init_cfg: Optional[ModelConfig],
                  tok: tokenizer_lib.Tokenizer) -> ModelConfig:
   """The architecture from `init` (or `model.size`), the training knobs from the config, and
-  the vocabulary grown to hold EOT (padded to `model.vocab_multiple`)."""
+  the vocabulary grown to hold EOT (padded to `model.vocab_multiple`); in a chat template's
+  format (`data.format`) weights from `init` keep their rows: its end of turn is its own."""
   m = config.model
   if m.size:
     sized = get_size(m.size)
@@ -49,7 +50,8 @@ def model_config(config, init_cfg: Optional[ModelConfig],
   if base is None:
     raise UserError("model: set model.size (random init) or model.init (weights to start from)")
   vocab = base.vocab_size
-  if init_cfg is None or tok.vocab_size > vocab:
+  grow = config.data.get("format", "lima") == "lima"
+  if init_cfg is None or (grow and tok.vocab_size > vocab):
     if init_cfg is not None and tok.eot_id > vocab:
       raise UserError(f"data.tokenizer has {tok.eot_id} pieces but model.init has only {vocab} "
                       "embedding rows: the tokenizer does not belong to these weights")
@@ -122,3 +124,27 @@ def load_init_params(config, kind: str, cfg: ModelConfig, param_sh, mesh):
   params = model_lib.resize_vocab(jax.tree.map(lambda x: x.astype(cfg.param_dtype), params),
                                   cfg.vocab_size)
   return model_file.place(jax.tree.map(np.asarray, params), param_sh)
+
+
+def conversation_format(config, tok: tokenizer_lib.Tokenizer):
+  """(renderer, checkpoint meta fields) of `data.format`: LIMA's format (no field: checkpoints
+  and fingerprints stay as they were), or the chat template of the file `data.chat_template`,
+  else the one `model.init` carries (meta 'format' and 'chat_template', so that the checkpoint
+  answers in it)."""
+  from lima_jax.tokenizer import chat
+  fmt = config.data.get("format", "lima")
+  if fmt == "lima":
+    return chat.Lima(tok), {}
+  path, template, name = config.data.get("chat_template", ""), None, "model.init"
+  if path:
+    try:
+      template, name = open(path, encoding="utf-8").read(), path
+    except (OSError, UnicodeDecodeError) as e:
+      raise UserError(f"data.chat_template: {path}: cannot read "
+                      f"({getattr(e, 'strerror', None) or e})") from None
+  elif config.model.init:
+    m = model_file.read(config.model.init)
+    template, name = m.chat_template, m.template_name or f"model.init={config.model.init}"
+  renderer = chat.renderer(fmt, tok, template, name)
+  return renderer, {"format": fmt, "chat_template": template}
+

@@ -50,8 +50,9 @@ def _files(spec: str) -> list[str]:
   return [f.strip() for f in spec.split(",") if f.strip()]
 
 
-def fingerprint(config, model_cfg, tok) -> dict[str, Any]:
-  """The run's recipe as a flat JSON-safe dict (see the module docstring)."""
+def fingerprint(config, model_cfg, tok, format_meta: dict | None = None) -> dict[str, Any]:
+  """The run's recipe as a flat JSON-safe dict (see the module docstring). format_meta: a chat
+  template run's format and template (absent in LIMA's format, so its fingerprints stay)."""
   out: dict[str, Any] = {}
   for field in CONFIG_FIELDS:
     node = config
@@ -64,6 +65,9 @@ def fingerprint(config, model_cfg, tok) -> dict[str, Any]:
   for key in ("train_files", "eval_files"):
     out[f"data.{key}"] = [file_sha256(f) for f in _files(config.data[key])]
   out["tokenizer"] = distributed.digest(tok.to_meta())
+  if format_meta:
+    out["data.format"] = format_meta["format"]
+    out["data.chat_template"] = hashlib.sha256(format_meta["chat_template"].encode()).hexdigest()
   return json.loads(json.dumps(out))  # Tuples as lists, as they come back from a checkpoint.
 
 

@@ -55,7 +55,7 @@ def make_mesh(config: ml_collections.ConfigDict) -> jax.sharding.Mesh:
 # 2. Tokenizer, model config, data and starting weights (lima_jax.train.base_model).
 # ----------------------------------------------------------------------------------------------
 
-def load_data(config, tok: tokenizer_lib.Tokenizer):
+def load_data(config, tok: tokenizer_lib.Tokenizer, renderer=None):
   files = [f for f in config.data.train_files.split(",") if f]
   if not files:
     raise UserError("data.train_files: no file given")
@@ -64,7 +64,8 @@ def load_data(config, tok: tokenizer_lib.Tokenizer):
       global_batch=config.train.batch_size, seed=config.seed,
       subset_size=config.data.subset_size,
       eval_files=[f for f in config.data.eval_files.split(",") if f],
-      eval_fraction=config.data.eval_fraction, on_error=config.data.on_error)
+      eval_fraction=config.data.eval_fraction, on_error=config.data.on_error,
+      renderer=renderer)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -217,13 +218,14 @@ def _evaluate(built: Built, params, eval_ds, mesh, global_batch: int) -> dict:
           "eval_tokens": int(count)}
 
 
-def _samples(config, params, cfg, tok, mesh, label: str, workdir, log) -> None:
+def _samples(config, params, cfg, tok, mesh, label: str, workdir, log, renderer=None) -> None:
   prompts = [p for p in config.sample_prompts.split("|") if p.strip()]
   if not prompts:
     return
   from lima_jax.decode import answer
   answers = answer.generate(params, cfg, tok, [[p] for p in prompts], mesh=mesh,
-                            max_new_tokens=config.sample_max_new_tokens, greedy=True)
+                            max_new_tokens=config.sample_max_new_tokens, greedy=True,
+                            renderer=renderer)
   if jax.process_index() == 0:
     with (workdir / "samples.jsonl").open("a") as f:
       for p, a in zip(prompts, answers):
@@ -254,11 +256,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   tok = base_model.load_tokenizer(config, init_tok, init_kind)
   cfg = base_model.model_config(config, init_cfg, tok)
   check_platform(cfg, mesh.devices.flat[0].platform)  # Before the data is read.
-  train_ds, eval_ds, report = load_data(config, tok)
+  renderer, format_meta = base_model.conversation_format(config, tok)
+  train_ds, eval_ds, report = load_data(config, tok, renderer)
   epochs = config.train.epochs
   steps_per_epoch = [train_ds.steps_in_epoch(e) for e in range(epochs)]
   total_steps, epoch_ends = sum(steps_per_epoch), np.cumsum(steps_per_epoch).tolist()
-  fingerprint = fingerprint_lib.fingerprint(config, cfg, tok)
+  fingerprint = fingerprint_lib.fingerprint(config, cfg, tok, format_meta)
   distributed.agree({
       "data": train_ds.fingerprint() + (eval_ds.fingerprint() if eval_ds else ""),
       "tokenizer": distributed.digest(tok.to_meta()), "steps": distributed.digest(epoch_ends),
@@ -288,14 +291,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
       log(f"resumed from {manager.step_dir(start)}")
     else:
       state = initial_state(config, built, cfg, init_kind, mesh, log)
-      _samples(config, state.params, cfg, tok, mesh, "before", workdir, log)
+      _samples(config, state.params, cfg, tok, mesh, "before", workdir, log, renderer)
 
     # 6. The loop.
     ckpts = Checkpoints(config, manager, epoch_ends, fingerprint, workdir)
     steplog = StepLog(config, workdir, start, total_steps, is_main)
     nonfinite, preemption = NonFinite(), distributed.Preemption()
     meta = {"model_config": cfg.to_dict(), "tokenizer": tok.to_meta(),
-            "fingerprint": fingerprint, "code_version": fingerprint_lib.code_version()}
+            "fingerprint": fingerprint, "code_version": fingerprint_lib.code_version(),
+            **format_meta}
     rows = sharding.process_rows(mesh.devices, batch_size, accum)
     rng, preempted = jax.random.key(config.seed + 1), False
     for step in range(start, total_steps):
@@ -328,7 +332,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     steplog.close()
     ckpts.close()
     if not preempted and start < total_steps:
-      _samples(config, state.params, cfg, tok, mesh, "after", workdir, log)
+      _samples(config, state.params, cfg, tok, mesh, "after", workdir, log, renderer)
   newest = workdir / "checkpoints" / str(total_steps)
   log(f"done: checkpoints in {workdir / 'checkpoints'}, metrics in {workdir / 'metrics.jsonl'}\n"
       f"export to Hugging Face: python -m lima_jax.convert to-hf --checkpoint={newest} "
