@@ -111,3 +111,145 @@ def test_an_unreachable_cluster_is_one_line_with_its_address(tmp_path):
   assert one_error_line(r).startswith(f"error: --ray_address={address}: cannot reach a Ray "
                                       "cluster there")
   assert not (tmp_path / "manifest.json").exists()
+
+
+# --- A real local cluster ----------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def cluster():
+  """A head (2 CPUs, no simulated hosts) and two worker nodes of two simulated hosts each, as
+  real Ray processes on this machine, torn down whatever the tests do. The nodes run steps in
+  the environment the local executor's steps get (tests/test_experiment.py's ENV)."""
+  ray = pytest.importorskip("ray")
+  from ray import cluster_utils
+  saved = dict(os.environ)
+  os.environ.update(JAX_PLATFORMS="cpu", XLA_FLAGS="", RAY_AUTH_MODE="disabled")
+  small = dict(include_dashboard=False, object_store_memory=80 * 2**20)
+  c = None
+  try:
+    c = cluster_utils.Cluster(initialize_head=True, head_node_args=dict(num_cpus=2, **small))
+    workers = [c.add_node(num_cpus=1, resources={"lima_host": 2}, **small) for _ in range(2)]
+    c.wait_for_nodes()
+    yield c, workers
+  finally:
+    if c is not None:
+      c.shutdown()
+    os.environ.clear()
+    os.environ.update(saved)
+    assert ray.is_initialized() is False
+
+
+def _ray_cli(cluster_, workdir, out, *args):
+  """The command against the cluster, its output (stdout and stderr) to the file `out`."""
+  c, _ = cluster_
+  return subprocess.Popen(
+      [sys.executable, "-m", "lima_jax.experiment", "run", TINY, f"--workdir={workdir}",
+       "--executor=ray", f"--ray_address={c.address}", *args],
+      cwd=REPO, env={**ENV, "RAY_AUTH_MODE": "disabled"}, stdout=out, stderr=subprocess.STDOUT)
+
+
+@pytest.fixture(scope="module")
+def local_table(tmp_path_factory):
+  """The local executor's report of the tiny study."""
+  workdir = tmp_path_factory.mktemp("local")
+  r = cli("run", TINY, f"--workdir={workdir}")
+  assert r.returncode == 0, r.stderr[-3000:]
+  assert cli("report", f"--workdir={workdir}").returncode == 0
+  return _table(workdir)
+
+
+def _wait_for(what, check, limit=600):
+  deadline = time.monotonic() + limit
+  while time.monotonic() < deadline:
+    got = check()
+    if got:
+      return got
+    time.sleep(0.2)
+  pytest.fail(f"never happened: {what}")
+
+
+def _steps(workdir):
+  try:
+    return json.loads((workdir / "manifest.json").read_text())["steps"]
+  except (OSError, ValueError, KeyError):
+    return {}
+
+
+@pytest.mark.slow
+def test_tiny_study_on_a_cluster_trains_two_arms_at_once_and_survives_a_killed_node(
+    cluster, local_table, tmp_path):
+  """Both arms train at once, each as two jax.distributed processes packed on one worker node;
+  once the baseline arm has written its first epoch's checkpoint its node is SIGKILLed; the
+  step is retried on the other node (once that node's arm is done), resumes from that
+  checkpoint, and the study ends with the local executor's report."""
+  c, workers = cluster
+  workdir = tmp_path / "study"
+  with open(tmp_path / "out.txt", "w") as out_file:
+    proc = _ray_cli(cluster, workdir, out_file, "--config.resources.train=hosts:2x4")
+    try:
+      def both_running():
+        steps = _steps(workdir)
+        recs = [steps.get(f"{a}/seed0/train", {}) for a in ("all", "random100")]
+        return all(r.get("status") == "running" and r.get("nodes") for r in recs) and recs
+      recs = _wait_for("both arms training", both_running)
+      # Each arm packs its two simulated hosts on one worker: two arms, two workers.
+      assert [len(set(r["nodes"])) for r in recs] == [1, 1]
+      assert recs[0]["nodes"] != recs[1]["nodes"]
+      victim_key = "all/seed0/train"
+      ckpt = workdir / "arms" / "all" / "seed0" / "train" / "checkpoints" / "8"  # epoch 1 of 2
+      _wait_for("the first epoch's checkpoint", ckpt.exists)
+      assert _steps(workdir)[victim_key]["status"] == "running", "trained too fast to kill"
+      victim_node = _steps(workdir)[victim_key]["nodes"][0]
+      c.remove_node(next(w for w in workers if w.node_id == victim_node), allow_graceful=False)
+      proc.wait(timeout=900)
+    finally:
+      if proc.poll() is None:
+        proc.kill()
+        proc.wait()
+  out = (tmp_path / "out.txt").read_text()
+  assert proc.returncode == 0, out[-3000:]
+  steps = _steps(workdir)
+  assert {s["status"] for s in steps.values()} == {"done"} and len(steps) == 6
+  rec = steps[victim_key]
+  assert rec["attempts"] == 2 and len(rec["lost"]) == 1 and victim_node not in rec["nodes"]
+  assert "NodeDiedError" in rec["lost"][0]
+  assert steps["random100/seed0/train"]["attempts"] == 1
+  log = (workdir / "logs" / "all__seed0__train.log").read_text()
+  assert f"resumed from {ckpt}" in log, log[-2000:]
+  for key in ("all__seed0__train", "random100__seed0__train"):  # two processes each
+    assert "on 2 process(es)" in (workdir / "logs" / f"{key}.log").read_text()
+    assert (workdir / "logs" / f"{key}.p1.log").exists()
+  assert f"{victim_key}: attempt 1 lost" in out and "attempt  elapsed" in out
+  assert cli("report", f"--workdir={workdir}").returncode == 0
+  assert _table(workdir) == local_table
+  # The same identities as the local executor's: it finds every step done.
+  r = cli("run", TINY, f"--workdir={workdir}")
+  assert r.returncode == 0 and r.stdout.count(": done") == 6 and "running" not in r.stdout
+  # Nothing of the study outlives it, on the killed node or elsewhere.
+  left = subprocess.run(["pgrep", "-f", "--", f"--workdir={workdir}"], capture_output=True, text=True)
+  assert left.stdout.strip() == "", left.stdout
+
+
+@pytest.mark.slow
+def test_a_step_failing_on_its_own_is_not_retried_and_the_other_arm_goes_on(cluster, tmp_path):
+  workdir = tmp_path / "study"
+  with open(tmp_path / "out.txt", "w") as out_file:
+    proc = _ray_cli(cluster, workdir, out_file,
+                    "--config.arms.random100.overrides=('train.no_such_field=1',)")
+    try:
+      proc.wait(timeout=600)
+    finally:
+      if proc.poll() is None:
+        proc.kill()
+        proc.wait()
+  out = (tmp_path / "out.txt").read_text()
+  assert proc.returncode == 1, out[-3000:]
+  assert out.strip().splitlines()[-1].startswith(
+      "error: 1 step(s) failed (random100/seed0/train)"), out[-3000:]
+  steps = _steps(workdir)
+  bad = steps["random100/seed0/train"]
+  assert bad["status"] == "failed" and bad["attempts"] == 1 and "lost" not in bad
+  assert any("no_such_field" in line for line in bad["log_tail"]), bad["log_tail"]
+  assert any("no_such_field" in line for line in out.splitlines() if line.startswith("    "))
+  assert {k: v["status"] for k, v in steps.items() if k.startswith("all/")} == {
+      "all/seed0/train": "done", "all/seed0/e2/answer": "done"}

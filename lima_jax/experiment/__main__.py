@@ -164,8 +164,8 @@ def main(argv):
   if not ray and _RAY_ADDRESS.value:
     raise UserError("--ray_address: only with --executor=ray")
   if ray:
-    from lima_jax.experiment import ray_executor
-    placements = ray_executor.dry_run(c, workdir, arms, prepare)  # a bad placement stops here
+    from lima_jax.experiment import placement, ray_executor
+    placements = placement.plan(c, workdir, arms, prepare)  # a bad placement stops here
   _plan(c, workdir, arms, prepare, show_commands=_DRY_RUN.value)
   if ray and _DRY_RUN.value:
     print("placements (--executor=ray):")

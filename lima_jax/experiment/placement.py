@@ -18,9 +18,11 @@ gets the jax.distributed coordinator (bundle 0's node) through lima_jax.parallel
 environment variables, so the step's command (and so its identity) is the local executor's.
 """
 import dataclasses
+import pathlib
 import re
 
 from lima_jax.errors import UserError
+from lima_jax.experiment import study
 from lima_jax.parallel import distributed, tpu_specs
 
 # The custom Ray resource of one simulated host (hosts:PxD).
@@ -123,3 +125,23 @@ def missing(p: Placement, nodes: list[dict[str, float]]) -> str:
     want = ", ".join(f"{k} {v:g}" for k, v in p.bundle)
     return f"no node has {want}"
   return ""
+
+
+def plan(c, workdir: pathlib.Path, arms: list[str], prepare) -> list[str]:
+  """Each step's placement, as --executor=ray would ask the cluster for it; needs no
+  cluster (answer and judge steps exist once training has written its checkpoints)."""
+  train, _ = for_step(c, "train")
+  answer, _ = for_step(c, "answer")
+  cpu = parse("cpu", "")
+  out = [f"{s.key:<40} {cpu.describe()}" for s in prepare]
+  pending = frozenset(s.key for s in prepare)
+  for arm in arms:
+    for s in study.before_training(c, workdir, arm, pending=pending):
+      out.append(f"{s.key:<40} {(train if s.kind == 'train' else cpu).describe()}")
+    judged = [p for p in c.protocols if p != "judge_free"
+              and not (p in study.PAIRWISE and arm == c.baseline_arm)]
+    out.append(f"{arm + '/seedS/eE/answer':<40} {answer.describe()} (per answered epoch: "
+               f"{c.epochs or 'the last'})")
+    if judged:
+      out.append(f"{arm + '/seedS/eE/' + '|'.join(judged):<40} {cpu.describe()}")
+  return out

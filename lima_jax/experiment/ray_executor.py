@@ -317,22 +317,3 @@ def run_ray(c, workdir: pathlib.Path, arms: list[str], prepare, address: str | N
                     f"{len(unfinished) - len(failed)} that follow them did not run; the rest "
                     "is done. Fix them and rerun: finished steps are kept")
 
-
-def dry_run(c, workdir: pathlib.Path, arms: list[str], prepare) -> list[str]:
-  """Each step's placement, as --executor=ray would ask the cluster for it; needs no
-  cluster (answer and judge steps exist once training has written its checkpoints)."""
-  train, _ = placement.for_step(c, "train")
-  answer, _ = placement.for_step(c, "answer")
-  cpu = placement.parse("cpu", "")
-  out = [f"{s.key:<40} {cpu.describe()}" for s in prepare]
-  pending = frozenset(s.key for s in prepare)
-  for arm in arms:
-    for s in study.before_training(c, workdir, arm, pending=pending):
-      out.append(f"{s.key:<40} {(train if s.kind == 'train' else cpu).describe()}")
-    judged = [p for p in c.protocols if p != "judge_free"
-              and not (p in study.PAIRWISE and arm == c.baseline_arm)]
-    out.append(f"{arm + '/seedS/eE/answer':<40} {answer.describe()} (per answered epoch: "
-               f"{c.epochs or 'the last'})")
-    if judged:
-      out.append(f"{arm + '/seedS/eE/' + '|'.join(judged):<40} {cpu.describe()}")
-  return out
