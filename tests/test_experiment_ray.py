@@ -148,6 +148,22 @@ def _ray_cli(cluster_, workdir, out, *args):
       cwd=REPO, env={**ENV, "RAY_AUTH_MODE": "disabled"}, stdout=out, stderr=subprocess.STDOUT)
 
 
+def test_a_placement_no_node_has_is_one_line_before_anything_starts(cluster, tmp_path):
+  c, _ = cluster
+  for override, says in [("resources.train=gpu:1", "no node has CPU 1, GPU 1"),
+                         ("resources.train=hosts:5x1", "5 simulated hosts asked, the nodes "
+                          "advertise 4 (lima_host resources)")]:
+    r = subprocess.run(
+        [sys.executable, "-m", "lima_jax.experiment", "run", TINY, f"--workdir={tmp_path}",
+         "--executor=ray", f"--ray_address={c.address}", f"--config.{override}"],
+        cwd=REPO, env={**ENV, "RAY_AUTH_MODE": "disabled"}, capture_output=True, text=True,
+        timeout=300)
+    field, value = override.split("=")
+    assert one_error_line(r) == (f"error: config {field}={value!r}: the cluster at {c.address} "
+                                 f"cannot hold it: {says}")
+    assert not (tmp_path / "manifest.json").exists()
+
+
 @pytest.fixture(scope="module")
 def local_table(tmp_path_factory):
   """The local executor's report of the tiny study."""

@@ -95,6 +95,7 @@ class Attempt:
   where: str = ""
   nodes: tuple = ()  # the node ids of its bundles
   failing: float = 0.0  # when a process first failed
+  ready: object = None  # the group's readiness (an object ref), asked for once
 
 
 class Runner:
@@ -228,7 +229,8 @@ class Runner:
     import ray
     for a in list(self.running.values()):
       if not a.refs:
-        if ray.wait([self._group(a).ready()], timeout=0)[0]:
+        a.ready = a.ready or self._group(a).ready()
+        if ray.wait([a.ready], timeout=0)[0]:
           self._launch(a)
         continue
       pending = [r for i, r in enumerate(a.refs) if i not in a.results]
