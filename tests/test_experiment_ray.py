@@ -269,3 +269,35 @@ def test_a_step_failing_on_its_own_is_not_retried_and_the_other_arm_goes_on(clus
   assert any("no_such_field" in line for line in out.splitlines() if line.startswith("    "))
   assert {k: v["status"] for k, v in steps.items() if k.startswith("all/")} == {
       "all/seed0/train": "done", "all/seed0/e2/answer": "done"}
+
+
+def test_ctrl_c_stops_every_process_of_the_study_and_a_rerun_would_resume(cluster, tmp_path):
+  import signal
+  workdir = tmp_path / "study"
+  with open(tmp_path / "out.txt", "w") as out_file:
+    proc = _ray_cli(cluster, workdir, out_file, "--config.resources.train=hosts:2x4")
+    try:
+      _wait_for("the first arm training", lambda: _steps(workdir).get(
+          "all/seed0/train", {}).get("nodes"))
+      def training():
+        found = subprocess.run(["pgrep", "-f", "--", f"--workdir={workdir}/arms/all"],
+                               capture_output=True, text=True).stdout.split()
+        return len(found) == 2 and found
+      _wait_for("its two processes", training, limit=120)
+      proc.send_signal(signal.SIGINT)
+      proc.wait(timeout=60)
+    finally:
+      if proc.poll() is None:
+        proc.kill()
+        proc.wait()
+  out = (tmp_path / "out.txt").read_text()
+  assert proc.returncode == 1 and out.strip().splitlines()[-1] == (
+      "error: cancelled (Ctrl-C): running steps stopped and their placements released; rerun "
+      "the same command to resume"), out[-2000:]
+  assert _steps(workdir)["all/seed0/train"]["status"] == "cancelled"
+  time.sleep(1)  # a killed worker's children die with it (PR_SET_PDEATHSIG)
+  left = subprocess.run(["pgrep", "-f", "--", f"--workdir={workdir}"], capture_output=True,
+                        text=True)
+  assert left.stdout.strip() == ""
+  r = cli("run", TINY, f"--workdir={workdir}", "--dry_run")
+  assert r.returncode == 0 and "all/seed0/train                          cancelled" in r.stdout
