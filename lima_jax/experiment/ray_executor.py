@@ -48,8 +48,9 @@ def connect(address: str | None, hosts: int):
       ctx = ray.init(resources={placement.HOST_RESOURCE: hosts} if hosts else None, **kwargs)
   except (ConnectionError, RuntimeError, ValueError) as e:
     reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-    raise UserError(f"--ray_address={address}: cannot reach a Ray cluster there ({reason})"
-                    ) from None
+    where = f"--ray_address={address}: cannot reach a Ray cluster there" if address else (
+        "--executor=ray: cannot start a Ray here")
+    raise UserError(f"{where} ({reason})") from None
   import ray.cloudpickle
   from lima_jax.experiment import ray_tasks
   ray.cloudpickle.register_pickle_by_value(ray_tasks)
@@ -147,8 +148,10 @@ class Runner:
       p = dataclasses.replace(p, bundle=p.bundle + ((f"node:{self.judge_node}", 0.001),))
     if p.kind == "tpu":
       from ray.util import tpu
+      # Blocks until the slice's worker 0 is reserved (Ray's two-step gang scheduling).
       group = tpu.slice_placement_group(
-          "x".join(map(str, p.slice.grid)), p.slice.chip.name.replace("v5e", "v5litepod"))
+          "x".join(map(str, p.slice.grid)), p.slice.chip.name.replace("v5e", "v5litepod"),
+          strategy=p.strategy)
     else:
       group = placement_group([p.resources] * p.processes, strategy=p.strategy)
     number = self.tries.get(step.key, 0) + 1
