@@ -117,8 +117,8 @@ def test_an_unreachable_cluster_is_one_line_with_its_address(tmp_path):
 
 @pytest.fixture(scope="module")
 def cluster():
-  """A head (2 CPUs, no simulated hosts) and two worker nodes of two simulated hosts each, as
-  real Ray processes on this machine, torn down whatever the tests do. The nodes run steps in
+  """A head (2 CPUs, no simulated hosts), two worker nodes of two simulated hosts each and a
+  simulated TPU slice, as real Ray processes on this machine, torn down whatever the tests do. The nodes run steps in
   the environment the local executor's steps get (tests/test_experiment.py's ENV)."""
   ray = pytest.importorskip("ray")
   from ray import cluster_utils
@@ -129,8 +129,16 @@ def cluster():
   try:
     c = cluster_utils.Cluster(initialize_head=True, head_node_args=dict(num_cpus=2, **small))
     workers = [c.add_node(num_cpus=1, resources={"lima_host": 2}, **small) for _ in range(2)]
+    # A v4-16 slice as Ray sees one: two hosts of 4 chips, labelled as one slice, TPU_NAME as
+    # GKE sets it (ray.util.tpu reads the slice's name on worker 0 with a one-CPU task).
+    os.environ["TPU_NAME"] = "slice-a"
+    tpu = [c.add_node(num_cpus=1, resources={"TPU": 4, **({"TPU-v4-16-head": 1} if w == 0 else {})},
+                      labels={"ray.io/tpu-slice-name": "slice-a", "ray.io/tpu-worker-id": str(w),
+                              "ray.io/tpu-pod-type": "v4-16", "ray.io/accelerator-type": "TPU-V4"},
+                      **small) for w in range(2)]
+    del os.environ["TPU_NAME"]
     c.wait_for_nodes()
-    yield c, workers
+    yield c, workers, tpu
   finally:
     if c is not None:
       c.shutdown()
@@ -141,7 +149,7 @@ def cluster():
 
 def _ray_cli(cluster_, workdir, out, *args):
   """The command against the cluster, its output (stdout and stderr) to the file `out`."""
-  c, _ = cluster_
+  c = cluster_[0]
   return subprocess.Popen(
       [sys.executable, "-m", "lima_jax.experiment", "run", TINY, f"--workdir={workdir}",
        "--executor=ray", f"--ray_address={c.address}", *args],
@@ -149,7 +157,7 @@ def _ray_cli(cluster_, workdir, out, *args):
 
 
 def test_a_placement_no_node_has_is_one_line_before_anything_starts(cluster, tmp_path):
-  c, _ = cluster
+  c = cluster[0]
   for override, says in [("resources.train=gpu:1", "no node has CPU 1, GPU 1"),
                          ("resources.train=hosts:5x1", "5 simulated hosts asked, the nodes "
                           "advertise 4 (lima_host resources)")]:
@@ -198,7 +206,7 @@ def test_tiny_study_on_a_cluster_trains_two_arms_at_once_and_survives_a_killed_n
   once the baseline arm has written its first epoch's checkpoint its node is SIGKILLed; the
   step is retried on the other node (once that node's arm is done), resumes from that
   checkpoint, and the study ends with the local executor's report."""
-  c, workers = cluster
+  c, workers, _ = cluster
   workdir = tmp_path / "study"
   with open(tmp_path / "out.txt", "w") as out_file:
     proc = _ray_cli(cluster, workdir, out_file, "--config.resources.train=hosts:2x4")
@@ -301,3 +309,26 @@ def test_ctrl_c_stops_every_process_of_the_study_and_a_rerun_would_resume(cluste
   assert left.stdout.strip() == ""
   r = cli("run", TINY, f"--workdir={workdir}", "--dry_run")
   assert r.returncode == 0 and "all/seed0/train                          cancelled" in r.stdout
+
+
+@pytest.mark.slow
+def test_a_train_step_on_a_tpu_slice_runs_one_process_on_each_host_of_the_slice(cluster,
+                                                                                 tmp_path):
+  _, _, slice_nodes = cluster
+  workdir = tmp_path / "study"
+  with open(tmp_path / "out.txt", "w") as out_file:
+    proc = _ray_cli(cluster, workdir, out_file, "--config.resources.train=v4-16", "--only=all",
+                    "--config.protocols=('judge_free',)", "--config.baseline_arm=")
+    try:
+      proc.wait(timeout=600)
+    finally:
+      if proc.poll() is None:
+        proc.kill()
+        proc.wait()
+  out = (tmp_path / "out.txt").read_text()
+  assert proc.returncode == 0, out[-3000:]
+  rec = _steps(workdir)["all/seed0/train"]
+  assert rec["status"] == "done" and sorted(rec["nodes"]) == sorted(n.node_id for n in slice_nodes)
+  log = (workdir / "logs" / "all__seed0__train.log").read_text()
+  assert "on 2 process(es)" in log  # one a host (each with one CPU device: no real chips here)
+  assert _steps(workdir)["all/seed0/e2/answer"]["status"] == "done"

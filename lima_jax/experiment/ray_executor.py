@@ -149,9 +149,13 @@ class Runner:
     if p.kind == "tpu":
       from ray.util import tpu
       # Blocks until the slice's worker 0 is reserved (Ray's two-step gang scheduling).
-      group = tpu.slice_placement_group(
-          "x".join(map(str, p.slice.grid)), p.slice.chip.name.replace("v5e", "v5litepod"),
-          strategy=p.strategy)
+      try:
+        group = tpu.slice_placement_group(
+            "x".join(map(str, p.slice.grid)), p.slice.chip.name.replace("v5e", "v5litepod"),
+            strategy=p.strategy)
+      except (RuntimeError, TimeoutError, ValueError) as e:
+        raise UserError(f"{step.key}: cannot reserve a {p.spec} slice: "
+                        f"{str(e).splitlines()[0]}") from None
     else:
       group = placement_group([p.resources] * p.processes, strategy=p.strategy)
     number = self.tries.get(step.key, 0) + 1
@@ -314,6 +318,9 @@ def run_ray(c, workdir: pathlib.Path, arms: list[str], prepare, address: str | N
         runner.cancel()
         raise UserError("cancelled (Ctrl-C): running steps stopped and their placements "
                         "released; rerun the same command to resume") from None
+      except BaseException:
+        runner.cancel()  # nothing of the study outlives the driver
+        raise
   finally:
     ray.shutdown()
   if unfinished:
