@@ -1,7 +1,7 @@
 r"""Studies: arms of LIMA-style ablations, each curate -> train -> answer -> judge.
 
     python -m lima_jax.experiment run --config=configs/experiments.py:NAME --workdir=DIR \
-      [--only=ARM,...] [--executor=local|tpu] [--dry_run]
+      [--only=ARM,...] [--executor=local|ray] [--dry_run]
     python -m lima_jax.experiment report --workdir=DIR
 
 Every step is a command of the project's own CLIs (lima_jax.curate, lima_jax.main,
@@ -172,12 +172,13 @@ def get_config(name: str = "tiny") -> ml_collections.ConfigDict:
   # several sizes. Empty: every arm with a size (fine when the arms differ only in size).
   c.report.size_arms = ()
   c.report.bootstrap_rounds = 2000
-  c.tpu = ml_collections.ConfigDict()
-  # --executor=tpu: one slice per arm, named PREFIX-ARM; the workdirs under `bucket`.
-  c.tpu.name_prefix = "lima"
-  c.tpu.zone = "us-central2-b"
-  c.tpu.accelerator_type = "v4-8"
-  c.tpu.bucket = "gs://BUCKET/studies"
+  # Where steps run under --executor=ray (docs/studies.md); the local executor ignores them,
+  # and no step's identity depends on them. Curate, judge and prepare steps take one CPU.
+  c.resources = ml_collections.ConfigDict()
+  # 'cpu', 'gpu:N' (N GPUs of one node), a TPU slice ('v4-16', 'v5litepod-16': one process a
+  # host) or 'hosts:PxD' (P processes of D CPU devices, each on a node's simulated host: tests).
+  c.resources.train = "cpu"
+  c.resources.answer = "cpu"  # One process (lima_jax.eval): 'cpu', 'gpu:N' or a one-host slice.
   c.arms = ml_collections.ConfigDict()
 
   demo = "data/demo/train.jsonl"

@@ -1,9 +1,8 @@
 """The study runner: the tiny study end to end, killed and resumed; manifest, report and the
-TPU plan checked on their own."""
+plan checked on their own (the Ray executor: test_experiment_ray.py)."""
 import json
 import os
 import pathlib
-import shlex
 import signal
 import subprocess
 import sys
@@ -126,27 +125,6 @@ def test_several_seeds_pool_their_values_and_draw_seeds_and_prompts():
   assert 2.8 <= lo < 3.5 and 4.5 < hi <= 5.2  # the seeds dominate: each draw is ~3, 4 or 5
   g = report.figure(by_seed, "stopped_rate", 100, rng)
   assert g["value"] == pytest.approx(0.6) and g["ci95"] == [0.5, 0.7]  # the seeds' range
-
-
-def test_tpu_dry_run_prints_commands_launch_accepts():
-  r = cli("run", "--config=configs/experiments.py:dropout_epochs", "--workdir=/tmp/unused",
-          "--executor=tpu", "--dry_run", "--only=dropout_0,dropout_10,dropout_20",
-          "--config.tpu.bucket=gs://my-bucket/studies")
-  assert r.returncode == 0, r.stderr
-  launches = [shlex.split(line) for line in r.stdout.splitlines()
-              if line.startswith("launch/tpu.sh")]
-  names = {a for cmd in launches for a in cmd if a.startswith("--name=")}
-  assert names == {"--name=lima-dropout-0-s0", "--name=lima-dropout-10-s0",
-                   "--name=lima-dropout-20-s0"}
-  trains = [cmd for cmd in launches if "train" in cmd]
-  assert len(trains) == 3
-  assert all("--config.model.dropout_top=0.1" in cmd for cmd in trains
-             if "--name=lima-dropout-10-s0" in cmd)
-  for cmd in launches:  # each is a command the launcher accepts (it prints gcloud calls)
-    out = subprocess.run(["bash", cmd[0], "--dry-run", *cmd[1:]], cwd=REPO,
-                         capture_output=True, text=True, timeout=60)
-    assert out.returncode == 0, (cmd, out.stderr)
-    assert "gcloud compute tpus" in out.stdout
 
 
 def test_dry_run_plans_the_shared_data_study_with_a_judging_estimate():

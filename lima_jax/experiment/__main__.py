@@ -1,11 +1,13 @@
 r"""Run a study's arms, then compare them.
 
   python -m lima_jax.experiment run --config=configs/experiments.py:NAME --workdir=DIR \
-    [--only=ARM,...] [--executor=local|tpu] [--dry_run]
+    [--only=ARM,...] [--dry_run] \
+    [--executor=local|ray [--ray_address=auto|HOST:PORT] [--max_retries=N]]
   python -m lima_jax.experiment report --workdir=DIR
 
 `run` prints the plan (each step's state: done, new, resume, changed), then runs what is
-missing: the prepare steps (once, in order), then arm by arm; rerunning it after a kill, an
+missing: here, the prepare steps (once, in order), then arm by arm; on Ray, every step as soon
+as the steps it follows are done; rerunning it after a kill, an
 edit or a new arm redoes only what changed. `report` writes DIR/report/index.html, report.json and the figures. Studies and
 their fields: configs/experiments.py.
 """
@@ -27,9 +29,18 @@ _WORKDIR = flags.DEFINE_string("workdir", None, "Study directory: manifest.json,
                                "report/.")
 _ONLY = flags.DEFINE_list("only", [], "run: these arms only (plus the baseline arm when a "
                           "pairwise protocol needs its answers).")
-_EXECUTOR = flags.DEFINE_enum("executor", "local", ["local", "tpu"], "run: 'local' runs every "
-                              "step here; 'tpu' (with --dry_run) prints each arm's launch/tpu.sh "
-                              "commands, one slice per arm.")
+_EXECUTOR = flags.DEFINE_enum("executor", "local", ["local", "ray"], "run: 'local' runs every "
+                              "step here, one after another; 'ray' runs them on a Ray cluster, "
+                              "each as soon as the steps it follows are done, placed as the "
+                              "config's resources.train and resources.answer say "
+                              "(docs/studies.md; pip install -r requirements-ray.txt).")
+_RAY_ADDRESS = flags.DEFINE_string("ray_address", None, "run --executor=ray: the cluster, 'auto' "
+                                   "(the one this machine belongs to) or HOST:PORT of its head; "
+                                   "unset: a Ray started here for the run.")
+_MAX_RETRIES = flags.DEFINE_integer("max_retries", 3, "run --executor=ray: how many times a step "
+                                    "that lost a host (node gone, process killed) is retried on "
+                                    "a fresh placement; a step failing on its own is not.",
+                                    lower_bound=0)
 _DRY_RUN = flags.DEFINE_bool("dry_run", False, "run: print the plan, every command and the "
                              "judging estimate; run nothing.")
 flags.mark_flags_as_required(["workdir"])
@@ -131,38 +142,6 @@ def _plan(c, workdir: pathlib.Path, arms: list[str], prepare: list, show_command
   print(_judge_estimate(c, workdir, arms))
 
 
-def _tpu_commands(c, workdir: pathlib.Path, arms: list[str], prepare: list) -> list[str]:
-  """The prepare steps (here), then one slice per arm and seed: create, setup, copy the
-  data, train; then answers on the slice and judging here. Printed, not run (the runner does
-  not drive TPUs yet)."""
-  from lima_jax.experiment import study
-  out, t = [shlex.join(step.command) for step in prepare], c.tpu
-  study_dir = f"{t.bucket.rstrip('/')}/{c.name}"
-  pending = {step.key for step in prepare}
-  for arm in arms:
-    for step in study.before_training(c, workdir, arm, pending=pending):
-      if step.kind == "curate":
-        out.append(shlex.join(step.command))
-        continue
-      name = f"{t.name_prefix}-{arm}-s{step.seed}".lower().replace("_", "-").replace(".", "-")
-      tpu = ["launch/tpu.sh", f"--name={name}", f"--zone={t.zone}",
-             f"--accelerator-type={t.accelerator_type}"]
-      data = study.arm_data(c, workdir, arm)
-      remote = [f"../lima_data/{arm}/{os.path.basename(d)}" for d in data]
-      gcs = f"{study_dir}/data/{arm}"
-      out += [shlex.join(tpu + ["create"]), shlex.join(tpu + ["setup"]),
-              shlex.join(["gcloud", "storage", "cp", *data, gcs + "/"]),
-              shlex.join(tpu + ["--worker=all", "ssh", "--", "gcloud", "storage", "cp", "-r",
-                                gcs, "lima_data/"])]
-      args = [a for a in step.command[3:] if not a.startswith(("--config=", "--workdir=",
-                                                                "--config.data.train_files="))]
-      out.append(shlex.join(tpu + [f"--config={c.base}",
-                                   f"--workdir={study_dir}/{arm}/seed{step.seed}/train",
-                                   "train", "--", *args,
-                                   f"--config.data.train_files={','.join(remote)}"]))
-  return out
-
-
 @cli_main
 def main(argv):
   if len(argv) != 2 or argv[1] not in ("run", "report"):
@@ -181,19 +160,24 @@ def main(argv):
   from lima_jax.experiment import study
   arms = study.arm_order(c, _ONLY.value)
   prepare = study.needed_prepare(c, workdir, arms, only=bool(_ONLY.value))
-  if _EXECUTOR.value == "tpu":
-    if not _DRY_RUN.value:
-      raise UserError("--executor=tpu runs nothing yet: add --dry_run for the launch/tpu.sh "
-                      "commands of every arm, and run them yourself")
-    print("\n".join(_tpu_commands(c, workdir, arms, prepare)))
-    print(_judge_estimate(c, workdir, arms))
-    return
+  ray = _EXECUTOR.value == "ray"
+  if not ray and _RAY_ADDRESS.value:
+    raise UserError("--ray_address: only with --executor=ray")
+  if ray:
+    from lima_jax.experiment import placement, ray_executor
+    placements = placement.plan(c, workdir, arms, prepare)  # a bad placement stops here
   _plan(c, workdir, arms, prepare, show_commands=_DRY_RUN.value)
+  if ray and _DRY_RUN.value:
+    print("placements (--executor=ray):")
+    print("\n".join("  " + line for line in placements))
   if _DRY_RUN.value:
     return
   workdir.mkdir(parents=True, exist_ok=True)
   files.write_atomic(workdir / "study.json", c.to_json(indent=1) + "\n")
-  study.run_local(c, workdir, arms, prepare)
+  if ray:
+    ray_executor.run_ray(c, workdir, arms, prepare, _RAY_ADDRESS.value, _MAX_RETRIES.value)
+  else:
+    study.run_local(c, workdir, arms, prepare)
   print(f"done: python -m lima_jax.experiment report --workdir={workdir}")
 
 

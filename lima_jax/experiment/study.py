@@ -21,6 +21,7 @@ does a new Python version whose syntax trees print differently, and manifests wr
 change, so a killed run leaves it consistent.
 """
 import ast
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -442,15 +443,16 @@ def log_path(workdir: pathlib.Path, key: str) -> pathlib.Path:
   return workdir / "logs" / (key.replace("/", "__") + ".log")
 
 
-def execute(step: Step, manifest: Manifest, workdir: pathlib.Path, label: str) -> None:
-  """Runs one step unless done; moves a stale output aside first; records the outcome."""
+def begin(step: Step, manifest: Manifest, workdir: pathlib.Path, label: str):
+  """Readies one step to run: None when it is done (its record brought up to today's
+  identities); else moves a stale output aside, records it running and returns its log."""
   state, digests = manifest.state(step)
   if state == "done":
     rec = manifest.steps[step.key]
     if any(rec.get(identity) != value for identity, value in digests.items()):
       manifest.set(step.key, **digests)  # matched on one identity: the other follows today's
     print(f"{label} {step.key}: done", flush=True)
-    return
+    return None
   if state == "changed" and step.output.exists():
     old = manifest.steps.get(step.key, {}).get("inputs_sha256") or "unrecorded"
     aside = step.output.with_name(f"{step.output.name}.stale-{old[:8]}")
@@ -467,21 +469,64 @@ def execute(step: Step, manifest: Manifest, workdir: pathlib.Path, label: str) -
                arm=step.arm, seed=step.seed, epoch=step.epoch, protocol=step.protocol)
   print(f"{label} {step.key}: {'resuming' if state == 'resume' else 'running'} "
         f"(log: {log})", flush=True)
+  return log
+
+
+def finish(step: Step, manifest: Manifest, code: int, seconds: float, **record) -> None:
+  """Records a run's outcome (`record`: more fields, as an executor's attempts)."""
+  if code:
+    manifest.set(step.key, status="failed", returncode=code, seconds=seconds, **record)
+  else:
+    manifest.set(step.key, status="done", returncode=0, seconds=seconds,
+                 finished=time.strftime("%Y-%m-%dT%H:%M:%S"), **record)
+
+
+def log_tail(log: pathlib.Path, lines: int = 15) -> list[str]:
+  try:
+    return log.read_text(errors="replace").strip().splitlines()[-lines:]
+  except OSError:
+    return []
+
+
+def step_env(base: dict[str, str]) -> dict[str, str]:
+  """The environment a step's command runs in."""
+  return host_memory.with_huge_pages({**base, "PYTHONUNBUFFERED": "1"})
+
+
+def execute(step: Step, manifest: Manifest, workdir: pathlib.Path, label: str) -> None:
+  """Runs one step unless done; moves a stale output aside first; records the outcome."""
+  log = begin(step, manifest, workdir, label)
+  if log is None:
+    return
   t0 = time.perf_counter()
   with open(log, "ab") as out:
     code = subprocess.run(step.command, stdout=out, stderr=subprocess.STDOUT,
-                          env=host_memory.with_huge_pages({**os.environ,
-                                                           "PYTHONUNBUFFERED": "1"})).returncode
+                          env=step_env(dict(os.environ))).returncode
   seconds = round(time.perf_counter() - t0, 1)
+  finish(step, manifest, code, seconds)
   if code:
-    manifest.set(step.key, status="failed", returncode=code, seconds=seconds)
-    tail = log.read_text(errors="replace").strip().splitlines()[-15:]
-    print("\n".join("    " + line for line in tail), file=sys.stderr)
+    print("\n".join("    " + line for line in log_tail(log)), file=sys.stderr)
     raise UserError(f"{step.key} failed (exit {code}) after {seconds} s; full log: {log}; "
                     "fix it and rerun: finished steps are kept")
-  manifest.set(step.key, status="done", returncode=0, seconds=seconds,
-               finished=time.strftime("%Y-%m-%dT%H:%M:%S"))
   print(f"{label} {step.key}: done in {seconds} s", flush=True)
+
+
+@contextlib.contextmanager
+def judge_for_run(c):
+  """The study config to run with: when its protocols need a judge and it asks for the
+  scripted one, that judge started on 127.0.0.1 for the run and named in judge.base_url."""
+  needs_judge = any(p != "judge_free" for p in c.protocols)
+  if needs_judge and c.judge.scripted:
+    from lima_jax.eval.scripted_judge import Server
+    with Server() as server:
+      c = c.copy_and_resolve_references()
+      c.judge.base_url = server.url
+      yield c
+    return
+  if needs_judge and not c.judge.base_url:
+    raise UserError("config judge.base_url: the protocols need a judge (or judge.scripted=True "
+                    "for the scripted stand-in)")
+  yield c
 
 
 def run_local(c, workdir: pathlib.Path, arms: list[str], prepare=None) -> None:
@@ -489,17 +534,7 @@ def run_local(c, workdir: pathlib.Path, arms: list[str], prepare=None) -> None:
   manifest = Manifest(workdir)
   if prepare is None:
     prepare = prepare_steps(c, workdir)
-  needs_judge = any(p != "judge_free" for p in c.protocols)
-  server = None
-  if needs_judge and c.judge.scripted:
-    from lima_jax.eval.scripted_judge import Server
-    server = Server().__enter__()
-    c = c.copy_and_resolve_references()
-    c.judge.base_url = server.url
-  elif needs_judge and not c.judge.base_url:
-    raise UserError("config judge.base_url: the protocols need a judge (or judge.scripted=True "
-                    "for the scripted stand-in)")
-  try:
+  with judge_for_run(c) as c:
     for i, step in enumerate(prepare, 1):
       execute(step, manifest, workdir, f"[prepare {i}/{len(prepare)}]")
     for i, arm in enumerate(arms, 1):
@@ -509,6 +544,3 @@ def run_local(c, workdir: pathlib.Path, arms: list[str], prepare=None) -> None:
       for seed in c.arms[arm].seeds:
         for step in after_training(c, workdir, arm, seed):
           execute(step, manifest, workdir, label)
-  finally:
-    if server is not None:
-      server.__exit__(None, None, None)
