@@ -81,7 +81,7 @@ def worker(model: str, arm: str, rank: int, steps: int, warmup: int, batch: int,
       times.append(time.perf_counter() - t)
   return {"model": model, "arm": arm, "trained_params": lora.count(built.abstract_state.params),
           "frozen_params": lora.count(built.abstract_state.frozen) if cfg.lora else 0,
-          "step_s": statistics.median(times[warmup:]), "loss_first": float(metrics["loss"]),
+          "step_s": statistics.median(times[warmup:]), "loss_last": float(metrics["loss"]),
           "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
           "xla_args_mb": mem.argument_size_in_bytes / 2**20,
           "xla_temp_mb": mem.temp_size_in_bytes / 2**20,
@@ -141,7 +141,7 @@ def main() -> None:
         summary.append(dict(mine[0], step_s=statistics.median(r["step_s"] for r in mine),
                             step_s_rounds=[r["step_s"] for r in mine],
                             peak_rss_mb=statistics.median(r["peak_rss_mb"] for r in mine)))
-    result = {"command": " ".join(["python", "benchmarks/lora.py", *argv[1:]]),
+    result = {"command": " ".join(["python", "benchmarks/lora.py", *sys.argv[1:]]),
               "rounds": f.rounds, "steps": f.steps, "warmup": f.warmup, "rank": f.rank,
               "cpu_count": os.cpu_count(), "note": "a shared machine: other jobs ran meanwhile",
               "summary": summary, "runs": runs}

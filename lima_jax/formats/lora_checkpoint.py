@@ -38,10 +38,10 @@ def merged_config(cfg: ModelConfig) -> ModelConfig:
   return dataclasses.replace(cfg, lora=None)
 
 
-def base_params(path, meta: dict, cfg: ModelConfig) -> dict:
+def base_params(path, meta: dict, cfg: ModelConfig, open_model) -> dict:
   """The frozen base exactly as the run held it (grown for EOT, cast, int8 where it was), on
-  the host; one clear line if it is missing or not the one the adapters were trained on."""
-  from lima_jax.formats import model_file
+  the host; one clear line if it is missing or not the one the adapters were trained on.
+  open_model: `model_file.open` (passed in: model_file comes here for LoRA checkpoints)."""
   from lima_jax.train import fingerprint
   base = meta["lora"]["base"]
   plain = merged_config(cfg)
@@ -59,7 +59,7 @@ def base_params(path, meta: dict, cfg: ModelConfig) -> dict:
       raise UserError(f"{path}: {where} is not the base these adapters were trained on (its "
                       f"identity {identity[:12]} is not {base['identity'][:12]}, meta "
                       "lora.base.identity)")
-    m = model_file.open(where, kind=base["kind"], need_tokenizer=False, check_vocab=False,
+    m = open_model(where, kind=base["kind"], need_tokenizer=False, check_vocab=False,
                         on_host=True)
     params = jax.tree.map(lambda x: np.asarray(x).astype(jnp.dtype(plain.param_dtype)),
                           m.params)
@@ -74,10 +74,10 @@ def _unbox(tree):
                       is_leaf=lambda x: hasattr(x, "unbox"))
 
 
-def load_merged(path, meta: dict, dtype: str | None) -> tuple[ModelConfig, dict]:
+def load_merged(path, meta: dict, dtype: str | None, open_model) -> tuple[ModelConfig, dict]:
   """(plain config, merged params as host arrays) of the LoRA checkpoint at `path`."""
   cfg = trained_config(path, meta)
-  base = base_params(path, meta, cfg)
+  base = base_params(path, meta, cfg, open_model)
   try:
     adapters, _ = checkpoint.load(path)
   except (ValueError, KeyError, OSError) as e:

@@ -124,7 +124,7 @@ def _read_params(m: ModelFile, dtype: Optional[str], shardings):
   """(config, params): a checkpoint into `shardings` (or one device), other kinds as numpy."""
   cfg = m.config
   if m.kind == "lima" and lora_checkpoint.is_lora(m.meta):
-    return lora_checkpoint.load_merged(m.path, m.meta, dtype)  # host arrays
+    return lora_checkpoint.load_merged(m.path, m.meta, dtype, open)  # host arrays
   if m.kind == "lima":
     try:
       params, _ = checkpoint.load(m.path, shardings, dtype)

@@ -19,7 +19,7 @@ import jax
 import numpy as np
 
 from lima_jax.errors import UserError
-from lima_jax.formats import checkpoint, lora_checkpoint
+from lima_jax.formats import checkpoint, lora_checkpoint, model_file
 from lima_jax.model import lora
 
 HF_MODULE = {"q": "self_attn.q_proj", "k": "self_attn.k_proj", "v": "self_attn.v_proj",
@@ -62,7 +62,7 @@ def export(ckpt, out_dir, dtype: str = "float32", max_shard_bytes: int = 5 * 10*
     raise UserError(f"{ckpt}: not a LoRA checkpoint (its meta has no 'lora'); to-peft exports "
                     "the adapters of a run with train.lora.rank > 0 (use to-hf for full weights)")
   cfg = lora_checkpoint.trained_config(ckpt, meta)
-  base = lora_checkpoint.base_params(ckpt, meta, cfg)
+  base = lora_checkpoint.base_params(ckpt, meta, cfg, model_file.open)
   base = lora.dequantize(base, cfg.lora)  # the base the adapters saw: int8 times its scales
   adapters, _ = checkpoint.load(ckpt)
   tmp = out_dir.with_name(f".{out_dir.name}.tmp{os.getpid()}")
