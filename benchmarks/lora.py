@@ -67,7 +67,8 @@ def worker(model: str, arm: str, rank: int, steps: int, warmup: int, batch: int,
     built = build_train_step(c, mesh, cfg, 1000)
     state = loop.initial_state(c, built, cfg, kind, mesh, lambda m: None)
     rows = sharding.process_rows(mesh.devices, c.train.batch_size, 1)
-    batch_of = lambda s: sharding.put_batch(train_ds.batch(s, rows), mesh, rows, c.train.batch_size, 1)
+    batch_of = lambda s: sharding.put_batch(train_ds.batch(s, rows), mesh, rows,
+                                            c.train.batch_size, 1)
     compiled = built.train_step.lower(built.abstract_state, built.abstract_batch,
                                       jax.random.key(0)).compile()
     mem = compiled.memory_analysis()
@@ -85,7 +86,8 @@ def worker(model: str, arm: str, rank: int, steps: int, warmup: int, batch: int,
           "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
           "xla_args_mb": mem.argument_size_in_bytes / 2**20,
           "xla_temp_mb": mem.temp_size_in_bytes / 2**20,
-          "batch": f"{c.train.batch_size} x {c.data.max_len}", "device": jax.devices()[0].device_kind}
+          "batch": f"{c.train.batch_size} x {c.data.max_len}",
+          "device": jax.devices()[0].device_kind}
 
 
 def table(summary: list[dict]) -> str:
@@ -117,7 +119,8 @@ def main() -> None:
       model, arm = f.worker.split(",")
       print(json.dumps(worker(model, arm, f.rank, f.steps, f.warmup, f.batch, f.seq)))
       return
-    bad = [a for a in f.arms if a not in ARMS] + [m for m in f.models if m not in ("demo", "smollm2")]
+    bad = ([a for a in f.arms if a not in ARMS]
+           + [m for m in f.models if m not in ("demo", "smollm2")])
     if bad:
       raise SystemExit(f"--arms/--models: unknown {bad}")
     env = dict(os.environ, JAX_PLATFORMS="cpu")

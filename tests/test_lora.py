@@ -152,13 +152,14 @@ def test_fingerprint_holds_lora_and_the_base_only_when_on(tmp_path):
 
 RUN = {"model.size": "", "data.tokenizer": "", "train.epochs": 1, "mesh.shape": (1, 2, 4),
        "train.lora.rank": 4, "train.lora.alpha": 8.0, "train.lora.dropout": 0.1,
+       "train.lora.base_dtype": "int8",
        "model.dropout_top": 0.1, "train.learning_rate": 1e-3, "train.end_learning_rate": 1e-4}
 
 
 @pytest.fixture(scope="module")
 def lora_run(tmp_path_factory):
   """A tiny base (vocab 512: EOT grows it to 640) as a lima_jax checkpoint, and a one-epoch
-  LoRA run from it on mesh (1, 2, 4)."""
+  QLoRA run from it on mesh (1, 2, 4), dropout on (residual and LoRA's)."""
   from lima_jax.formats import checkpoint
   from lima_jax.model.config import get_size
   from lima_jax.tokenizer import load as load_tokenizer
@@ -167,7 +168,8 @@ def lora_run(tmp_path_factory):
   cfg = get_size("tiny", vocab_size=512)
   tok = load_tokenizer(REPO / "data/demo/tokenizer.model")
   checkpoint.save(root / "base", _random(cfg, 3, 0.1),
-                  {"model_config": cfg.to_dict(), "tokenizer": tok.to_meta(), "step": 0, "epoch": 0})
+                  {"model_config": cfg.to_dict(), "tokenizer": tok.to_meta(), "step": 0,
+                   "epoch": 0})
   config = tiny_config(**RUN, **{"model.init": str(root / "base")})
   loop.train_and_evaluate(config, str(root / "one"))
   step = max(int(p.name) for p in (root / "one/checkpoints").iterdir() if p.name.isdigit())
@@ -201,6 +203,16 @@ def test_a_lora_checkpoint_holds_adapters_names_its_base_and_merges_at_load(lora
   assert m.config.lora is None and m.config.vocab_size == 640
   np.testing.assert_allclose(np.asarray(Transformer(m.config).apply({"params": m.params},
                                                                     tokens)), want, atol=2e-5)
+  from lima_jax.parallel import sharding
+  # As serve and generate open it: onto a mesh, cast.
+  on_mesh = model_file.open(ckpt, mesh=sharding.make_mesh((1, -1, 1)), dtype="bfloat16")
+  same = jax.tree.map(lambda x, y: bool(np.array_equal(np.asarray(x), np.asarray(y, x.dtype))),
+                      on_mesh.params, m.params)
+  assert all(jax.tree.leaves(same)) and on_mesh.config.param_dtype == "bfloat16"
+  from lima_jax.formats import peft
+  with pytest.raises(UserError, match="not a LoRA checkpoint"):
+    peft.export(root / "base", root / "not_written")
+  assert not (root / "not_written").exists()
   shutil.copytree(root / "base", root / "moved")
   shutil.rmtree(root / "base")
   try:
@@ -259,38 +271,32 @@ def test_two_processes_train_the_adapters_exactly_as_one(lora_run, tmp_path):
   assert diff <= 2e-6, diff
 
 
-def _main(workdir, *overrides, check=True):
-  cmd = [sys.executable, "-m", "lima_jax.main", "--config=configs/lima.py:demo",
-         f"--workdir={workdir}", "--config.model.size=tiny", "--config.data.max_len=64",
-         "--config.data.subset_size=48", "--config.train.batch_size=8",
-         "--config.train.epochs=2", "--config.sample_prompts=", "--config.model.dropout_top=0.1",
-         "--config.checkpoint.keep_epochs=", "--config.train.lora.rank=4",
-         "--config.train.lora.dropout=0.1", "--config.train.lora.base_dtype=int8", *overrides]
-  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4",
-             JAX_PLATFORMS="cpu", HOME=str(workdir))
-  out = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
-  if check:
-    assert out.returncode == 0, out.stderr[-3000:]
-  return out
-
-
 @pytest.mark.slow
-def test_qlora_kill_and_resume_is_bit_identical(tmp_path):
+def test_kill_and_resume_is_bit_identical(lora_run, tmp_path):
+  """Killed after step 2's checkpoint (os._exit in a child), then resumed here: the last
+  checkpoint's adapters and moments are the uninterrupted fixture run's, bit for bit."""
   from lima_jax.formats import checkpoint
-  _main(tmp_path / "straight")
-  last = max(int(p.name) for p in (tmp_path / "straight/checkpoints").iterdir() if p.name.isdigit())
-  killed = _main(tmp_path / "resumed", f"--config.debug.crash_after_step={last // 2}", check=False)
+  from lima_jax.train import loop
+  root, _, ckpt = lora_run
+  run = dict(RUN, **{"model.init": str(root / "base"), "checkpoint.every_steps": 2})
+  code = ("import ast, sys; sys.path.insert(0, 'tests'); from conftest import tiny_config; "
+          "from lima_jax.train import loop; "
+          "loop.train_and_evaluate(tiny_config(**ast.literal_eval(sys.argv[1])), sys.argv[2])")
+  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8",
+             JAX_PLATFORMS="cpu")
+  killed = subprocess.run([sys.executable, "-c", code, repr(dict(run, **{
+      "debug.crash_after_step": 2})), str(tmp_path)], cwd=REPO, env=env, capture_output=True,
+      text=True, timeout=600)
   assert killed.returncode == 3, killed.stderr[-2000:]
-  resumed = _main(tmp_path / "resumed")
-  assert "resumed from" in resumed.stdout
+  assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir() if p.name.isdigit()) == ["2"]
+  loop.train_and_evaluate(tiny_config(**run), str(tmp_path))
   for item in ("params", "opt_state"):  # adapters and their moments, bit for bit
-    a, b = (checkpoint.load_numpy(w / "checkpoints" / str(last))[0] if item == "params" else
-            _opt_state(w / "checkpoints" / str(last)) for w in (tmp_path / "straight",
-                                                                 tmp_path / "resumed"))
+    a, b = (_opt_state(c) if item == "opt_state" else checkpoint.load_numpy(c)[0]
+            for c in (ckpt, tmp_path / "checkpoints" / ckpt.name))
     same = jax.tree.map(lambda x, y: bool(np.array_equal(x, y)), a, b)
     assert jax.tree.leaves(same) and all(jax.tree.leaves(same)), (item, same)
   rows = lambda w: [json.loads(l)["loss"] for l in (w / "metrics.jsonl").read_text().splitlines()]
-  assert rows(tmp_path / "straight") == rows(tmp_path / "resumed")
+  assert rows(root / "one") == rows(tmp_path)
 
 
 def _opt_state(ckpt):

@@ -1,8 +1,8 @@
 """A LoRA checkpoint as a PEFT adapter: `python -m lima_jax.convert to-peft --checkpoint=C --out=D`.
 
     D/adapter_config.json        peft_type LORA, r, lora_alpha, target_modules (q_proj, ...)
-    D/adapter_model.safetensors  base_model.model.model.layers.{i}.{self_attn|mlp}.{t}_proj.lora_A.weight [r, in]
-                                 and .lora_B.weight [out, r]
+    D/adapter_model.safetensors  base_model.model.model.layers.{i}.self_attn.q_proj.lora_A.weight
+                                 [r, in] and ...lora_B.weight [out, r], for each target
     D/base/                      the base as the run held it, in Hugging Face format (grown for EOT,
                                  dequantized from int8 where it was), with the run's tokenizer
 

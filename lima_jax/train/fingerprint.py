@@ -3,9 +3,11 @@
 Every checkpoint's meta holds `fingerprint`, a flat dict of the fields that change what is
 trained: the model (architecture, vocabulary, dropout, dtypes), the content of every data file,
 the tokenizer, and the recipe (batch, epochs, schedule, optimizer, seed, packing, length,
-subset). The mesh, logging, checkpoint cadence, remat policy and attention blocking are not in
-it: they change how a step runs, not what it computes. `code_version` is recorded beside it and
-only reported, since any commit would otherwise block a resume.
+subset), and for a LoRA run its `train.lora` settings and its base's identity
+(`base_identity`: the checkpoints hold only adapters). The mesh, logging, checkpoint cadence,
+remat policy and attention blocking are not in it: they change how a step runs, not what it
+computes. `code_version` is recorded beside it and only reported, since any commit would
+otherwise block a resume.
 
 Rerunning a workdir with a different recipe stops with one line naming the fields, unless
 `checkpoint.allow_recipe_change` is set.
