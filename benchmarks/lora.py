@@ -38,7 +38,6 @@ def smollm2_gguf() -> str:
 def worker(model: str, arm: str, rank: int, steps: int, warmup: int, batch: int, seq: int) -> dict:
   sys.path.insert(0, str(REPO))
   import jax
-  import numpy as np
   from configs import lima
   from lima_jax.model import lora
   from lima_jax.parallel import sharding

@@ -101,7 +101,7 @@ def test_adapter_gradients_are_the_full_gradient_projected_onto_them():
   full = jax.grad(lambda p: loss(plain, p))(lora.merge(lora.join(held, adapters), cfg.lora))
   s = cfg.lora.scale
   for name in cfg.lora.targets:
-    n, mod = lora.N_IN[name], lora.MODULE[name]
+    mod = lora.MODULE[name]
     g = np.asarray(full["layers"][mod][name], np.float64)
     a = np.asarray(adapters["layers"][mod][name + "_lora_a"], np.float64)
     b = np.asarray(adapters["layers"][mod][name + "_lora_b"], np.float64)

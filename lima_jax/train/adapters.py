@@ -15,12 +15,11 @@ import jax.numpy as jnp
 from lima_jax.model import lora
 from lima_jax.model import transformer as model_lib
 from lima_jax.train import base_model
-from lima_jax.train import fingerprint as fingerprint_lib
 from lima_jax.train.step import Built, TrainState
 
 
 def base_config(cfg):
-  """The plain model the base is: no adapters, float storage."""
+  """The plain model the base is: no adapters (stored as cfg.param_dtype; int8 comes after)."""
   return dataclasses.replace(cfg, lora=None)
 
 
