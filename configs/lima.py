@@ -123,6 +123,16 @@ def get_config(variant: str = "demo") -> ml_collections.ConfigDict:
   # weight-gradient additions; the last chunk is padded. 512 was the fastest on CPU at 8 x 512
   # (one shard; docs/performance.md).
   c.train.loss_chunk = 512
+  # Low-rank adapters (docs/lora.md): rank 0 trains every parameter (LIMA); rank r > 0 freezes
+  # the base and trains only A [in, r] and B [r, out] on each target projection.
+  c.train.lora = ml_collections.ConfigDict()
+  c.train.lora.rank = 0  # 0: off (full fine-tuning).
+  c.train.lora.alpha = 16.0  # The adapter's output is scaled by alpha / rank (PEFT's lora_alpha).
+  c.train.lora.dropout = 0.0  # Dropout on the adapter's input while training (PEFT's lora_dropout).
+  c.train.lora.targets = "q,k,v,o,gate,up,down"  # Comma-separated projections to adapt.
+  # The frozen base's storage: '' as model.param_dtype, 'bfloat16', or 'int8' (QLoRA: target
+  # weights int8 with a float32 scale per output feature; the rest as model.param_dtype).
+  c.train.lora.base_dtype = ""
 
   # --- Mesh --------------------------------------------------------------------------------
   c.mesh = ml_collections.ConfigDict()

@@ -6,7 +6,9 @@ llama2.c `.bin` -> its config, tokenizer and params, with the same checks for ev
 
 `read` gives the same without any array (training reads the architecture first). A lima_jax
 checkpoint restores straight into its shardings on `mesh`; the other kinds are read on every host
-and each host places only its own devices' shards.
+and each host places only its own devices' shards. A LoRA run's checkpoint (adapters only) opens
+as the plain model: its base is found, checked and merged with the adapters once, at load
+(formats/lora_checkpoint).
 """
 import dataclasses
 import json
@@ -18,6 +20,7 @@ from etils import epath
 
 from lima_jax.errors import UserError
 from lima_jax.formats import checkpoint
+from lima_jax.formats import lora_checkpoint
 from lima_jax.model import transformer as model_lib
 from lima_jax.model.config import ModelConfig
 from lima_jax.parallel import sharding
@@ -98,6 +101,8 @@ def read(path, *, kind: Optional[str] = None, tokenizer: str = "",
     meta = checkpoint.read_meta(path)
     cfg, tok_meta = _lima_config(path, meta), meta.get("tokenizer") or None
     template, template_name = meta.get("chat_template"), f"{path}/meta chat_template"
+    if lora_checkpoint.is_lora(meta):  # adapters: opened as the plain model they merge into
+      cfg = lora_checkpoint.merged_config(cfg)
   elif k == "hf":
     from lima_jax.formats import hf
     cfg = hf.read_hf_config(path)
@@ -158,6 +163,8 @@ def place(host_tree, shardings):
 def _read_params(m: ModelFile, dtype: Optional[str], shardings):
   """(config, params): a checkpoint into `shardings` (or one device), other kinds as numpy."""
   cfg = m.config
+  if m.kind == "lima" and lora_checkpoint.is_lora(m.meta):
+    return lora_checkpoint.load_merged(m.path, m.meta, dtype, open)  # host arrays
   if m.kind == "lima":
     try:
       params, _ = checkpoint.load(m.path, shardings, dtype)
@@ -209,9 +216,10 @@ def open(path, *, mesh=None, dtype: Optional[str] = None, kind: Optional[str] = 
     loaded = dataclasses.replace(cfg, param_dtype=dtype) if dtype else cfg
     shardings = sharding.logical_shardings(model_lib.abstract_params(loaded), mesh)
   cfg, params = _read_params(m, dtype, None if on_host else shardings)
-  if m.kind != "lima" and not on_host:
+  on_device = m.kind == "lima" and not lora_checkpoint.is_lora(m.meta)  # as _read_params left them
+  if not on_device and not on_host:
     params = place(params, shardings) if shardings is not None else jax.device_put(params)
-  elif m.kind == "lima" and on_host:
+  elif on_device and on_host:
     params = jax.tree.map(np.asarray, params)
   if tok is not None and vocab_multiple is not None and tok.vocab_size > cfg.vocab_size:
     params = model_lib.resize_vocab(params, tok.padded_vocab_size(vocab_multiple))

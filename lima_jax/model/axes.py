@@ -19,6 +19,7 @@ MLP_BIAS = ("mlp",)  # gate and up
 EMBED_BIAS = ("embed",)  # o and down
 EMBEDDING = ("vocab", "embed")  # [V, D], also the tied output projection
 LM_HEAD = ("embed", "vocab")  # [D, V]
+LORA_RANK = "lora_rank"  # LoRA's rank axis (lima_jax/model/lora.py), on A [in, r] and B [r, out]
 # The output projection with its embed axis whole: the fused loss gathers it over 'fsdp' once.
 EMBEDDING_GATHERED = ("vocab", None)
 LM_HEAD_GATHERED = (None, "vocab")

@@ -11,6 +11,7 @@ import jax
 import jax.numpy as jnp
 
 from lima_jax.errors import UserError
+from lima_jax.model.lora import LoraSpec, problems as lora_problems
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 ROPE_SCALING_KEYS = ("factor", "low_freq_factor", "high_freq_factor",
@@ -70,6 +71,9 @@ class ModelConfig:
   attention_impl: str = "xla"
   dropout_top: float = 0.0
   dropout_schedule: str = "linear"
+  # Low-rank adapters on the projections (lima_jax.model.lora.LoraSpec, or its dict); None: the
+  # plain model, whose to_dict() has no 'lora' key (so full fine-tuning's meta is unchanged).
+  lora: Any = None
 
   def __post_init__(self):
     set_ = lambda k, v: object.__setattr__(self, k, v)
@@ -81,7 +85,9 @@ class ModelConfig:
       set_("rope_scaling", tuple(sorted(self.rope_scaling.items())))
     elif self.rope_scaling is not None:
       set_("rope_scaling", tuple(sorted(tuple(p) for p in self.rope_scaling)))
-    problems = []
+    if isinstance(self.lora, Mapping):
+      set_("lora", LoraSpec(**self.lora))
+    problems = [] if self.lora is None else lora_problems(self.lora)
     if self.n_heads % self.n_kv_heads:
       problems.append(f"n_heads={self.n_heads} is not a multiple of n_kv_heads={self.n_kv_heads}")
     for field in ("dtype", "param_dtype"):
@@ -116,6 +122,10 @@ class ModelConfig:
   def to_dict(self) -> dict:
     d = dataclasses.asdict(self)
     d["rope_scaling"] = self.rope_scaling_dict
+    if self.lora is None:
+      del d["lora"]
+    else:
+      d["lora"] = self.lora.to_dict()
     return d
 
   @classmethod

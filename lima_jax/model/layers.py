@@ -16,6 +16,7 @@ from jax.ad_checkpoint import checkpoint_name
 
 from lima_jax.model import attention
 from lima_jax.model import axes
+from lima_jax.model import lora
 from lima_jax.model.config import DTYPES, ModelConfig
 
 Initializer = Callable[..., jax.Array]
@@ -120,9 +121,9 @@ class Attention(nn.Module):
     B, T = x.shape[:2]
     x2 = x.reshape(B * T, D)  # two-dimensional matmuls (see MLP)
 
-    def project(name, n, names):
-      w = param(self, name, (D, n, K), names, init, pdtype)
-      return einsum("ND,DM->NM", x2, w.reshape(D, n * K), dtype).reshape(B, T, n, K)
+    def project(name, n, names):  # lora.dense: the weight, and its adapters when targeted
+      return lora.dense(self, cfg.lora, name, x2, (D, n, K), names, 1, init, dtype,
+                        pdtype).reshape(B, T, n, K)
 
     q, k, v = project("q", H, axes.Q), project("k", G, axes.KV), project("v", G, axes.KV)
     if cfg.attention_bias or cfg.qkv_bias:
@@ -161,9 +162,8 @@ class Attention(nn.Module):
       out = attention.causal_attention(qh, kh, vh, segments, block)
       out = out.reshape(B, G, T, H // G, K).transpose(0, 2, 1, 3, 4).reshape(B, T, H, K)
     out = nn.with_logical_constraint(out, axes.ACT_HEADS)
-    w_o = param(self, "o", (H, K, D), axes.O, fan_in_init((0, 1), (2,)), pdtype)
-    out = einsum("NM,MD->ND", out.reshape(B * T, H * K), w_o.reshape(H * K, D), dtype).reshape(
-        B, T, D)
+    out = lora.dense(self, cfg.lora, "o", out.reshape(B * T, H * K), (H, K, D), axes.O, 2,
+                     fan_in_init((0, 1), (2,)), dtype, pdtype).reshape(B, T, D)
     if cfg.attention_bias:
       out += param(self, "o_bias", (D,), axes.EMBED_BIAS, zeros, pdtype).astype(dtype)
     return out, new_kv
@@ -182,7 +182,7 @@ class MLP(nn.Module):
     zeros = nn.initializers.zeros
 
     def proj(name, h, shape, names, eq, bias_shape, bias_names):
-      y = einsum(eq, h, param(self, name, shape, names, init, pdtype), dtype)
+      y = lora.dense(self, cfg.lora, name, h, shape, names, 1, init, dtype, pdtype)
       if cfg.mlp_bias:
         y += param(self, f"{name}_bias", bias_shape, bias_names, zeros, pdtype).astype(dtype)
       return y

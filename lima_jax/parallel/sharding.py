@@ -31,6 +31,7 @@ RULES = (
     ("mlp", "tensor"),
     ("layers", None),
     ("norm", None),
+    ("lora_rank", None),  # LoRA's rank axis (lima_jax/model/lora.py): small, replicated
     # Activations.
     ("activation_batch", BATCH_AXES),
     ("activation_length", None),

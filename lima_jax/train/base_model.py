@@ -13,6 +13,7 @@ import jax
 import numpy as np
 
 from lima_jax.formats import model_file
+from lima_jax.model import lora
 from lima_jax.model import transformer as model_lib
 from lima_jax import tokenizer as tokenizer_lib
 from lima_jax.errors import UserError
@@ -34,9 +35,10 @@ def read_init(path: str) -> tuple[Optional[ModelConfig], Optional[dict], str]:
 
 def model_config(config, init_cfg: Optional[ModelConfig],
                  tok: tokenizer_lib.Tokenizer) -> ModelConfig:
-  """The architecture from `init` (or `model.size`), the training knobs from the config, and
-  the vocabulary grown to hold EOT (padded to `model.vocab_multiple`); in a chat template's
-  format (`data.format`) weights from `init` keep their rows: its end of turn is its own."""
+  """The architecture from `init` (or `model.size`), the training knobs from the config (LoRA's
+  adapters included), and the vocabulary grown to hold EOT (padded to `model.vocab_multiple`); in a
+  chat template's format (`data.format`) weights from `init` keep their rows: its end of turn is
+  its own."""
   m = config.model
   if m.size:
     sized = get_size(m.size)
@@ -60,11 +62,36 @@ def model_config(config, init_cfg: Optional[ModelConfig],
     warnings.warn(f"data.max_len={config.data.max_len} is longer than model.init's context of "
                   f"{init_cfg.max_seq_len} tokens: positions past {init_cfg.max_seq_len} extend "
                   "RoPE beyond what the weights were trained on", stacklevel=2)
-  return dataclasses.replace(
+  return with_lora(config, dataclasses.replace(
       base, vocab_size=vocab, dropout_top=m.dropout_top, dropout_schedule=m.dropout_schedule,
       dtype=m.dtype, param_dtype=m.param_dtype, scan_layers=m.scan_layers,
       remat_policy=m.remat_policy, attention_block=m.attention_block,
-      attention_impl=m.attention_impl, max_seq_len=max(base.max_seq_len, config.data.max_len))
+      attention_impl=m.attention_impl, max_seq_len=max(base.max_seq_len, config.data.max_len)))
+
+
+def lora_spec(config) -> lora.LoraSpec | None:
+  """train.lora as a LoraSpec, or None when off (rank 0, or a config without train.lora)."""
+  c = config.train.get("lora")
+  if c is None or not c.rank:
+    return None
+  targets = tuple(t.strip() for t in c.targets.split(",") if t.strip())
+  s = lora.LoraSpec(rank=c.rank, alpha=float(c.alpha), dropout=float(c.dropout),
+                    targets=targets, base_dtype=c.base_dtype)
+  wrong = lora.problems(s)
+  if wrong:
+    raise UserError("; ".join(wrong))
+  return s
+
+
+def with_lora(config, cfg):
+  """The model config of a run: `cfg` with the run's adapters (a bfloat16 base stores every
+  frozen parameter in bfloat16)."""
+  s = lora_spec(config)
+  if s is None:
+    return cfg
+  dtype = "bfloat16" if s.base_dtype == "bfloat16" else cfg.param_dtype
+  return dataclasses.replace(cfg, lora=s, param_dtype=dtype)
+
 
 
 def planned_model_config(config) -> ModelConfig:

@@ -3,9 +3,11 @@
 Every checkpoint's meta holds `fingerprint`, a flat dict of the fields that change what is
 trained: the model (architecture, vocabulary, dropout, dtypes), the content of every data file,
 the tokenizer, and the recipe (batch, epochs, schedule, optimizer, seed, packing, length,
-subset). The mesh, logging, checkpoint cadence, remat policy and attention blocking are not in
-it: they change how a step runs, not what it computes. `code_version` is recorded beside it and
-only reported, since any commit would otherwise block a resume.
+subset), and for a LoRA run its `train.lora` settings and its base's identity
+(`base_identity`: the checkpoints hold only adapters). The mesh, logging, checkpoint cadence,
+remat policy and attention blocking are not in it: they change how a step runs, not what it
+computes. `code_version` is recorded beside it and only reported, since any commit would
+otherwise block a resume.
 
 Rerunning a workdir with a different recipe stops with one line naming the fields, unless
 `checkpoint.allow_recipe_change` is set.
@@ -68,7 +70,39 @@ def fingerprint(config, model_cfg, tok, format_meta: dict | None = None) -> dict
   if format_meta:
     out["data.format"] = format_meta["format"]
     out["data.chat_template"] = hashlib.sha256(format_meta["chat_template"].encode()).hexdigest()
+  if model_cfg.lora is not None:  # only then: full fine-tuning's fingerprints stay as they were
+    out["train.lora"] = model_cfg.lora.to_dict()
+    # The checkpoints hold adapters only, so the base they adapt is part of the recipe.
+    out["model.init"] = base_identity(config.model.init) if config.model.init else \
+        f"random init, seed {config.seed}"
   return json.loads(json.dumps(out))  # Tuples as lists, as they come back from a checkpoint.
+
+
+def base_identity(path: str) -> str:
+  """A digest naming the model files at `path` (a file, or every file under a directory): each
+  file's relative name, size, and SHA-256 of its first and last MiB. Cheap at 65B (a full hash
+  reads 130 GB) and changed by any other export, quantization or fine-tune of it; the path itself
+  is not in it, so a base may move. A LoRA run's fingerprint and checkpoints carry it."""
+  root = epath.Path(path)
+  if not root.exists():
+    raise UserError(f"{path}: the base model does not exist")
+  def walk(d):  # epath has no recursive glob on gs://
+    for p in sorted(d.iterdir()):
+      yield from walk(p) if p.is_dir() else (p,)
+  files = [root] if root.is_file() else list(walk(root))
+  h = hashlib.sha256()
+  for f in files:
+    try:
+      with f.open("rb") as fh:
+        head = fh.read(1 << 20)
+        size = f.stat().length
+        fh.seek(max(size - (1 << 20), 0))
+        tail = fh.read(1 << 20)
+    except OSError as e:
+      raise UserError(f"{f}: cannot read ({e.strerror or e})") from None
+    rel = "" if f == root else str(f.relative_to(root))
+    h.update(json.dumps([rel, size]).encode() + hashlib.sha256(head + tail).digest())
+  return h.hexdigest()
 
 
 def code_version() -> str:

@@ -24,6 +24,7 @@ import numpy as np
 from etils import epath
 from tqdm import tqdm
 
+from lima_jax.train import adapters
 from lima_jax.train import base_model
 from lima_jax.formats import checkpoint
 from lima_jax.data import batches as data
@@ -78,6 +79,8 @@ def load_data(config, tok: tokenizer_lib.Tokenizer, renderer=None):
 # ----------------------------------------------------------------------------------------------
 
 def initial_state(config, built: Built, cfg, init_kind: str, mesh, log) -> TrainState:
+  if cfg.lora is not None:  # adapters on a frozen base (lima_jax.train.adapters)
+    return adapters.initial_state(config, built, cfg, init_kind, mesh)
   if init_kind:
     params = base_model.load_init_params(config, init_kind, cfg, built.state_shardings.params, mesh)
     log(f"loaded weights from {config.model.init}")
@@ -88,10 +91,11 @@ def initial_state(config, built: Built, cfg, init_kind: str, mesh, log) -> Train
   return TrainState(jax.device_put(jnp.int32(0), built.state_shardings.step), params, opt_state)
 
 
-def restored_state(manager: checkpoint.Manager, step: int, built: Built) -> TrainState:
+def restored_state(manager: checkpoint.Manager, step: int, built: Built, frozen) -> TrainState:
   abstract = built.abstract_state
   params, opt_state, _ = manager.restore(step, abstract.params, abstract.opt_state)
-  return TrainState(jax.device_put(jnp.int32(step), built.state_shardings.step), params, opt_state)
+  return TrainState(jax.device_put(jnp.int32(step), built.state_shardings.step), params, opt_state,
+                    frozen)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -274,6 +278,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   with jax.set_mesh(mesh):
     # 3-4. Optimizer, step, shardings.
     built = build_train_step(config, mesh, cfg, total_steps)
+    if cfg.lora is not None:
+      log(adapters.describe(built, cfg))
 
     # 5. State.
     manager = checkpoint.Manager(workdir / "checkpoints", async_save=config.checkpoint.async_save)
@@ -287,11 +293,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     if is_main:
       fingerprint_lib.write_config(workdir, config, start)
     if start:
-      state = restored_state(manager, start, built)
+      frozen = adapters.load_frozen(config, built, cfg, init_kind, mesh) if cfg.lora else None
+      state = restored_state(manager, start, built, frozen)
       log(f"resumed from {manager.step_dir(start)}")
     else:
       state = initial_state(config, built, cfg, init_kind, mesh, log)
-      _samples(config, state.params, cfg, tok, mesh, "before", workdir, log, renderer)
+      _samples(config, state.model_params, cfg, tok, mesh, "before", workdir, log, renderer)
 
     # 6. The loop.
     ckpts = Checkpoints(config, manager, epoch_ends, fingerprint, workdir)
@@ -299,7 +306,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     nonfinite, preemption = NonFinite(), distributed.Preemption()
     meta = {"model_config": cfg.to_dict(), "tokenizer": tok.to_meta(),
             "fingerprint": fingerprint, "code_version": fingerprint_lib.code_version(),
-            **format_meta}
+            **format_meta,
+            **(adapters.meta(config, init_kind, fingerprint) if cfg.lora else {})}
     rows = sharding.process_rows(mesh.devices, batch_size, accum)
     rng, preempted = jax.random.key(config.seed + 1), False
     for step in range(start, total_steps):
@@ -312,7 +320,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
       if steplog.step(done, metrics, epoch + (in_epoch + 1) / steps_per_epoch[epoch], epoch_end):
         nonfinite.check(manager)
       if epoch_end and eval_ds is not None:
-        steplog.last.update(_evaluate(built, state.params, eval_ds, mesh, batch_size))
+        steplog.last.update(_evaluate(built, state.model_params, eval_ds, mesh, batch_size))
         log(f"epoch {epoch + 1}: loss {steplog.last['loss']:.4f}  eval loss "
             f"{steplog.last['eval_loss']:.4f} (perplexity {steplog.last['eval_perplexity']:.2f})")
       if steplog.last.get("step") == done:
@@ -332,7 +340,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     steplog.close()
     ckpts.close()
     if not preempted and start < total_steps:
-      _samples(config, state.params, cfg, tok, mesh, "after", workdir, log, renderer)
+      _samples(config, state.model_params, cfg, tok, mesh, "after", workdir, log, renderer)
   newest = workdir / "checkpoints" / str(total_steps)
   log(f"done: checkpoints in {workdir / 'checkpoints'}, metrics in {workdir / 'metrics.jsonl'}\n"
       f"export to Hugging Face: python -m lima_jax.convert to-hf --checkpoint={newest} "

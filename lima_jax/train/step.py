@@ -14,6 +14,7 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 
 from lima_jax.errors import UserError
 from lima_jax.model import axes
+from lima_jax.model import lora
 from lima_jax.model import transformer as model_lib
 from lima_jax.model.config import ModelConfig
 from lima_jax.parallel import sharding
@@ -23,8 +24,14 @@ from lima_jax.train import loss as loss_lib
 @flax.struct.dataclass
 class TrainState:
   step: jax.Array
-  params: Any
+  params: Any  # what is trained: every parameter, or only LoRA's adapters
   opt_state: Any
+  frozen: Any = None  # LoRA's frozen base (None: full fine-tuning)
+
+  @property
+  def model_params(self):
+    """The tree the model applies: the trained params, with the frozen base if any."""
+    return lora.join(self.frozen, self.params)
 
 
 def make_schedule(c: ml_collections.ConfigDict, total_steps: int) -> optax.Schedule:
@@ -90,16 +97,18 @@ def make_train_step(model: nn.Module, tx, schedule, grad_accum: int, determinist
                     loss_chunk: int = 0, groups: int = 1):
   """The pure step. With accumulation the batch is [A, B/A, T] and the loss stays exact:
   NLL sums and token counts are added over micro-batches before the one division."""
+  # Gradients of the trained params only: a frozen base gets neither gradient nor moments.
   grad_fn = jax.value_and_grad(
-      lambda p, b, r: loss_sums(model, p, b, r, deterministic, loss_chunk, groups), has_aux=True)
+      lambda p, f, b, r: loss_sums(model, lora.join(f, p), b, r, deterministic, loss_chunk,
+                                   groups), has_aux=True)
 
   def train_step(state: TrainState, batch, rng):
     rng = jax.random.fold_in(rng, state.step)
     if grad_accum == 1:
-      (nll, count), grads = grad_fn(state.params, batch, rng)
+      (nll, count), grads = grad_fn(state.params, state.frozen, batch, rng)
     else:
       def micro(carry, xs):
-        (n, c), g = grad_fn(state.params, xs[0], jax.random.fold_in(rng, xs[1]))
+        (n, c), g = grad_fn(state.params, state.frozen, xs[0], jax.random.fold_in(rng, xs[1]))
         return jax.tree.map(jnp.add, carry, (n, c, g)), None
       zeros = (jnp.float32(0), jnp.float32(0), jax.tree.map(jnp.zeros_like, state.params))
       (nll, count, grads), _ = jax.lax.scan(micro, zeros, (batch, jnp.arange(grad_accum)))
@@ -113,7 +122,7 @@ def make_train_step(model: nn.Module, tx, schedule, grad_accum: int, determinist
                "tokens": jnp.sum(seg > 0), "examples": jnp.sum(jnp.max(seg, axis=-1)),
                "grad_norm": optax.global_norm(grads), "param_norm": optax.global_norm(params),
                "learning_rate": schedule(state.step)}
-    return TrainState(state.step + 1, params, opt_state), metrics
+    return TrainState(state.step + 1, params, opt_state, state.frozen), metrics
 
   return train_step
 
@@ -156,12 +165,17 @@ def build_train_step(config, mesh, cfg: ModelConfig, total_steps: int) -> Built:
   tx = make_optimizer(config.train, schedule)
   boxed = jax.eval_shape(
       lambda: model.init(jax.random.key(0), jnp.zeros((1, 8), jnp.int32)))["params"]
+  frozen = None
+  if cfg.lora is not None:  # train the adapters; the rest is the frozen base
+    frozen, boxed = lora.split(boxed)
   param_sh = sharding.logical_shardings(boxed, mesh)
+  frozen_sh = None if frozen is None else sharding.logical_shardings(frozen, mesh)
   opt_sh = sharding.logical_shardings(jax.eval_shape(tx.init, boxed), mesh)
   replicated = NamedSharding(mesh, P())
-  state_sh = TrainState(step=replicated, params=param_sh, opt_state=opt_sh)
+  state_sh = TrainState(step=replicated, params=param_sh, opt_state=opt_sh, frozen=frozen_sh)
   abstract = jax.eval_shape(lambda: TrainState(
-      jnp.zeros((), jnp.int32), nn.meta.unbox(boxed), nn.meta.unbox(jax.eval_shape(tx.init, boxed))))
+      jnp.zeros((), jnp.int32), nn.meta.unbox(boxed), nn.meta.unbox(jax.eval_shape(tx.init, boxed)),
+      None if frozen is None else nn.meta.unbox(frozen)))
   abstract_state = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
                                 abstract, state_sh)
   accum = config.train.grad_accum_steps
@@ -171,7 +185,8 @@ def build_train_step(config, mesh, cfg: ModelConfig, total_steps: int) -> Built:
   dtypes = {"inputs": jnp.int32, "targets": jnp.int32, "loss_mask": jnp.bool_,
             "segment_ids": jnp.int32, "positions": jnp.int32}
   abstract_batch = {k: jax.ShapeDtypeStruct(shape, d, sharding=batch_sh) for k, d in dtypes.items()}
-  deterministic = cfg.dropout_schedule == "none" or cfg.dropout_top == 0.0
+  deterministic = (cfg.dropout_schedule == "none" or cfg.dropout_top == 0.0) and not (
+      cfg.lora and cfg.lora.dropout)
   chunk = config.train.get("loss_chunk", 0)
   if chunk < 0:
     raise UserError(f"train.loss_chunk={chunk}: must be >= 0 (0: plain logits)")
@@ -184,6 +199,7 @@ def build_train_step(config, mesh, cfg: ModelConfig, total_steps: int) -> Built:
                  out_shardings=(state_sh, replicated), donate_argnums=(0,),
                  compiler_options=options)
   eval_sh = sharding.batch_sharding(mesh)
-  eval_step = jax.jit(make_eval_step(model, chunk, groups), in_shardings=(param_sh, eval_sh),
+  eval_step = jax.jit(make_eval_step(model, chunk, groups),  # params: lora.join(frozen, params)
+                      in_shardings=(lora.join(frozen_sh, param_sh), eval_sh),
                       out_shardings=replicated, compiler_options=options)
   return Built(model, step, eval_step, abstract_state, state_sh, abstract_batch, tx, schedule)
