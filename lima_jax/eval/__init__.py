@@ -1,4 +1,5 @@
-"""Judged and judge-free evaluation of answers (LIMA's protocols, MT-Bench, AlpacaEval-style).
+"""Judged and judge-free evaluation of answers (LIMA's protocols, MT-Bench,
+AlpacaEval's formats) and benchmarks through lm-eval (harness).
 
 Command line: `python -m lima_jax.eval` (see configs/eval.py). Python:
 

@@ -1,4 +1,5 @@
-"""Studies: arms of curate -> train -> answer -> judge, run step by step and compared.
+"""Studies: arms of curate -> train -> answer -> judge, run one after another or on a
+Ray cluster (TPU slices, GPUs, hosts), and compared.
 
 Command line: `python -m lima_jax.experiment run|report` (the studies: configs/experiments.py).
 Modules: `study` (a study's steps, the manifest that records each by the hash of its inputs so a

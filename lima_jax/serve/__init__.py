@@ -1,4 +1,5 @@
-"""An OpenAI-compatible server for a checkpoint: chat and text completions, continuously batched.
+"""An OpenAI-compatible server for a checkpoint: chat and text completions with
+logprobs, continuously batched.
 
 Command line: `python -m lima_jax.serve --checkpoint=CKPT` (its flags: `__main__`). Modules:
 `api` (the FastAPI app, its routes and readiness), `completion` (one generation request: its
