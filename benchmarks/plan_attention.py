@@ -30,6 +30,8 @@ ROWS = {
 IMPLS = ("splash", "xla")
 FLAGS = flags.FLAGS
 flags.DEFINE_list("rows", list(ROWS), f"Rows to plan, of {list(ROWS)}.")
+flags.DEFINE_list("impls", list(IMPLS), "Attentions to plan each row with.")
+flags.DEFINE_bool("redo", False, "Plan again the cells --out already holds.")
 flags.DEFINE_string("out", str(REPO / "benchmarks/results/plan_attention.json"), "JSON out.")
 
 
@@ -79,7 +81,9 @@ def main(argv):
   out = pathlib.Path(FLAGS.out)
   done = json.loads(out.read_text())["plans"] if out.exists() else []
   for row in FLAGS.rows:
-    for impl in IMPLS:
+    for impl in FLAGS.impls:
+      if not FLAGS.redo and any((p["row"], p["impl"]) == (row, impl) for p in done):
+        continue
       done = [p for p in done if (p["row"], p["impl"]) != (row, impl)] + [plan(row, impl)]
       order = {(r, i): n for n, (r, i) in enumerate((r, i) for r in ROWS for i in IMPLS)}
       done.sort(key=lambda p: order[p["row"], p["impl"]])

@@ -204,3 +204,19 @@ def test_configs_written_before_splash_still_load():
   cfg = ModelConfig.from_dict(old)
   assert cfg.attention_impl == "xla" and cfg.splash_block == 0
   assert ModelConfig().attention_impl == "auto"
+
+
+def test_the_runs_first_line_says_which_attention(tmp_path):
+  """Printed before anything is read: here the data file is missing, so the run stops next."""
+  import pathlib
+  import subprocess
+  import sys
+  repo = pathlib.Path(__file__).resolve().parents[1]
+  proc = subprocess.run(
+      [sys.executable, "-m", "lima_jax.main", "--config=configs/lima.py:demo",
+       f"--workdir={tmp_path}", "--config.model.size=tiny",
+       f"--config.data.train_files={tmp_path}/missing.jsonl"],
+      cwd=repo, capture_output=True, text=True, timeout=300)
+  assert proc.returncode != 0 and "missing.jsonl" in proc.stderr.strip().splitlines()[-1]
+  assert proc.stdout.splitlines()[0] == (
+      "attention: xla (blocked XLA attention; model.attention_impl='auto' on cpu)")
