@@ -111,6 +111,30 @@ def test_splash_matches_xla_on_the_mesh_with_heads_over_tensor(dtype):
   _compare(dtype, sharding.make_mesh((1, 4, 2)))
 
 
+def test_kv_heads_that_do_not_split_over_tensor_are_repeated_per_query_head():
+  """8 query heads on 2 KV heads over tensor=4: each device gets 2 query heads and copies of
+  their KV head; the logits still match the XLA path."""
+  cfg = dataclasses.replace(CFG, n_heads=8, head_dim=12)
+  boxed = M.abstract_params(cfg)
+  rng = np.random.default_rng(2)
+  params = jax.tree.map(lambda s: jnp.asarray(rng.normal(0, 0.2, s.shape), jnp.float32),
+                        nn.meta.unbox(boxed))
+  mesh = sharding.make_mesh((1, 2, 4))
+  b = _batch()
+  p = jax.device_put(params, sharding.logical_shardings(boxed, mesh))
+  x = jax.device_put({k: jnp.asarray(v) for k, v in b.items()}, sharding.batch_sharding(mesh))
+  out = {}
+  for impl in ("xla", "splash"):
+    model = M.Transformer(dataclasses.replace(cfg, attention_impl=impl))
+    with jax.set_mesh(mesh), nn.logical_axis_rules(sharding.RULES):
+      out[impl] = jax.jit(lambda p, x: model.apply(
+          {"params": p}, x["inputs"], positions=x["positions"], segment_ids=x["segment_ids"]))(
+              p, x)
+  real = b["segment_ids"] > 0
+  _assert_close(np.asarray(out["splash"])[real], np.asarray(out["xla"])[real], RTOL["float32"],
+                "logits")
+
+
 def test_on_the_mesh_the_kernel_runs_per_shard_with_its_share_of_heads():
   """shard_map hands each device its batch rows and 3 of the 6 query heads (1 of 2 KV heads)."""
   mesh = sharding.make_mesh((1, 4, 2))
