@@ -1,7 +1,8 @@
-r"""Splash beside XLA attention in the planner, for LIMA's recipe on the slices docs/tpu.md names:
-fits or not, peak HBM, compiled FLOPs against the model count, the roofline step, compile time.
+r"""Splash beside XLA attention in the planner, for LIMA's recipe on the slices docs/tpu.md
+names: fits or not, peak HBM, compiled FLOPs against the model count, the roofline step, compile
+time.
 
-  python benchmarks/plan_attention.py [--rows=7b-v4-16,...] [--out=benchmarks/results/plan_attention.json]
+  python benchmarks/plan_attention.py [--rows=7b-v4-16,...] [--impls=splash,xla]
 
 Each cell is one `python -m lima_jax.plan ... --out=J` run (libtpu's compiler, no TPU:
 pip install -r requirements-tpu.txt); the JSON holds every plan and the markdown table docs/tpu.md
@@ -66,6 +67,10 @@ def table(plans: list[dict]) -> str:
       flops = (f"({p['compiled_flops']:.3g} + {p['kernel_flops']:.3g}) / {p['model_flops']:.3g}"
                f" = {ratio:.2f}")
       step, mfu = f"{p['roofline']['seconds']:.2f} s", f"{p['roofline_mfu']:.0%}"
+      loops = p.get("cost_loops")  # None: planned before the planner counted them
+      if loops != 0:
+        flops += f" (lower bound: {'unchecked' if loops is None else loops} loops counted once)"
+        step, mfu = step + " (not reliable)", mfu + " (not reliable)"
     else:
       flops, step, mfu = "-", "-", "-"
     lines.append(

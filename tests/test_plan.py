@@ -119,6 +119,9 @@ def test_tiny_plan_reads_flops_bytes_and_roofline_off_the_compiled_step(tiny_pla
   # The compiled count covers both layers: more than the scanned program's one-body count.
   assert p["compiled_flops"] > 1.5 * p["xla_flops_loop_bodies_once"]
   assert "Pallas kernels excluded" in text and "a lower bound" in text
+  # Loops left in the programs the costs come from are counted and the figures labelled: tiny's
+  # keep one (not a windowed einsum; its step matches a 4-layer compile, see below).
+  assert p["cost_loops"] == 1 and "LOWER BOUNDS: the compiled step keeps 1 loops" in text
   assert "(assumed MFU, a guess)" in text
 
 
