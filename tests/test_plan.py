@@ -121,7 +121,7 @@ def test_tiny_plan_reads_flops_bytes_and_roofline_off_the_compiled_step(tiny_pla
   assert "Pallas kernels excluded" in text and "a lower bound" in text
   # Loops left in the programs the costs come from are counted and the figures labelled: tiny's
   # keep one (not a windowed einsum; its step matches a 4-layer compile, see below).
-  assert p["cost_loops"] == 1 and "LOWER BOUNDS: the compiled step keeps 1 loops" in text
+  assert p["cost_loops"] == 1 and "LOWER BOUNDS: the compiled step keeps 1 loop(s)" in text
   assert "(assumed MFU, a guess)" in text
 
 

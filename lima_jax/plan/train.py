@@ -207,9 +207,9 @@ def format_plan(p: Plan, title: str) -> str:
   if p.fits and p.roofline:
     total = p.compiled_flops + p.kernel_flops
     if p.cost_loops:
-      lines.append(f"  LOWER BOUNDS: the compiled step keeps {p.cost_loops} loops (windowed "
-                   "einsums) whose bodies XLA's cost analysis counts once; FLOPs, bytes, the "
-                   "roofline and MFU below are not reliable")
+      lines.append(f"  LOWER BOUNDS: the compiled step keeps {p.cost_loops} loop(s) whose bodies "
+                   "XLA's cost analysis counts once (on FSDP slices, windowed einsums); FLOPs, "
+                   "bytes, the roofline and MFU below are not reliable")
     lines += [
         f"  compiled FLOPs       {p.compiled_flops:.3e}   (XLA's cost analysis of the step, "
         "Pallas kernels excluded)"]
