@@ -79,7 +79,10 @@ def get_config(variant: str = "demo") -> ml_collections.ConfigDict:
   # Causal attention in query blocks of this many tokens, each meeting only earlier keys
   # (0: one block). 128 was among the fastest on CPU at length 512 (docs/performance.md).
   c.model.attention_block = 128
-  c.model.attention_impl = "xla"  # 'xla' (any backend) | 'cudnn' (NVIDIA GPUs, bfloat16).
+  # 'auto': Pallas splash on TPU, cuDNN on NVIDIA GPUs in bfloat16, else 'xla' (the blocked
+  # attention above); or name one: 'xla' | 'splash' (TPU; interpreted, slowly, on CPU) | 'cudnn'.
+  c.model.attention_impl = "auto"
+  c.model.splash_block = 0  # Splash's block, a multiple of 128 (0: the TPU generation's).
   # data.tokenizer must be the tokenizer stored with model.init (same SentencePiece model);
   # True accepts another one whose ids you know agree.
   c.model.allow_tokenizer_mismatch = False

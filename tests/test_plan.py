@@ -102,6 +102,83 @@ def test_tiny_plan_table(tiny_plan):
 
 
 @needs_libtpu
+def test_tiny_plan_reads_flops_bytes_and_roofline_off_the_compiled_step(tiny_plan):
+  """'auto' compiles splash for TPU (its kernels are in the program); the FLOPs run are XLA's
+  count plus the kernel's; the roofline is the larger of compute at peak and traffic at full
+  bandwidth; the implied MFU is the model count over it. 40%/60% stay, labelled as guesses."""
+  text, p = tiny_plan
+  assert p["attention"] == "splash" and "attention: splash" in text
+  assert p["kernels_in_program"] >= 3  # forward, dq and dkv kernels (in the scanned layer)
+  # tiny: 4 heads of 16, 2 layers; batch 8 x 64 padded to one 128-token block; the elementwise
+  # policy keeps the kernel's output, so it runs forward (2 matmuls), dq (3) and dkv (4) once.
+  assert p["kernel_flops"] == 9 * 2 * 16 * 128 * 128 * 4 * 2 * 8 / 4
+  flops = p["compiled_flops"] + p["kernel_flops"]
+  v4 = (275e12, 1200e9)
+  assert p["roofline"]["seconds"] == pytest.approx(max(flops / v4[0], p["hbm_bytes"] / v4[1]))
+  assert p["roofline_mfu"] == pytest.approx(p["model_flops"] / (p["roofline"]["seconds"] * v4[0]))
+  # The compiled count covers both layers: more than the scanned program's one-body count.
+  assert p["compiled_flops"] > 1.5 * p["xla_flops_loop_bodies_once"]
+  assert "Pallas kernels excluded" in text and "a lower bound" in text
+  # Loops left in the programs the costs come from are counted and the figures labelled: tiny's
+  # keep one (not a windowed einsum; its step matches a 4-layer compile, see below).
+  assert p["cost_loops"] == 1 and "LOWER BOUNDS: the compiled step keeps 1 loop(s)" in text
+  assert "(assumed MFU, a guess)" in text
+
+
+@needs_libtpu
+def test_xla_attention_compiles_no_kernel_and_counts_none():
+  proc = plan_cli(*TINY, "--topology=v4:2x2x1", "--config.model.attention_impl=xla")
+  assert proc.returncode == 0, proc.stderr
+  assert "attention: xla (0 Pallas kernel calls in the program)" in proc.stdout
+  assert "+ splash kernel" not in proc.stdout
+
+
+EXTEND = """
+import dataclasses, json, sys
+import jax
+jax.config.update("jax_platforms", "cpu")
+sys.path.insert(0, "tests")
+from conftest import tiny_config
+from lima_jax.parallel import tpu_specs
+from lima_jax.plan import common, roofline
+from lima_jax.train import base_model, step as step_lib
+config = tiny_config(**{"data.max_len": 128, "train.batch_size": 8})
+mesh = common.topology_mesh(tpu_specs.parse_slice("v4-8"), (1, -1, 1), 8)
+cfg = base_model.planned_model_config(config)
+def cost(n):
+  with jax.set_mesh(mesh):
+    b = step_lib.build_train_step(config, mesh, dataclasses.replace(
+        cfg, n_layers=n, scan_layers=False), total_steps=10)
+    return roofline.cost_of(b.train_step.lower(
+        b.abstract_state, b.abstract_batch, jax.eval_shape(lambda: jax.random.key(0))).compile())
+c1, c2, c4 = cost(1), cost(2), cost(4)
+print(json.dumps([dataclasses.asdict(roofline.extend(c1, c2, 4, 1)), dataclasses.asdict(c4)]))
+"""
+
+
+@needs_libtpu
+def test_costs_extended_from_one_and_two_layers_match_a_four_layer_compile():
+  proc = subprocess.run([sys.executable, "-c", EXTEND], cwd=REPO, capture_output=True,
+                        text=True, timeout=900)
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  extended, direct = json.loads(proc.stdout.strip().splitlines()[-1])
+  for key in ("flops", "bytes", "optimal_seconds"):
+    assert extended[key] == pytest.approx(direct[key], rel=0.02), key
+
+
+def test_splash_flops_count_the_blocks_the_causal_kernel_visits():
+  from lima_jax.plan import roofline
+  cfg = get_size("llama1-7b")  # 32 heads of 128, 32 layers
+  # 2,048 tokens in 512-blocks: 4 x 4 tiles, 10 on or below the diagonal; 1,000 tokens pad to
+  # 1,024: 2 x 2 tiles, 3 visited.
+  per_pass = 2 * 128 * 32 * 32  # 2K FLOPs per (query, key) pair, every head and layer
+  assert roofline.splash_flops(cfg, 1, 2048, 512, "elementwise") == 9 * per_pass * 10 * 512**2
+  assert roofline.splash_flops(cfg, 1, 1000, 512, "none") == 9 * per_pass * 3 * 512**2
+  # Full remat reruns the forward (two more passes) in the backward.
+  assert roofline.splash_flops(cfg, 2, 2048, 512, "full") == 2 * 11 * per_pass * 10 * 512**2
+
+
+@needs_libtpu
 def test_a_config_that_does_not_fit_says_so():
   proc = plan_cli("--config=configs/lima.py:demo", "--config.model.size=demo",
                   "--config.data.max_len=2048", "--config.train.batch_size=512",

@@ -30,7 +30,7 @@ REMAT_POLICIES = {
         "qkv", "attention", "mlp", "residual"),
 }
 DROPOUT_SCHEDULES = ("linear", "constant", "none")
-ATTENTION_IMPLS = ("xla", "cudnn")
+ATTENTION_IMPLS = ("auto", "xla", "splash", "cudnn")
 ARCHS = ("llama", "mistral", "qwen2")
 
 
@@ -66,9 +66,14 @@ class ModelConfig:
   # Query block of causal self-attention without a cache: block i meets keys up to its end only
   # (0: one block). Smaller skips more of the masked half; larger makes bigger matmuls.
   attention_block: int = 128
-  # 'xla': lima_jax's attention in plain XLA (every backend); 'cudnn': jax.nn.dot_product_attention
-  # on cuDNN (NVIDIA GPUs, bfloat16) for training and prefill. Decoding steps always use 'xla'.
-  attention_impl: str = "xla"
+  # Attention without a cache (training, scoring): 'xla', lima_jax's blocked attention (every
+  # backend); 'splash', the Pallas splash kernel (TPU; interpreted, slowly, elsewhere); 'cudnn',
+  # jax.nn.dot_product_attention on cuDNN (NVIDIA GPUs, bfloat16); 'auto': splash on TPU, cuDNN
+  # on GPU in bfloat16, else xla. Prefill and decoding steps use the cached XLA attention.
+  attention_impl: str = "auto"
+  # Splash's query and key block in tokens, a multiple of 128 (0: the TPU generation's default,
+  # lima_jax.model.splash.BLOCKS).
+  splash_block: int = 0
   dropout_top: float = 0.0
   dropout_schedule: str = "linear"
   # Low-rank adapters on the projections (lima_jax.model.lora.LoraSpec, or its dict); None: the
@@ -103,6 +108,9 @@ class ModelConfig:
           f"attention_impl={self.attention_impl!r} is not one of {list(ATTENTION_IMPLS)}")
     if self.arch not in ARCHS:
       problems.append(f"arch={self.arch!r} is not one of {list(ARCHS)}")
+    if self.splash_block < 0 or self.splash_block % 128:
+      problems.append(f"splash_block={self.splash_block} is not a multiple of 128 (the "
+                      "kernel's lanes; 0: the TPU generation's block)")
     if self.attention_block < 0:
       problems.append(f"attention_block={self.attention_block} is negative")
     if not 0.0 <= self.dropout_top < 1.0:

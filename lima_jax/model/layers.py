@@ -17,6 +17,7 @@ from jax.ad_checkpoint import checkpoint_name
 from lima_jax.model import attention
 from lima_jax.model import axes
 from lima_jax.model import lora
+from lima_jax.model import splash
 from lima_jax.model.config import DTYPES, ModelConfig
 
 Initializer = Callable[..., jax.Array]
@@ -143,7 +144,12 @@ class Attention(nn.Module):
       new_kv = {"k": k_all, "v": v_all}
       out = attention.cached_attention(q.reshape(B, T, G, H // G, K), k_all.astype(dtype),
                                        v_all.astype(dtype), mask).reshape(B, T, H, K)
-    elif cfg.attention_impl == "cudnn":
+      impl = None
+    else:
+      impl = splash.resolve_impl(cfg.attention_impl, cfg.dtype)
+    if impl == "splash":
+      out = splash.splash_attention(q, k, v, segments, cfg.splash_block)
+    elif impl == "cudnn":
       # cuDNN's fused flash attention (NVIDIA GPUs, bfloat16/float16); the mask keeps packed
       # segments apart. Query head h uses kv head h // (H / G) here too.
       slots = jnp.broadcast_to(jnp.arange(T), (B, T))
@@ -152,7 +158,7 @@ class Attention(nn.Module):
       out = checkpoint_name(
           jax.nn.dot_product_attention(q, k, v, mask=mask[:, 0], implementation="cudnn"),
           "attention")
-    else:
+    elif impl == "xla":
       # Head-major for the blocked kernel; query head h uses kv head h // (H / G), so the R = H / G
       # queries sharing a kv head are rows t * R + r of one [T * R, K] matrix.
       qh = q.reshape(B, T, G, H // G, K).transpose(0, 2, 1, 3, 4).reshape(B, G, T * H // G, K)

@@ -4,11 +4,15 @@ r"""Ahead-of-time planner: will a config fit a TPU slice, and how fast could it 
 
 The training step is compiled for the slice by libtpu's compiler on this machine (no TPU,
 network or credentials), from abstract inputs, on a mesh of "compile-only" devices
-(`jax.experimental.topologies`). The compiled program gives per-chip memory (parameters,
-optimizer state, the rest at peak, peak HBM); FLOPs per step are counted from the parameter
-shapes (XLA's cost analysis counts a scanned loop body only once), and step time and tokens/s
-are estimated at 40% and 60% model FLOPs utilisation (MFU). A config that does not fit gets
-libtpu's own out-of-memory message and suggestions.
+(`jax.experimental.topologies`), with the attention training would use there
+(`model.attention_impl`: 'auto' is Pallas splash on TPU). The compiled program gives per-chip
+memory (parameters, optimizer state, the rest at peak, peak HBM). Its FLOPs and HBM bytes come
+from XLA's cost analysis of the same step compiled with 1 and 2 layers (`roofline`: a scanned
+loop body is counted once), plus splash's FLOPs counted from the kernel (Pallas kernels are
+invisible to the cost analysis); the roofline bound is the larger of FLOPs / peak and bytes /
+bandwidth, and the MFU it implies is the model count (6N + attention per token) over it. Step
+times at 40% and 60% MFU are printed beside it as what they are: assumptions. A config that
+does not fit gets libtpu's own out-of-memory message and suggestions.
 
 The step compiled is the real one, `step_lib.build_train_step`, with the config's model size (its
 vocabulary grown by EOT), dtype, remat policy, dropout, batch, accumulation and optimizer.
@@ -16,6 +20,7 @@ vocabulary grown by EOT), dtype, remat policy, dropout, batch, accumulation and 
 import dataclasses
 import math
 import re
+import time
 
 import jax
 
@@ -24,7 +29,9 @@ from lima_jax.parallel import sharding
 from lima_jax.parallel import tpu_specs
 from lima_jax.train import step as step_lib
 from lima_jax.errors import UserError
+from lima_jax.model import splash
 from lima_jax.plan import common
+from lima_jax.plan import roofline
 
 MFUS = (0.4, 0.6)
 
@@ -49,11 +56,24 @@ class Plan:
   argument_bytes: int | None = None  # State + batch + rng as XLA lays them out.
   temp_bytes: int | None = None  # XLA's temporary allocation (may overlap donated arguments).
   # XLA's cost analysis counts a loop body once, so with layers under nn.scan this is about one
-  # layer's FLOPs plus the rest: kept for reference, not used for the estimates.
+  # layer's FLOPs plus the rest: kept for reference; `compiled_flops` is the whole step's.
   xla_flops_loop_bodies_once: float | None = None
   model_flops: float | None = None  # Per chip per step: 6N + attention per token (PaLM, app. B).
   tokens_per_step: int = 0
-  step_seconds: dict[str, float] = dataclasses.field(default_factory=dict)  # MFU -> seconds.
+  # Assumed MFU -> seconds per step (a guess beside the compiler's roofline, not from it).
+  step_seconds: dict[str, float] = dataclasses.field(default_factory=dict)
+  attention: str = ""  # What the step runs: 'splash' or 'xla'.
+  kernels_in_program: int | None = None  # Mosaic (Pallas) kernel calls in the compiled step.
+  # Per chip per step, from the compiled 1- and 2-layer steps (lima_jax.plan.roofline):
+  compiled_flops: float | None = None  # XLA's cost analysis; Pallas kernels not included.
+  kernel_flops: float = 0.0  # Splash's FLOPs, counted from the kernel's blocks.
+  hbm_bytes: float | None = None  # XLA's bytes accessed (kernels' own traffic not included).
+  xla_optimal_seconds: float | None = None  # XLA's own time estimate (kernels not included).
+  roofline: dict[str, float] = dataclasses.field(default_factory=dict)  # compute/memory/seconds
+  roofline_mfu: float | None = None  # model_flops / (roofline seconds x peak).
+  cost_compile_seconds: float = 0.0  # The two small compiles the costs come from.
+  # Loops left in those (e.g. windowed einsums): > 0 makes the costs and roofline lower bounds.
+  cost_loops: int | None = None
   oom_message: str = ""
   # Some 'tensor' group spans hosts: those hosts feed identical batch rows (each host loads and
   # sends more rows than its share); the collectives still run over ICI.
@@ -70,6 +90,36 @@ def _model_flops(params, tokens_per_step: int, seq_len: int) -> float:
   q = next((x.shape for k, x in flat.items() if re.search(r"\['attn'\]\['q'\]", k)), None)
   attention = 12 * q[0] * q[2] * q[3] * seq_len if q and len(q) == 4 else 0
   return float((6 * n + attention) * tokens_per_step)
+
+
+def plan_costs(p: Plan, config, cfg, mesh, slice_: tpu_specs.Slice) -> None:
+  """Fills FLOPs, bytes and the roofline from the 1- and 2-layer steps (one micro-batch)."""
+  accum = config.train.grad_accum_steps
+  one = config.copy_and_resolve_references()
+  with one.unlocked():
+    one.train.batch_size, one.train.grad_accum_steps = config.train.batch_size // accum, 1
+
+  def build(n):
+    with jax.set_mesh(mesh):
+      return step_lib.build_train_step(
+          one, mesh, dataclasses.replace(cfg, n_layers=n, scan_layers=False), total_steps=1000)
+
+  def compile_(built):
+    with jax.set_mesh(mesh):
+      return built.train_step.lower(built.abstract_state, built.abstract_batch,
+                                    jax.eval_shape(lambda: jax.random.key(0))).compile()
+  start = time.perf_counter()
+  cost, p.cost_loops = roofline.step_costs(build, cfg.n_layers, accum, compile_)
+  p.cost_compile_seconds = time.perf_counter() - start
+  p.compiled_flops, p.hbm_bytes = cost.flops, cost.bytes
+  p.xla_optimal_seconds = cost.optimal_seconds
+  if p.attention == "splash":
+    block = splash.block_size(config.data.max_len, cfg.splash_block,
+                              mesh.devices.flat[0].device_kind)
+    p.kernel_flops = roofline.splash_flops(cfg, config.train.batch_size, config.data.max_len,
+                                           block, cfg.remat_policy) / slice_.chips
+  p.roofline = roofline.roofline(p.compiled_flops + p.kernel_flops, p.hbm_bytes, slice_.chip)
+  p.roofline_mfu = p.model_flops / (p.roofline["seconds"] * slice_.chip.peak_bf16_flops)
 
 
 def plan_step(built, mesh: jax.sharding.Mesh, slice_: tpu_specs.Slice, seq_len: int) -> Plan:
@@ -99,6 +149,7 @@ def plan_step(built, mesh: jax.sharding.Mesh, slice_: tpu_specs.Slice, seq_len: 
     cost = compiled.cost_analysis()
     cost = cost[0] if isinstance(cost, (list, tuple)) else cost
     p.xla_flops_loop_bodies_once = float(cost.get("flops", 0.0)) or None
+    p.kernels_in_program = roofline.kernels_in(compiled)
     p.step_seconds = {f"{u:.0%}": p.model_flops / (u * slice_.chip.peak_bf16_flops) for u in MFUS}
   return p
 
@@ -127,7 +178,9 @@ def format_plan(p: Plan, title: str) -> str:
   mesh = " ".join(f"{k}={v}" for k, v in p.mesh.items())
   lines = [title,
            f"slice {p.accelerator_type} ({p.topology}): {p.chips} chips on {p.hosts} hosts; "
-           f"mesh {mesh}; compiled in {p.compile_seconds:.1f} s"]
+           f"mesh {mesh}; compiled in {p.compile_seconds:.1f} s",
+           f"attention: {p.attention}" + (f" ({p.kernels_in_program} Pallas kernel calls in the "
+                                          "program)" if p.kernels_in_program is not None else "")]
   if p.tensor_across_hosts:
     lines.append(
         f"note: each 'tensor' group of {p.mesh['tensor']} chips spans several hosts, which then "
@@ -149,11 +202,33 @@ def format_plan(p: Plan, title: str) -> str:
   lines += ["", "per step",
             f"  tokens               {p.tokens_per_step:,} ({p.tokens_per_step // p.chips:,} "
             "per chip)",
-            f"  model FLOPs per chip {p.model_flops:.3e}   (6N + attention per token)"]
+            f"  model FLOPs per chip {p.model_flops:.3e}   (6N + attention per token: the MFU "
+            "count)"]
+  if p.fits and p.roofline:
+    total = p.compiled_flops + p.kernel_flops
+    if p.cost_loops:
+      lines.append(f"  LOWER BOUNDS: the compiled step keeps {p.cost_loops} loop(s) whose bodies "
+                   "XLA's cost analysis counts once (on FSDP slices, windowed einsums); FLOPs, "
+                   "bytes, the roofline and MFU below are not reliable")
+    lines += [
+        f"  compiled FLOPs       {p.compiled_flops:.3e}   (XLA's cost analysis of the step, "
+        "Pallas kernels excluded)"]
+    if p.attention == "splash":
+      lines.append(f"  + splash kernel      {p.kernel_flops:.3e}   (counted from its blocks)")
+    lines += [
+        f"  = FLOPs run          {total:.3e}   ({total / p.model_flops:.2f} x the model count)",
+        f"  HBM bytes            {p.hbm_bytes:.3e}   (XLA's bytes accessed; kernels' own not "
+        "included)",
+        f"  roofline step        {common.seconds(p.roofline['seconds'])}= max(FLOPs run / peak "
+        f"{common.seconds(p.roofline['compute_seconds']).strip()}, bytes / bandwidth "
+        f"{common.seconds(p.roofline['memory_seconds']).strip()}): a lower bound",
+        f"  implied MFU          {p.roofline_mfu:9.0%}    at that bound; XLA's own estimate "
+        f"{common.seconds(p.xla_optimal_seconds).strip()} (kernels not included)"]
   if p.fits:
     for mfu, s in p.step_seconds.items():
       lines.append(f"  at {mfu} MFU          {common.seconds(s)}per step, "
-                   f"{p.tokens_per_step / p.chips / s:,.0f} tokens/s per chip")
+                   f"{p.tokens_per_step / p.chips / s:,.0f} tokens/s per chip (assumed MFU, a "
+                   "guess)")
   if p.suggestions:
     lines += ["", "to fit:" if not p.fits else "to save memory:"]
     lines += [f"  - {s}" for s in p.suggestions]
@@ -175,10 +250,13 @@ def make_plan(config, topology: str, mesh_shape=None) -> Plan:
                     f"split over the {shards} batch shards (data x fsdp) of mesh "
                     f"{dict(mesh.shape)}; put the other chips on 'tensor', e.g. "
                     f"--mesh=1,{fsdp},{slice_.chips // fsdp}")
+  cfg = base_model.planned_model_config(config)
   with jax.set_mesh(mesh):
-    built = step_lib.build_train_step(config, mesh, base_model.planned_model_config(config),
-                                   total_steps=1000)  # The schedule's length changes nothing.
+    built = step_lib.build_train_step(config, mesh, cfg, total_steps=1000)  # Any schedule.
   p = plan_step(built, mesh, slice_, config.data.max_len)
+  p.attention = splash.check_impl(cfg.attention_impl, cfg.dtype, "tpu")
+  if p.fits:
+    plan_costs(p, config, cfg, mesh, slice_)
   if not p.fits or p.peak_bytes > 0.9 * p.usable_hbm_bytes:
     p.suggestions = suggest(p, config)
   return p

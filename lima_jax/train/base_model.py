@@ -66,7 +66,8 @@ def model_config(config, init_cfg: Optional[ModelConfig],
       base, vocab_size=vocab, dropout_top=m.dropout_top, dropout_schedule=m.dropout_schedule,
       dtype=m.dtype, param_dtype=m.param_dtype, scan_layers=m.scan_layers,
       remat_policy=m.remat_policy, attention_block=m.attention_block,
-      attention_impl=m.attention_impl, max_seq_len=max(base.max_seq_len, config.data.max_len)))
+      attention_impl=m.attention_impl, splash_block=m.get("splash_block", 0),
+      max_seq_len=max(base.max_seq_len, config.data.max_len)))
 
 
 def lora_spec(config) -> lora.LoraSpec | None:
@@ -102,7 +103,7 @@ def planned_model_config(config) -> ModelConfig:
   base = get_size(config.model.size)
   if config.model.attention_impl == "cudnn":
     raise UserError("model.attention_impl='cudnn' is for NVIDIA GPUs; the planner compiles for "
-                    "TPU: use 'xla'")
+                    "TPU: use 'auto' (splash there) or 'xla'")
   return model_config(config, None, _PlannedTokenizer(base.vocab_size + 1, base.vocab_size))
 
 

@@ -34,6 +34,7 @@ from lima_jax.parallel import sharding
 from lima_jax.train import metrics_log as metrics_log_lib
 from lima_jax.train.step import Built, TrainState, build_train_step, check_platform
 from lima_jax import tokenizer as tokenizer_lib
+from lima_jax.model import splash
 from lima_jax.model import transformer as model_lib
 from lima_jax.errors import UserError
 
@@ -251,8 +252,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   workdir = epath.Path(workdir)
   workdir.mkdir(parents=True, exist_ok=True)
 
-  # 1. Mesh.
+  # 1. Mesh, and the attention it runs (the run's first line).
   mesh = make_mesh(config)
+  log(splash.describe(config.model.attention_impl, config.model.dtype,
+                      mesh.devices.flat[0].platform))
   batch_size, accum = config.train.batch_size, config.train.grad_accum_steps
 
   # 2. Tokenizer, model, data; every host must hold the same.

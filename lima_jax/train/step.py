@@ -15,6 +15,7 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 from lima_jax.errors import UserError
 from lima_jax.model import axes
 from lima_jax.model import lora
+from lima_jax.model import splash
 from lima_jax.model import transformer as model_lib
 from lima_jax.model.config import ModelConfig
 from lima_jax.parallel import sharding
@@ -150,10 +151,9 @@ class Built:
 CPU_COMPILER_OPTIONS = {"xla_cpu_experimental_ynn_fusion_type": ""}
 
 
-def check_platform(cfg: ModelConfig, platform: str) -> None:
-  if cfg.attention_impl == "cudnn" and (platform != "gpu" or cfg.dtype != "bfloat16"):
-    raise UserError(f"model.attention_impl='cudnn' needs NVIDIA GPUs and model.dtype='bfloat16' "
-                    f"(this run: {platform}, {cfg.dtype}); use 'xla'")
+def check_platform(cfg: ModelConfig, platform: str) -> str:
+  """The attention the step will use on `platform` (one line if it cannot run there)."""
+  return splash.check_impl(cfg.attention_impl, cfg.dtype, platform)
 
 
 def build_train_step(config, mesh, cfg: ModelConfig, total_steps: int) -> Built:
