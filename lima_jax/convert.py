@@ -41,8 +41,7 @@ def main(argv) -> None:
   if argv[1] == "to-peft":
     from lima_jax.formats import peft
     peft.export(f.checkpoint, f.out, f.dtype or "float32", f.max_shard_mb * 10**6)
-  elif argv[1] == "to-hf" and model_file.kind_of(f.checkpoint) == "lima" and \
-      lora_checkpoint.is_lora(checkpoint.read_meta(f.checkpoint)):
+  elif argv[1] == "to-hf" and lora_checkpoint.is_lora(checkpoint.read_stored_meta(f.checkpoint)):
     m = model_file.open(f.checkpoint, on_host=True)  # merged into full weights (docs/lora.md)
     hf_export.save_hf(m.config, m.params, f.out, m.tokenizer_meta, f.dtype or "bfloat16",
                       f.max_shard_mb * 10**6)

@@ -127,7 +127,7 @@ def test_format_is_decided_by_the_first_object(tmp_path):
   neither = write_lines(tmp_path / "neither.jsonl", [{"prompt": "q", "answer": "a"}])
   with pytest.raises(UserError) as e:
     read_records(neither)
-  assert str(e.value) == (f"{neither}:1: expected a 'conversations' list (LIMA), "
+  assert str(e.value) == (f"{neither}:1: expected a 'conversations' list (LIMA), 'messages', "
                           "'instruction' and 'output' (Alpaca/Dolly) or 'text' (a plain "
                           "document); fields found: answer, prompt")
   path = write_lines(tmp_path / "mix.jsonl", [GOOD, {"instruction": "i", "output": "o"}])

@@ -134,6 +134,18 @@ def _url(path) -> str:
   return (s if "://" in s else "file://" + os.path.abspath(s)).rstrip("/") + "/"
 
 
+def read_stored_meta(path) -> dict:
+  """The meta of a checkpoint wherever TensorStore reads it (as `read_stored`, no arrays)."""
+  import tensorstore as ts
+  try:
+    r = ts.KvStore.open(_url(path)).result().read("meta/metadata").result()
+  except (ValueError, RuntimeError) as e:
+    raise UserError(f"{path}: cannot read ({e})") from None
+  if r.state != "value":
+    raise UserError(f"{path}: not a lima_jax checkpoint (no meta/metadata)")
+  return json.loads(bytes(r.value))
+
+
 def read_stored(path) -> tuple[dict, PyTree]:
   """(meta, params as `StoredArray`s) through TensorStore alone, so any location it reads works
   (a local path, file://, gs://, s3://) with no epath backend, and reading costs host memory
