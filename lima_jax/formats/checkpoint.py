@@ -134,16 +134,21 @@ def _url(path) -> str:
   return (s if "://" in s else "file://" + os.path.abspath(s)).rstrip("/") + "/"
 
 
-def read_stored_meta(path) -> dict:
-  """The meta of a checkpoint wherever TensorStore reads it (as `read_stored`, no arrays)."""
-  import tensorstore as ts
+def _stored_json(path, key: str):
+  """The JSON file `key` of a checkpoint, read through TensorStore wherever it lives."""
+  import tensorstore as ts  # orbax's own storage layer
   try:
-    r = ts.KvStore.open(_url(path)).result().read("meta/metadata").result()
+    r = ts.KvStore.open(_url(path)).result().read(key).result()
   except (ValueError, RuntimeError) as e:
     raise UserError(f"{path}: cannot read ({e})") from None
   if r.state != "value":
-    raise UserError(f"{path}: not a lima_jax checkpoint (no meta/metadata)")
+    raise UserError(f"{path}: not a lima_jax checkpoint (no {key})")
   return json.loads(bytes(r.value))
+
+
+def read_stored_meta(path) -> dict:
+  """The meta of a checkpoint wherever TensorStore reads it (as `read_stored`, no arrays)."""
+  return _stored_json(path, "meta/metadata")
 
 
 def read_stored(path) -> tuple[dict, PyTree]:
@@ -152,17 +157,8 @@ def read_stored(path) -> tuple[dict, PyTree]:
   for what is indexed, not for the whole tree. Follows the layout `save` and `Manager` write
   (orbax: params/_METADATA, zarr arrays in an OCDBT store, meta/metadata JSON)."""
   import tensorstore as ts  # orbax's own storage layer
-  url = _url(path)
-  try:
-    kv = ts.KvStore.open(url).result()
-    raw = {k: kv.read(k).result() for k in ("meta/metadata", "params/_METADATA")}
-  except (ValueError, RuntimeError) as e:
-    raise UserError(f"{path}: cannot read ({e})") from None
-  for key, r in raw.items():
-    if r.state != "value":
-      raise UserError(f"{path}: not a lima_jax checkpoint (no {key})")
-  meta, info = json.loads(bytes(raw["meta/metadata"].value)), json.loads(
-      bytes(raw["params/_METADATA"].value))
+  url, meta = _url(path), read_stored_meta(path)
+  info = _stored_json(path, "params/_METADATA")
   driver = "zarr3" if info.get("use_zarr3") else "zarr"
   params: dict = {}
   for entry in info["tree_metadata"].values():
