@@ -2,6 +2,7 @@
 config, the dry run without a cluster, bad input, and the tiny study on a real local Ray
 cluster (a head and two worker nodes, each advertising two simulated hosts), with and without
 a worker node killed mid-training, against the local executor's report."""
+import contextlib
 import json
 import os
 import pathlib
@@ -156,6 +157,20 @@ def _ray_cli(cluster_, workdir, out, *args):
       cwd=REPO, env={**ENV, "RAY_AUTH_MODE": "disabled"}, stdout=out, stderr=subprocess.STDOUT)
 
 
+@contextlib.contextmanager
+def _study(cluster_, workdir, out_path, *args):
+  """`_ray_cli` running, its output to `out_path`; killed (and reaped) if still running when
+  the block ends, so a failed test leaves no driver behind."""
+  with open(out_path, "w") as out_file:
+    proc = _ray_cli(cluster_, workdir, out_file, *args)
+    try:
+      yield proc
+    finally:
+      if proc.poll() is None:
+        proc.kill()
+        proc.wait()
+
+
 def test_a_placement_no_node_has_is_one_line_before_anything_starts(cluster, tmp_path):
   c = cluster[0]
   for override, says in [("resources.train=gpu:1", "no node has CPU 1, GPU 1"),
@@ -208,28 +223,23 @@ def test_tiny_study_on_a_cluster_trains_two_arms_at_once_and_survives_a_killed_n
   checkpoint, and the study ends with the local executor's report."""
   c, workers, _ = cluster
   workdir = tmp_path / "study"
-  with open(tmp_path / "out.txt", "w") as out_file:
-    proc = _ray_cli(cluster, workdir, out_file, "--config.resources.train=hosts:2x4")
-    try:
-      def both_running():
-        steps = _steps(workdir)
-        recs = [steps.get(f"{a}/seed0/train", {}) for a in ("all", "random100")]
-        return all(r.get("status") == "running" and r.get("nodes") for r in recs) and recs
-      recs = _wait_for("both arms training", both_running)
-      # Each arm packs its two simulated hosts on one worker: two arms, two workers.
-      assert [len(set(r["nodes"])) for r in recs] == [1, 1]
-      assert recs[0]["nodes"] != recs[1]["nodes"]
-      victim_key = "all/seed0/train"
-      ckpt = workdir / "arms" / "all" / "seed0" / "train" / "checkpoints" / "8"  # epoch 1 of 2
-      _wait_for("the first epoch's checkpoint", ckpt.exists)
-      assert _steps(workdir)[victim_key]["status"] == "running", "trained too fast to kill"
-      victim_node = _steps(workdir)[victim_key]["nodes"][0]
-      c.remove_node(next(w for w in workers if w.node_id == victim_node), allow_graceful=False)
-      proc.wait(timeout=900)
-    finally:
-      if proc.poll() is None:
-        proc.kill()
-        proc.wait()
+  with _study(cluster, workdir, tmp_path / "out.txt",
+              "--config.resources.train=hosts:2x4") as proc:
+    def both_running():
+      steps = _steps(workdir)
+      recs = [steps.get(f"{a}/seed0/train", {}) for a in ("all", "random100")]
+      return all(r.get("status") == "running" and r.get("nodes") for r in recs) and recs
+    recs = _wait_for("both arms training", both_running)
+    # Each arm packs its two simulated hosts on one worker: two arms, two workers.
+    assert [len(set(r["nodes"])) for r in recs] == [1, 1]
+    assert recs[0]["nodes"] != recs[1]["nodes"]
+    victim_key = "all/seed0/train"
+    ckpt = workdir / "arms" / "all" / "seed0" / "train" / "checkpoints" / "8"  # epoch 1 of 2
+    _wait_for("the first epoch's checkpoint", ckpt.exists)
+    assert _steps(workdir)[victim_key]["status"] == "running", "trained too fast to kill"
+    victim_node = _steps(workdir)[victim_key]["nodes"][0]
+    c.remove_node(next(w for w in workers if w.node_id == victim_node), allow_graceful=False)
+    proc.wait(timeout=900)
   out = (tmp_path / "out.txt").read_text()
   assert proc.returncode == 0, out[-3000:]
   steps = _steps(workdir)
@@ -257,15 +267,9 @@ def test_tiny_study_on_a_cluster_trains_two_arms_at_once_and_survives_a_killed_n
 @pytest.mark.slow
 def test_a_step_failing_on_its_own_is_not_retried_and_the_other_arm_goes_on(cluster, tmp_path):
   workdir = tmp_path / "study"
-  with open(tmp_path / "out.txt", "w") as out_file:
-    proc = _ray_cli(cluster, workdir, out_file,
-                    "--config.arms.random100.overrides=('train.no_such_field=1',)")
-    try:
-      proc.wait(timeout=600)
-    finally:
-      if proc.poll() is None:
-        proc.kill()
-        proc.wait()
+  with _study(cluster, workdir, tmp_path / "out.txt",
+              "--config.arms.random100.overrides=('train.no_such_field=1',)") as proc:
+    proc.wait(timeout=600)
   out = (tmp_path / "out.txt").read_text()
   assert proc.returncode == 1, out[-3000:]
   assert out.strip().splitlines()[-1].startswith(
@@ -282,22 +286,17 @@ def test_a_step_failing_on_its_own_is_not_retried_and_the_other_arm_goes_on(clus
 def test_ctrl_c_stops_every_process_of_the_study_and_a_rerun_would_resume(cluster, tmp_path):
   import signal
   workdir = tmp_path / "study"
-  with open(tmp_path / "out.txt", "w") as out_file:
-    proc = _ray_cli(cluster, workdir, out_file, "--config.resources.train=hosts:2x4")
-    try:
-      _wait_for("the first arm training", lambda: _steps(workdir).get(
-          "all/seed0/train", {}).get("nodes"))
-      def training():
-        found = subprocess.run(["pgrep", "-f", "--", f"--workdir={workdir}/arms/all"],
-                               capture_output=True, text=True).stdout.split()
-        return len(found) == 2 and found
-      _wait_for("its two processes", training, limit=120)
-      proc.send_signal(signal.SIGINT)
-      proc.wait(timeout=60)
-    finally:
-      if proc.poll() is None:
-        proc.kill()
-        proc.wait()
+  with _study(cluster, workdir, tmp_path / "out.txt",
+              "--config.resources.train=hosts:2x4") as proc:
+    _wait_for("the first arm training", lambda: _steps(workdir).get(
+        "all/seed0/train", {}).get("nodes"))
+    def training():
+      found = subprocess.run(["pgrep", "-f", "--", f"--workdir={workdir}/arms/all"],
+                             capture_output=True, text=True).stdout.split()
+      return len(found) == 2 and found
+    _wait_for("its two processes", training, limit=120)
+    proc.send_signal(signal.SIGINT)
+    proc.wait(timeout=60)
   out = (tmp_path / "out.txt").read_text()
   assert proc.returncode == 1 and out.strip().splitlines()[-1] == (
       "error: cancelled (Ctrl-C): running steps stopped and their placements released; rerun "
@@ -316,15 +315,10 @@ def test_a_train_step_on_a_tpu_slice_runs_one_process_on_each_host_of_the_slice(
                                                                                  tmp_path):
   _, _, slice_nodes = cluster
   workdir = tmp_path / "study"
-  with open(tmp_path / "out.txt", "w") as out_file:
-    proc = _ray_cli(cluster, workdir, out_file, "--config.resources.train=v4-16", "--only=all",
-                    "--config.protocols=('judge_free',)", "--config.baseline_arm=")
-    try:
-      proc.wait(timeout=600)
-    finally:
-      if proc.poll() is None:
-        proc.kill()
-        proc.wait()
+  with _study(cluster, workdir, tmp_path / "out.txt", "--config.resources.train=v4-16",
+              "--only=all", "--config.protocols=('judge_free',)",
+              "--config.baseline_arm=") as proc:
+    proc.wait(timeout=600)
   out = (tmp_path / "out.txt").read_text()
   assert proc.returncode == 0, out[-3000:]
   rec = _steps(workdir)["all/seed0/train"]

@@ -311,22 +311,24 @@ def fake(model):
     holder["live"].close()
 
 
+def _until(live, name, value):
+  """Waits (10 s at most) until the live server's metric `name` reads `value`."""
+  t0 = time.time()
+  while live.metrics()[name] != value:
+    assert time.time() - t0 < 10, (name, live.metrics())
+    time.sleep(0.02)
+
+
 def test_full_queue_is_429_and_the_queued_request_still_runs(fake):
   live, engine = fake(slots=1, max_queue=1)
   client = live.client()
   engine.gate.clear()
 
-  def until(name, value):
-    t0 = time.time()
-    while live.metrics()[name] != value:
-      assert time.time() - t0 < 10, (name, live.metrics())
-      time.sleep(0.02)
-
   with concurrent.futures.ThreadPoolExecutor(2) as pool:
     first = pool.submit(chat, client, ["one"], max_tokens=3)
-    until("lima_jax:slots_in_use", 1)
+    _until(live, "lima_jax:slots_in_use", 1)
     queued = pool.submit(chat, client, ["two"], max_tokens=3)
-    until("lima_jax:num_requests_waiting", 1)
+    _until(live, "lima_jax:num_requests_waiting", 1)
     with pytest.raises(openai.RateLimitError) as e:
       chat(client, ["three"])
     assert e.value.body["code"] == "queue_full"
@@ -557,17 +559,11 @@ def test_429_has_retry_after_and_counts_no_aborted_choice(fake):
   client = live.client()
   engine.gate.clear()
 
-  def until(name, value):
-    t0 = time.time()
-    while live.metrics()[name] != value:
-      assert time.time() - t0 < 10, (name, live.metrics())
-      time.sleep(0.02)
-
   with concurrent.futures.ThreadPoolExecutor(2) as pool:
     first = pool.submit(chat, client, ["one"], max_tokens=3)
-    until("lima_jax:slots_in_use", 1)
+    _until(live, "lima_jax:slots_in_use", 1)
     queued = pool.submit(chat, client, ["two"], max_tokens=3)
-    until("lima_jax:num_requests_waiting", 1)
+    _until(live, "lima_jax:num_requests_waiting", 1)
     r = post(live, "/v1/chat/completions", {"model": "tiny", "messages": messages(["three"]),
                                             "n": 2, "max_tokens": 3})
     assert r.status_code == 429 and r.headers["retry-after"] == "1"
