@@ -3,6 +3,11 @@ r"""Serving under load: lima_jax's server against `transformers serve --continuo
     python benchmarks/serve.py --checkpoint=/tmp/serve_demo/checkpoints/96 \
         --transformers=/tmp/hfserve/bin/transformers --rates=1,2,4,inf --requests=24
 
+Before and after a change to the server, in one run: check out the earlier commit beside this
+one (`git worktree add --detach /tmp/before COMMIT`) and add `--before_repo=/tmp/before
+--servers=lima_jax,lima_jax_before,transformers,transformers_1thread`; `lima_jax_before` runs
+that checkout's `python -m lima_jax.serve` on the same directory and requests.
+
 `--transformers` is the CLI of a venv with torch and transformers[serving] (not in
 requirements.txt), e.g. `python -m venv /tmp/hfserve && /tmp/hfserve/bin/pip install
 torch==2.13.0 "transformers[serving]==5.23.0"`.
@@ -37,7 +42,6 @@ import socket
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 
 import numpy as np
@@ -52,7 +56,11 @@ _HF_DIR = flags.DEFINE_string("hf_dir", None, "An exported float32 HF directory 
 _TRANSFORMERS = flags.DEFINE_string("transformers", "transformers", "The `transformers` CLI "
                                     "(a venv with torch and transformers[serving]).")
 _SERVERS = flags.DEFINE_list("servers", ["lima_jax", "transformers", "transformers_1thread"],
-                             "Servers to measure (transformers_1thread: OMP_NUM_THREADS=1).")
+                             "Servers to measure (transformers_1thread: OMP_NUM_THREADS=1; "
+                             "lima_jax_before: lima_jax.serve run from --before_repo).")
+_BEFORE = flags.DEFINE_string("before_repo", None, "A checkout of an earlier lima_jax (e.g. `git "
+                              "worktree add --detach /tmp/before COMMIT`) for the "
+                              "lima_jax_before server, so before and after share one run.")
 _RATES = flags.DEFINE_list("rates", ["1", "2", "4", "inf"], "Arrival rates, requests/s.")
 _N = flags.DEFINE_integer("requests", 24, "Requests per rate.")
 _MAX_TOKENS = flags.DEFINE_integer("max_tokens", 64, "max_tokens of every request.")
@@ -83,10 +91,14 @@ def _free_port() -> int:
 
 
 def _start(server: str, hf_dir: str, port: int):
-  env = dict(os.environ)
-  if server == "lima_jax":
+  env, cwd = dict(os.environ), REPO
+  if server in ("lima_jax", "lima_jax_before"):
     cmd = [sys.executable, "-m", "lima_jax.serve", f"--checkpoint={hf_dir}", f"--port={port}",
            f"--slots={_SLOTS.value}", "--served_model_name=" + hf_dir]
+    if server == "lima_jax_before":
+      if not _BEFORE.value or not os.path.isdir(os.path.join(_BEFORE.value, "lima_jax")):
+        raise SystemExit(f"--before_repo={_BEFORE.value}: not a lima_jax checkout")
+      cwd = _BEFORE.value  # `python -m` imports the package from the working directory
   else:
     cmd = [_TRANSFORMERS.value, "serve", "--continuous-batching", "--device", "cpu", "--dtype",
            "float32", "--host", "127.0.0.1", "--port", str(port),
@@ -98,7 +110,7 @@ def _start(server: str, hf_dir: str, port: int):
       # can be the faster setting, so it is measured too.
       env["OMP_NUM_THREADS"] = "1"
   log = tempfile.NamedTemporaryFile("w+", suffix=f".{server}.log", delete=False)
-  proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
+  proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=log, stderr=subprocess.STDOUT)
   proc.log = log.name
   import httpx2
   t0 = time.time()
@@ -191,6 +203,31 @@ def _table(result: dict) -> str:
   return "\n".join(lines)
 
 
+def _ratios(s: dict, rates: list[float]) -> dict:
+  """lima_jax against the better transformers setting at each point (so the ratios flatter
+  nobody), and against lima_jax_before when it ran."""
+  sat = lambda k: s[k][-1]["output_tokens_per_s"]
+  tpot = lambda k, i: s[k][i]["tpot_s"]["p50"]
+  same = lambda k: [float(np.mean([a == b for a, b in zip(x["texts"], y["texts"])]))
+                    for x, y in zip(s["lima_jax"], s[k])]
+  out, others = {}, [k for k in s if not k.startswith("lima_jax")]
+  if others:
+    best_sat = max(others, key=sat)
+    out["output_tokens_per_s_at_saturation_lima_jax_over_best_transformers"] = {
+        "vs": best_sat, "ratio": sat("lima_jax") / sat(best_sat)}
+    out["tpot_p50_best_transformers_over_lima_jax"] = {
+        f"{r:g}": {"vs": min(others, key=lambda k: tpot(k, i)),
+                   "ratio": min(tpot(k, i) for k in others) / tpot("lima_jax", i)}
+        for i, r in enumerate(rates)}
+  if "lima_jax_before" in s:
+    out["tpot_p50_before_over_after"] = {
+        f"{r:g}": tpot("lima_jax_before", i) / tpot("lima_jax", i) for i, r in enumerate(rates)}
+    out["output_tokens_per_s_at_saturation_after_over_before"] = (
+        sat("lima_jax") / sat("lima_jax_before"))
+  out["same_answers_as_lima_jax"] = {k: same(k) for k in s if k != "lima_jax"}
+  return out
+
+
 def _cpu_s(pid: int) -> float:
   fields = pathlib.Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
   return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
@@ -234,7 +271,8 @@ def main(argv):
             "versions": _versions(), "server_commands": {}, "idle_cpu_s_per_s": {}}
   procs, urls = {}, {}
   # transformers refuses the field (422); its generation config has no penalty anyway.
-  extra = {s: {"repetition_penalty": 1.0} if s == "lima_jax" else {} for s in _SERVERS.value}
+  extra = {s: {"repetition_penalty": 1.0} if s.startswith("lima_jax") else {}
+           for s in _SERVERS.value}
   try:
     for server in _SERVERS.value:  # both up at once, so rounds can alternate between them
       port = _free_port()
@@ -270,22 +308,8 @@ def main(argv):
       except subprocess.TimeoutExpired:
         proc.kill()
   result["servers"] = {s: [_merge(r) for r in per_rate] for s, per_rate in runs.items()}
-  s = result["servers"]
-  if "lima_jax" in s and len(s) > 1:
-    # Against the better transformers setting at each point, so the ratios flatter nobody.
-    others = [k for k in s if k != "lima_jax"]
-    sat = lambda k: s[k][-1]["output_tokens_per_s"]
-    tpot = lambda k, i: s[k][i]["tpot_s"]["p50"]
-    best_sat = max(others, key=sat)
-    result["ratios"] = {
-        "output_tokens_per_s_at_saturation_lima_jax_over_best_transformers": {
-            "vs": best_sat, "ratio": sat("lima_jax") / sat(best_sat)},
-        "tpot_p50_best_transformers_over_lima_jax": {
-            f"{rates[i]:g}": {"vs": min(others, key=lambda k: tpot(k, i)),
-                              "ratio": min(tpot(k, i) for k in others) / tpot("lima_jax", i)}
-            for i in range(len(rates))},
-        "same_answers_as_lima_jax": {k: [float(np.mean([a == b for a, b in zip(
-            x["texts"], y["texts"])])) for x, y in zip(s["lima_jax"], s[k])] for k in others}}
+  if "lima_jax" in result["servers"] and len(result["servers"]) > 1:
+    result["ratios"] = _ratios(result["servers"], rates)
   pathlib.Path(_OUT.value).write_text(json.dumps(result, indent=1) + "\n")
   print(f"wrote {_OUT.value}")
   if _MD.value:

@@ -6,6 +6,9 @@ choice task whose per-choice loglikelihoods must equal the model's own (a log-so
 logits, computed here), and the `harness` protocol against lm-eval run by hand."""
 import json
 import os
+import pathlib
+import subprocess
+import sys
 
 import numpy as np
 import openai
@@ -14,6 +17,8 @@ import pytest
 from conftest import random_tiny_model
 from lima_jax.errors import UserError
 from lima_jax.formats import checkpoint
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
 
 lm_eval = pytest.importorskip("lm_eval")  # requirements-eval.txt (CI installs it)
 pytestmark = pytest.mark.slow  # a served checkpoint and lm-eval runs: ~2 minutes on 2 cores
@@ -164,17 +169,19 @@ def test_multiple_choice_loglikelihoods_are_the_models_own(served):
     right.append(int(np.argmax(want)) == doc["label"])
   assert r["results"]["local_mc"]["acc,none"] == np.mean(right)
   served_acc = r["results"]["local_mc"]["acc,none"]
-  # The harness protocol: the same task through python -m lima_jax.eval's own code.
-  from configs.eval import get_config
-  from lima_jax.eval import run
-  config = get_config("harness")
-  config.harness.tasks = str(tasks / "local_mc.yaml")
-  config.harness.base_url = url
-  out = run.evaluate(config, tasks.parent / "harness_run")
+  # The harness protocol: the same task through the command a user runs.
+  workdir = tasks.parent / "harness_run"
+  proc = subprocess.run(
+      [sys.executable, "-m", "lima_jax.eval", "--config=configs/eval.py:harness",
+       f"--workdir={workdir}", f"--config.harness.tasks={tasks / 'local_mc.yaml'}",
+       f"--config.harness.base_url={url}"], cwd=REPO, capture_output=True, text=True)
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  out = json.loads((workdir / "results.json").read_text())
   fig = out["tasks"]["local_mc"]
   assert fig["acc"] == served_acc and fig["n"] == len(MC)
   assert fig["acc_ci95"][0] <= fig["acc"] <= fig["acc_ci95"][1]
-  assert json.loads((tasks.parent / "harness_run" / "results.json").read_text()) == out
+  lo, hi = fig["acc_ci95"]
+  assert f"local_mc: acc {served_acc:.3f} [{lo:.3f}, {hi:.3f}] (n={len(MC)})" in proc.stdout
 
 
 def test_harness_bad_config_is_one_clear_line(tmp_path):

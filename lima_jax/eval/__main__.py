@@ -100,7 +100,7 @@ def summary(out: dict, workdir) -> str:
 
   if out.get("protocol") == "harness":
     return "; ".join(f"{task}: " + ", ".join(
-        f"{m} {ci(task, m)}" for m in fig if f"{m}_ci95" in fig) + f" (n={fig['n']})"
+        f"{m} {ci(m, task)}" for m in fig if f"{m}_ci95" in fig) + f" (n={fig['n']})"
         for task, fig in out["tasks"].items()) + f" -> {workdir}/results.json"
   if "wins" in out:
     head = (f"{out['system']} vs {out['baseline']}: {out['wins']} W / {out['ties']} T / "
