@@ -169,8 +169,11 @@ class Engine:
 
   def _step_fn(self, params, full, span, rows):
     self._count("step")
-    s = {k: full[k][rows] for k in _ROW_STATE}  # the rows stepped: the busy slots (+ padding)
     R = rows.shape[0]
+    # Every slot (`step` passes the rows sorted, so then they are 0..slots-1): slices, where a
+    # gather and a scatter of the whole cache would copy it.
+    sel = slice(None) if R == self.slots else rows
+    s = {k: full[k][sel] for k in _ROW_STATE}  # the rows stepped: the busy slots (+ padding)
     allowed = sampling.allowed(s["logits"].shape[-1], self.vocab_size, self.banned)
     logits = jnp.where(allowed, s["logits"], -jnp.inf)
     logits = sampling.repetition_penalty(logits, s["seen"], s["penalty"][:, None])
@@ -188,19 +191,19 @@ class Engine:
     apply = jax.vmap(self._row_apply, in_axes=(None, 0, 0, _CACHE_AXES, 0),
                      out_axes=(0, _CACHE_AXES))
     c = full["cache"]
-    cut = {"k": c["k"][rows, :, :span], "v": c["v"][rows, :, :span],
-           "segment_ids": c["segment_ids"][rows, :span]}
+    cut = {"k": c["k"][sel, :, :span], "v": c["v"][sel, :, :span],
+           "segment_ids": c["segment_ids"][sel, :span]}
     new_logits, new = apply(params, token, pos, cut, pos)
-    cache = {"k": c["k"].at[rows, :, :span].set(new["k"]),
-             "v": c["v"].at[rows, :, :span].set(new["v"]),
-             "segment_ids": c["segment_ids"].at[rows, :span].set(new["segment_ids"])}
+    cache = {"k": c["k"].at[sel, :, :span].set(new["k"]),
+             "v": c["v"].at[sel, :, :span].set(new["v"]),
+             "segment_ids": c["segment_ids"].at[sel, :span].set(new["segment_ids"])}
     raw = s["logits"]
     none = (jnp.zeros(R, jnp.float32), jnp.zeros((R, lp_lib.TOP), jnp.int32),
             jnp.zeros((R, lp_lib.TOP), jnp.float32))
     lps = jax.lax.cond(jnp.any(s["want_logprobs"]),
                        lambda: lp_lib.chosen_and_top(raw, token, self.vocab_size), lambda: none)
     seen = s["seen"].at[jnp.arange(R), token].set(True)
-    put = lambda name, value: full[name].at[rows].set(value)
+    put = lambda name, value: full[name].at[sel].set(value)
     full = {**full, "cache": cache, "logits": put("logits", new_logits),
             "t": put("t", s["t"] + 1), "pos": put("pos", pos + 1), "seen": put("seen", seen)}
     return full, token, lps
@@ -262,7 +265,7 @@ class Engine:
     span = next(b for b in self.spans if b > min(furthest, self.max_len - 1))
     busy = np.flatnonzero(self._ends > 0)
     n = next(b for b in self.row_buckets if b >= len(busy))
-    rows = np.concatenate([busy, np.flatnonzero(self._ends == 0)[:n - len(busy)]])
+    rows = np.sort(np.concatenate([busy, np.flatnonzero(self._ends == 0)[:n - len(busy)]]))
     self.state, tokens, lps = self._step(self.params, self.state, span, rows.astype(np.int32))
     self._ends[busy] += 1
     tokens, lps = jax.device_get((tokens, lps))
