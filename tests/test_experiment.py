@@ -151,6 +151,14 @@ def test_dry_run_plans_the_shared_data_study_with_a_judging_estimate():
      "{workdir})"),
     (["--config.arms.random100.overrides=('model.init={base}/x',)"],
      "config arms.random100.overrides[0]: unknown placeholder {base}"),
+    (["--config.arms.all.model=/nope/ckpt"],
+     "config arms.all.model: a model arm answers its checkpoint as it is, without training; "
+     "drop its data (or the model, to train)"),
+    (["--config.arms.all.model=/nope/ckpt", "--config.arms.all.data="],
+     "config arms.all.model: /nope/ckpt does not exist"),
+    (["--config.arms.random100.model=data/demo", "--config.arms.random100.curate=",
+      "--config.arms.random100.pool=", "--config.arms.random100.n=0"],
+     "config arms.random100.model: lima_pairwise would judge it against all, which trains"),
 ])
 def test_bad_study_input_is_one_line(args, message, tmp_path):
   r = cli("run", "--config=configs/experiments.py:tiny", f"--workdir={tmp_path}", "--dry_run",
@@ -305,14 +313,14 @@ def test_a_docstring_comment_or_layout_edit_reruns_nothing_but_a_code_edit_does(
 
 
 def test_source_identity_keeps_code_strings_and_reads_unparsable_files_as_bytes(tmp_path):
-  from lima_jax.experiment import study
+  from lima_jax.experiment import manifest
   a, b = tmp_path / "a.py", tmp_path / "b.py"
   a.write_text('x = "a"\n')
   b.write_text('x = "b"\n')  # a string that is code, not a docstring
-  assert (study._file_digests(str(a))["source_sha256"]
-          != study._file_digests(str(b))["source_sha256"])
+  assert (manifest._file_digests(str(a))["source_sha256"]
+          != manifest._file_digests(str(b))["source_sha256"])
   a.write_text("def broken(:\n")
-  broken = study._file_digests(str(a))
+  broken = manifest._file_digests(str(a))
   assert broken["source_sha256"] == broken["inputs_sha256"]
 
 
@@ -611,3 +619,110 @@ def get_config():
   again = cli("run", f"--config={config}", f"--workdir={workdir}")
   assert again.returncode == 0 and "prepare/world: done" in again.stdout
   assert json.loads((workdir / "manifest.json").read_text())["steps"] == steps  # nothing redone
+
+
+# --- An arm that answers a converted checkpoint as it is ---------------------------------------
+
+def _model_arm_study(tmp_path) -> pathlib.Path:
+  """A study file: prepare step `stories` converts llama2.c's stories260K (a base model made
+  elsewhere) with `convert from-llama2c`; arm `base` answers it as it is and is the baseline
+  that arm `all` (the demo model trained one epoch on 32 demo conversations) is judged
+  against."""
+  stories = shared_file("llama2c/stories260K/stories260K.bin")
+  tok = shared_file("llama2c/stories260K/tok512.bin")
+  config = tmp_path / "study.py"
+  config.write_text(f"""
+import sys
+sys.path.insert(0, {str(REPO)!r})
+from configs import experiments
+
+def get_config():
+  c = experiments.get_config("tiny")
+  c.prepare.stories = experiments._prep(
+      command=("python", "-m", "lima_jax.convert", "from-llama2c", "--model={stories}",
+               "--tokenizer={tok}", "--out={{out}}/ckpt"),
+      files=({str(stories)!r}, {str(tok)!r}))
+  c.base_overrides = c.base_overrides + ("train.epochs=1", "data.subset_size=32")
+  c.arms = {{"all": experiments._arm(data="data/demo/train.jsonl", n_examples=32),
+             "base": experiments._arm(model="{{stories}}/ckpt")}}
+  c.baseline_arm = "base"
+  c.report.pairs = ("all-base",)
+  return c
+""")
+  return config
+
+
+def _load(config: pathlib.Path):
+  import importlib.util
+  spec = importlib.util.spec_from_file_location("model_arm_study", config)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config()
+
+
+def test_a_model_arm_answers_without_training_and_is_the_baseline(tmp_path):
+  from lima_jax.experiment import placement, study
+  c, w = _load(_model_arm_study(tmp_path)), tmp_path / "w"
+  ckpt = f"{w}/prepare/stories/ckpt"
+  assert study.arm_order(c, []) == ["base", "all"]  # the baseline first
+  pending = {"prepare/stories"}  # not converted yet: its checkpoint is not looked for
+  # Its answer step (judge_free) is all: lima_pairwise judges no arm against itself.
+  (answer,) = study.before_training(c, w, "base", pending=pending)
+  assert (answer.key, answer.kind, answer.after, answer.seed, answer.epoch) == (
+      "base/base/answer", "answer", ("prepare/stories",), None, 0)
+  assert f"--config.checkpoint={ckpt}" in answer.command and "lima_jax.eval" in answer.command
+  assert not any(a.startswith("--format") for a in answer.command)  # the checkpoint's own
+  assert answer.output == w / "arms" / "base" / "base" / "answer"
+  c.arms.base.format = "lima"  # either format, as the arm says
+  assert "--format=lima" in study.before_training(c, w, "base", pending=pending)[0].command
+  c.arms.base.format = "chatml"
+  with pytest.raises(UserError, match=r"^config arms.base.format: 'chatml' is not 'lima' or "):
+    study.before_training(c, w, "base", pending=pending)
+  c.arms.base.format = ""
+  assert study.after_training(c, w, "base", 0) == []
+  assert [s.key for s in study.needed_prepare(c, w, ["base"], only=True)] == [
+      "prepare/stories"]
+  (train,) = study.before_training(c, w, "all", pending=pending)
+  assert train.kind == "train"
+  # The trained arm's pairwise judgment of every seed and epoch reads the model arm's answers.
+  steps = study._answer_and_judge(c, w, "all", "all/seed3/e7", w / "x", w / "ckpt",
+                                  ("all/seed3/train",), 3, 7)
+  pairwise = steps[1]
+  assert pairwise.key == "all/seed3/e7/lima_pairwise"
+  assert pairwise.after == ("all/seed3/e7/answer", "base/base/answer")
+  assert f"--config.baseline={w}/arms/base/base/answer/answers.jsonl" in pairwise.command
+  lines = placement.plan(c, w, ["base", "all"], study.prepare_steps(c, w))
+  assert [line.split()[0] for line in lines] == [
+      "prepare/stories", "base/base/answer", "all/seed0/train", "all/seedS/eE/answer",
+      "all/seedS/eE/lima_pairwise"]
+  with pytest.raises(UserError, match=f"^config arms.base.model: {ckpt} does not exist$"):
+    study.before_training(c, w, "base")  # once the prepare step ran, it must be there
+
+
+@pytest.mark.slow
+def test_a_converted_base_is_a_study_arm_with_no_train_step(tmp_path):
+  config, workdir = _model_arm_study(tmp_path), tmp_path / "w"
+  plan = cli("run", f"--config={config}", f"--workdir={workdir}", "--dry_run")
+  assert plan.returncode == 0, plan.stderr
+  base_plan = plan.stdout.split("arm base:\n", 1)[1].split("arm all:")[0]
+  assert "base/base/answer" in base_plan and "train" not in base_plan
+  assert "lima_jax.main" not in base_plan and "per answered epoch" not in base_plan
+  r = cli("run", f"--config={config}", f"--workdir={workdir}")
+  assert r.returncode == 0, r.stderr[-3000:]
+  steps = json.loads((workdir / "manifest.json").read_text())["steps"]
+  assert sorted(steps) == ["all/seed0/e1/answer", "all/seed0/e1/lima_pairwise",
+                           "all/seed0/train", "base/base/answer", "prepare/stories"]
+  assert {s["status"] for s in steps.values()} == {"done"}
+  answers = [json.loads(line) for line in (workdir / "arms/base/base/answer/answers.jsonl")
+             .read_text().splitlines()]
+  assert len(answers) == 20 and all(a["answer"].strip() for a in answers)
+  assert cli("report", f"--workdir={workdir}").returncode == 0
+  rep = json.loads((workdir / "report" / "report.json").read_text())
+  rows = {(r["arm"], r["protocol"], r["epoch"], r["field"]): r for r in rep["rows"]}
+  assert rows["base", "judge_free", 0, "stopped_rate"]["seeds"] == 1
+  assert ("all", "lima_pairwise", 1, "equal_or_better") in rows
+  assert not any(arm == "base" and p == "lima_pairwise" for arm, p, _, _ in rows)
+  (pair,) = rep["pairs"]
+  assert pair["pair"] == "all-base" and pair["epochs"] == [1, 0] and pair["n_prompts"] == 20
+  again = cli("run", f"--config={config}", f"--workdir={workdir}")
+  assert again.returncode == 0 and "base/base/answer: done" in again.stdout

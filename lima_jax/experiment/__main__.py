@@ -83,7 +83,8 @@ def _judge_estimate(c, workdir: pathlib.Path, arms: list[str]) -> str:
     per_epoch = sum((2 if p in study.PAIRWISE else 1) * prompts * c.samples
                     for p in c.protocols if p != "judge_free"
                     and not (p in study.PAIRWISE and arm == c.baseline_arm))
-    units += per_epoch * len(c.arms[arm].seeds) * epochs
+    # A model arm answers once: one checkpoint, no seeds or epochs.
+    units += per_epoch * (1 if study.is_model_arm(c, arm) else len(c.arms[arm].seeds) * epochs)
   if not units:
     return "judging: none (judge_free only: no judge calls)"
   # A request holds the judge prompt (~300 tokens), the question and one or two answers at
@@ -136,6 +137,8 @@ def _plan(c, workdir: pathlib.Path, arms: list[str], prepare: list, show_command
       print(f"  {step.key:<40} {status}")
       if show_commands:
         print(f"    {shlex.join(step.command)}")
+    if study.is_model_arm(c, arm):  # it answers its model as it is: every step is above
+      continue
     later = [p for p in c.protocols if p != "judge_free"]
     print(f"  then per answered epoch ({c.epochs or 'the last'}): answer (judge_free)"
           + (f", {', '.join(later)}" if later else ""))
