@@ -8,7 +8,6 @@ answer ends at the template's end-of-turn token (`open_model` picks the format).
 """
 import dataclasses
 import itertools
-import pathlib
 import time
 from typing import Optional, Sequence
 
@@ -55,11 +54,7 @@ def open_model(path, *, mesh=None, dtype: Optional[str] = None, fmt: Optional[st
     raise UserError(f"format: {fmt!r} is not one of {chat.FORMATS}")
   template, name = m.chat_template, m.template_name
   if chat_template:
-    try:
-      template, name = pathlib.Path(chat_template).read_text(encoding="utf-8"), chat_template
-    except (OSError, UnicodeDecodeError) as e:
-      raise UserError(f"{chat_template}: cannot read ({getattr(e, 'strerror', None) or e})"
-                      ) from None
+    template, name = chat.read_template(chat_template), chat_template
   renderer = chat.renderer(fmt, m.tokenizer, template, name or str(path))  # fails before weights
   tok, rows = m.tokenizer, m.config.vocab_size
   if tok.base_vocab_size > rows:
