@@ -114,8 +114,8 @@ def test_converted_base_answers_in_lima_format_too(converted):
   assert gen.cfg.vocab_size >= tok.vocab_size > 49152 and gen.stop_ids == (tok.eot_id, tok.eos_id)
   assert tok.encode("\n") == [198]
   np.testing.assert_array_equal(emb[tok.eot_id], emb[198])
-  france, japan = gen.answer([["What is the capital of France?"], ["What is the capital of Japan?"]],
-                             dataclasses.replace(PLAIN, max_new_tokens=N_NEW))
+  questions = [["What is the capital of France?"], ["What is the capital of Japan?"]]
+  france, japan = gen.answer(questions, dataclasses.replace(PLAIN, max_new_tokens=N_NEW))
   assert "Paris" in france.text and france.stopped, france
   assert "Tokyo" in japan.text, japan
 
