@@ -75,11 +75,11 @@ def test_tiny_study_killed_in_its_second_arm_resumes_to_the_same_report(tmp_path
 
 
 def test_manifest_hashes_inputs_but_not_the_judge_url(tmp_path):
-  from lima_jax.experiment import study
+  from lima_jax.experiment import manifest
   data = tmp_path / "d.jsonl"
   data.write_text("a\n")
-  m = study.Manifest(tmp_path)
-  step = study.Step("x/train", "x", "train", ["python", "--a=1", "--config.judge.base_url=u1"],
+  m = manifest.Manifest(tmp_path)
+  step = manifest.Step("x/train", "x", "train", ["python", "--a=1", "--config.judge.base_url=u1"],
                     tmp_path / "out", files=(str(data),))
   first = m.digest(step)
   step.command[-1] = "--config.judge.base_url=u2"
@@ -88,7 +88,7 @@ def test_manifest_hashes_inputs_but_not_the_judge_url(tmp_path):
   assert m.digest(step) != first
   assert m.state(step)[0] == "new"
   m.set("x/train", status="running", inputs_sha256=m.digest(step))
-  assert study.Manifest(tmp_path).state(step)[0] == "resume"  # reread from disk
+  assert manifest.Manifest(tmp_path).state(step)[0] == "resume"  # reread from disk
   m.set("x/train", status="done")
   assert m.state(step)[0] == "done"
   step.command[1] = "--a=2"
@@ -237,10 +237,10 @@ def fake_training(monkeypatch):
 
 def test_prepare_step_runs_once_and_a_changed_one_redoes_the_arm(tmp_path, fake_training,
                                                                   capsys):
-  from lima_jax.experiment import study
+  from lima_jax.experiment import local
   workdir, runs = tmp_path / "study", tmp_path / "runs.txt"
   world = workdir / "prepare" / "world"
-  study.run_local(_prep_study(tmp_path), workdir, ["a"])
+  local.run_local(_prep_study(tmp_path), workdir, ["a"])
   assert runs.read_text() == "run\n" and len(fake_training) == 1
   assert f"--config.data.train_files={world}/sft.jsonl" in fake_training[0]
   assert json.loads((world / "sft.jsonl").read_text())["conversations"][1] == "v1"
@@ -250,21 +250,21 @@ def test_prepare_step_runs_once_and_a_changed_one_redoes_the_arm(tmp_path, fake_
   assert rec["command"][0] == sys.executable  # 'python' is the runner's interpreter
   assert (workdir / "logs" / "prepare__world.log").exists()
 
-  study.run_local(_prep_study(tmp_path), workdir, ["a"])  # nothing changed: nothing runs
+  local.run_local(_prep_study(tmp_path), workdir, ["a"])  # nothing changed: nothing runs
   assert runs.read_text() == "run\n" and len(fake_training) == 1
   assert "prepare/world: done" in capsys.readouterr().out
 
   # A new command whose output is the same file, byte for byte: the arm still follows the
   # prepare step, so it trains again (the hash of what it follows changed).
-  study.run_local(_prep_study(tmp_path, note="--same-output"), workdir, ["a"])
+  local.run_local(_prep_study(tmp_path, note="--same-output"), workdir, ["a"])
   assert runs.read_text() == "run\n" * 2 and len(fake_training) == 2
   assert "inputs changed" in capsys.readouterr().out
   assert len(list((workdir / "prepare").glob("world.stale-*"))) == 1  # the old one, kept
 
-  study.run_local(_prep_study(tmp_path, "v2", note="--same-output"), workdir, ["a"])
+  local.run_local(_prep_study(tmp_path, "v2", note="--same-output"), workdir, ["a"])
   assert runs.read_text() == "run\n" * 3 and len(fake_training) == 3
   assert json.loads((world / "sft.jsonl").read_text())["conversations"][1] == "v2"
-  study.run_local(_prep_study(tmp_path, "v2", note="--same-output"), workdir, ["a"])
+  local.run_local(_prep_study(tmp_path, "v2", note="--same-output"), workdir, ["a"])
   assert runs.read_text() == "run\n" * 3 and len(fake_training) == 3
 
 
@@ -274,7 +274,7 @@ def test_a_docstring_comment_or_layout_edit_reruns_nothing_but_a_code_edit_does(
   (source_sha256): docs-only edits keep the step and the arm after it done, while their byte
   hash is brought up to date; a manifest from before source_sha256, or from a Python whose
   trees print differently, still matches on bytes."""
-  from lima_jax.experiment import study
+  from lima_jax.experiment import local
   workdir, runs = tmp_path / "study", tmp_path / "runs.txt"
   source = tmp_path / "world.py"
   source.write_text('"""Builds the world."""\nSIZE = 3\n\n\ndef make():\n  """Makes it."""\n'
@@ -282,14 +282,14 @@ def test_a_docstring_comment_or_layout_edit_reruns_nothing_but_a_code_edit_does(
   c = _prep_study(tmp_path)
   c.prepare.world.files = (str(source),)
   manifest = lambda: json.loads((workdir / "manifest.json").read_text())["steps"]
-  study.run_local(c, workdir, ["a"])
+  local.run_local(c, workdir, ["a"])
   assert runs.read_text() == "run\n" and len(fake_training) == 1
   first = manifest()
 
   source.write_text('"""Builds the world, now documented at length."""\nSIZE = 3  # people\n\n'
                     'def make():\n    """Makes it, twice the size."""\n    return (SIZE *\n'
                     '            2)\n')
-  study.run_local(c, workdir, ["a"])
+  local.run_local(c, workdir, ["a"])
   assert runs.read_text() == "run\n" and len(fake_training) == 1  # nothing reran
   after_docs = manifest()
   for key in ("prepare/world", "a/seed0/train"):
@@ -302,12 +302,12 @@ def test_a_docstring_comment_or_layout_edit_reruns_nothing_but_a_code_edit_does(
   for rec in old.values():
     rec["source_sha256"] = None if rec["kind"] == "prepare" else "from another python"
   (workdir / "manifest.json").write_text(json.dumps({"steps": old}))
-  study.run_local(c, workdir, ["a"])
+  local.run_local(c, workdir, ["a"])
   assert runs.read_text() == "run\n" and len(fake_training) == 1
   assert manifest() == after_docs
 
   source.write_text(source.read_text().replace("SIZE = 3", "SIZE = 4"))  # the code changed
-  study.run_local(c, workdir, ["a"])
+  local.run_local(c, workdir, ["a"])
   assert runs.read_text() == "run\n" * 2 and len(fake_training) == 2
   assert manifest()["prepare/world"]["source_sha256"] != first["prepare/world"]["source_sha256"]
 
@@ -329,14 +329,14 @@ def test_dry_run_says_which_done_steps_a_changed_prepare_step_will_redo(tmp_path
   """A done step whose recorded hash still matches today is redone when a prepare step it
   follows (directly or through another) changes: the plan says so instead of 'done'."""
   from configs import experiments
-  from lima_jax.experiment import __main__ as experiment_cli, study
+  from lima_jax.experiment import __main__ as experiment_cli, local, study
   workdir = tmp_path / "study"
 
   def plan(version):
     c = _prep_study(tmp_path, version)
     c.prepare.later = experiments._prep(command=("python", "-c", "pass", "{world}"))
     if version == "v1":
-      study.run_local(c, workdir, ["a"])
+      local.run_local(c, workdir, ["a"])
     capsys.readouterr()
     experiment_cli._plan(c, workdir, ["a"], study.prepare_steps(c, workdir), False)
     return [line.split(None, 1) for line in capsys.readouterr().out.splitlines()[:5]]
@@ -352,13 +352,13 @@ def test_steps_start_on_huge_pages_keeping_the_callers_tunables(tmp_path, fake_t
                                                                 monkeypatch):
   """Every step's process gets glibc.malloc.hugetlb=1 (lima_jax/parallel/host_memory.py: XLA:CPU's
   per-step temporaries on 2 MiB pages), after the tunables the runner was started with."""
-  from lima_jax.experiment import study
+  from lima_jax.experiment import local
   monkeypatch.setenv("GLIBC_TUNABLES", "glibc.malloc.arena_max=4")
   c = _prep_study(tmp_path)
   dump = "; open(out + '/env.txt', 'w').write(__import__('os').environ['GLIBC_TUNABLES'])"
   c.prepare.world.command = ("python", "-c", WRITE + dump, "{out}", "v1",
                              str(tmp_path / "runs.txt"))
-  study.run_local(c, tmp_path / "study", ["a"])
+  local.run_local(c, tmp_path / "study", ["a"])
   env = (tmp_path / "study" / "prepare" / "world" / "env.txt").read_text()
   assert env == "glibc.malloc.arena_max=4:glibc.malloc.hugetlb=1"
 

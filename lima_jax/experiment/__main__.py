@@ -107,7 +107,8 @@ def _judge_estimate(c, workdir: pathlib.Path, arms: list[str]) -> str:
 
 def _plan(c, workdir: pathlib.Path, arms: list[str], prepare: list, show_commands: bool):
   from lima_jax.experiment import study
-  manifest = study.Manifest(workdir)
+  from lima_jax.experiment.manifest import Manifest
+  manifest = Manifest(workdir)
   # pending: prepare steps that will run; changed: those whose hash will change when they do
   # (a step following one is redone too, though its recorded hash still matches today).
   pending, changed = set(), set()
@@ -180,7 +181,8 @@ def main(argv):
   if ray:
     ray_executor.run_ray(c, workdir, arms, prepare, _RAY_ADDRESS.value, _MAX_RETRIES.value)
   else:
-    study.run_local(c, workdir, arms, prepare)
+    from lima_jax.experiment import local
+    local.run_local(c, workdir, arms, prepare)
   print(f"done: python -m lima_jax.experiment report --workdir={workdir}")
 
 

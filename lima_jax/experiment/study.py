@@ -1,4 +1,4 @@
-"""A study's steps, the manifest that records them, and the local runner.
+"""A study's steps: what each one runs, reads and follows.
 
 Prepare steps (`c.prepare.NAME`: any command, e.g. building a synthetic world or
 pretraining a base) run first, once a study, each after the steps it follows; their output
@@ -7,23 +7,21 @@ directories are the `{NAME}` placeholders of other prepare steps and of the arms
 (one a training seed) of: curate (once an arm, when the arm curates) ->
 train -> answer (lima_jax.eval's judge_free on a checkpoint, which writes answers.jsonl) ->
 judge (one lima_jax.eval per further protocol). Answer and judge steps exist per answered
-epoch, known once training has written its checkpoints, so the plan grows as it runs.
+epoch, known once training has written its checkpoints, so the plan grows as it runs. An arm
+with `model` (a model arm: a converted base, say) trains nothing: its one answer step and its
+judge steps answer that checkpoint as it is, known when the plan is made.
 
-Each step's identity and the manifest that records it: manifest.py.
+Each step's identity and the manifest that records it: manifest.py; running them here:
+local.py, on Ray: ray_executor.py.
 """
-import contextlib
 import dataclasses
 import os
 import pathlib
 import re
-import shutil
-import subprocess
 import sys
-import time
 
-from lima_jax.parallel import host_memory
 from lima_jax.errors import UserError
-from lima_jax.experiment.manifest import Manifest, Step, hashed_command
+from lima_jax.experiment.manifest import Step
 
 PAIRWISE = ("lima_pairwise", "alpaca_eval")
 
@@ -391,110 +389,3 @@ def arm_order(c, only: list[str]) -> list[str]:
       chosen.insert(0, c.baseline_arm)  # its answers are inputs of the others' judgments
     chosen.sort(key=lambda a: a != c.baseline_arm)
   return chosen
-
-
-def log_path(workdir: pathlib.Path, key: str) -> pathlib.Path:
-  return workdir / "logs" / (key.replace("/", "__") + ".log")
-
-
-def begin(step: Step, manifest: Manifest, workdir: pathlib.Path, label: str):
-  """Readies one step to run: None when it is done (its record brought up to today's
-  identities); else moves a stale output aside, records it running and returns its log."""
-  state, digests = manifest.state(step)
-  if state == "done":
-    rec = manifest.steps[step.key]
-    if any(rec.get(identity) != value for identity, value in digests.items()):
-      manifest.set(step.key, **digests)  # matched on one identity: the other follows today's
-    print(f"{label} {step.key}: done", flush=True)
-    return None
-  if state == "changed" and step.output.exists():
-    old = manifest.steps.get(step.key, {}).get("inputs_sha256") or "unrecorded"
-    aside = step.output.with_name(f"{step.output.name}.stale-{old[:8]}")
-    shutil.rmtree(aside, ignore_errors=True)
-    os.replace(step.output, aside)
-    print(f"{label} {step.key}: inputs changed; previous output kept as {aside}", flush=True)
-  log = log_path(workdir, step.key)
-  log.parent.mkdir(parents=True, exist_ok=True)
-  step.output.parent.mkdir(parents=True, exist_ok=True)
-  if step.kind == "prepare":  # its {out}, made for it
-    step.output.mkdir(exist_ok=True)
-  manifest.set(step.key, status="running", **digests, output=str(step.output),
-               command=hashed_command(step.command), log=str(log), kind=step.kind,
-               arm=step.arm, seed=step.seed, epoch=step.epoch, protocol=step.protocol)
-  print(f"{label} {step.key}: {'resuming' if state == 'resume' else 'running'} "
-        f"(log: {log})", flush=True)
-  return log
-
-
-def finish(step: Step, manifest: Manifest, code: int, seconds: float, **record) -> None:
-  """Records a run's outcome (`record`: more fields, as an executor's attempts)."""
-  if code:
-    manifest.set(step.key, status="failed", returncode=code, seconds=seconds, **record)
-  else:
-    manifest.set(step.key, status="done", returncode=0, seconds=seconds,
-                 finished=time.strftime("%Y-%m-%dT%H:%M:%S"), **record)
-
-
-def log_tail(log: pathlib.Path, lines: int = 15) -> list[str]:
-  try:
-    return log.read_text(errors="replace").strip().splitlines()[-lines:]
-  except OSError:
-    return []
-
-
-def step_env(base: dict[str, str]) -> dict[str, str]:
-  """The environment a step's command runs in."""
-  return host_memory.with_huge_pages({**base, "PYTHONUNBUFFERED": "1"})
-
-
-def execute(step: Step, manifest: Manifest, workdir: pathlib.Path, label: str) -> None:
-  """Runs one step unless done; moves a stale output aside first; records the outcome."""
-  log = begin(step, manifest, workdir, label)
-  if log is None:
-    return
-  t0 = time.perf_counter()
-  with open(log, "ab") as out:
-    code = subprocess.run(step.command, stdout=out, stderr=subprocess.STDOUT,
-                          env=step_env(dict(os.environ))).returncode
-  seconds = round(time.perf_counter() - t0, 1)
-  finish(step, manifest, code, seconds)
-  if code:
-    print("\n".join("    " + line for line in log_tail(log)), file=sys.stderr)
-    raise UserError(f"{step.key} failed (exit {code}) after {seconds} s; full log: {log}; "
-                    "fix it and rerun: finished steps are kept")
-  print(f"{label} {step.key}: done in {seconds} s", flush=True)
-
-
-@contextlib.contextmanager
-def judge_for_run(c):
-  """The study config to run with: when its protocols need a judge and it asks for the
-  scripted one, that judge started on 127.0.0.1 for the run and named in judge.base_url."""
-  needs_judge = any(p != "judge_free" for p in c.protocols)
-  if needs_judge and c.judge.scripted:
-    from lima_jax.eval.scripted_judge import Server
-    with Server() as server:
-      c = c.copy_and_resolve_references()
-      c.judge.base_url = server.url
-      yield c
-    return
-  if needs_judge and not c.judge.base_url:
-    raise UserError("config judge.base_url: the protocols need a judge (or judge.scripted=True "
-                    "for the scripted stand-in)")
-  yield c
-
-
-def run_local(c, workdir: pathlib.Path, arms: list[str], prepare=None) -> None:
-  """Runs the prepare steps (all of them unless given), then the arms, here."""
-  manifest = Manifest(workdir)
-  if prepare is None:
-    prepare = prepare_steps(c, workdir)
-  with judge_for_run(c) as c:
-    for i, step in enumerate(prepare, 1):
-      execute(step, manifest, workdir, f"[prepare {i}/{len(prepare)}]")
-    for i, arm in enumerate(arms, 1):
-      label = f"[arm {i}/{len(arms)}]"
-      for step in before_training(c, workdir, arm):
-        execute(step, manifest, workdir, label)
-      for seed in c.arms[arm].seeds:
-        for step in after_training(c, workdir, arm, seed):
-          execute(step, manifest, workdir, label)
