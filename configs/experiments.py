@@ -70,7 +70,13 @@ Arms (`config.arms.NAME`): `data` (training files, comma-separated) or `curate` 
 configs/curate.py preset) with `pool`, `n` and `curate_seed`; `overrides` (training config
 fields, 'a.b=value' strings, after the study's `base_overrides`); `seeds` (training seeds: an
 arm with 3 seeds is 3 runs, reported as one with intervals over seeds and prompts); `n_examples`
-(for the score-against-data-size figure; default: `n`, else the data's row count).
+(for the score-against-data-size figure; default: `n`, else the data's row count). Or `model`:
+a checkpoint (e.g. made by `python -m lima_jax.convert from-hf|from-gguf|from-llama2c`, by a
+prepare step: `model="{base}/ckpt"`) answered and judged as it is, with no curate or train
+step: steps ARM/base/answer and ARM/base/PROTOCOL, the report's row at epoch 0. It may be the
+`baseline_arm` (every trained arm's seeds and epochs are judged against its one answer set).
+`format` ('lima' or 'chat_template'; `_arm(fmt=...)`): the format the arm's checkpoints answer
+in, default the checkpoint's own.
 
 Prepare steps (`config.prepare.NAME = _prep(command=(...), files=(...), after=(...))`): run
 once a study, before any arm (a synthetic world, a pretrained base), each after the steps
@@ -110,9 +116,15 @@ POOL_12K = f"{SHARED}/instruct/alpaca_random_9k.json,{SHARED}/instruct/dolly_fil
 
 def _arm(data: str = "", curate: str = "", pool="", n: int = 0, overrides=(),
          seeds=(0,), curate_seed: int = 0, n_examples: int = 0, curate_overrides=(),
-         hint: str = ""):
+         hint: str = "", model: str = "", fmt: str = ""):
   a = ml_collections.ConfigDict()
   a.hint = hint  # Said when the arm's files are missing: how to make them.
+  # A checkpoint answered and judged as it is, with no training (a converted base model as
+  # the baseline); set, the arm takes no data, curate, pool or overrides.
+  a.model = model
+  # The conversation format its checkpoints answer in: '' the checkpoint's own (what it was
+  # trained in; a converted model's template), 'lima' or 'chat_template'.
+  a.format = fmt
   a.data = data  # Training files ('' when curated).
   a.curate = curate  # configs/curate.py preset ('' = use `data` as it is).
   a.pool = pool  # Curation pool files (comma-separated; may be a reference to `pools`).

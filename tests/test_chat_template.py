@@ -291,3 +291,71 @@ def test_template_sources_and_no_template(spec, tmp_path):
     chat.renderer("chat_template", tok, None, "x.gguf")
   with pytest.raises(UserError, match=r"^bad.jinja:1: not a valid Jinja template"):
     chat.renderer("chat_template", tok, "{% for %}", "bad.jinja")
+
+
+def _data_cli(*args):
+  import os
+  import subprocess
+  import sys
+  return subprocess.run([sys.executable, "-m", "lima_jax.data", *map(str, args)],
+                        capture_output=True, text=True, timeout=300,
+                        env={**os.environ, "JAX_PLATFORMS": "cpu"})
+
+
+def test_data_command_shows_a_chat_template_rows_masked_spans(tmp_path):
+  """`python -m lima_jax.data show|stats --format=chat_template`: the row rendered by a template
+  the test writes (ChatML's shape over SmolLM2's tokenizer), its learned spans exactly each
+  assistant message with its <|im_end|>, as written out here by hand."""
+  gguf_file = smollm2_gguf()
+  template = tmp_path / "chatml.jinja"
+  template.write_text(CHATML)
+  data = tmp_path / "d.jsonl"
+  data.write_text(json.dumps({"messages": [
+      {"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi?"},
+      {"role": "assistant", "content": "Hello there."}, {"role": "user", "content": "Bye?"},
+      {"role": "assistant", "content": "Bye!"}]}) + "\n")
+  shown = _data_cli("show", f"--data={data}", f"--tokenizer={gguf_file}", "--color=never",
+                    "--format=chat_template", f"--chat_template={template}")
+  assert shown.returncode == 0, shown.stderr
+  head, legend, text = shown.stdout.split("\n", 2)
+  assert legend == "loss-masked part (learned): between ⟦ and ⟧"
+  assert text == ("<|im_start|>system\nBe brief.<|im_end|>\n"
+                  "<|im_start|>user\nHi?<|im_end|>\n"
+                  "<|im_start|>assistant\n⟦Hello there.<|im_end|>⟧\n"
+                  "<|im_start|>user\nBye?<|im_end|>\n"
+                  "<|im_start|>assistant\n⟦Bye!<|im_end|>⟧\n\n")
+  # Loss tokens: each assistant message with its end of turn, tokenized on its own.
+  from lima_jax.tokenizer import load
+  tok = load(gguf_file)
+  learned = sum(len(tok.encode_rendered(t + "<|im_end|>")) for t in ("Hello there.", "Bye!"))
+  assert "5 turns, " in head and f", {learned} loss tokens" in head, head
+  stats = _data_cli("stats", f"--data={data}", f"--tokenizer={gguf_file}",
+                    "--format=chat_template", f"--chat_template={template}")
+  assert stats.returncode == 0, stats.stderr
+  assert f"after trimming): {learned}" in stats.stdout, stats.stdout
+  # LIMA's format (the default) on the same row: BOS (SmolLM2's is <|im_start|>), the system
+  # message folded into the first user turn, a new EOT after each utterance.
+  lima = _data_cli("show", f"--data={data}", f"--tokenizer={gguf_file}", "--color=never")
+  assert lima.returncode == 0, lima.stderr
+  assert lima.stdout.split("\n", 2)[2] == (
+      "<|im_start|>Be brief.\n\nHi?<eot>⟦Hello there.<eot>⟧Bye?<eot>⟦Bye!<eot>⟧\n")
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--chat_template=t.jinja"], "--chat_template: only with --format=chat_template"),
+    (["--format=chat_template", "--tokenizer="],
+     "--format=chat_template needs --tokenizer"),
+    (["--format=chat_template", "--chat_template={missing}"], "{missing}: cannot read"),
+])
+def test_data_command_bad_format_input_is_one_line(args, message, tmp_path):
+  data = tmp_path / "d.jsonl"
+  data.write_text(json.dumps({"conversations": ["Hi?", "Hello."]}) + "\n")
+  missing = tmp_path / "none.jinja"
+  args = [a.replace("{missing}", str(missing)) for a in args]
+  if not any(a.startswith("--tokenizer") for a in args):
+    args.append(f"--tokenizer={smollm2_gguf()}")
+  r = _data_cli("show", f"--data={data}", *args)
+  assert r.returncode == 1
+  lines = r.stderr.strip().splitlines()
+  assert len(lines) == 1 and lines[0].startswith("error: ") and message.replace(
+      "{missing}", str(missing)) in lines[0], r.stderr

@@ -75,11 +75,11 @@ def test_tiny_study_killed_in_its_second_arm_resumes_to_the_same_report(tmp_path
 
 
 def test_manifest_hashes_inputs_but_not_the_judge_url(tmp_path):
-  from lima_jax.experiment import study
+  from lima_jax.experiment import manifest
   data = tmp_path / "d.jsonl"
   data.write_text("a\n")
-  m = study.Manifest(tmp_path)
-  step = study.Step("x/train", "x", "train", ["python", "--a=1", "--config.judge.base_url=u1"],
+  m = manifest.Manifest(tmp_path)
+  step = manifest.Step("x/train", "x", "train", ["python", "--a=1", "--config.judge.base_url=u1"],
                     tmp_path / "out", files=(str(data),))
   first = m.digest(step)
   step.command[-1] = "--config.judge.base_url=u2"
@@ -88,7 +88,7 @@ def test_manifest_hashes_inputs_but_not_the_judge_url(tmp_path):
   assert m.digest(step) != first
   assert m.state(step)[0] == "new"
   m.set("x/train", status="running", inputs_sha256=m.digest(step))
-  assert study.Manifest(tmp_path).state(step)[0] == "resume"  # reread from disk
+  assert manifest.Manifest(tmp_path).state(step)[0] == "resume"  # reread from disk
   m.set("x/train", status="done")
   assert m.state(step)[0] == "done"
   step.command[1] = "--a=2"
@@ -151,6 +151,14 @@ def test_dry_run_plans_the_shared_data_study_with_a_judging_estimate():
      "{workdir})"),
     (["--config.arms.random100.overrides=('model.init={base}/x',)"],
      "config arms.random100.overrides[0]: unknown placeholder {base}"),
+    (["--config.arms.all.model=/nope/ckpt"],
+     "config arms.all.model: a model arm answers its checkpoint as it is, without training; "
+     "drop its data (or the model, to train)"),
+    (["--config.arms.all.model=/nope/ckpt", "--config.arms.all.data="],
+     "config arms.all.model: /nope/ckpt does not exist"),
+    (["--config.arms.random100.model=data/demo", "--config.arms.random100.curate=",
+      "--config.arms.random100.pool=", "--config.arms.random100.n=0"],
+     "config arms.random100.model: lima_pairwise would judge it against all, which trains"),
 ])
 def test_bad_study_input_is_one_line(args, message, tmp_path):
   r = cli("run", "--config=configs/experiments.py:tiny", f"--workdir={tmp_path}", "--dry_run",
@@ -229,10 +237,10 @@ def fake_training(monkeypatch):
 
 def test_prepare_step_runs_once_and_a_changed_one_redoes_the_arm(tmp_path, fake_training,
                                                                   capsys):
-  from lima_jax.experiment import study
+  from lima_jax.experiment import local
   workdir, runs = tmp_path / "study", tmp_path / "runs.txt"
   world = workdir / "prepare" / "world"
-  study.run_local(_prep_study(tmp_path), workdir, ["a"])
+  local.run_local(_prep_study(tmp_path), workdir, ["a"])
   assert runs.read_text() == "run\n" and len(fake_training) == 1
   assert f"--config.data.train_files={world}/sft.jsonl" in fake_training[0]
   assert json.loads((world / "sft.jsonl").read_text())["conversations"][1] == "v1"
@@ -242,21 +250,21 @@ def test_prepare_step_runs_once_and_a_changed_one_redoes_the_arm(tmp_path, fake_
   assert rec["command"][0] == sys.executable  # 'python' is the runner's interpreter
   assert (workdir / "logs" / "prepare__world.log").exists()
 
-  study.run_local(_prep_study(tmp_path), workdir, ["a"])  # nothing changed: nothing runs
+  local.run_local(_prep_study(tmp_path), workdir, ["a"])  # nothing changed: nothing runs
   assert runs.read_text() == "run\n" and len(fake_training) == 1
   assert "prepare/world: done" in capsys.readouterr().out
 
   # A new command whose output is the same file, byte for byte: the arm still follows the
   # prepare step, so it trains again (the hash of what it follows changed).
-  study.run_local(_prep_study(tmp_path, note="--same-output"), workdir, ["a"])
+  local.run_local(_prep_study(tmp_path, note="--same-output"), workdir, ["a"])
   assert runs.read_text() == "run\n" * 2 and len(fake_training) == 2
   assert "inputs changed" in capsys.readouterr().out
   assert len(list((workdir / "prepare").glob("world.stale-*"))) == 1  # the old one, kept
 
-  study.run_local(_prep_study(tmp_path, "v2", note="--same-output"), workdir, ["a"])
+  local.run_local(_prep_study(tmp_path, "v2", note="--same-output"), workdir, ["a"])
   assert runs.read_text() == "run\n" * 3 and len(fake_training) == 3
   assert json.loads((world / "sft.jsonl").read_text())["conversations"][1] == "v2"
-  study.run_local(_prep_study(tmp_path, "v2", note="--same-output"), workdir, ["a"])
+  local.run_local(_prep_study(tmp_path, "v2", note="--same-output"), workdir, ["a"])
   assert runs.read_text() == "run\n" * 3 and len(fake_training) == 3
 
 
@@ -266,7 +274,7 @@ def test_a_docstring_comment_or_layout_edit_reruns_nothing_but_a_code_edit_does(
   (source_sha256): docs-only edits keep the step and the arm after it done, while their byte
   hash is brought up to date; a manifest from before source_sha256, or from a Python whose
   trees print differently, still matches on bytes."""
-  from lima_jax.experiment import study
+  from lima_jax.experiment import local
   workdir, runs = tmp_path / "study", tmp_path / "runs.txt"
   source = tmp_path / "world.py"
   source.write_text('"""Builds the world."""\nSIZE = 3\n\n\ndef make():\n  """Makes it."""\n'
@@ -274,14 +282,14 @@ def test_a_docstring_comment_or_layout_edit_reruns_nothing_but_a_code_edit_does(
   c = _prep_study(tmp_path)
   c.prepare.world.files = (str(source),)
   manifest = lambda: json.loads((workdir / "manifest.json").read_text())["steps"]
-  study.run_local(c, workdir, ["a"])
+  local.run_local(c, workdir, ["a"])
   assert runs.read_text() == "run\n" and len(fake_training) == 1
   first = manifest()
 
   source.write_text('"""Builds the world, now documented at length."""\nSIZE = 3  # people\n\n'
                     'def make():\n    """Makes it, twice the size."""\n    return (SIZE *\n'
                     '            2)\n')
-  study.run_local(c, workdir, ["a"])
+  local.run_local(c, workdir, ["a"])
   assert runs.read_text() == "run\n" and len(fake_training) == 1  # nothing reran
   after_docs = manifest()
   for key in ("prepare/world", "a/seed0/train"):
@@ -294,25 +302,25 @@ def test_a_docstring_comment_or_layout_edit_reruns_nothing_but_a_code_edit_does(
   for rec in old.values():
     rec["source_sha256"] = None if rec["kind"] == "prepare" else "from another python"
   (workdir / "manifest.json").write_text(json.dumps({"steps": old}))
-  study.run_local(c, workdir, ["a"])
+  local.run_local(c, workdir, ["a"])
   assert runs.read_text() == "run\n" and len(fake_training) == 1
   assert manifest() == after_docs
 
   source.write_text(source.read_text().replace("SIZE = 3", "SIZE = 4"))  # the code changed
-  study.run_local(c, workdir, ["a"])
+  local.run_local(c, workdir, ["a"])
   assert runs.read_text() == "run\n" * 2 and len(fake_training) == 2
   assert manifest()["prepare/world"]["source_sha256"] != first["prepare/world"]["source_sha256"]
 
 
 def test_source_identity_keeps_code_strings_and_reads_unparsable_files_as_bytes(tmp_path):
-  from lima_jax.experiment import study
+  from lima_jax.experiment import manifest
   a, b = tmp_path / "a.py", tmp_path / "b.py"
   a.write_text('x = "a"\n')
   b.write_text('x = "b"\n')  # a string that is code, not a docstring
-  assert (study._file_digests(str(a))["source_sha256"]
-          != study._file_digests(str(b))["source_sha256"])
+  assert (manifest._file_digests(str(a))["source_sha256"]
+          != manifest._file_digests(str(b))["source_sha256"])
   a.write_text("def broken(:\n")
-  broken = study._file_digests(str(a))
+  broken = manifest._file_digests(str(a))
   assert broken["source_sha256"] == broken["inputs_sha256"]
 
 
@@ -321,14 +329,14 @@ def test_dry_run_says_which_done_steps_a_changed_prepare_step_will_redo(tmp_path
   """A done step whose recorded hash still matches today is redone when a prepare step it
   follows (directly or through another) changes: the plan says so instead of 'done'."""
   from configs import experiments
-  from lima_jax.experiment import __main__ as experiment_cli, study
+  from lima_jax.experiment import __main__ as experiment_cli, local, study
   workdir = tmp_path / "study"
 
   def plan(version):
     c = _prep_study(tmp_path, version)
     c.prepare.later = experiments._prep(command=("python", "-c", "pass", "{world}"))
     if version == "v1":
-      study.run_local(c, workdir, ["a"])
+      local.run_local(c, workdir, ["a"])
     capsys.readouterr()
     experiment_cli._plan(c, workdir, ["a"], study.prepare_steps(c, workdir), False)
     return [line.split(None, 1) for line in capsys.readouterr().out.splitlines()[:5]]
@@ -344,13 +352,13 @@ def test_steps_start_on_huge_pages_keeping_the_callers_tunables(tmp_path, fake_t
                                                                 monkeypatch):
   """Every step's process gets glibc.malloc.hugetlb=1 (lima_jax/parallel/host_memory.py: XLA:CPU's
   per-step temporaries on 2 MiB pages), after the tunables the runner was started with."""
-  from lima_jax.experiment import study
+  from lima_jax.experiment import local
   monkeypatch.setenv("GLIBC_TUNABLES", "glibc.malloc.arena_max=4")
   c = _prep_study(tmp_path)
   dump = "; open(out + '/env.txt', 'w').write(__import__('os').environ['GLIBC_TUNABLES'])"
   c.prepare.world.command = ("python", "-c", WRITE + dump, "{out}", "v1",
                              str(tmp_path / "runs.txt"))
-  study.run_local(c, tmp_path / "study", ["a"])
+  local.run_local(c, tmp_path / "study", ["a"])
   env = (tmp_path / "study" / "prepare" / "world" / "env.txt").read_text()
   assert env == "glibc.malloc.arena_max=4:glibc.malloc.hugetlb=1"
 
@@ -611,3 +619,110 @@ def get_config():
   again = cli("run", f"--config={config}", f"--workdir={workdir}")
   assert again.returncode == 0 and "prepare/world: done" in again.stdout
   assert json.loads((workdir / "manifest.json").read_text())["steps"] == steps  # nothing redone
+
+
+# --- An arm that answers a converted checkpoint as it is ---------------------------------------
+
+def _model_arm_study(tmp_path) -> pathlib.Path:
+  """A study file: prepare step `stories` converts llama2.c's stories260K (a base model made
+  elsewhere) with `convert from-llama2c`; arm `base` answers it as it is and is the baseline
+  that arm `all` (the demo model trained one epoch on 32 demo conversations) is judged
+  against."""
+  stories = shared_file("llama2c/stories260K/stories260K.bin")
+  tok = shared_file("llama2c/stories260K/tok512.bin")
+  config = tmp_path / "study.py"
+  config.write_text(f"""
+import sys
+sys.path.insert(0, {str(REPO)!r})
+from configs import experiments
+
+def get_config():
+  c = experiments.get_config("tiny")
+  c.prepare.stories = experiments._prep(
+      command=("python", "-m", "lima_jax.convert", "from-llama2c", "--model={stories}",
+               "--tokenizer={tok}", "--out={{out}}/ckpt"),
+      files=({str(stories)!r}, {str(tok)!r}))
+  c.base_overrides = c.base_overrides + ("train.epochs=1", "data.subset_size=32")
+  c.arms = {{"all": experiments._arm(data="data/demo/train.jsonl", n_examples=32),
+             "base": experiments._arm(model="{{stories}}/ckpt")}}
+  c.baseline_arm = "base"
+  c.report.pairs = ("all-base",)
+  return c
+""")
+  return config
+
+
+def _load(config: pathlib.Path):
+  import importlib.util
+  spec = importlib.util.spec_from_file_location("model_arm_study", config)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config()
+
+
+def test_a_model_arm_answers_without_training_and_is_the_baseline(tmp_path):
+  from lima_jax.experiment import placement, study
+  c, w = _load(_model_arm_study(tmp_path)), tmp_path / "w"
+  ckpt = f"{w}/prepare/stories/ckpt"
+  assert study.arm_order(c, []) == ["base", "all"]  # the baseline first
+  pending = {"prepare/stories"}  # not converted yet: its checkpoint is not looked for
+  # Its answer step (judge_free) is all: lima_pairwise judges no arm against itself.
+  (answer,) = study.before_training(c, w, "base", pending=pending)
+  assert (answer.key, answer.kind, answer.after, answer.seed, answer.epoch) == (
+      "base/base/answer", "answer", ("prepare/stories",), None, 0)
+  assert f"--config.checkpoint={ckpt}" in answer.command and "lima_jax.eval" in answer.command
+  assert not any(a.startswith("--format") for a in answer.command)  # the checkpoint's own
+  assert answer.output == w / "arms" / "base" / "base" / "answer"
+  c.arms.base.format = "lima"  # either format, as the arm says
+  assert "--format=lima" in study.before_training(c, w, "base", pending=pending)[0].command
+  c.arms.base.format = "chatml"
+  with pytest.raises(UserError, match=r"^config arms.base.format: 'chatml' is not 'lima' or "):
+    study.before_training(c, w, "base", pending=pending)
+  c.arms.base.format = ""
+  assert study.after_training(c, w, "base", 0) == []
+  assert [s.key for s in study.needed_prepare(c, w, ["base"], only=True)] == [
+      "prepare/stories"]
+  (train,) = study.before_training(c, w, "all", pending=pending)
+  assert train.kind == "train"
+  # The trained arm's pairwise judgment of every seed and epoch reads the model arm's answers.
+  steps = study._answer_and_judge(c, w, "all", "all/seed3/e7", w / "x", w / "ckpt",
+                                  ("all/seed3/train",), 3, 7)
+  pairwise = steps[1]
+  assert pairwise.key == "all/seed3/e7/lima_pairwise"
+  assert pairwise.after == ("all/seed3/e7/answer", "base/base/answer")
+  assert f"--config.baseline={w}/arms/base/base/answer/answers.jsonl" in pairwise.command
+  lines = placement.plan(c, w, ["base", "all"], study.prepare_steps(c, w))
+  assert [line.split()[0] for line in lines] == [
+      "prepare/stories", "base/base/answer", "all/seed0/train", "all/seedS/eE/answer",
+      "all/seedS/eE/lima_pairwise"]
+  with pytest.raises(UserError, match=f"^config arms.base.model: {ckpt} does not exist$"):
+    study.before_training(c, w, "base")  # once the prepare step ran, it must be there
+
+
+@pytest.mark.slow
+def test_a_converted_base_is_a_study_arm_with_no_train_step(tmp_path):
+  config, workdir = _model_arm_study(tmp_path), tmp_path / "w"
+  plan = cli("run", f"--config={config}", f"--workdir={workdir}", "--dry_run")
+  assert plan.returncode == 0, plan.stderr
+  base_plan = plan.stdout.split("arm base:\n", 1)[1].split("arm all:")[0]
+  assert "base/base/answer" in base_plan and "train" not in base_plan
+  assert "lima_jax.main" not in base_plan and "per answered epoch" not in base_plan
+  r = cli("run", f"--config={config}", f"--workdir={workdir}")
+  assert r.returncode == 0, r.stderr[-3000:]
+  steps = json.loads((workdir / "manifest.json").read_text())["steps"]
+  assert sorted(steps) == ["all/seed0/e1/answer", "all/seed0/e1/lima_pairwise",
+                           "all/seed0/train", "base/base/answer", "prepare/stories"]
+  assert {s["status"] for s in steps.values()} == {"done"}
+  answers = [json.loads(line) for line in (workdir / "arms/base/base/answer/answers.jsonl")
+             .read_text().splitlines()]
+  assert len(answers) == 20 and all(a["answer"].strip() for a in answers)
+  assert cli("report", f"--workdir={workdir}").returncode == 0
+  rep = json.loads((workdir / "report" / "report.json").read_text())
+  rows = {(r["arm"], r["protocol"], r["epoch"], r["field"]): r for r in rep["rows"]}
+  assert rows["base", "judge_free", 0, "stopped_rate"]["seeds"] == 1
+  assert ("all", "lima_pairwise", 1, "equal_or_better") in rows
+  assert not any(arm == "base" and p == "lima_pairwise" for arm, p, _, _ in rows)
+  (pair,) = rep["pairs"]
+  assert pair["pair"] == "all-base" and pair["epochs"] == [1, 0] and pair["n_prompts"] == 20
+  again = cli("run", f"--config={config}", f"--workdir={workdir}")
+  assert again.returncode == 0 and "base/base/answer: done" in again.stdout

@@ -285,3 +285,22 @@ def test_mesh_flags_parse_once_for_every_cli():
   assert sharding.parse_mesh_shape(["2", "2", "2"]) == (2, 2, 2)  # as absl's list flags give it
   with pytest.raises(UserError, match=r"--mesh=1,x,1: expected three integers"):
     sharding.parse_mesh_shape("1,x,1")
+
+
+def test_an_untrained_eot_row_is_a_copy_of_the_line_break_row():
+  """A model answered as it is in LIMA's format reads EOT as its line break: the EOT row of the
+  embedding and of an untied lm_head copies the newline token's (SentencePiece: the last of
+  '▁', '<0x0A>'); every other row is kept."""
+  class Tok:
+    eot_id = 6
+
+    def encode(self, text):
+      return [1, 3] if text == "\n" else [4]
+  emb = np.arange(8 * 2, dtype=np.float32).reshape(8, 2)  # V=8, D=2
+  head = np.arange(2 * 8, dtype=np.float32).reshape(2, 8) + 100
+  out = answer.eot_as_line_break({"embed": {"embedding": jnp.asarray(emb)},
+                                  "lm_head": {"kernel": jnp.asarray(head)}}, Tok())
+  want_emb, want_head = emb.copy(), head.copy()
+  want_emb[6], want_head[:, 6] = emb[3], head[:, 3]
+  np.testing.assert_array_equal(out["embed"]["embedding"], want_emb)
+  np.testing.assert_array_equal(out["lm_head"]["kernel"], want_head)

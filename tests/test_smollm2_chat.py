@@ -1,6 +1,6 @@
 """SmolLM2-135M-Instruct as people hold it, in its own chat template: converted from the shipped GGUF
 it answers through `lima_jax.generate` (no training) as transformers' own generate does from the
-same file; the converted base also answers in LIMA's format; a short chat-template fine-tune
+same file; the converted base also answers "Paris" in LIMA's format; a short chat-template fine-tune
 exports to a directory transformers loads with the same answers; the server answers the openai
 client with a system message."""
 import importlib.util
@@ -98,19 +98,26 @@ def test_converted_instruct_model_answers_as_transformers_does(converted):
 
 
 def test_converted_base_answers_in_lima_format_too(converted):
-  """It answers (no refusal for the missing EOT row, which starts at the mean embedding); an
-  untrained instruct model does not know that token: "\n" here, not "Paris"."""
+  """It answers "Paris" in LIMA's format, untrained: the missing EOT row is a copy of its line
+  break's (decode.answer.eot_as_line_break). With the row at the mean embedding instead (what
+  training starts from), it answered "\n" and then its own <|im_end|>, a stop id, to all four
+  questions below. Measured with the copy, greedy, 20 new tokens: France and Japan answered;
+  "What is the largest planet in the solar system?" -> "The answer to this question is:" and
+  "Who wrote Romeo and Juliet?" -> a line break and a wrong answer (docs/chat-templates.md)."""
   import dataclasses
   import numpy as np
   from lima_jax.decode import answer
   from lima_jax.decode.sampling import GREEDY as PLAIN
-  gen = answer.open_generator(converted / "ckpt", fmt="lima", batch_size=1)
+  gen = answer.open_generator(converted / "ckpt", fmt="lima", batch_size=2)
   emb = np.asarray(gen.params["embed"]["embedding"])
   tok = gen.tok
   assert gen.cfg.vocab_size >= tok.vocab_size > 49152 and gen.stop_ids == (tok.eot_id, tok.eos_id)
-  np.testing.assert_allclose(emb[tok.eot_id], emb[:49152].mean(0), atol=1e-5)
-  a = gen.answer([[PROMPTS[0]]], dataclasses.replace(PLAIN, max_new_tokens=N_NEW))[0]
-  assert a.stopped and isinstance(a.text, str)
+  assert tok.encode("\n") == [198]
+  np.testing.assert_array_equal(emb[tok.eot_id], emb[198])
+  questions = [["What is the capital of France?"], ["What is the capital of Japan?"]]
+  france, japan = gen.answer(questions, dataclasses.replace(PLAIN, max_new_tokens=N_NEW))
+  assert "Paris" in france.text and france.stopped, france
+  assert "Tokyo" in japan.text, japan
 
 
 @pytest.fixture(scope="module")

@@ -1,6 +1,7 @@
 """What `python -m lima_jax.data stats|show` prints: per-source counts and token-length
 statistics of conversation files (as in LIMA's Table 1), and one encoded conversation with its
-loss-masked part marked."""
+loss-masked part marked, in either conversation format (LIMA's, or a chat template's)."""
+import pathlib
 from typing import Sequence
 
 import numpy as np
@@ -8,7 +9,30 @@ from tqdm import tqdm
 
 from lima_jax.data import batches as data
 from lima_jax.datasets.sources import Record
-from lima_jax.tokenizer import Tokenizer
+from lima_jax.tokenizer import Tokenizer, chat
+from lima_jax.tokenizer import load as load_tokenizer
+
+
+def open_format(tokenizer: str, fmt: str | None = None, chat_template: str = ""):
+  """(tokenizer, renderer): the tokenizer file (or directory, or GGUF) `tokenizer`, and format
+  `fmt` as training's data.format renders it ('lima' by default, as training's): for
+  'chat_template' the template of the file `chat_template`, else the one the tokenizer's source
+  carries (a GGUF's tokenizer.chat_template; chat_template.jinja or tokenizer_config.json in
+  the Hugging Face directory, or beside tokenizer.json)."""
+  tok = load_tokenizer(tokenizer)
+  fmt = fmt or "lima"
+  if fmt != "chat_template":
+    return tok, chat.renderer(fmt, tok)
+  if chat_template:
+    return tok, chat.renderer(fmt, tok, chat.read_template(chat_template), chat_template)
+  path = pathlib.Path(tokenizer)
+  if path.suffix == ".gguf":
+    from lima_jax.formats import gguf
+    template, name = gguf.read_chat_template(path), f"{path.name}'s tokenizer.chat_template"
+  else:
+    from lima_jax.formats import model_file
+    template, name = model_file.hf_chat_template(path if path.is_dir() else path.parent)
+  return tok, chat.renderer(fmt, tok, template, name or tokenizer)
 
 
 def _percentiles(values: Sequence[int]) -> tuple[float, float, float, int]:
@@ -17,8 +41,9 @@ def _percentiles(values: Sequence[int]) -> tuple[float, float, float, int]:
 
 
 def compute_stats(records: Sequence[Record], tok: Tokenizer | None = None,
-                  max_len: int = 2048) -> dict:
-  """Per-source and overall statistics (tokens with `tok`, else characters).
+                  max_len: int = 2048, renderer=None) -> dict:
+  """Per-source and overall statistics (tokens with `tok`, else characters); loss tokens and
+  trimming as `renderer` (`open_format`'s; default LIMA's format) encodes the rows.
 
   Returns {"unit", "sources": {name: {...}}, "all": {...}}; each entry has "conversations",
   "prompt" and "response" (mean, median, p95, max); with a tokenizer also "trimmed",
@@ -27,7 +52,9 @@ def compute_stats(records: Sequence[Record], tok: Tokenizer | None = None,
   if tok is not None:
     turn_ids = [tok.encode_batch(r.conversations)
                 for r in tqdm(records, desc="tokenizing", unit="conv", disable=None, leave=False)]
-    encoded = [data.encode_turn_ids(ids, tok, max_len) for ids in turn_ids]
+    encoded = ([data.encode_turn_ids(ids, tok, max_len) for ids in turn_ids]
+               if renderer is None or isinstance(renderer, chat.Lima)
+               else data.encode_records(records, tok, max_len, renderer=renderer))
     lengths = [(sum(map(len, ids[0::2])), sum(map(len, ids[1::2]))) for ids in turn_ids]
   else:
     encoded = None

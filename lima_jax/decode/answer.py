@@ -8,7 +8,6 @@ answer ends at the template's end-of-turn token (`open_model` picks the format).
 """
 import dataclasses
 import itertools
-import pathlib
 import time
 from typing import Optional, Sequence
 
@@ -45,8 +44,9 @@ def open_model(path, *, mesh=None, dtype: Optional[str] = None, fmt: Optional[st
   file `chat_template` instead of the model's.
 
   A model that answers as it is: in its chat template no id is added (the template's end of
-  turn is its own token); in LIMA's format a base model without an EOT row gets one at the mean
-  embedding, as training starts it (so it can read prompts in that format at all)."""
+  turn is its own token); in LIMA's format a model without an EOT row gets one, a copy of its
+  line break's row (`eot_as_line_break`): it reads the prompt as the same text with line breaks
+  between utterances. Training starts the row elsewhere (the mean embedding) and learns it."""
   from lima_jax.formats import model_file
   from lima_jax.tokenizer import chat
   m = model_file.read(path, need_tokenizer=True)
@@ -55,11 +55,7 @@ def open_model(path, *, mesh=None, dtype: Optional[str] = None, fmt: Optional[st
     raise UserError(f"format: {fmt!r} is not one of {chat.FORMATS}")
   template, name = m.chat_template, m.template_name
   if chat_template:
-    try:
-      template, name = pathlib.Path(chat_template).read_text(encoding="utf-8"), chat_template
-    except (OSError, UnicodeDecodeError) as e:
-      raise UserError(f"{chat_template}: cannot read ({getattr(e, 'strerror', None) or e})"
-                      ) from None
+    template, name = chat.read_template(chat_template), chat_template
   renderer = chat.renderer(fmt, m.tokenizer, template, name or str(path))  # fails before weights
   tok, rows = m.tokenizer, m.config.vocab_size
   if tok.base_vocab_size > rows:
@@ -68,7 +64,32 @@ def open_model(path, *, mesh=None, dtype: Optional[str] = None, fmt: Optional[st
   grow = fmt == "lima" and tok.vocab_size > rows
   m = model_file.open(path, mesh=mesh, dtype=dtype, check_vocab=False,
                       vocab_multiple=128 if grow else None)
+  if grow:
+    m = dataclasses.replace(m, params=eot_as_line_break(m.params, m.tokenizer))
   return m, (chat.renderer(fmt, m.tokenizer, template, name) if fmt == "lima" else renderer)
+
+
+def eot_as_line_break(params, tok) -> dict:
+  """`params` whose EOT row (the embedding's, and lm_head's when untied) is the row of the line
+  break: a model that never learned EOT reads it as the line break that separates utterances in
+  the plain text it saw. The mean embedding training starts from is no token the model knows:
+  SmolLM2-135M-Instruct answers "\n", then its own end of turn, to every LIMA-format question
+  that way (docs/chat-templates.md). With tied rows EOT also scores as a line break, so an
+  answer may end where a line would."""
+  newline = tok.encode("\n")[-1:]  # SentencePiece: ['▁', '<0x0A>']
+  if not newline:
+    return params
+  src, eot = newline[0], tok.eot_id
+
+  def copy_row(x, axis):
+    index = (slice(None),) * axis
+    return jax.jit(lambda a: a.at[index + (eot,)].set(a[index + (src,)]),
+                   out_shardings=getattr(x, "sharding", None))(x)
+  out = {**params, "embed": {**params["embed"],
+                             "embedding": copy_row(params["embed"]["embedding"], 0)}}
+  if "lm_head" in params:
+    out["lm_head"] = {**params["lm_head"], "kernel": copy_row(params["lm_head"]["kernel"], 1)}
+  return out
 
 
 def open_generator(path, *, mesh=None, dtype: Optional[str] = None, batch_size: int = 8,

@@ -1,14 +1,13 @@
 """The decoding flags `generate`, `select` and `serve` share: decoding, batch, seed, mesh, dtype,
-conversation format."""
-from lima_jax.decode.sampling import LIMA, Decoding
-from lima_jax.parallel import distributed
-from lima_jax.parallel import sharding
+conversation format (the last also `eval`'s and `data`'s)."""
+# Imported where used: eval and data define the format flags without loading JAX for --help.
 
 
 def define_decoding_flags() -> None:
   """Decoding (defaults: LIMA's), batch, seed, mesh, dtype and the distributed flags."""
   from absl import flags
-  d = LIMA
+  from lima_jax.decode.sampling import LIMA as d
+  from lima_jax.parallel import distributed
   flags.DEFINE_integer("batch_size", 8, "Prompts decoded together (rounded up to a multiple of "
                        "the mesh's batch shards).", lower_bound=1)
   flags.DEFINE_integer("max_new_tokens", d.max_new_tokens, "Most tokens per answer (LIMA: "
@@ -30,22 +29,25 @@ def define_decoding_flags() -> None:
   distributed.define_flags()
 
 
-def define_format_flags() -> None:
-  """--format and --chat_template (generate, select, serve)."""
+def define_format_flags(default: str = "what the checkpoint was trained in; for a converted "
+                        "model that carries a template, its template", **kwargs) -> None:
+  """--format and --chat_template (generate, select, serve, eval, data). `default`: what the
+  command does without --format; kwargs go to absl (module_name, for --help)."""
   from absl import flags
-  flags.DEFINE_enum("format", None, ["lima", "chat_template"], "Conversation format of the "
-                    "prompts: 'lima' (BOS, each utterance + EOT) or 'chat_template' (the model's "
-                    "own Jinja template, rendered with the generation prompt; answers stop at its "
-                    "end-of-turn token and EOS). Default: what the checkpoint was trained in; for "
-                    "a converted model that carries a template, its template.")
+  flags.DEFINE_enum("format", None, ["lima", "chat_template"], "Conversation format: 'lima' "
+                    "(BOS, each utterance + EOT) or 'chat_template' (the model's own Jinja "
+                    "template; prompts rendered with the generation prompt, answers stop at its "
+                    f"end-of-turn token and EOS). Default: {default}.", **kwargs)
   flags.DEFINE_string("chat_template", "", "A Jinja chat template file used instead of the "
-                      "model's own (with --format=chat_template).")
+                      "model's own (with --format=chat_template).", **kwargs)
 
 
-def decoding_from_flags(f) -> Decoding:
+def decoding_from_flags(f):
+  from lima_jax.decode.sampling import Decoding
   return Decoding(max_new_tokens=f.max_new_tokens, temperature=f.temperature, top_p=f.top_p,
                   top_k=f.top_k, repetition_penalty=f.repetition_penalty, greedy=f.greedy)
 
 
 def mesh_from_flags(f):
+  from lima_jax.parallel import sharding
   return sharding.make_mesh(sharding.parse_mesh_shape(f.mesh))

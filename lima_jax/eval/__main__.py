@@ -18,6 +18,7 @@ import sys
 from absl import app, flags, logging
 from ml_collections import config_flags
 
+from lima_jax.decode.flags import define_format_flags
 from lima_jax.errors import UserError, cli_main, parse_flags
 
 _CONFIG = config_flags.DEFINE_config_file(
@@ -26,12 +27,8 @@ _CONFIG = config_flags.DEFINE_config_file(
     lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Where results.json, judgments.sqlite, "
                                "report.html and the figure go (a rerun resumes from it).")
-_FORMAT = flags.DEFINE_enum("format", None, ["lima", "chat_template"], "With "
-                            "--config.checkpoint: the conversation format it answers in "
-                            "(default: what it was trained in; a converted model's own template; "
-                            "docs/chat-templates.md).")
-_TEMPLATE = flags.DEFINE_string("chat_template", "", "With --config.checkpoint: a Jinja chat "
-                                "template file used instead of the model's own.")
+define_format_flags("with --config.checkpoint, what it was trained in; for a converted model "
+                    "that carries a template, its template")
 _PNG = flags.DEFINE_string("png", "", "compare: also draw the pairwise runs' win/tie/loss bars "
                            "(LIMA's Figure 1) to this PNG.")
 
@@ -76,8 +73,8 @@ def main(argv):
   from lima_jax.eval import run
   if _CONFIG.value.checkpoint and not flags.FLAGS["verbosity"].present:
     logging.set_verbosity(logging.ERROR)  # orbax's INFO lines would bury the progress
-  out = run.evaluate(_CONFIG.value, _WORKDIR.value, fmt=_FORMAT.value,
-                     chat_template=_TEMPLATE.value)
+  out = run.evaluate(_CONFIG.value, _WORKDIR.value, fmt=flags.FLAGS.format,
+                     chat_template=flags.FLAGS.chat_template)
   if out is None:
     return
   print(summary(out, _WORKDIR.value))

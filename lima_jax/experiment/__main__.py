@@ -83,7 +83,8 @@ def _judge_estimate(c, workdir: pathlib.Path, arms: list[str]) -> str:
     per_epoch = sum((2 if p in study.PAIRWISE else 1) * prompts * c.samples
                     for p in c.protocols if p != "judge_free"
                     and not (p in study.PAIRWISE and arm == c.baseline_arm))
-    units += per_epoch * len(c.arms[arm].seeds) * epochs
+    # A model arm answers once: one checkpoint, no seeds or epochs.
+    units += per_epoch * (1 if study.is_model_arm(c, arm) else len(c.arms[arm].seeds) * epochs)
   if not units:
     return "judging: none (judge_free only: no judge calls)"
   # A request holds the judge prompt (~300 tokens), the question and one or two answers at
@@ -106,7 +107,8 @@ def _judge_estimate(c, workdir: pathlib.Path, arms: list[str]) -> str:
 
 def _plan(c, workdir: pathlib.Path, arms: list[str], prepare: list, show_commands: bool):
   from lima_jax.experiment import study
-  manifest = study.Manifest(workdir)
+  from lima_jax.experiment.manifest import Manifest
+  manifest = Manifest(workdir)
   # pending: prepare steps that will run; changed: those whose hash will change when they do
   # (a step following one is redone too, though its recorded hash still matches today).
   pending, changed = set(), set()
@@ -136,6 +138,8 @@ def _plan(c, workdir: pathlib.Path, arms: list[str], prepare: list, show_command
       print(f"  {step.key:<40} {status}")
       if show_commands:
         print(f"    {shlex.join(step.command)}")
+    if study.is_model_arm(c, arm):  # it answers its model as it is: every step is above
+      continue
     later = [p for p in c.protocols if p != "judge_free"]
     print(f"  then per answered epoch ({c.epochs or 'the last'}): answer (judge_free)"
           + (f", {', '.join(later)}" if later else ""))
@@ -177,7 +181,8 @@ def main(argv):
   if ray:
     ray_executor.run_ray(c, workdir, arms, prepare, _RAY_ADDRESS.value, _MAX_RETRIES.value)
   else:
-    study.run_local(c, workdir, arms, prepare)
+    from lima_jax.experiment import local
+    local.run_local(c, workdir, arms, prepare)
   print(f"done: python -m lima_jax.experiment report --workdir={workdir}")
 
 

@@ -130,14 +130,15 @@ def missing(p: Placement, nodes: list[dict[str, float]]) -> str:
 def plan(c, workdir: pathlib.Path, arms: list[str], prepare) -> list[str]:
   """Each step's placement, as --executor=ray would ask the cluster for it; needs no
   cluster (answer and judge steps exist once training has written its checkpoints)."""
-  train, _ = for_step(c, "train")
   answer, _ = for_step(c, "answer")
   cpu = parse("cpu", "")
   out = [f"{s.key:<40} {cpu.describe()}" for s in prepare]
   pending = frozenset(s.key for s in prepare)
   for arm in arms:
     for s in study.before_training(c, workdir, arm, pending=pending):
-      out.append(f"{s.key:<40} {(train if s.kind == 'train' else cpu).describe()}")
+      out.append(f"{s.key:<40} {for_step(c, s.kind)[0].describe()}")
+    if study.is_model_arm(c, arm):  # its answer and judge steps are listed above
+      continue
     judged = [p for p in c.protocols if p != "judge_free"
               and not (p in study.PAIRWISE and arm == c.baseline_arm)]
     out.append(f"{arm + '/seedS/eE/answer':<40} {answer.describe()} (per answered epoch: "

@@ -1,14 +1,14 @@
 """The Ray executor: a study's steps on a Ray cluster, each as soon as the steps it follows are
 done, as many at once as the cluster holds.
 
-The steps, their identities and the manifest are the local runner's (study.py); only who runs a
-step changes, and the driver (this process) alone writes the manifest. A step gets one
-placement group (placement.py: one bundle per process) and runs its command once per bundle.
-An attempt that loses a process to the cluster (node gone, worker killed, process killed by a
-signal) is retried on a fresh group, up to `retries` times, the command resuming from its
-checkpoints; an attempt whose processes exit with an error of their own is not retried: the
-step is marked failed with its log's last lines and the steps that follow it are not run,
-while every other arm goes on.
+The steps (study.py), their identities and the manifest (manifest.py) and how a step is begun
+and finished (local.py) are the local runner's; only who runs a step changes, and the driver
+(this process) alone writes the manifest. A step gets one placement group (placement.py: one
+bundle per process) and runs its command once per bundle. An attempt that loses a process to
+the cluster (node gone, worker killed, process killed by a signal) is retried on a fresh group,
+up to `retries` times, the command resuming from its checkpoints; an attempt whose processes
+exit with an error of their own is not retried: the step is marked failed with its log's last
+lines and the steps that follow it are not run, while every other arm goes on.
 """
 import dataclasses
 import os
@@ -18,7 +18,8 @@ import sys
 import time
 
 from lima_jax.errors import UserError
-from lima_jax.experiment import placement, ray_table, study
+from lima_jax.experiment import local, placement, ray_table, study
+from lima_jax.experiment.manifest import Manifest, Step
 
 REQUIREMENTS = "requirements-ray.txt"
 # After one process of a step fails, how long the others may take to report a lost node.
@@ -85,7 +86,7 @@ def check_cluster(c, arms: list[str], address: str | None) -> None:
 
 @dataclasses.dataclass
 class Attempt:
-  step: study.Step
+  step: Step
   place: placement.Placement
   number: int
   group: object  # the placement group (or ray.util.tpu's SlicePlacementGroup handle)
@@ -105,9 +106,9 @@ class Runner:
   def __init__(self, c, workdir: pathlib.Path, arms: list[str], prepare, retries: int,
                judge_node: str = ""):
     self.c, self.workdir, self.retries = c, workdir, retries
-    self.manifest = study.Manifest(workdir)
+    self.manifest = Manifest(workdir)
     self.judge_node = judge_node  # a scripted judge listens on the driver's node only
-    self.steps: dict[str, study.Step] = {}
+    self.steps: dict[str, Step] = {}
     self.state: dict[str, str] = {}  # waiting | placing | running | done | failed | blocked
     self.tries: dict[str, int] = {}
     self.running: dict[str, Attempt] = {}
@@ -124,21 +125,21 @@ class Runner:
         self.steps[s.key], self.state[s.key] = s, "waiting"
         self.table.set(s.key, "waiting")
 
-  def _ready(self, step: study.Step) -> str:
+  def _ready(self, step: Step) -> str:
     """'yes', 'no' or 'blocked' (a step it follows failed or will never run)."""
     states = [self.state.get(k) for k in step.after]
     if any(s in ("failed", "blocked") for s in states):
       return "blocked"
     return "yes" if all(s == "done" for s in states) else "no"
 
-  def _done(self, step: study.Step) -> None:
+  def _done(self, step: Step) -> None:
     self.state[step.key] = "done"
     if step.kind == "train":
       self._add(study.after_training(self.c, self.workdir, step.arm, step.seed))
 
-  def _start(self, step: study.Step) -> None:
+  def _start(self, step: Step) -> None:
     from ray.util import placement_group
-    log = study.begin(step, self.manifest, self.workdir, "[ray]")
+    log = local.begin(step, self.manifest, self.workdir, "[ray]")
     if log is None:
       self.table.set(step.key, "done")
       self._done(step)
@@ -219,7 +220,7 @@ class Runner:
     else:
       code = next((c for c in codes if c), 0)
       tail = next((r[1] for r in a.results.values() if r[0]), [])
-    study.finish(step, self.manifest, code, seconds, attempts=a.number,
+    local.finish(step, self.manifest, code, seconds, attempts=a.number,
                  ended=round(time.time(), 1),
                  **({"log_tail": tail} if code else {}))
     if code:
@@ -308,7 +309,7 @@ def run_ray(c, workdir: pathlib.Path, arms: list[str], prepare, address: str | N
     check_cluster(c, arms, address)
     print(f"ray: {'cluster at ' + address if address else 'started here for the run'}; "
           f"dashboard: {dashboard or 'none (pip install ray[default] for one)'}", flush=True)
-    with study.judge_for_run(c) as c:
+    with local.judge_for_run(c) as c:
       scripted = c.judge.scripted and any(p != "judge_free" for p in c.protocols)
       runner = Runner(c, workdir, arms, prepare, retries,
                       judge_node=ray.util.get_node_ip_address() if scripted else "")

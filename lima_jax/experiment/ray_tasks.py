@@ -35,11 +35,11 @@ def run_process(command: list[str], env: dict[str, str], cwd: str, log: str,
   to `log`; returns its exit status (negative: the signal that killed it) and the log's last
   lines."""
   sys.path.insert(0, cwd)
-  from lima_jax.experiment import study  # the checkout's, as the command's own
+  from lima_jax.experiment import local  # the checkout's, as the command's own
   os.makedirs(os.path.dirname(log), exist_ok=True)
   with open(log, "ab") as out:
     proc = subprocess.Popen(command, cwd=cwd, stdout=out, stderr=subprocess.STDOUT,
-                            env=study.step_env({**os.environ, **env}),
+                            env=local.step_env({**os.environ, **env}),
                             preexec_fn=_die_with_parent if sys.platform.startswith("linux")
                             else None)
     try:
@@ -47,4 +47,4 @@ def run_process(command: list[str], env: dict[str, str], cwd: str, log: str,
     except BaseException:  # cancelled: a forced cancel kills us; a soft one lands here
       proc.kill()
       raise
-  return code, study.log_tail(pathlib.Path(log), tail)
+  return code, local.log_tail(pathlib.Path(log), tail)

@@ -1,4 +1,4 @@
-"""A study's steps, the manifest that records them, and the local runner.
+"""A study's steps: what each one runs, reads and follows.
 
 Prepare steps (`c.prepare.NAME`: any command, e.g. building a synthetic world or
 pretraining a base) run first, once a study, each after the steps it follows; their output
@@ -7,136 +7,23 @@ directories are the `{NAME}` placeholders of other prepare steps and of the arms
 (one a training seed) of: curate (once an arm, when the arm curates) ->
 train -> answer (lima_jax.eval's judge_free on a checkpoint, which writes answers.jsonl) ->
 judge (one lima_jax.eval per further protocol). Answer and judge steps exist per answered
-epoch, known once training has written its checkpoints, so the plan grows as it runs.
+epoch, known once training has written its checkpoints, so the plan grows as it runs. An arm
+with `model` (a model arm: a converted base, say) trains nothing: its one answer step and its
+judge steps answer that checkpoint as it is, known when the plan is made.
 
-A step's identity is the sha256 of its inputs: its command (the judge's URL left out: the
-judge is its model), the content of the files it reads, and the hashes of the steps it
-follows. Each step records two such hashes, which differ only in how a Python source among its
-files is read: `inputs_sha256` hashes its bytes, `source_sha256` its syntax tree without
-docstrings (so a comment, docstring or layout edit is no change). A step is done when either
-matches, and both are then brought up to date: a docstring edit does not rerun a study, nor
-does a new Python version whose syntax trees print differently, and manifests written before
-`source_sha256` existed still match on their bytes. DIR/manifest.json maps step keys to
-{status, inputs_sha256, source_sha256, output, ...}; it is rewritten atomically after every
-change, so a killed run leaves it consistent.
+Each step's identity and the manifest that records it: manifest.py; running them here:
+local.py, on Ray: ray_executor.py.
 """
-import ast
-import contextlib
 import dataclasses
-import hashlib
-import json
 import os
 import pathlib
 import re
-import shutil
-import subprocess
 import sys
-import time
 
-from lima_jax import files
-from lima_jax.parallel import host_memory
 from lima_jax.errors import UserError
+from lima_jax.experiment.manifest import Step
 
 PAIRWISE = ("lima_pairwise", "alpaca_eval")
-
-
-@dataclasses.dataclass
-class Step:
-  key: str  # 'prepare/NAME', 'ARM/curate', 'ARM/seedS/train', 'ARM/seedS/eE/answer',
-  #            'ARM/seedS/eE/PROTOCOL'
-  arm: str  # '' for prepare steps
-  kind: str  # prepare | curate | train | answer | judge
-  command: list[str]
-  output: pathlib.Path  # What the step writes (a directory, or the curated file).
-  files: tuple[str, ...] = ()  # Inputs hashed by content.
-  after: tuple[str, ...] = ()  # Keys of the steps whose outputs it reads.
-  seed: int | None = None
-  epoch: int | None = None
-  protocol: str = ""
-
-
-# The two identities a step records (module docstring): how each one reads a file.
-IDENTITIES = ("inputs_sha256", "source_sha256")
-
-
-def _file_digests(path: str) -> dict[str, str]:
-  """Both identities of one file, read once: its bytes' sha256, and for source_sha256 a
-  Python file's syntax tree without docstrings (comments and layout never reach the tree), or
-  its bytes if it does not parse."""
-  h = hashlib.sha256()
-  try:
-    with open(path, "rb") as f:
-      if path.endswith(".py"):
-        data = f.read()
-        h.update(data)
-        try:
-          tree = "py:" + hashlib.sha256(_code_only(ast.parse(data)).encode()).hexdigest()
-        except (SyntaxError, ValueError):
-          tree = h.hexdigest()
-        return {"inputs_sha256": h.hexdigest(), "source_sha256": tree}
-      for block in iter(lambda: f.read(1 << 20), b""):
-        h.update(block)
-  except OSError as e:
-    raise UserError(f"{path}: cannot read ({e.strerror})") from None
-  return dict.fromkeys(IDENTITIES, h.hexdigest())
-
-
-def _code_only(tree: ast.Module) -> str:
-  """ast.dump of the tree with every module, class and function docstring removed."""
-  for node in ast.walk(tree):
-    if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)):
-      first = node.body[0] if node.body else None
-      if (isinstance(first, ast.Expr) and isinstance(first.value, ast.Constant)
-          and isinstance(first.value.value, str)):
-        node.body = node.body[1:] or [ast.Pass()]
-  return ast.dump(tree)
-
-
-def _hashed_command(command: list[str]) -> list[str]:
-  return [a for a in command if not a.startswith("--config.judge.base_url=")]
-
-
-class Manifest:
-  """DIR/manifest.json: {"steps": {key: record}}; every change is written at once."""
-
-  def __init__(self, workdir: pathlib.Path):
-    self.path = workdir / "manifest.json"
-    self.steps: dict[str, dict] = {}
-    if self.path.exists():
-      try:
-        self.steps = json.loads(self.path.read_text())["steps"]
-      except (json.JSONDecodeError, KeyError, TypeError) as e:
-        raise UserError(f"{self.path}: not a study manifest ({e})") from None
-
-  def digests(self, step: Step) -> dict[str, str]:
-    """The step's identities (IDENTITIES), each file read once; the steps it follows count by
-    the same identity."""
-    files_ = {f: _file_digests(f) for f in step.files}
-    out = {}
-    for identity in IDENTITIES:
-      parts = {"command": _hashed_command(step.command),
-               "files": {f: d[identity] for f, d in files_.items()},
-               "after": {k: self.steps.get(k, {}).get(identity) for k in step.after}}
-      out[identity] = hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()
-    return out
-
-  def digest(self, step: Step, identity: str = "inputs_sha256") -> str:
-    return self.digests(step)[identity]
-
-  def set(self, key: str, **record) -> None:
-    self.steps[key] = {**self.steps.get(key, {}), **record}
-    files.write_atomic(self.path, json.dumps({"steps": self.steps}, indent=1, sort_keys=True)
-                       + "\n")
-
-  def state(self, step: Step) -> tuple[str, dict[str, str]]:
-    """('done' | 'changed' | 'resume' | 'new', today's digests): unchanged when either
-    recorded identity matches today's."""
-    digests, rec = self.digests(step), self.steps.get(step.key)
-    if rec is None:
-      return ("changed" if step.output.exists() else "new"), digests
-    if not any(rec.get(identity) == digests[identity] for identity in IDENTITIES):
-      return "changed", digests
-    return ("done" if rec.get("status") == "done" else "resume"), digests
 
 
 def _python(module: str, *args: str) -> list[str]:
@@ -292,6 +179,7 @@ class ArmInputs:
   overrides: tuple[str, ...]
   curate_overrides: tuple[str, ...]
   base_overrides: tuple[str, ...]
+  model: str  # a model arm's checkpoint ('' for an arm that trains)
   after: tuple[str, ...]  # named by any field (what --only=ARM needs)
   curate_after: tuple[str, ...]  # named by pool or curate_overrides (the curate step's)
   train_after: tuple[str, ...]  # named by data (uncurated), overrides, base_overrides
@@ -304,7 +192,10 @@ def resolve_arm(c, workdir: pathlib.Path, arm: str) -> ArmInputs:
   overrides, u3 = _fill_all(values, a.overrides, f"arms.{arm}.overrides")
   curate_overrides, u4 = _fill_all(values, a.curate_overrides, f"arms.{arm}.curate_overrides")
   base_overrides, u5 = _fill_all(values, c.base_overrides, "base_overrides")
-  return ArmInputs(data, pool, overrides, curate_overrides, base_overrides,
+  model, u6 = fill(a.get("model") or "", values, f"arms.{arm}.model")
+  if model:  # it does not train: base_overrides are not its
+    return ArmInputs(data, pool, overrides, curate_overrides, (), model, _keys(u6), (), ())
+  return ArmInputs(data, pool, overrides, curate_overrides, base_overrides, "",
                    _keys(set(u1) | set(u2) | u3 | u4 | u5), _keys(set(u2) | u4),
                    _keys((set() if a.curate else set(u1)) | u3 | u5))
 
@@ -325,9 +216,17 @@ def arm_data(c, workdir: pathlib.Path, arm: str) -> list[str]:
   return data.split(",")
 
 
+def is_model_arm(c, arm: str) -> bool:
+  """An arm whose `model` is a checkpoint answered as it is (a converted base): no training."""
+  return bool(c.arms[arm].get("model"))
+
+
 def before_training(c, workdir: pathlib.Path, arm: str, pending=frozenset()) -> list[Step]:
-  """The arm's curate step (if any) and one train step a seed. `pending`: keys of prepare
-  steps not run yet, whose files are not looked for."""
+  """The arm's steps known before any training: its curate step (if any) and one train step
+  a seed; for a model arm, its answer and judge steps. `pending`: keys of prepare steps not
+  run yet, whose files are not looked for."""
+  if is_model_arm(c, arm):
+    return model_arm_steps(c, workdir, arm, pending)
   a, steps = c.arms[arm], []
   r = resolve_arm(c, workdir, arm)
   data = arm_data(c, workdir, arm)
@@ -377,48 +276,101 @@ def _epochs(c, train_dir: pathlib.Path) -> dict[int, pathlib.Path]:
 
 
 def after_training(c, workdir: pathlib.Path, arm: str, seed: int) -> list[Step]:
-  """Answer and judge steps for each answered epoch of a finished training run."""
-  run, steps, g = run_dir(workdir, arm, seed), [], c.generate
-  train_key = f"{arm}/seed{seed}/train"
+  """Answer and judge steps for each answered epoch of a finished training run (none for a
+  model arm: its steps are known before training)."""
+  if is_model_arm(c, arm):
+    return []
+  run = run_dir(workdir, arm, seed)
+  steps = []
+  for epoch, ckpt in sorted(_epochs(c, run / "train").items()):
+    steps += _answer_and_judge(c, workdir, arm, f"{arm}/seed{seed}/e{epoch}", run / f"e{epoch}",
+                               ckpt, (f"{arm}/seed{seed}/train",), seed, epoch)
+  return steps
+
+
+# A model arm's steps: ARM/base/answer and ARM/base/PROTOCOL, in DIR/arms/ARM/base/; the
+# report shows them as epoch 0 (no training), with no seed.
+MODEL_EPOCH = 0
+
+
+def _answer_of(c, workdir: pathlib.Path, arm: str, seed, epoch) -> tuple[str, pathlib.Path]:
+  """The key and directory of `arm`'s answer step that another arm's seed and epoch is
+  judged against: a model arm has one."""
+  if is_model_arm(c, arm):
+    return f"{arm}/base/answer", workdir / "arms" / arm / "base" / "answer"
+  return (f"{arm}/seed{seed}/e{epoch}/answer",
+          run_dir(workdir, arm, seed) / f"e{epoch}" / "answer")
+
+
+def model_arm_steps(c, workdir: pathlib.Path, arm: str, pending=frozenset()) -> list[Step]:
+  """A model arm's answer and judge steps, on its checkpoint as it is: checked here, at plan
+  time (a model a pending prepare step makes is not looked for)."""
+  a, r = c.arms[arm], resolve_arm(c, workdir, arm)
+  field = f"config arms.{arm}.model"
+  given = [k for k in ("data", "curate", "pool", "overrides", "curate_overrides") if a.get(k)]
+  if given:
+    raise UserError(f"{field}: a model arm answers its checkpoint as it is, without training; "
+                    f"drop its {', '.join(given)} (or the model, to train)")
+  made_later = [str(prepare_dir(workdir, k.split("/", 1)[1])) for k in r.after if k in pending]
+  if not any(r.model == d or r.model.startswith(d + os.sep) for d in made_later) \
+      and not os.path.exists(r.model):
+    raise UserError(f"{field}: {r.model} does not exist" + (f"; {a.hint}" if a.get("hint")
+                                                            else ""))
+  if (c.baseline_arm and c.baseline_arm != arm and not is_model_arm(c, c.baseline_arm)
+      and any(p in PAIRWISE for p in c.protocols)):
+    raise UserError(f"{field}: {', '.join(p for p in c.protocols if p in PAIRWISE)} would "
+                    f"judge it against {c.baseline_arm}, which trains (which seed and epoch?); "
+                    "make the model arm the baseline_arm, or judge it without a pairwise "
+                    "protocol")
+  return _answer_and_judge(c, workdir, arm, f"{arm}/base", workdir / "arms" / arm / "base",
+                           pathlib.Path(r.model), r.after, None, MODEL_EPOCH)
+
+
+def _answer_and_judge(c, workdir, arm, base, out, ckpt, after, seed, epoch) -> list[Step]:
+  """One checkpoint's answer step (BASE/answer in OUT/answer) and a judge step a further
+  protocol (BASE/PROTOCOL); `after`: what the checkpoint comes from."""
+  g, steps = c.generate, []
   prompts, prompts_after = prompts_path(c, workdir)
   eval_overrides, used = _fill_all(_placeholders(c, workdir), c.eval_overrides,
                                    "eval_overrides")
   eval_after = _keys(used)
-  for epoch, ckpt in sorted(_epochs(c, run / "train").items()):
-    base = f"{arm}/seed{seed}/e{epoch}"
-    answers = run / f"e{epoch}" / "answer"
-    steps.append(Step(
-        f"{base}/answer", arm, "answer",
-        _python("lima_jax.eval", "--config=configs/eval.py:judge_free", f"--workdir={answers}",
-                f"--config.checkpoint={ckpt}", f"--config.prompts={prompts}",
-                f"--config.name={arm}", f"--config.generate.samples={c.samples}",
-                *(f"--config.generate.{k}={g[k]}" for k in sorted(g.keys())),
-                *_overrides(eval_overrides)),
-        answers, files=(prompts,), after=(train_key, *prompts_after, *eval_after), seed=seed,
-        epoch=epoch, protocol="judge_free"))
-    for protocol in c.protocols:
-      if protocol == "judge_free":
+  answers = out / "answer"
+  fmt = c.arms[arm].get("format") or ""
+  if fmt not in ("", "lima", "chat_template"):
+    raise UserError(f"config arms.{arm}.format: {fmt!r} is not 'lima' or 'chat_template' ('': "
+                    "the checkpoint's own)")
+  steps.append(Step(
+      f"{base}/answer", arm, "answer",
+      _python("lima_jax.eval", "--config=configs/eval.py:judge_free", f"--workdir={answers}",
+              *([f"--format={fmt}"] if fmt else []),
+              f"--config.checkpoint={ckpt}", f"--config.prompts={prompts}",
+              f"--config.name={arm}", f"--config.generate.samples={c.samples}",
+              *(f"--config.generate.{k}={g[k]}" for k in sorted(g.keys())),
+              *_overrides(eval_overrides)),
+      answers, files=(prompts,), after=(*after, *prompts_after, *eval_after), seed=seed,
+      epoch=epoch, protocol="judge_free"))
+  for protocol in c.protocols:
+    if protocol == "judge_free":
+      continue
+    extra, judge_after = [], (f"{base}/answer", *eval_after)
+    if protocol in PAIRWISE:
+      if not c.baseline_arm:
+        raise UserError(f"config baseline_arm: {protocol} judges against a baseline arm")
+      if arm == c.baseline_arm:
         continue
-      extra, after = [], (f"{base}/answer", *eval_after)
-      if protocol in PAIRWISE:
-        if not c.baseline_arm:
-          raise UserError(f"config baseline_arm: {protocol} judges against a baseline arm")
-        if arm == c.baseline_arm:
-          continue
-        other = run_dir(workdir, c.baseline_arm, seed) / f"e{epoch}" / "answer"
-        extra = [f"--config.baseline={other / 'answers.jsonl'}",
-                 f"--config.baseline_name={c.baseline_arm}"]
-        after += (f"{c.baseline_arm}/seed{seed}/e{epoch}/answer",)
-      out = run / f"e{epoch}" / protocol
-      steps.append(Step(
-          f"{base}/{protocol}", arm, "judge",
-          _python("lima_jax.eval", f"--config=configs/eval.py:{protocol}", f"--workdir={out}",
-                  f"--config.answers={answers / 'answers.jsonl'}", f"--config.name={arm}",
-                  *extra, f"--config.judge.base_url={c.judge.base_url}",
-                  f"--config.judge.model={c.judge.model}",
-                  f"--config.judge.api_key_env={c.judge.api_key_env}",
-                  *_overrides(eval_overrides)),
-          out, after=after, seed=seed, epoch=epoch, protocol=protocol))
+      other_key, other = _answer_of(c, workdir, c.baseline_arm, seed, epoch)
+      extra = [f"--config.baseline={other / 'answers.jsonl'}",
+               f"--config.baseline_name={c.baseline_arm}"]
+      judge_after += (other_key,)
+    steps.append(Step(
+        f"{base}/{protocol}", arm, "judge",
+        _python("lima_jax.eval", f"--config=configs/eval.py:{protocol}",
+                f"--workdir={out / protocol}", f"--config.answers={answers / 'answers.jsonl'}",
+                f"--config.name={arm}", *extra, f"--config.judge.base_url={c.judge.base_url}",
+                f"--config.judge.model={c.judge.model}",
+                f"--config.judge.api_key_env={c.judge.api_key_env}",
+                *_overrides(eval_overrides)),
+        out / protocol, after=judge_after, seed=seed, epoch=epoch, protocol=protocol))
   return steps
 
 
@@ -437,110 +389,3 @@ def arm_order(c, only: list[str]) -> list[str]:
       chosen.insert(0, c.baseline_arm)  # its answers are inputs of the others' judgments
     chosen.sort(key=lambda a: a != c.baseline_arm)
   return chosen
-
-
-def log_path(workdir: pathlib.Path, key: str) -> pathlib.Path:
-  return workdir / "logs" / (key.replace("/", "__") + ".log")
-
-
-def begin(step: Step, manifest: Manifest, workdir: pathlib.Path, label: str):
-  """Readies one step to run: None when it is done (its record brought up to today's
-  identities); else moves a stale output aside, records it running and returns its log."""
-  state, digests = manifest.state(step)
-  if state == "done":
-    rec = manifest.steps[step.key]
-    if any(rec.get(identity) != value for identity, value in digests.items()):
-      manifest.set(step.key, **digests)  # matched on one identity: the other follows today's
-    print(f"{label} {step.key}: done", flush=True)
-    return None
-  if state == "changed" and step.output.exists():
-    old = manifest.steps.get(step.key, {}).get("inputs_sha256") or "unrecorded"
-    aside = step.output.with_name(f"{step.output.name}.stale-{old[:8]}")
-    shutil.rmtree(aside, ignore_errors=True)
-    os.replace(step.output, aside)
-    print(f"{label} {step.key}: inputs changed; previous output kept as {aside}", flush=True)
-  log = log_path(workdir, step.key)
-  log.parent.mkdir(parents=True, exist_ok=True)
-  step.output.parent.mkdir(parents=True, exist_ok=True)
-  if step.kind == "prepare":  # its {out}, made for it
-    step.output.mkdir(exist_ok=True)
-  manifest.set(step.key, status="running", **digests, output=str(step.output),
-               command=_hashed_command(step.command), log=str(log), kind=step.kind,
-               arm=step.arm, seed=step.seed, epoch=step.epoch, protocol=step.protocol)
-  print(f"{label} {step.key}: {'resuming' if state == 'resume' else 'running'} "
-        f"(log: {log})", flush=True)
-  return log
-
-
-def finish(step: Step, manifest: Manifest, code: int, seconds: float, **record) -> None:
-  """Records a run's outcome (`record`: more fields, as an executor's attempts)."""
-  if code:
-    manifest.set(step.key, status="failed", returncode=code, seconds=seconds, **record)
-  else:
-    manifest.set(step.key, status="done", returncode=0, seconds=seconds,
-                 finished=time.strftime("%Y-%m-%dT%H:%M:%S"), **record)
-
-
-def log_tail(log: pathlib.Path, lines: int = 15) -> list[str]:
-  try:
-    return log.read_text(errors="replace").strip().splitlines()[-lines:]
-  except OSError:
-    return []
-
-
-def step_env(base: dict[str, str]) -> dict[str, str]:
-  """The environment a step's command runs in."""
-  return host_memory.with_huge_pages({**base, "PYTHONUNBUFFERED": "1"})
-
-
-def execute(step: Step, manifest: Manifest, workdir: pathlib.Path, label: str) -> None:
-  """Runs one step unless done; moves a stale output aside first; records the outcome."""
-  log = begin(step, manifest, workdir, label)
-  if log is None:
-    return
-  t0 = time.perf_counter()
-  with open(log, "ab") as out:
-    code = subprocess.run(step.command, stdout=out, stderr=subprocess.STDOUT,
-                          env=step_env(dict(os.environ))).returncode
-  seconds = round(time.perf_counter() - t0, 1)
-  finish(step, manifest, code, seconds)
-  if code:
-    print("\n".join("    " + line for line in log_tail(log)), file=sys.stderr)
-    raise UserError(f"{step.key} failed (exit {code}) after {seconds} s; full log: {log}; "
-                    "fix it and rerun: finished steps are kept")
-  print(f"{label} {step.key}: done in {seconds} s", flush=True)
-
-
-@contextlib.contextmanager
-def judge_for_run(c):
-  """The study config to run with: when its protocols need a judge and it asks for the
-  scripted one, that judge started on 127.0.0.1 for the run and named in judge.base_url."""
-  needs_judge = any(p != "judge_free" for p in c.protocols)
-  if needs_judge and c.judge.scripted:
-    from lima_jax.eval.scripted_judge import Server
-    with Server() as server:
-      c = c.copy_and_resolve_references()
-      c.judge.base_url = server.url
-      yield c
-    return
-  if needs_judge and not c.judge.base_url:
-    raise UserError("config judge.base_url: the protocols need a judge (or judge.scripted=True "
-                    "for the scripted stand-in)")
-  yield c
-
-
-def run_local(c, workdir: pathlib.Path, arms: list[str], prepare=None) -> None:
-  """Runs the prepare steps (all of them unless given), then the arms, here."""
-  manifest = Manifest(workdir)
-  if prepare is None:
-    prepare = prepare_steps(c, workdir)
-  with judge_for_run(c) as c:
-    for i, step in enumerate(prepare, 1):
-      execute(step, manifest, workdir, f"[prepare {i}/{len(prepare)}]")
-    for i, arm in enumerate(arms, 1):
-      label = f"[arm {i}/{len(arms)}]"
-      for step in before_training(c, workdir, arm):
-        execute(step, manifest, workdir, label)
-      for seed in c.arms[arm].seeds:
-        for step in after_training(c, workdir, arm, seed):
-          execute(step, manifest, workdir, label)

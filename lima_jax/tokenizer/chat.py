@@ -156,6 +156,15 @@ class Lima:
     return prompt_ids(turns_from_messages(messages, where=where), self.tok)
 
 
+def read_template(path: str) -> str:
+  """The Jinja chat template in the file `path` (a --chat_template flag)."""
+  try:
+    with open(path, encoding="utf-8") as f:
+      return f.read()
+  except (OSError, UnicodeDecodeError) as e:
+    raise UserError(f"{path}: cannot read ({getattr(e, 'strerror', None) or e})") from None
+
+
 def renderer(fmt: str, tok, template: str | None = None, name: str = "chat template"):
   """The renderer of format `fmt`: `Lima(tok)`, or the chat template `template` (whose errors
   name it as `name`) for 'chat_template'."""
