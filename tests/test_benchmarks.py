@@ -123,6 +123,20 @@ def test_profile_step_accounts_for_every_matmul_flop(tmp_path):
   assert result["load_1m_before"] >= 0 and "profile_step.py" in result["command"]
 
 
+def test_ab_step_pairs_each_variant_with_the_first(tmp_path):
+  out = tmp_path / "ab.json"
+  proc = _run("ab_step.py", "--size=tiny", "--batch=8", "--seq=32", "--warmup=1", "--cycles=3",
+              "--variants=plain:;no_remat:remat_policy=none", f"--out={out}")
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  result = json.loads(out.read_text())
+  assert list(result["variants"]) == ["plain", "no_remat"]
+  plain, other = result["variants"]["plain"], result["variants"]["no_remat"]
+  assert plain["wall_ratio"] == plain["cpu_ratio"] == {"median": 1.0, "q1": 1.0, "q3": 1.0}
+  assert other["flags"] == {"remat_policy": "none"} and other["wall_ms"] > 0
+  bad = _run("ab_step.py", "--size=tiny", "--variants=a:;b:dim=3", f"--out={out}")
+  assert bad.returncode != 0 and "--variants" in bad.stderr.strip().splitlines()[-1]
+
+
 def test_train_throughput_rejects_bad_flag_in_one_line(tmp_path):
   out = tmp_path / "tt.json"
   proc = _run("train_throughput.py", "--assistant_fraction=1.5", f"--out={out}")
