@@ -136,18 +136,19 @@ def breakdown(trace: dict, info: dict, wall_s: list[float]) -> dict:
     if flops[cls]:
       classes[cls]["gflop"] = flops[cls] / 1e9
       classes[cls]["gflops"] = flops[cls] / 1e9 / (ms[cls] / 1e3)
+  busy_ms = {t: _union(iv) / 1e3 / n for t, iv in busy.items()}
   return {"step_wall_ms": wall_ms, "op_time_ms": ops_ms, "classes": classes,
-          "threads": {t: {"busy_ms": _union(iv) / 1e3 / n, "idle_ms": wall_ms - _union(iv) / 1e3 / n}
-                      for t, iv in busy.items()}}
+          "threads": {t: {"busy_ms": v, "idle_ms": wall_ms - v} for t, v in busy_ms.items()}}
 
 
 def markdown(result: dict) -> str:
   b = result["breakdown"]
-  lines = [f"Step wall time {b['step_wall_ms']:.1f} ms (median of the traced steps "
+  lines = [f"Step wall time {b['step_wall_ms']:.1f} ms (mean; median of the traced steps "
            f"{result['step_ms_median']:.1f} ms), thunk time {b['op_time_ms']:.1f} ms summed over "
            f"threads; load average (1 min) {result['load_1m_before']:.2f} before, "
            f"{result['load_1m_after']:.2f} after.", "",
-           "| op class | ms / step | % of thunk time | GFLOP / step | GFLOP/s |", "|---|---|---|---|---|"]
+           "| op class | ms / step | % of thunk time | GFLOP / step | GFLOP/s |",
+           "|---|---|---|---|---|"]
   for cls, c in b["classes"].items():
     rate = (f"{c['gflop']:.2f} | {c['gflops']:.0f}" if "gflop" in c else " | ")
     lines.append(f"| {cls} | {c['ms']:.1f} | {100 * c['share_of_op_time']:.1f} | {rate} |")
