@@ -312,13 +312,16 @@ def _attention_stand_in(q, k, v, segments, block):
   return q + jnp.repeat(k + v, q.shape[2] // k.shape[2], axis=2)
 
 
-def run_jax(attention_free: bool = False) -> dict:
+def jax_step(attention_free: bool = False):
+  """lima_jax's compiled step at the flags' shape, on its state: a no-argument `step` that runs
+  one step to completion (step.loss: its loss; step.compiled and step.compile_s: the
+  executable and its compile time), and the batch (numpy). benchmarks/profile_step.py traces
+  the same step."""
   import jax
   import jax.numpy as jnp
   import flax.linen as nn
   from configs import lima
   from lima_jax.model import attention
-  from lima_jax.model import transformer as model_lib
   from lima_jax.parallel import sharding
   from lima_jax.train import step as step_lib
 
@@ -355,7 +358,20 @@ def run_jax(attention_free: bool = False) -> dict:
       jax.block_until_ready((state[0], metrics))
       step.loss = float(metrics["loss"])
 
-    wall, cpu, faults = _time_steps(step, FLAGS.warmup, FLAGS.steps, "jax")
+  step.compiled, step.compile_s = compiled, compile_s
+  return step, batch_np
+
+
+def run_jax(attention_free: bool = False) -> dict:
+  import jax
+  import jax.numpy as jnp
+  from lima_jax.model import transformer as model_lib
+  from lima_jax.train import step as step_lib
+
+  cfg = model_config()
+  step, batch_np = jax_step(attention_free)
+  wall, cpu, faults = _time_steps(step, FLAGS.warmup, FLAGS.steps, "jax")
+  compile_s = step.compile_s
   dev = jax.devices()[0]
   options = step_lib.CPU_COMPILER_OPTIONS if dev.platform == "cpu" else None
   dtype = jnp.dtype(FLAGS.dtype)

@@ -102,6 +102,41 @@ def test_train_throughput_attention_free_ceiling_and_matmul_floor(tmp_path):
                       torch_r["step_time_s"] / floor["step_time_s"])
 
 
+def test_profile_step_accounts_for_every_matmul_flop(tmp_path):
+  """The per-class breakdown finds every matmul of the step in the trace: the projections' and
+  head's FLOPs are 6 N B T (the loss on every token, one loss chunk), and attention's are 7
+  T x T products per head and layer (one block at T = 32: scores and output forward; scores,
+  dv, dp, dq and dk backward)."""
+  out = tmp_path / "profile.json"
+  proc = _run("profile_step.py", "--size=tiny", "--batch=8", "--seq=32",
+              "--assistant_fraction=1", "--warmup=1", "--trace_steps=2", f"--out={out}")
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  result = json.loads(out.read_text())
+  classes = result["breakdown"]["classes"]
+  n = 64 * 256 + 2 * (2 * 64 * 64 + 2 * 64 * 32 + 3 * 64 * 128)  # head, 2 layers' projections
+  matmul = classes["weight matmuls"]["gflop"] + classes["head matmuls"]["gflop"]
+  assert math.isclose(matmul, 6 * n * 8 * 32 / 1e9, rel_tol=1e-9)
+  attention = 2 * 7 * (2 * 8 * 4 * 32 * 32 * 16)  # layers x dots x (2 B H T T K)
+  assert math.isclose(classes["attention matmuls"]["gflop"], attention / 1e9, rel_tol=1e-9)
+  assert math.isclose(sum(c["share_of_op_time"] for c in classes.values()), 1.0)
+  assert all(c["ms"] > 0 for c in classes.values())
+  assert result["load_1m_before"] >= 0 and "profile_step.py" in result["command"]
+
+
+def test_ab_step_pairs_each_variant_with_the_first(tmp_path):
+  out = tmp_path / "ab.json"
+  proc = _run("ab_step.py", "--size=tiny", "--batch=8", "--seq=32", "--warmup=1", "--cycles=3",
+              "--variants=plain:;no_remat:remat_policy=none", f"--out={out}")
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  result = json.loads(out.read_text())
+  assert list(result["variants"]) == ["plain", "no_remat"]
+  plain, other = result["variants"]["plain"], result["variants"]["no_remat"]
+  assert plain["wall_ratio"] == plain["cpu_ratio"] == {"median": 1.0, "q1": 1.0, "q3": 1.0}
+  assert other["flags"] == {"remat_policy": "none"} and other["wall_ms"] > 0
+  bad = _run("ab_step.py", "--size=tiny", "--variants=a:;b:dim=3", f"--out={out}")
+  assert bad.returncode != 0 and "--variants" in bad.stderr.strip().splitlines()[-1]
+
+
 def test_train_throughput_rejects_bad_flag_in_one_line(tmp_path):
   out = tmp_path / "tt.json"
   proc = _run("train_throughput.py", "--assistant_fraction=1.5", f"--out={out}")
