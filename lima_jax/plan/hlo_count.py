@@ -7,7 +7,9 @@ matmuls, one loop step per shard), so its figures can miss most of the step. Her
 is walked instead: a while loop's body and condition count `known_trip_count` times (XLA writes
 it into the loop's backend_config when it can prove it), fusions, calls and async wrappers once
 per call, a conditional its most expensive branch. A loop without a known trip count is counted
-once and reported in `unknown_loops`: the figures are then lower bounds.
+once and reported in `unknown_loops`: the figures are then lower bounds. libtpu's optimized text
+carries no trip counts, so where none is written the loop's integer counters are run instead:
+from their initial constants, through the condition and the body's updates (`simulated_trip_count`).
 
 FLOPs: dot and convolution only, 2 x output elements x contracted size (elementwise work, a
 percent or so of a transformer step, is left out). Pallas kernels (custom calls) count 0: the
@@ -63,7 +65,9 @@ class ProgramCount:
   flops: float
   bytes: float
   loops: int  # While loops in the program, counted per loop op (not per trip).
-  unknown_loops: int  # Of those, loops without a known trip count: counted once (lower bound).
+  # The op_name of each loop whose trip count is not a constant (data-dependent, or a pattern
+  # not followed here): counted once, so the figures are lower bounds when this is not empty.
+  unknown_loops: list[str]
 
 
 def _arrays(shape: str) -> list[tuple[str, list[int]]]:
@@ -131,7 +135,9 @@ def _called(attrs: str, key: str) -> list[str]:
   return _NAME.findall(m.group(1)) or [m.group(1).lstrip("%")] if m else []
 
 
-def trip_count(attrs: str) -> int | None:
+def known_trip_count(attrs: str) -> int | None:
+  """The trip count XLA proved and wrote into a while op's backend_config (XLA:CPU and GPU
+  keep it in the optimized text; libtpu's does not)."""
   m = re.search(r"backend_config=(\{.*\})", attrs)
   if not m:
     return None
@@ -140,6 +146,81 @@ def trip_count(attrs: str) -> int | None:
   except ValueError:
     return None
   return int(n) if n is not None else None
+
+
+class _Unknown(Exception):
+  pass
+
+
+_ARITH = {"add": lambda a, b: a + b, "subtract": lambda a, b: a - b,
+          "multiply": lambda a, b: a * b, "negate": lambda a: -a, "maximum": max, "minimum": min,
+          "and": lambda a, b: a and b, "or": lambda a, b: a or b}
+_COMPARE = {"LT": lambda a, b: a < b, "LE": lambda a, b: a <= b, "GT": lambda a, b: a > b,
+            "GE": lambda a, b: a >= b, "EQ": lambda a, b: a == b, "NE": lambda a, b: a != b}
+
+
+def _eval(name: str, instrs: dict[str, Instr], comps, params) -> int:
+  """The value of a scalar integer instruction; `params` are thunks for the parameters."""
+  ins, ev = instrs[name], lambda n: _eval(n, instrs, comps, params)
+  if ins.op == "parameter":
+    return params[int(ins.args)]()
+  if ins.op == "constant":
+    return {"true": 1, "false": 0}.get(ins.args.strip()) if ins.args.strip() in (
+        "true", "false") else int(ins.args)
+  if ins.op == "get-tuple-element":
+    k, src = int(re.search(r"index=(\d+)", ins.attrs).group(1)), instrs[ins.operands[0]]
+    if src.op == "tuple":
+      return ev(src.operands[k])
+    value = ev(src.name)
+    if not isinstance(value, dict) or k not in value:
+      raise _Unknown(name)
+    return value[k]
+  if ins.op in ("copy", "bitcast", "convert", "reshape"):
+    return ev(ins.operands[0])
+  if ins.op in _ARITH:
+    return _ARITH[ins.op](*map(ev, ins.operands))
+  if ins.op == "compare":
+    return int(_COMPARE[re.search(r"direction=(\w+)", ins.attrs).group(1)](
+        *map(ev, ins.operands)))
+  if ins.op == "select":
+    p, a, b = ins.operands
+    return ev(a) if ev(p) else ev(b)
+  if ins.op == "fusion":
+    body = _called(ins.attrs, "calls")[0]
+    inner = [lambda o=o: ev(o) for o in ins.operands]
+    return _eval(next(i.name for i in comps[body] if i.root), instrs, comps, inner)
+  raise _Unknown(name)
+
+
+def simulated_trip_count(loop: Instr, instrs: dict[str, Instr], comps,
+                         limit: int = 1_000_000) -> int | None:
+  """Runs the loop's scalar integer state (its counters) from their initial constants through
+  the condition and the body's updates; None where any of it is not a known constant."""
+  init, cond = instrs[loop.operands[0]], _called(loop.attrs, "condition")[0]
+  body_root = next(i for i in comps[_called(loop.attrs, "body")[0]] if i.root)
+  if init.op != "tuple" or body_root.op != "tuple":
+    return None
+  state = {}
+  for k, o in enumerate(init.operands):
+    if re.fullmatch(r"(pred|[su]\d+)\[\](\{.*\})?", instrs[o].shape):
+      try:
+        state[k] = _eval(o, instrs, comps, [])
+      except (_Unknown, IndexError, KeyError, ValueError):
+        pass
+  cond_root = next(i.name for i in comps[cond] if i.root)
+  try:
+    for n in range(limit):
+      now = dict(state)
+      if not _eval(cond_root, instrs, comps, [lambda: now]):
+        return n
+      for k in list(state):
+        try:
+          state[k] = _eval(body_root.operands[k], instrs, comps, [lambda: now])
+        except _Unknown:
+          del state[k]  # Not a counter; the condition fails below if it needs it.
+  except (_Unknown, IndexError, KeyError, ValueError):
+    return None
+  return None
 
 
 def _matmul_flops(ins: Instr, shapes: dict[str, str]) -> float:
@@ -187,8 +268,9 @@ def _written(body: list[Instr]) -> float:
 def count(text: str) -> ProgramCount:
   """FLOPs and bytes of one run of the program whose optimized HLO text is `text`."""
   comps, entry = parse(text)
-  shapes = {i.name: i.shape for body in comps.values() for i in body}
-  loops = [0, 0]
+  instrs = {i.name: i for body in comps.values() for i in body}
+  shapes = {name: i.shape for name, i in instrs.items()}
+  loops, unknown = [0], []
 
   @functools.lru_cache(maxsize=None)
   def flops_of(name: str) -> float:  # Everything under a computation, fused bodies included.
@@ -203,9 +285,12 @@ def count(text: str) -> ProgramCount:
     total = Count()
     for ins in comps.get(name, []):
       if ins.op == "while":
-        n = trip_count(ins.attrs)
+        n = known_trip_count(ins.attrs)
+        n = simulated_trip_count(ins, instrs, comps) if n is None else n
         loops[0] += 1
-        loops[1] += n is None
+        if n is None:
+          m = re.search(r'op_name="([^"]*)"', ins.attrs)
+          unknown.append(m.group(1) if m else ins.name)
         body = run(_called(ins.attrs, "body")[0]) + run(_called(ins.attrs, "condition")[0])
         total += body * (1 if n is None else n)
       elif ins.op == "conditional":
@@ -232,4 +317,4 @@ def count(text: str) -> ProgramCount:
 
   # Loop counts are tallied once per loop op: walk each computation once, then read the tally.
   c = run(entry)
-  return ProgramCount(c.flops, c.bytes, *loops)
+  return ProgramCount(c.flops, c.bytes, loops[0], unknown)
