@@ -7,7 +7,7 @@ import jax
 import jax.numpy as jnp
 import pytest
 
-from lima_jax.plan import hlo_count
+from lima_jax.plan import hlo_count, hlo_text
 
 M, K, N = 16, 32, 24
 
@@ -92,6 +92,15 @@ def test_convolution_flops():
   assert hlo_count.count(c.as_text()).flops == 2 * 36 * 4 * 27 == xla_cost(c)["flops"]
 
 
+def test_convolution_taps_on_padding_are_not_counted():
+  """SAME 3x3 on 8x8: per spatial dim, 8 outputs x 3 taps less the 2 that fall off the edges."""
+  def conv(x, w):
+    return jax.lax.conv_general_dilated(x, w, (1, 1), "SAME",
+                                        dimension_numbers=("NHWC", "HWIO", "NHWC"))
+  c = compiled(conv, (1, 8, 8, 3), (3, 3, 3, 4))
+  assert hlo_count.count(c.as_text()).flops == 2 * 4 * 3 * 22 * 22 == xla_cost(c)["flops"]
+
+
 def test_without_a_written_trip_count_the_counters_are_run():
   """libtpu's optimized text has no known_trip_count: the same programs with it removed."""
   for fn, shapes, flops in ((scanned, [(M, K), (7, K, K)], 7 * PER_STEP),
@@ -106,8 +115,8 @@ def test_without_a_written_trip_count_the_counters_are_run():
 
 
 def test_trip_count_is_read_from_the_backend_config():
-  assert hlo_count.known_trip_count(
+  assert hlo_text.known_trip_count(
       'body=%b, backend_config={"known_init_step":{"init":"0","step":"1"},'
       '"known_trip_count":{"n":"43"}}') == 43
-  assert hlo_count.known_trip_count('body=%b, backend_config={"known_init_step":{}}') is None
-  assert hlo_count.known_trip_count("body=%b") is None
+  assert hlo_text.known_trip_count('body=%b, backend_config={"known_init_step":{}}') is None
+  assert hlo_text.known_trip_count("body=%b") is None
