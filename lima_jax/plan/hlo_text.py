@@ -12,6 +12,8 @@ import re
 _COMPUTATION = re.compile(r"^(ENTRY\s+)?%?([\w.\-]+)\s.*\{\s*$")
 _INSTRUCTION = re.compile(r"^\s*(ROOT\s+)?%?([\w.\-]+)\s*=\s*")
 _ARRAY = re.compile(r"\b(pred|[subf]\d+|bf16|f8\w*|c64|c128|token)\[([\d,]*)\]")
+_LAID_OUT = re.compile(r"\b(pred|[subf]\d+|bf16|f8\w*|c64|c128|token)\[([\d,]*)\]"
+                       r"(?:\{([\d,]*)(?::((?:[A-Z]\([^)]*\))*))?[^}]*\})?")
 _NAME = re.compile(r"%([\w.\-]+)")
 _BITS = {"pred": 8, "token": 0, "bf16": 16, "c64": 64, "c128": 128}
 
@@ -32,9 +34,21 @@ def arrays(shape: str) -> list[tuple[str, list[int]]]:
 
 
 def nbytes(shape: str) -> float:
+  """Bytes of the arrays in `shape` as laid out: a tiled layout (TPU's `{1,0:T(8,128)(2,1)}`)
+  pads its minor dims to the tile, which is what the chip moves."""
   total = 0
-  for t, dims in arrays(shape):
+  for t, ds, m2m, tiles in _LAID_OUT.findall(shape):
+    dims = [int(d) for d in ds.split(",") if d]
     bits = _BITS.get(t) or int(re.sub(r"\D", "", t.split("e")[0]) or 8)
+    tile = [[int(v) for v in x.split(",")] for x in re.findall(r"T\(([\d,]+)\)", tiles)]
+    order = [int(d) for d in m2m.split(",") if d] or list(range(len(dims)))[::-1]
+    if tile and dims:
+      first = tile[0][:]
+      if len(tile) > 1 and len(first) > 1 and len(tile[1]) == 2 and tile[1][1] == 1:
+        first[-2] *= tile[1][0]  # Sub-word types packed along the second-minor dim.
+      for i, size in enumerate(reversed(first)):
+        if i < len(order):
+          dims[order[i]] = -(-dims[order[i]] // size) * size
     total += math.prod(dims) * bits // 8
   return float(total)
 
