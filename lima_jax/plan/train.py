@@ -214,8 +214,9 @@ def format_plan(p: Plan, title: str) -> str:
         f"{common.seconds(p.roofline['compute_seconds']).strip()}, bytes / bandwidth "
         f"{common.seconds(p.roofline['memory_seconds']).strip()}): a lower bound",
         f"  implied MFU          {p.roofline_mfu:9.0%}    at that bound; XLA's own estimate "
-        f"{common.seconds(p.xla_optimal_seconds).strip()} (loop bodies once, kernels not "
-        "included)"]
+        + (f"{common.seconds(p.xla_optimal_seconds).strip()} (loop bodies once, kernels not "
+           "included)" if p.xla_optimal_seconds > 0 else
+           f"unusable (it reads {p.xla_optimal_seconds:.3g} s)")]
   if p.fits:
     for mfu, s in p.step_seconds.items():
       lines.append(f"  at {mfu} MFU          {common.seconds(s)}per step, "
