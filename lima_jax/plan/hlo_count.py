@@ -28,8 +28,7 @@ from lima_jax.plan.hlo_text import known_trip_count, simulated_trip_count
 # Ops that move no data of their own (their cost, if any, is in what they call).
 _FREE = {"parameter", "constant", "get-tuple-element", "tuple", "bitcast", "while", "call",
          "conditional", "after-all", "partition-id", "replica-id", "opt-barrier",
-         "add-dependency", "copy-done", "all-gather-done", "all-reduce-done",
-         "collective-permute-done", "async-done", "recv-done", "send-done", "custom-call-done"}
+         "add-dependency"}  # (and every *-done: its result is its -start's, counted there)
 _SLICES = {"slice", "dynamic-slice", "gather"}
 
 
@@ -157,7 +156,8 @@ def count(text: str) -> ProgramCount:
                     or called(ins.attrs, "true_computation")
                     + called(ins.attrs, "false_computation"))
         total += max(map(run, branches), key=lambda c: (c.flops, c.bytes), default=Count())
-      elif ins.op in ("call", "async-start") or (ins.op == "custom-call" and "calls=" in ins.attrs):
+      elif ins.op in ("call", "async-start") or (ins.op == "custom-call"
+                                                  and "calls=" in ins.attrs):
         total += sum(map(run, called(ins.attrs, "calls") or called(ins.attrs, "to_apply")),
                      Count())
       elif ins.op == "fusion":
