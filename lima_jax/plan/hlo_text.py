@@ -136,8 +136,8 @@ def _eval(name: str, instrs: dict[str, Instr], comps, params) -> int:
   if ins.op == "parameter":
     return params[int(ins.args)]()
   if ins.op == "constant":
-    return {"true": 1, "false": 0}.get(ins.args.strip()) if ins.args.strip() in (
-        "true", "false") else int(ins.args)
+    value = ins.args.strip()
+    return {"true": 1, "false": 0}[value] if value in ("true", "false") else int(value)
   if ins.op == "get-tuple-element":
     k, src = int(re.search(r"index=(\d+)", ins.attrs).group(1)), instrs[ins.operands[0]]
     if src.op == "tuple":
