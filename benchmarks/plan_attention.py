@@ -68,7 +68,7 @@ def table(plans: list[dict]) -> str:
   for p in plans:
     mesh = ",".join(str(v) for v in p["mesh"].values())
     cells = ["-"] * 8
-    if p["fits"]:
+    if p["fits"] and "hlo_flops" in p:  # (not in plans made before the loop-weighted count)
       flops = p["hlo_flops"] + p["kernel_flops"]
       bound = " (lower bound)" if p["unknown_loops"] else ""
       cells = [f"{p['xla_flops_loop_bodies_once']:.3g}", f"{p['hlo_flops']:.3g}",
