@@ -163,8 +163,8 @@ def count(text: str) -> ProgramCount:
       elif ins.op == "fusion":
         body = called(ins.attrs, "calls")[0]
         total += Count(flops_of(body), _fusion_bytes(ins, shapes, comps[body]))
-      elif ins.op not in _FREE:
-        own = 0.0 if ins.op.endswith("-done") else nbytes(ins.shape)
+      elif ins.op not in _FREE and not ins.op.endswith("-done"):
+        own = nbytes(ins.shape)
         if ins.op == "dynamic-update-slice":
           own = 2 * nbytes(shapes.get(ins.operands[1], ""))
         elif ins.op in _SLICES:
