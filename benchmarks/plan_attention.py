@@ -1,12 +1,13 @@
 r"""Splash beside XLA attention in the planner, for LIMA's recipe on the slices docs/tpu.md
-names: fits or not, peak HBM, compiled FLOPs against the model count, the roofline step, compile
-time.
+names: fits or not, peak HBM, FLOPs (XLA's cost analysis, the loop-weighted HLO count, splash's
+own) against the model count, bytes, the roofline step, compile time.
 
   python benchmarks/plan_attention.py [--rows=7b-v4-16,...] [--impls=splash,xla]
 
 Each cell is one `python -m lima_jax.plan ... --out=J` run (libtpu's compiler, no TPU:
 pip install -r requirements-tpu.txt); the JSON holds every plan and the markdown table docs/tpu.md
-shows. Compiling 65B takes minutes a plan on a small CPU.
+shows (rewritten from the JSON on every run, so a run with nothing left to plan refreshes it).
+Compiling 65B takes minutes a plan on a small CPU.
 """
 import importlib.metadata
 import json
@@ -57,27 +58,28 @@ def _gib(b):
 
 
 def table(plans: list[dict]) -> str:
-  lines = ["| config | slice | mesh | attention | fits | peak HBM GiB / usable | compiled + kernel "
-           "FLOPs / model count | roofline step | implied MFU | compile s (step + 2 cost) |",
-           "|---|---|---|---|---|---|---|---|---|---|"]
+  """Per chip per step. XLA: its cost analysis (each loop body once). HLO: lima_jax.plan.hlo_count
+  (every loop body x its trip count, matmul FLOPs). Kernel: splash counted from its blocks."""
+  lines = ["| config | slice | mesh | attention | fits | peak HBM GiB / usable | XLA FLOPs "
+           "(bodies once) | HLO FLOPs (loop-weighted) | kernel FLOPs | model FLOPs | "
+           "(HLO + kernel) / model | HLO + kernel bytes | roofline step | implied MFU | "
+           "compile s |",
+           "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
   for p in plans:
     mesh = ",".join(str(v) for v in p["mesh"].values())
-    if p["fits"]:
-      ratio = (p["compiled_flops"] + p["kernel_flops"]) / p["model_flops"]
-      flops = (f"({p['compiled_flops']:.3g} + {p['kernel_flops']:.3g}) / {p['model_flops']:.3g}"
-               f" = {ratio:.2f}")
-      step, mfu = f"{p['roofline']['seconds']:.2f} s", f"{p['roofline_mfu']:.0%}"
-      loops = p.get("cost_loops")  # None: planned before the planner counted them
-      if loops != 0:
-        flops += f" (lower bound: {'unchecked' if loops is None else loops} loops counted once)"
-        step, mfu = step + " (not reliable)", mfu + " (not reliable)"
-    else:
-      flops, step, mfu = "-", "-", "-"
+    cells = ["-"] * 8
+    if p["fits"] and "hlo_flops" in p:  # (not in plans made before the loop-weighted count)
+      flops = p["hlo_flops"] + p["kernel_flops"]
+      bound = " (lower bound)" if p["unknown_loops"] else ""
+      cells = [f"{p['xla_flops_loop_bodies_once']:.3g}", f"{p['hlo_flops']:.3g}",
+               f"{p['kernel_flops']:.3g}", f"{p['model_flops']:.3g}",
+               f"{flops / p['model_flops']:.2f}{bound}",
+               f"{p['hlo_bytes']:.3g} + {p['kernel_bytes']:.3g}",
+               f"{p['roofline']['seconds']:.2f} s{bound}", f"{p['roofline_mfu']:.0%}"]
     lines.append(
         f"| {p['row']} | {p['accelerator_type']} | {mesh} | {p['impl']} | "
         f"{'yes' if p['fits'] else 'no'} | {_gib(p['peak_bytes'])} / "
-        f"{_gib(p['usable_hbm_bytes'])} | {flops} | {step} | {mfu} | "
-        f"{p['compile_seconds']:.0f} + {p['cost_compile_seconds']:.0f} |")
+        f"{_gib(p['usable_hbm_bytes'])} | {' | '.join(cells)} | {p['compile_seconds']:.0f} |")
   return "\n".join(lines)
 
 
@@ -85,15 +87,16 @@ def main(argv):
   del argv
   out = pathlib.Path(FLAGS.out)
   done = json.loads(out.read_text())["plans"] if out.exists() else []
+  order = {(r, i): n for n, (r, i) in enumerate((r, i) for r in ROWS for i in IMPLS)}
+  meta = {"libtpu": importlib.metadata.version("libtpu")}
   for row in FLAGS.rows:
     for impl in FLAGS.impls:
       if not FLAGS.redo and any((p["row"], p["impl"]) == (row, impl) for p in done):
         continue
       done = [p for p in done if (p["row"], p["impl"]) != (row, impl)] + [plan(row, impl)]
-      order = {(r, i): n for n, (r, i) in enumerate((r, i) for r in ROWS for i in IMPLS)}
       done.sort(key=lambda p: order[p["row"], p["impl"]])
-      meta = {"libtpu": importlib.metadata.version("libtpu")}
       out.write_text(json.dumps({**meta, "plans": done, "table": table(done)}, indent=1) + "\n")
+  out.write_text(json.dumps({**meta, "plans": done, "table": table(done)}, indent=1) + "\n")
   print(table(done))
 
 

@@ -1,24 +1,16 @@
-"""A training step's FLOPs, HBM bytes and roofline time, read from compiled programs.
+"""A training step's FLOPs, HBM bytes and roofline time, from its compiled program and from what
+the Pallas kernels in it run.
 
-XLA's cost analysis of the compiled step is per chip, but it counts a loop body once: the scan
-over layers would show about one layer. So the same step is also compiled with 1 and with 2
-unrolled layers, and the figures are extended linearly to L layers (c1 + (L - 1)(c2 - c1)): the
-layers are identical, so this is what an unrolled L-layer program would report. With gradient
-accumulation the micro-batch loop is a loop too: those programs take one micro-batch
-(grad_accum_steps=1) and the step is A times it, which counts the optimizer's update A times.
+The compiled step is counted by lima_jax.plan.hlo_count: every loop body (the scan over layers,
+the gradient-accumulation loop, libtpu's windowed einsums on FSDP slices) times its trip count.
+XLA's own cost analysis counts each body once, so on a real step it reads a fraction of the
+work: it is kept beside the count as a reference, labelled so.
 
-Pallas kernels are invisible to the cost analysis (a custom call of unknown cost), so splash
-attention's FLOPs are counted here from what the kernel runs: per head, forward QK^T and PV, the
-backward's dq kernel (QK^T, dO V^T, dS K) and dkv kernel (QK^T, P^T dO, dO V^T, dS^T Q), each
-2 x K FLOPs per (query, key) pair of every block it visits (a causal mask skips the blocks above
-the diagonal), and the forward once more where the remat policy does not keep its output. The
-kernel's own HBM traffic (its q, k, v, o: O(T K) per head, against O(T^2 K) FLOPs) is not
-counted.
-
-Any loop left in those programs is counted once too. On real slices libtpu turns FSDP's
-gathered matmuls into windowed-einsum loops (collective matmuls, one step per shard: 22 loops in
-LLaMA-7B's 1-layer step on v5e-16), so there the figures are lower bounds: `loops_in` counts
-them and the planner says so instead of quoting a roofline.
+Pallas kernels are invisible to both (a custom call of unknown cost), so splash attention is
+counted here from the blocks the kernel visits (a causal mask skips those above the diagonal).
+FLOPs, per head: forward QK^T and PV, the backward's dq kernel (QK^T, dO V^T, dS K) and dkv
+kernel (QK^T, P^T dO, dO V^T, dS^T Q), each 2 x K per (query, key) pair visited, and the forward
+once more where the remat policy does not keep its output. HBM bytes: `splash_bytes`.
 """
 import dataclasses
 
@@ -30,7 +22,7 @@ TPU_CUSTOM_CALL = 'custom_call_target="tpu_custom_call"'
 
 @dataclasses.dataclass
 class Cost:
-  """Per chip, per step, from XLA's cost analysis (Pallas kernels excluded)."""
+  """Per chip, per step, from XLA's cost analysis: loop bodies once, Pallas kernels excluded."""
   flops: float
   bytes: float
   optimal_seconds: float  # XLA's own time estimate of the program.
@@ -43,21 +35,13 @@ def cost_of(compiled) -> Cost:
               float(c.get("optimal_seconds", 0.0)))
 
 
-def extend(one: Cost, two: Cost, layers: int, micro_batches: int) -> Cost:
-  """The L-layer, A-micro-batch step from its 1- and 2-layer, one-micro-batch programs."""
-  line = lambda a, b: micro_batches * (a + (layers - 1) * (b - a))
-  return Cost(*(line(getattr(one, f.name), getattr(two, f.name))
-                for f in dataclasses.fields(Cost)))
+def kernels_in(text: str) -> int:
+  """How many Mosaic (Pallas TPU) kernel calls a program's HLO text holds."""
+  return text.count(TPU_CUSTOM_CALL)
 
 
-def loops_in(compiled) -> int:
-  """While loops in the compiled program: bodies the cost analysis counts once."""
-  return compiled.as_text().count(" while(")
-
-
-def kernels_in(compiled) -> int:
-  """How many Mosaic (Pallas TPU) kernel calls the program text holds."""
-  return compiled.as_text().count(TPU_CUSTOM_CALL)
+def _passes(remat_policy: str, forward, dq, dkv):
+  return forward + dq + dkv + (0 if remat_policy in KEEPS_ATTENTION else forward)
 
 
 def splash_flops(cfg, batch: int, seq_len: int, block: int, remat_policy: str) -> float:
@@ -65,8 +49,31 @@ def splash_flops(cfg, batch: int, seq_len: int, block: int, remat_policy: str) -
   `seq_len` tokens, padded to the block)."""
   blocks = -(-seq_len // block)
   pairs = blocks * (blocks + 1) // 2 * block * block  # causal: blocks on or below the diagonal
-  passes = 2 + 3 + 4 + (0 if remat_policy in KEEPS_ATTENTION else 2)
+  passes = _passes(remat_policy, 2, 3, 4)
   return float(passes * 2 * cfg.head_dim * pairs * cfg.n_heads * cfg.n_layers * batch)
+
+
+def splash_bytes(cfg, batch: int, seq_len: int, block: int, remat_policy: str,
+                 itemsize: int = 2) -> float:
+  """HBM bytes splash's kernels move in one training step, all chips together.
+
+  Per query head (K/V that grouped heads share are counted per query head: the kernel fetches
+  them per head), a block's tile is fetched again whenever the grid moves to another block of
+  it. Forward: q once per query block, k and v once per visited (query, key) block pair; o and
+  the log-sum-exp written once. dq kernel: q, dO, log-sum-exp and softmax delta once, k and v
+  per pair; dq written. dkv kernel: k and v once, q, dO, log-sum-exp and delta per pair; dk and
+  dv written. Each kernel reads the query segment ids once and the key ids per pair. Activations
+  are `itemsize` bytes; log-sum-exp, delta and segment ids 4.
+  """
+  blocks = -(-seq_len // block)
+  T, pairs = blocks * block, blocks * (blocks + 1) // 2
+  row = T * cfg.head_dim * itemsize  # One [T, K] tensor of one head.
+  tiles = pairs * block * cfg.head_dim * itemsize  # One tensor's tiles over the visited pairs.
+  segments = 4 * T + 4 * pairs * block
+  forward = row + 2 * tiles + row + 4 * T + segments
+  dq = 2 * row + 2 * 4 * T + 2 * tiles + row + segments
+  dkv = 2 * row + 2 * tiles + 2 * 4 * pairs * block + 2 * row + segments
+  return float(_passes(remat_policy, forward, dq, dkv) * cfg.n_heads * cfg.n_layers * batch)
 
 
 def roofline(flops: float, bytes_: float, chip) -> dict[str, float]:
@@ -74,10 +81,3 @@ def roofline(flops: float, bytes_: float, chip) -> dict[str, float]:
   compute, memory = flops / chip.peak_bf16_flops, bytes_ / chip.hbm_bytes_per_s
   return {"compute_seconds": compute, "memory_seconds": memory,
           "seconds": max(compute, memory)}
-
-
-def step_costs(build, layers: int, micro_batches: int, compile_) -> tuple[Cost, int]:
-  """Compiles `build(n_layers)` for 1 and 2 unrolled layers (one micro-batch) and extends;
-  also the loops left in the 2-layer program (0: the figures count every op)."""
-  programs = [compile_(build(n)) for n in (1, 2)]
-  return extend(*map(cost_of, programs), layers, micro_batches), loops_in(programs[1])

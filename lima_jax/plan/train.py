@@ -6,13 +6,14 @@ The training step is compiled for the slice by libtpu's compiler on this machine
 network or credentials), from abstract inputs, on a mesh of "compile-only" devices
 (`jax.experimental.topologies`), with the attention training would use there
 (`model.attention_impl`: 'auto' is Pallas splash on TPU). The compiled program gives per-chip
-memory (parameters, optimizer state, the rest at peak, peak HBM). Its FLOPs and HBM bytes come
-from XLA's cost analysis of the same step compiled with 1 and 2 layers (`roofline`: a scanned
-loop body is counted once), plus splash's FLOPs counted from the kernel (Pallas kernels are
-invisible to the cost analysis); the roofline bound is the larger of FLOPs / peak and bytes /
-bandwidth, and the MFU it implies is the model count (6N + attention per token) over it. Step
-times at 40% and 60% MFU are printed beside it as what they are: assumptions. A config that
-does not fit gets libtpu's own out-of-memory message and suggestions.
+memory (parameters, optimizer state, the rest at peak, peak HBM). Its FLOPs and HBM bytes are
+counted from the program's optimized HLO with every loop body weighted by its trip count
+(`hlo_count`; XLA's cost analysis, which counts a body once, is printed beside it), plus
+splash's FLOPs and bytes counted from the kernel's blocks (`roofline`: Pallas kernels are
+invisible to both); the roofline bound is the larger of FLOPs / peak and bytes / bandwidth, and
+the MFU it implies is the model count (6N + attention per token) over it. Step times at 40% and
+60% MFU are printed beside it as what they are: assumptions. A config that does not fit gets
+libtpu's own out-of-memory message and suggestions.
 
 The step compiled is the real one, `step_lib.build_train_step`, with the config's model size (its
 vocabulary grown by EOT), dtype, remat policy, dropout, batch, accumulation and optimizer.
@@ -20,9 +21,9 @@ vocabulary grown by EOT), dtype, remat policy, dropout, batch, accumulation and 
 import dataclasses
 import math
 import re
-import time
 
 import jax
+import jax.numpy as jnp
 
 from lima_jax.train import base_model
 from lima_jax.parallel import sharding
@@ -31,6 +32,7 @@ from lima_jax.train import step as step_lib
 from lima_jax.errors import UserError
 from lima_jax.model import splash
 from lima_jax.plan import common
+from lima_jax.plan import hlo_count
 from lima_jax.plan import roofline
 
 MFUS = (0.4, 0.6)
@@ -55,25 +57,26 @@ class Plan:
   peak_bytes: int | None = None  # Peak HBM of the step, arguments included.
   argument_bytes: int | None = None  # State + batch + rng as XLA lays them out.
   temp_bytes: int | None = None  # XLA's temporary allocation (may overlap donated arguments).
-  # XLA's cost analysis counts a loop body once, so with layers under nn.scan this is about one
-  # layer's FLOPs plus the rest: kept for reference; `compiled_flops` is the whole step's.
-  xla_flops_loop_bodies_once: float | None = None
   model_flops: float | None = None  # Per chip per step: 6N + attention per token (PaLM, app. B).
   tokens_per_step: int = 0
   # Assumed MFU -> seconds per step (a guess beside the compiler's roofline, not from it).
   step_seconds: dict[str, float] = dataclasses.field(default_factory=dict)
   attention: str = ""  # What the step runs: 'splash' or 'xla'.
   kernels_in_program: int | None = None  # Mosaic (Pallas) kernel calls in the compiled step.
-  # Per chip per step, from the compiled 1- and 2-layer steps (lima_jax.plan.roofline):
-  compiled_flops: float | None = None  # XLA's cost analysis; Pallas kernels not included.
-  kernel_flops: float = 0.0  # Splash's FLOPs, counted from the kernel's blocks.
-  hbm_bytes: float | None = None  # XLA's bytes accessed (kernels' own traffic not included).
-  xla_optimal_seconds: float | None = None  # XLA's own time estimate (kernels not included).
+  # Per chip per step, from the compiled step. XLA's cost analysis counts each loop body once
+  # (the layer scan, accumulation, windowed einsums): a reference, not the step's work.
+  xla_flops_loop_bodies_once: float | None = None
+  xla_bytes_loop_bodies_once: float | None = None
+  xla_optimal_seconds: float | None = None  # XLA's time estimate, loop bodies once, no kernels.
+  # lima_jax.plan.hlo_count: every loop body times its trip count; matmul FLOPs; no kernels.
+  hlo_flops: float | None = None
+  hlo_bytes: float | None = None
+  loops: int | None = None  # While loops in the program.
+  unknown_loops: list[str] = dataclasses.field(default_factory=list)  # Counted once: bounds.
+  kernel_flops: float = 0.0  # Splash's FLOPs and HBM bytes, counted from the kernel's blocks.
+  kernel_bytes: float = 0.0
   roofline: dict[str, float] = dataclasses.field(default_factory=dict)  # compute/memory/seconds
   roofline_mfu: float | None = None  # model_flops / (roofline seconds x peak).
-  cost_compile_seconds: float = 0.0  # The two small compiles the costs come from.
-  # Loops left in those (e.g. windowed einsums): > 0 makes the costs and roofline lower bounds.
-  cost_loops: int | None = None
   oom_message: str = ""
   # Some 'tensor' group spans hosts: those hosts feed identical batch rows (each host loads and
   # sends more rows than its share); the collectives still run over ICI.
@@ -93,32 +96,16 @@ def _model_flops(params, tokens_per_step: int, seq_len: int) -> float:
 
 
 def plan_costs(p: Plan, config, cfg, mesh, slice_: tpu_specs.Slice) -> None:
-  """Fills FLOPs, bytes and the roofline from the 1- and 2-layer steps (one micro-batch)."""
-  accum = config.train.grad_accum_steps
-  one = config.copy_and_resolve_references()
-  with one.unlocked():
-    one.train.batch_size, one.train.grad_accum_steps = config.train.batch_size // accum, 1
-
-  def build(n):
-    with jax.set_mesh(mesh):
-      return step_lib.build_train_step(
-          one, mesh, dataclasses.replace(cfg, n_layers=n, scan_layers=False), total_steps=1000)
-
-  def compile_(built):
-    with jax.set_mesh(mesh):
-      return built.train_step.lower(built.abstract_state, built.abstract_batch,
-                                    jax.eval_shape(lambda: jax.random.key(0))).compile()
-  start = time.perf_counter()
-  cost, p.cost_loops = roofline.step_costs(build, cfg.n_layers, accum, compile_)
-  p.cost_compile_seconds = time.perf_counter() - start
-  p.compiled_flops, p.hbm_bytes = cost.flops, cost.bytes
-  p.xla_optimal_seconds = cost.optimal_seconds
+  """Adds splash's own FLOPs and bytes to the compiled count, and the roofline of the sum."""
   if p.attention == "splash":
     block = splash.block_size(config.data.max_len, cfg.splash_block,
                               mesh.devices.flat[0].device_kind)
-    p.kernel_flops = roofline.splash_flops(cfg, config.train.batch_size, config.data.max_len,
-                                           block, cfg.remat_policy) / slice_.chips
-  p.roofline = roofline.roofline(p.compiled_flops + p.kernel_flops, p.hbm_bytes, slice_.chip)
+    args = (cfg, config.train.batch_size, config.data.max_len, block, cfg.remat_policy)
+    p.kernel_flops = roofline.splash_flops(*args) / slice_.chips
+    p.kernel_bytes = roofline.splash_bytes(
+        *args, itemsize=jnp.dtype(cfg.dtype).itemsize) / slice_.chips
+  p.roofline = roofline.roofline(p.hlo_flops + p.kernel_flops, p.hlo_bytes + p.kernel_bytes,
+                                 slice_.chip)
   p.roofline_mfu = p.model_flops / (p.roofline["seconds"] * slice_.chip.peak_bf16_flops)
 
 
@@ -146,10 +133,12 @@ def plan_step(built, mesh: jax.sharding.Mesh, slice_: tpu_specs.Slice, seq_len: 
     mem = compiled.memory_analysis()
     p.peak_bytes, p.argument_bytes = mem.peak_memory_in_bytes, mem.argument_size_in_bytes
     p.temp_bytes = mem.temp_size_in_bytes
-    cost = compiled.cost_analysis()
-    cost = cost[0] if isinstance(cost, (list, tuple)) else cost
-    p.xla_flops_loop_bodies_once = float(cost.get("flops", 0.0)) or None
-    p.kernels_in_program = roofline.kernels_in(compiled)
+    cost, text = roofline.cost_of(compiled), compiled.as_text()
+    p.xla_flops_loop_bodies_once, p.xla_bytes_loop_bodies_once = cost.flops, cost.bytes
+    p.xla_optimal_seconds = cost.optimal_seconds
+    n = hlo_count.count(text)
+    p.hlo_flops, p.hlo_bytes, p.loops, p.unknown_loops = n.flops, n.bytes, n.loops, n.unknown_loops
+    p.kernels_in_program = roofline.kernels_in(text)
     p.step_seconds = {f"{u:.0%}": p.model_flops / (u * slice_.chip.peak_bf16_flops) for u in MFUS}
   return p
 
@@ -205,25 +194,29 @@ def format_plan(p: Plan, title: str) -> str:
             f"  model FLOPs per chip {p.model_flops:.3e}   (6N + attention per token: the MFU "
             "count)"]
   if p.fits and p.roofline:
-    total = p.compiled_flops + p.kernel_flops
-    if p.cost_loops:
-      lines.append(f"  LOWER BOUNDS: the compiled step keeps {p.cost_loops} loop(s) whose bodies "
-                   "XLA's cost analysis counts once (on FSDP slices, windowed einsums); FLOPs, "
-                   "bytes, the roofline and MFU below are not reliable")
+    flops, bytes_ = p.hlo_flops + p.kernel_flops, p.hlo_bytes + p.kernel_bytes
     lines += [
-        f"  compiled FLOPs       {p.compiled_flops:.3e}   (XLA's cost analysis of the step, "
-        "Pallas kernels excluded)"]
+        f"  XLA cost analysis    {p.xla_flops_loop_bodies_once:.3e} FLOPs, "
+        f"{p.xla_bytes_loop_bodies_once:.3e} bytes   (each loop body once, of {p.loops} loops; "
+        "Pallas kernels excluded: a reference)",
+        f"  loop-weighted HLO    {p.hlo_flops:.3e} FLOPs, {p.hlo_bytes:.3e} bytes   (matmuls; "
+        "every loop body x its trip count; Pallas kernels excluded)"]
     if p.attention == "splash":
-      lines.append(f"  + splash kernel      {p.kernel_flops:.3e}   (counted from its blocks)")
+      lines.append(f"  + splash kernel      {p.kernel_flops:.3e} FLOPs, {p.kernel_bytes:.3e} "
+                   "bytes   (counted from its blocks)")
+    if p.unknown_loops:
+      lines.append(f"  LOWER BOUNDS: {len(p.unknown_loops)} loop(s) of unknown trip count "
+                   f"counted once ({', '.join(p.unknown_loops)})")
     lines += [
-        f"  = FLOPs run          {total:.3e}   ({total / p.model_flops:.2f} x the model count)",
-        f"  HBM bytes            {p.hbm_bytes:.3e}   (XLA's bytes accessed; kernels' own not "
-        "included)",
+        f"  = FLOPs run          {flops:.3e}   ({flops / p.model_flops:.2f} x the model count)",
+        f"  = HBM bytes          {bytes_:.3e}",
         f"  roofline step        {common.seconds(p.roofline['seconds'])}= max(FLOPs run / peak "
         f"{common.seconds(p.roofline['compute_seconds']).strip()}, bytes / bandwidth "
         f"{common.seconds(p.roofline['memory_seconds']).strip()}): a lower bound",
         f"  implied MFU          {p.roofline_mfu:9.0%}    at that bound; XLA's own estimate "
-        f"{common.seconds(p.xla_optimal_seconds).strip()} (kernels not included)"]
+        + (f"{common.seconds(p.xla_optimal_seconds).strip()} (loop bodies once, kernels not "
+           "included)" if p.xla_optimal_seconds > 0 else
+           f"unusable (it reads {p.xla_optimal_seconds:.3g} s)")]
   if p.fits:
     for mfu, s in p.step_seconds.items():
       lines.append(f"  at {mfu} MFU          {common.seconds(s)}per step, "
