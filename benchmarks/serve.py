@@ -10,7 +10,7 @@ that checkout's `python -m lima_jax.serve` on the same directory and requests.
 
 `--transformers` is the CLI of a venv with torch and transformers[serving] (not in
 requirements.txt), e.g. `python -m venv /tmp/hfserve && /tmp/hfserve/bin/pip install
-torch==2.13.0 "transformers[serving]==5.23.0"`.
+torch==2.13.0 "transformers[serving]==5.24.0"`.
 
 The checkpoint is exported once with `python -m lima_jax.convert to-hf --dtype=float32`, and
 every server serves that same directory (lima_jax reads Hugging Face directories too), float32
