@@ -11,7 +11,10 @@ has no held-out facts, so this measures what the fine-tune stored, not generalis
   sums), multiple choice, `local-completions` (loglikelihoods from the server's echo+logprobs);
 - demo_capitals_mc: "What is the capital of X?" with 4 answers "The capital of X is Y.";
 - demo_sums_gen: the sum questions generated through `local-chat-completions` (LIMA's turn
-  format), greedy with repetition penalty 1, exact match on the full answer sentence.
+  format) with a system instruction (--system_instruction, folded into the first user turn by
+  LIMA's rule), greedy with repetition penalty 1, exact match on the full answer sentence;
+- demo_sums_gen5: the same through `local-completions` (raw text, no turn format) with 5 stop
+  strings.
 Each checkpoint (--steps; the epochs 4 and 12 the demo keeps, by default) runs through
 `python -m lima_jax.eval --config=configs/eval.py:harness`; the last one is also served by
 `python -m lima_jax.serve` and evaluated by the `lm_eval` CLI by hand, whose acc must equal the
@@ -35,9 +38,13 @@ from lima_jax.eval.harness import served  # noqa: E402
 
 _MC = ("output_type: multiple_choice\ndoc_to_choice: \"{{choices}}\"\ndoc_to_target: label\n"
        "metric_list:\n  - metric: acc\n    aggregation: mean\n    higher_is_better: true\n")
-_GEN = ("output_type: generate_until\ndoc_to_target: \"{{answer}}\"\ngeneration_kwargs:\n"
-        "  until: [\"\\n\"]\n  max_gen_toks: 16\n  temperature: 0\nmetric_list:\n"
-        "  - metric: exact_match\n    aggregation: mean\n    higher_is_better: true\n")
+_STOPS5 = ["\n", "Question:", "</s>", "<|im_end|>", "\n\n"]
+
+
+def _gen(until: list[str]) -> str:
+  return ("output_type: generate_until\ndoc_to_target: \"{{answer}}\"\ngeneration_kwargs:\n"
+          f"  until: {json.dumps(until)}\n  max_gen_toks: 16\n  temperature: 0\nmetric_list:\n"
+          "  - metric: exact_match\n    aggregation: mean\n    higher_is_better: true\n")
 
 
 def _write(tasks: pathlib.Path, name: str, rows: list[dict], body: str) -> pathlib.Path:
@@ -74,15 +81,16 @@ def _tasks(tasks: pathlib.Path, rng) -> list[pathlib.Path]:
                     "choices": [f"The capital of {country} is {choices[i]}." for i in order]})
   return [_write(tasks, "demo_sums_mc", mc_sums, _MC),
           _write(tasks, "demo_capitals_mc", mc_caps, _MC),
-          _write(tasks, "demo_sums_gen", gen_sums, _GEN)]
+          _write(tasks, "demo_sums_gen", gen_sums, _gen(["\n"])),
+          _write(tasks, "demo_sums_gen5", gen_sums, _gen(_STOPS5))]
 
 
-def _protocol(ckpt: pathlib.Path, workdir: pathlib.Path, tasks, model: str) -> dict:
+def _protocol(ckpt: pathlib.Path, workdir: pathlib.Path, tasks, model: str, *extra) -> dict:
   t0 = time.perf_counter()
   cmd = [sys.executable, "-m", "lima_jax.eval", "--config=configs/eval.py:harness",
          f"--workdir={workdir}", f"--config.checkpoint={ckpt}",
          f"--config.harness.tasks={','.join(map(str, tasks))}", f"--config.harness.model={model}",
-         "--config.harness.gen_kwargs=repetition_penalty=1"]
+         "--config.harness.gen_kwargs=repetition_penalty=1", *extra]
   subprocess.run(cmd, cwd=_REPO, check=True)
   results = json.loads((workdir / "results.json").read_text())
   return {"command": " ".join(["python"] + cmd[1:]), "seconds": round(time.perf_counter() - t0),
@@ -109,20 +117,25 @@ def main():
   ap.add_argument("--demo", default="/tmp/lima_demo", help="The demo's workdir.")
   ap.add_argument("--steps", default="32,96", help="Checkpoints to evaluate (the last: by hand).")
   ap.add_argument("--seed", type=int, default=0, help="Seed of the wrong answers' choice.")
+  ap.add_argument("--system_instruction", default="Answer in one sentence.",
+                  help="The chat route's system instruction ('' for none).")
   ap.add_argument("--out", default=str(_REPO / "benchmarks/results/harness_demo.json"))
   args = ap.parse_args()
   tmp = pathlib.Path(tempfile.mkdtemp(prefix="harness_demo_"))
   (tmp / "tasks").mkdir()
-  mc_sums, mc_caps, gen = _tasks(tmp / "tasks", np.random.default_rng(args.seed))
+  mc_sums, mc_caps, gen, gen5 = _tasks(tmp / "tasks", np.random.default_rng(args.seed))
   result = {"command": " ".join(["python", "benchmarks/harness_demo.py"] + sys.argv[1:]),
             "tasks": {p.stem: sum(1 for _ in open(p.with_suffix(".jsonl")))
-                      for p in (mc_sums, mc_caps, gen)}, "checkpoints": {}}
+                      for p in (mc_sums, mc_caps, gen, gen5)}, "stops5": _STOPS5,
+            "system_instruction": args.system_instruction, "checkpoints": {}}
   for step in args.steps.split(","):
     ckpt = pathlib.Path(args.demo) / "checkpoints" / step
     if not ckpt.is_dir():
       sys.exit(f"--demo: no checkpoint {ckpt} (train the demo first; see the docstring)")
-    r = {"completions": _protocol(ckpt, tmp / f"c{step}", [mc_sums, mc_caps], "local-completions"),
-         "chat": _protocol(ckpt, tmp / f"g{step}", [gen], "local-chat-completions")}
+    r = {"completions": _protocol(ckpt, tmp / f"c{step}", [mc_sums, mc_caps, gen5],
+                                  "local-completions"),
+         "chat": _protocol(ckpt, tmp / f"g{step}", [gen], "local-chat-completions",
+                           f"--config.harness.system_instruction={args.system_instruction}")}
     result["checkpoints"][step] = r
     print(json.dumps({step: {k: v["results"] for k, v in r.items()}}, indent=1), flush=True)
   result["by_hand"] = _by_hand(ckpt, tmp / "tasks", tmp / "by_hand")
