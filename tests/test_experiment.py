@@ -543,14 +543,14 @@ def test_size_figure_draws_one_mixture_when_the_study_names_it():
   (c1k, d2k, d32k), not a zigzag through the noisy and homogeneous arms."""
   sys.path.insert(0, str(REPO))
   from configs import experiments
-  from lima_jax.experiment import report
+  from lima_jax.experiment import report_figures
   c = experiments.get_config("bioworld")
   sizes = {a: arm.n_examples for a, arm in c.arms.items()}
   rep = {"size_arms": list(c.report.size_arms), "n_examples": sizes}
   arms = list(c.arms)
-  assert report.size_line(rep, arms) == ["c1k", "d2k", "d32k"]
+  assert report_figures.size_line(rep, arms) == ["c1k", "d2k", "d32k"]
   # Without size_arms: every arm with a size (weak_c1k has none), smallest first.
-  assert report.size_line({"size_arms": [], "n_examples": sizes}, arms) == [
+  assert report_figures.size_line({"size_arms": [], "n_examples": sizes}, arms) == [
       "c1k", "r1k", "d2k", "h2k", "u2k", "n10k", "d32k"]
 
 

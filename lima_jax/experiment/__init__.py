@@ -7,7 +7,7 @@ training), `manifest` (each step's identity, the hash of its inputs, and the rec
 a rerun do only what is missing), `local` (beginning and recording a step, and the local
 runner), `ray_executor` (the same steps on a Ray
 cluster, with `placement`: where each step runs, `ray_tasks`: what runs on a node, and
-`ray_table`: what it shows) and `report` (arm x metric with 95% intervals, paired differences,
-figures). Each step is one of the project's own commands, run
+`ray_table`: what it shows) and `report` (arm x metric with 95% intervals, paired differences;
+its PNG figures in `report_figures`). Each step is one of the project's own commands, run
 as a subprocess. How to run one: docs/studies.md.
 """
