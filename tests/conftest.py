@@ -4,9 +4,13 @@ XLA_FLAGS must be set before JAX initialises its backends, which happens on firs
 we set it here (conftest is imported before any test module) and never touch JAX's global
 config at import time of a test module.
 """
+import contextlib
 import os
 import pathlib
+import socket
+import subprocess
 import sys
+import time
 
 import pytest
 
@@ -78,3 +82,32 @@ def random_tiny_model(seed: int = 0):
   params = jax.tree.map(lambda s: jnp.asarray(rng.standard_normal(s.shape) * 0.3, s.dtype),
                         nn.meta.unbox(M.abstract_params(cfg)))
   return params, cfg, tok
+
+
+@contextlib.contextmanager
+def serve_process(checkpoint, *flags: str, env: dict, timeout_s: float, poll_s: float = 0.5):
+  """`python -m lima_jax.serve --checkpoint=CHECKPOINT FLAGS` on a free port until the block
+  ends; yields its URL once /health answers 200 (the test fails if the process exits first or
+  is not healthy within timeout_s)."""
+  import httpx2 as httpx
+  with socket.socket() as sock:
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+  proc = subprocess.Popen([sys.executable, "-m", "lima_jax.serve", f"--checkpoint={checkpoint}",
+                           f"--port={port}", *flags], cwd=_REPO, env=env,
+                          stderr=subprocess.PIPE, text=True)
+  try:
+    url, t0 = f"http://127.0.0.1:{port}", time.time()
+    while True:
+      assert proc.poll() is None, proc.stderr.read()[-3000:]
+      try:
+        if httpx.get(url + "/health").status_code == 200:
+          break
+      except httpx.TransportError:
+        pass
+      assert time.time() - t0 < timeout_s, "never healthy"
+      time.sleep(poll_s)
+    yield url
+  finally:
+    proc.terminate()
+    proc.wait(30)

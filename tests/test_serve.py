@@ -24,7 +24,7 @@ import schemathesis
 import uvicorn
 from prometheus_client.parser import text_string_to_metric_families
 
-from conftest import random_tiny_model
+from conftest import random_tiny_model, serve_process
 from lima_jax.formats import checkpoint
 from lima_jax.decode import generator as decoding
 from lima_jax.decode.sampling import Decoding
@@ -319,16 +319,23 @@ def _until(live, name, value):
     time.sleep(0.02)
 
 
+def _one_running_one_queued(live, client, pool):
+  """Futures of two chats on a one-slot server whose engine is held: one in the slot, one
+  waiting in the queue."""
+  first = pool.submit(chat, client, ["one"], max_tokens=3)
+  _until(live, "lima_jax:slots_in_use", 1)
+  queued = pool.submit(chat, client, ["two"], max_tokens=3)
+  _until(live, "lima_jax:num_requests_waiting", 1)
+  return first, queued
+
+
 def test_full_queue_is_429_and_the_queued_request_still_runs(fake):
   live, engine = fake(slots=1, max_queue=1)
   client = live.client()
   engine.gate.clear()
 
   with concurrent.futures.ThreadPoolExecutor(2) as pool:
-    first = pool.submit(chat, client, ["one"], max_tokens=3)
-    _until(live, "lima_jax:slots_in_use", 1)
-    queued = pool.submit(chat, client, ["two"], max_tokens=3)
-    _until(live, "lima_jax:num_requests_waiting", 1)
+    first, queued = _one_running_one_queued(live, client, pool)
     with pytest.raises(openai.RateLimitError) as e:
       chat(client, ["three"])
     assert e.value.body["code"] == "queue_full"
@@ -560,10 +567,7 @@ def test_429_has_retry_after_and_counts_no_aborted_choice(fake):
   engine.gate.clear()
 
   with concurrent.futures.ThreadPoolExecutor(2) as pool:
-    first = pool.submit(chat, client, ["one"], max_tokens=3)
-    _until(live, "lima_jax:slots_in_use", 1)
-    queued = pool.submit(chat, client, ["two"], max_tokens=3)
-    _until(live, "lima_jax:num_requests_waiting", 1)
+    first, queued = _one_running_one_queued(live, client, pool)
     r = post(live, "/v1/chat/completions", {"model": "tiny", "messages": messages(["three"]),
                                             "n": 2, "max_tokens": 3})
     assert r.status_code == 429 and r.headers["retry-after"] == "1"
@@ -758,25 +762,8 @@ def test_cli_serves_a_checkpoint_to_the_openai_client(model, tmp_path):
   ckpt = tmp_path / "ckpt"
   checkpoint.save(ckpt, params, {"model_config": cfg.to_dict(), "tokenizer": tok.to_meta(),
                                  "step": 0, "epoch": 0})
-  sock = socket.socket()
-  sock.bind(("127.0.0.1", 0))
-  port = sock.getsockname()[1]
-  sock.close()
-  proc = subprocess.Popen([sys.executable, "-m", "lima_jax.serve", f"--checkpoint={ckpt}",
-                           f"--port={port}", "--slots=2", "--served_model_name=mini",
-                           "--api_key_env=TEST_KEY"], cwd=REPO, env={**_env(), "TEST_KEY": KEY},
-                          stderr=subprocess.PIPE, text=True)
-  try:
-    url, t0 = f"http://127.0.0.1:{port}", time.time()
-    while True:
-      assert proc.poll() is None, proc.stderr.read()
-      try:
-        if httpx.get(url + "/health").status_code == 200:
-          break
-      except httpx.TransportError:
-        pass
-      assert time.time() - t0 < 120, "never healthy"
-      time.sleep(0.2)
+  with serve_process(ckpt, "--slots=2", "--served_model_name=mini", "--api_key_env=TEST_KEY",
+                     env={**_env(), "TEST_KEY": KEY}, timeout_s=120, poll_s=0.2) as url:
     client = openai.OpenAI(base_url=url + "/v1", api_key=KEY, max_retries=0, timeout=60)
     stream = client.chat.completions.create(model="mini", messages=messages(CONVS[0]),
                                             max_tokens=N_NEW, stream=True, **GREEDY)
@@ -784,9 +771,6 @@ def test_cli_serves_a_checkpoint_to_the_openai_client(model, tmp_path):
     (ids, _), = decoding.Generator(params, cfg, tok, batch_size=1).answer_ids(
         [decoding.render_prompt(CONVS[0], tok)], PLAIN)
     assert text == tok.decode(ids)
-  finally:
-    proc.terminate()
-    proc.wait(30)
 
 
 def test_a_hugging_face_directory_serves_the_same_tokens(model, tmp_path):

@@ -7,15 +7,13 @@ import importlib.util
 import json
 import os
 import pathlib
-import socket
 import subprocess
 import sys
-import time
 
 import pytest
 import torch
 
-from conftest import shared_file
+from conftest import serve_process, shared_file
 
 pytestmark = pytest.mark.slow
 pytest.importorskip("gguf")
@@ -166,33 +164,12 @@ def test_server_answers_the_openai_client_with_a_system_message(finetuned):
   from lima_jax.decode.sampling import GREEDY as PLAIN
   import dataclasses
   ckpt, _ = finetuned
-  sock = socket.socket()
-  sock.bind(("127.0.0.1", 0))
-  port = sock.getsockname()[1]
-  sock.close()
-  proc = subprocess.Popen([sys.executable, "-m", "lima_jax.serve", f"--checkpoint={ckpt}",
-                           f"--port={port}", "--slots=1", "--max_len=256"], cwd=REPO, env=_env(),
-                          stderr=subprocess.PIPE, text=True)
   messages = [{"role": "system", "content": "You answer in one short sentence."},
               {"role": "user", "content": "What is the capital of France?"}]
-  try:
-    import httpx2 as httpx
-    url, t0 = f"http://127.0.0.1:{port}", time.time()
-    while True:
-      assert proc.poll() is None, proc.stderr.read()[-3000:]
-      try:
-        if httpx.get(url + "/health").status_code == 200:
-          break
-      except httpx.TransportError:
-        pass
-      assert time.time() - t0 < 300, "never healthy"
-      time.sleep(0.5)
+  with serve_process(ckpt, "--slots=1", "--max_len=256", env=_env(), timeout_s=300) as url:
     client = openai.OpenAI(base_url=url + "/v1", api_key="x", max_retries=0, timeout=120)
     r = client.chat.completions.create(model="lima_jax", messages=messages, max_tokens=N_NEW,
                                        temperature=0, extra_body={"repetition_penalty": 1.0})
-  finally:
-    proc.terminate()
-    proc.wait(30)
   gen = answer.open_generator(ckpt, batch_size=1)
   want = gen.answer([messages], dataclasses.replace(PLAIN, max_new_tokens=N_NEW))[0]
   assert r.choices[0].message.content == want.text
