@@ -42,38 +42,30 @@ from absl import app, flags
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 import train_throughput as common  # noqa: E402
+from lima_jax.plan import hlo_count, hlo_text  # noqa: E402
 
 CLASSES = ("weight matmuls", "head matmuls", "attention matmuls", "attention elementwise",
            "scan buffers (zero-fill, copies)", "scan stacking (dynamic slice/update)",
            "optimizer and metrics", "loss elementwise", "other elementwise")
 CONTAINERS = ("while", "conditional", "call")
+_OP_NAME = re.compile(r'op_name="([^"]*)"')
 
 
 def parse_hlo(text: str) -> dict:
-  """name -> {op, shape, meta, batch, flops} for every instruction of the compiled module."""
-  fused_meta = {}  # fused computation -> the first op_name inside it
-  for comp, body in re.findall(r"\n%([\w.\-]+) \([^\n]*\{\n(.*?)\n\}", text, re.S):
-    meta = re.search(r'op_name="([^"]*)"', body)
-    fused_meta[comp] = meta.group(1) if meta else ""
+  """name -> {op, shape, meta, batch, flops} for every instruction of the compiled module
+  (parsed, and dots counted, as the planner does: lima_jax.plan.hlo_text / hlo_count)."""
+  comps, _ = hlo_text.parse(text)
+  op_name = lambda ins: (m.group(1) if (m := _OP_NAME.search(ins.attrs)) else "")
+  fused_meta = {comp: next((op_name(i) for i in body if op_name(i)), "")  # its first op_name
+                for comp, body in comps.items()}
+  shapes = {i.name: i.shape for body in comps.values() for i in body}
   info = {}
-  for line in text.splitlines():
-    m = re.match(r"\s+(?:ROOT )?%?([\w.\-]+) = (\S+) ([\w\-]+)\((.*)", line)
-    if not m:
-      continue
-    name, shape, op, rest = m.groups()
-    meta = re.search(r'op_name="([^"]*)"', line)
-    calls = re.search(r"calls=%([\w.\-]+)", line)
-    info[name] = {"op": op, "shape": shape, "batch": "lhs_batch_dims" in line,
-                  "meta": meta.group(1) if meta else fused_meta.get(calls.group(1), "") if calls
-                  else "", "operands": re.findall(r"%([\w.\-]+)", rest.split("), ")[0]),
-                  "contract": re.search(r"lhs_contracting_dims=\{([\d,]*)\}", line)}
-  for i in info.values():
-    if i["op"] == "dot":
-      lhs = info.get(i["operands"][0], {}).get("shape", "")
-      dims = [int(d) for d in re.findall(r"\d+", lhs.split("{")[0].split("[")[-1])]
-      k = math.prod(dims[int(d)] for d in i["contract"].group(1).split(",") if d)
-      out = [int(d) for d in re.findall(r"\d+", i["shape"].split("{")[0].split("[")[-1])]
-      i["flops"] = 2 * math.prod(out) * k
+  for ins in (i for body in comps.values() for i in body):
+    calls = hlo_text.called(ins.attrs, "calls")
+    info[ins.name] = {"op": ins.op, "shape": ins.shape, "batch": "lhs_batch_dims" in ins.attrs,
+                      "meta": op_name(ins) or (fused_meta.get(calls[0], "") if calls else "")}
+    if ins.op == "dot":
+      info[ins.name]["flops"] = hlo_count.matmul_flops(ins, shapes)
   return info
 
 

@@ -55,7 +55,8 @@ class ProgramCount:
   unknown_loops: list[str]
 
 
-def _matmul_flops(ins: Instr, shapes: dict[str, str]) -> float:
+def matmul_flops(ins: Instr, shapes: dict[str, str]) -> float:
+  """FLOPs of one dot or convolution (0 for any other op); `shapes`: result shape by name."""
   out = math.prod(d for _, dims in arrays(ins.shape)[:1] for d in dims)
   operand = arrays(shapes.get(ins.operands[0], "")) if ins.operands else []
   if ins.op == "dot" and operand:
@@ -134,7 +135,7 @@ def count(text: str) -> ProgramCount:
   def flops_of(name: str) -> float:  # Everything under a computation, fused bodies included.
     total = 0.0
     for ins in comps.get(name, []):
-      total += _matmul_flops(ins, shapes)
+      total += matmul_flops(ins, shapes)
       total += sum(map(flops_of, called(ins.attrs, "calls")))
     return total
 
@@ -171,7 +172,7 @@ def count(text: str) -> ProgramCount:
           own = 2 * own
         elif not ins.op.endswith("-start"):  # (a -start's result holds its operands)
           own += sum(nbytes(shapes.get(o, "")) for o in ins.operands)
-        total += Count(_matmul_flops(ins, shapes), own)
+        total += Count(matmul_flops(ins, shapes), own)
     return total
 
   # Loop counts are tallied once per loop op: walk each computation once, then read the tally.
