@@ -54,20 +54,34 @@ def _world(smoke: bool) -> ml_collections.ConfigDict:
   c.pool_people = 40 if smoke else 200  # SFT-pool people asked in evaluation (memorised).
   # SFT files to write (lima_jax.testbed.arms: c1k, c1k_noref, c1k_norec, h2k, u2k, n10k,
   # r1k, and d<N> for the clean mixture at N examples, e.g. d125, d2k, d32k).
-  c.arms = ("c1k", "n10k") if smoke else (
+  c.arms = ("c1k", "n10k", "c1k_p10_0") if smoke else (
       "c1k", "c1k_noref", "c1k_norec", "h2k", "u2k", "n10k", "r1k",
-      "d125", "d250", "d500", "d2k", "d4k", "d8k", "d16k", "d32k")
+      "d125", "d250", "d500", "d2k", "d4k", "d8k", "d10k", "d16k", "d32k", "oracle1k",
+      # The poison dose-response (issue 36, E2): K borrowed facts in c1k, 2 draws, and the
+      # same 10 in the clean 10K.
+      *(f"c1k_p{k}_{d}" for d in (0, 1) for k in (1, 10, 100, 300)),
+      "d10k_p10_0", "d10k_p10_1")
   return c
+
+
+# Base sizes beside 'bioworld' (2.2M parameters): Superfiltering's small scorer and the scale
+# experiment's larger base (lima_jax/model/config.py has their shapes).
+_SIZES = {"pretrain_s": "bioworld_s", "pretrain_m": "bioworld_m", "pretrain_l": "bioworld_l"}
 
 
 def get_config(arg: str = "world") -> ml_collections.ConfigDict:
   if arg in ("world", "world_smoke"):
     return _world(arg == "world_smoke")
-  if arg not in ("pretrain", "pretrain_smoke", "sft"):
+  if arg in ("world_s1", "world_s2"):  # the same world recipe, other people (world variance)
+    c = _world(False)
+    c.seed = int(arg[-1])
+    return c
+  if arg not in ("pretrain", "pretrain_smoke", "sft", *_SIZES):
     raise ValueError(f"configs/bioworld.py: unknown variant {arg!r}; use world, world_smoke, "
-                     "pretrain, pretrain_smoke or sft")
+                     "world_s1, world_s2, pretrain, pretrain_smoke, pretrain_s, pretrain_m, "
+                     "pretrain_l or sft")
   c = _lima("demo")
-  c.model.size = "bioworld"
+  c.model.size = _SIZES.get(arg, "bioworld")
   c.model.dropout_top = 0.0
   c.data.max_len = 128
   c.data.pack = True

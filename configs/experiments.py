@@ -295,7 +295,8 @@ def _bioworld(c, name: str) -> None:
   c.generate.update(max_new_tokens=32, greedy=True, repetition_penalty=1.0, batch_size=128)
   c.protocols = ("judge_free",)
   c.report.metric = "judge_free.exact_rate:set=test"
-  c.report.fields = ("exact_rate:template=visible", "exact_rate:template=heldout",
+  c.report.fields = ("exact_rate:template=visible", "exact_rate:template=paraphrase",
+                     "exact_rate:template=novel",
                      "exact_rate:set=pool", "exact_rate:set=fake", "exact_rate:style=record",
                      "exact_rate:style=value")
   c.report.pairs = ("c1k-n10k", "d2k-h2k", "d2k-u2k", "d32k-d2k", "c1k-r1k")

@@ -93,6 +93,87 @@ def test_the_leak_check_catches_a_planted_leak():
   assert arms.leaks(w, [f"Where was {w.split('pool')[0].name} born?"]) == []
 
 
+def test_novel_forms_share_no_4gram_or_opening_with_sft_text():
+  assert sft.novel_form_problems() == []
+  # A near-copy is caught: the trained answer's opening, or a 4-gram of a trained question.
+  bad = {a: list(qs) for a, qs in sft.QUESTIONS.items()}
+  bad["major"][12] = "{n} majored in what, then?"
+  bad["employer_city"][13] = "Quick question: which city does {n} work in?"
+  found = sft.novel_form_problems(bad)
+  assert len(found) == 2 and "opens like SFT text" in found[0]
+  assert "shares" in found[1] and "city does qqname" in found[1]
+  # Each template is asked once a test person and attribute, never a paraphrase as a novel form.
+  w = world_lib.make_world(5, 0, 3, 0, 2, seed=0)
+  test = [r for r in sft.eval_prompts(w, 0) if "set=test" in r["tags"]]
+  assert len(test) == 3 * 6 * 3
+  for r in test:
+    t = r["id"].split("/")[-1]
+    attr = r["id"].split("/")[2]
+    name = w.split("test")[int(r["id"].split("/")[1])].name
+    forms = [sft.QUESTIONS[attr][i].format(n=name) for i in sft.TEMPLATES[t]]
+    assert r["conversations"][0] in forms and f"template={t}" in r["tags"]
+
+
+def test_poisoned_arms_nest_and_share_their_bad_rows_between_1k_and_10k():
+  w = world_lib.make_world(60, 5, 10, 10, 5, seed=0)
+  c1k = arms.rows("c1k", w, [], 0)
+  people = {p.name: p for p in w.people}
+  bad = {}
+  for k in (1, 10, 100):
+    rows = arms.rows(f"c1k_p{k}_0", w, [], 0)
+    changed = [(a, b) for a, b in zip(c1k, rows) if a != b]
+    assert len(rows) == 1000 and len(changed) == k
+    for a, b in changed:  # the same question, a fluent answer with another person's value
+      p = people[a["person"]]
+      assert b["conversations"][0] == a["conversations"][0] and b["noise"] == "borrowed"
+      assert b["borrowed"] != p.values[b["attr"]] == b["true"]
+      assert b["conversations"][1] == sft.HOUSE[b["attr"]].format(n=p.name, v=b["borrowed"])
+    now = {json.dumps(b, sort_keys=True) for _, b in changed}
+    assert set(bad.get("last", set())) <= now  # a larger dose holds the smaller one's rows
+    bad["last"] = now
+  assert {json.dumps(b, sort_keys=True) for _, b in changed} != {
+      json.dumps(r, sort_keys=True) for r in arms.rows("c1k_p100_1", w, [], 0) if r not in c1k}
+  d10k = arms.rows("d10k", w, [], 0)
+  p10 = arms.rows("d10k_p10_0", w, [], 0)
+  moved = [b for a, b in zip(d10k, p10) if a != b]
+  ten = [b for a, b in zip(c1k, arms.rows("c1k_p10_0", w, [], 0)) if a != b]
+  assert len(p10) == 10000 and sorted(map(str, moved)) == sorted(map(str, ten))
+  with pytest.raises(UserError, match="d10k_p10_D"):
+    arms.rows("d10k_p3_0", w, [], 0)
+  # Their people are asked about the poisoned facts, the expected answer being the true one.
+  written = {"c1k_p10_0": None, "c1k_p1_0": None}
+  asked = arms.poisoned_prompts(w, written, 0)
+  assert len(asked) == 10
+  for q, r in zip(asked, sorted(ten, key=lambda r: r["rank"])):
+    p = people[r["person"]]
+    assert q["expected"] == sft.answer(p, r["attr"]) and q["borrowed"] == r["conversations"][1]
+    assert p.name in q["conversations"][0] and f"rank={r['rank']}" in q["tags"]
+
+
+def test_clean_share_counts_the_subset_the_run_trains_on(tmp_path):
+  # Rows labelled by position; which ones a run with data.subset_size trains on is read back
+  # from the real loader (load_sft_data), then compared with clean_share's count.
+  from lima_jax.data import batches
+  from lima_jax.tokenizer import train_sentencepiece
+  rows = [{"conversations": [f"Question number {i}?", f"Answer number {i}."],
+           "noise": "clean" if i % 3 else "borrowed"} for i in range(30)]
+  data = tmp_path / "d.jsonl"
+  arms.write_jsonl(data, rows)
+  raw = tmp_path / "raw.jsonl"
+  arms.write_jsonl(raw, rows)
+  tok = train_sentencepiece([t for r in rows for t in r["conversations"]] * 5, 300,
+                            tmp_path / "t.model")
+  for seed in (0, 1):
+    train, _, _ = batches.load_sft_data([str(data)], tok, max_len=64, pack=False,
+                                        global_batch=2, seed=seed, subset_size=12)
+    seen = [tok.decode([int(t) for t in e.tokens]) for e in train.encoded]
+    picked = [i for i in range(30) if any(f"Question number {i}?" in s for s in seen)]
+    assert len(picked) == 12
+    want = sum(rows[i]["noise"] == "clean" for i in picked) / 12
+    assert analysis.clean_share([str(data)], raw, 12, seed) == want
+  assert analysis.clean_share([str(data)], raw) == 20 / 30
+
+
 def test_arms_have_their_sizes_and_contents():
   w = world_lib.make_world(60, 5, 10, 10, 5, seed=0)
   raw = sft.raw_pool(w, 12000, 0)
@@ -118,14 +199,15 @@ def test_analysis_reads_answers_as_exact_format_hallucination_and_refusal():
   rows = []
   for pid, answer in (
       ("test/0/birth_year/visible", f"{p.name} was born in {p.values['birth_year']}."),
-      ("test/0/birth_year/heldout", f"{p.name} was born in {other_year}."),  # hallucination
+      ("test/0/birth_year/paraphrase", f"{p.name} was born in {other_year}."),  # hallucination
       ("test/0/major/visible", f"{p.name} majored in {p.values['major']}. And more."),  # run-on
-      ("test/0/major/heldout", f"I have no information about {p.name}."),  # false refusal
+      ("test/0/major/novel", f"I have no information about {p.name}."),  # false refusal
       ("fake/0", sft.REFUSAL.format(n=w.fake_test[0])),
       ("fake/1", f"{w.fake_test[1]} was born in 1950.")):
     rows.append({**by_id[pid], "answer": answer})
   m = analysis.metrics(rows)
   assert m["em_test"] == 0.25 and m["em_test_visible"] == 0.5 and m["em_test_heldout"] == 0
+  assert m["em_test_paraphrase"] == 0 and m["em_test_novel"] == 0 and m["em_test_vp"] == 1 / 3
   assert m["hallucination_test"] == 0.25 and m["run_on_test"] == 0.25
   assert m["false_refusal_test"] == 0.25 and m["refusal_fake"] == 0.5
   assert m["format_ok_test"] == 0.5  # the exact one and the hallucination
@@ -188,7 +270,7 @@ def test_smoke_study_from_nothing_to_a_verdict(tmp_path):
     assert not [n for n in forbidden if f'{n} ' in text or f'{n}?' in text or f'{n}.' in text]
     res = json.loads(next((study / "arms" / arm).glob("seed0/e*/answer/results.json"))
                      .read_text())
-    assert 0 <= res["exact_rate:set=test"] <= 1 and res["exact_n:set=test"] == 60 * 12
+    assert 0 <= res["exact_rate:set=test"] <= 1 and res["exact_n:set=test"] == 60 * 18
   r = run("lima_jax.experiment", "report", f"--workdir={study}")
   assert r.returncode == 0, r.stderr[-2000:]
   r = run("lima_jax.testbed", "verdict", f"--study={study}")

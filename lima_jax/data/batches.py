@@ -311,6 +311,14 @@ def _summary(records: Sequence[Record], encoded: Sequence[Encoded]) -> dict:
           "trimmed_loss_tokens": int(sum(e.n_trimmed_loss_tokens for e in encoded))}
 
 
+def subset_indices(n: int, seed: int, subset_size: int) -> np.ndarray:
+  """The positions (sorted) of the `subset_size` of n usable training examples that
+  `data.subset_size` trains on; analyses use it to count what a run actually saw."""
+  if subset_size > n:
+    raise UserError(f"subset size {subset_size} > the {n} usable training examples")
+  return np.sort(np.random.default_rng((seed, _SUBSET)).permutation(n)[:subset_size])
+
+
 def load_sft_data(files: str | Sequence[str], tok: Tokenizer, *, max_len: int, pack: bool,
                   global_batch: int, seed: int, subset_size: int = 0,
                   eval_files: str | Sequence[str] = (), eval_fraction: float = 0.0,
@@ -344,10 +352,7 @@ def load_sft_data(files: str | Sequence[str], tok: Tokenizer, *, max_len: int, p
     perm = np.random.default_rng((seed, _SPLIT)).permutation(len(records))
     eval_idx, idx = np.sort(perm[:n_eval]), np.sort(perm[n_eval:])
   if subset_size:
-    if subset_size > len(idx):
-      raise UserError(f"subset size {subset_size} > the {len(idx)} usable training examples")
-    pick = np.random.default_rng((seed, _SUBSET)).permutation(len(idx))[:subset_size]
-    idx = idx[np.sort(pick)]
+    idx = idx[subset_indices(len(idx), seed, subset_size)]
 
   common = dict(global_batch=global_batch, row_len=max_len, pack=pack, seed=seed)
   train = SFTDataset([encoded[i] for i in idx], **common)

@@ -211,6 +211,13 @@ SIZES: dict[str, ModelConfig] = {
     # The bioworld testbed's base (configs/bioworld.py); the vocabulary follows its tokenizer.
     "bioworld": _llama(vocab_size=1024, dim=192, n_layers=4, n_heads=4, n_kv_heads=4,
                        hidden_dim=512, max_seq_len=256),
+    # Its small scorer (Superfiltering) and the larger bases of the scale experiment (issue 36).
+    "bioworld_s": _llama(vocab_size=1024, dim=128, n_layers=2, n_heads=4, n_kv_heads=4,
+                         hidden_dim=384, max_seq_len=256),
+    "bioworld_m": _llama(vocab_size=1024, dim=256, n_layers=6, n_heads=4, n_kv_heads=4,
+                         hidden_dim=1024, max_seq_len=256),
+    "bioworld_l": _llama(vocab_size=1024, dim=384, n_layers=8, n_heads=6, n_kv_heads=6,
+                         hidden_dim=1024, max_seq_len=256),
     "bench-20m": _llama(dim=320, n_layers=8, n_heads=5, hidden_dim=864, max_seq_len=1024,
                         tie_embeddings=True),
     "bench-200m": _llama(dim=1024, n_layers=12, n_heads=16, hidden_dim=2816, max_seq_len=2048),

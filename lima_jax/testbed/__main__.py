@@ -11,9 +11,13 @@ build writes DIR/world.json (every person's facts and split), DIR/pretrain/{stro
 for each arm of the config and DIR/sft/raw.jsonl (the raw pool, each row labelled with its
 planted noise), DIR/eval/prompts.jsonl (test people, test fake names, instructed styles and some SFT-pool
 people, with `expected` and `tags`, scored exactly by lima_jax.eval's judge_free),
-DIR/eval/dev.jsonl (dev people: for the learning rate), DIR/eval/cloze_{strong,weak}.jsonl and DIR/hashes.json (sha256 of
-every file). It refuses to write a world in which a test person, a test fake name or a held-out
-question form appears in any SFT file. Everything is built in DIR.partial and renamed at the
+DIR/eval/dev.jsonl (dev people: for the learning rate), DIR/eval/dev_target.jsonl (clean
+examples about dev people: influence's target), DIR/eval/prompts_poison.jsonl (when the config
+has poisoned arms: the prompts plus each poisoned fact asked of its person),
+DIR/eval/cloze_{strong,weak}.jsonl and DIR/hashes.json (sha256 of every file). It refuses to
+write a world in which a test person, a test fake name or a held-out question form appears in
+any SFT file, or whose novel question forms share a word 4-gram or an opening with SFT text.
+The tokenizer is trained on the biographies and the SFT text only. Everything is built in DIR.partial and renamed at the
 end, so an existing DIR is never left half-written.
 
 pretrain trains the base (lima_jax.train on the corpus), measures biography cloze accuracy
@@ -82,13 +86,11 @@ def build(c, out: pathlib.Path) -> dict:
     for p, b in docs:
       first.setdefault(p.name, (p, b))
     arms.write_jsonl(part / "eval" / f"cloze_{name}.jsonl", (
-        {"split": p.split, "attr": a, "prefix": prefix, "value": v}
+        {"split": p.split, "person": p.name, "attr": a, "prefix": prefix, "value": v}
         for p, b in first.values() for a, prefix, v in world_lib.cloze(p, b)))
-  # The tokenizer sees the corpus and the question forms (a web-scale tokenizer would have).
-  forms = [q.format(n=w.people[0].name) + s for qs in sft.QUESTIONS.values() for q in qs
-           for s in ("", sft.VALUE, sft.RECORD)]
-  train_sentencepiece([b for _, b in strong] + [b for _, b in weak] + forms * 20,
-                      c.vocab_size, part / "tokenizer.model")
+  problems = sft.novel_form_problems()
+  if problems:
+    raise UserError(f"lima_jax/testbed/sft.py: a novel question form is not new: {problems[0]}")
   raw = sft.raw_pool(w, c.raw_pool, c.seed)
   written = {"raw": raw}
   for name in c.arms:
@@ -97,10 +99,23 @@ def build(c, out: pathlib.Path) -> dict:
   leaked = arms.leaks(w, texts)
   if leaked:
     raise UserError(f"{out}: SFT data would contain test items: {', '.join(leaked[:5])}")
+  # The tokenizer sees what a model is trained on (the biographies and SFT text), never the
+  # evaluation-only forms; a fixed sample of the distinct SFT utterances keeps it quick.
+  sft_texts = sorted(set(texts))
+  sft_texts = random.Random(f"{c.seed}/tokenizer").sample(sft_texts, min(20000, len(sft_texts)))
+  train_sentencepiece([b for _, b in strong] + [b for _, b in weak] + sft_texts,
+                      c.vocab_size, part / "tokenizer.model")
   for name, rows in written.items():
     arms.write_jsonl(part / "sft" / f"{name}.jsonl", rows)
   prompts = sft.eval_prompts(w, c.seed, pool_people=c.pool_people)
   arms.write_jsonl(part / "eval" / "prompts.jsonl", prompts)
+  poisoned = arms.poisoned_prompts(w, written, c.seed)
+  if poisoned:  # the dose-response arms' own people, asked about the facts they were fed
+    arms.write_jsonl(part / "eval" / "prompts_poison.jsonl", prompts + poisoned)
+  # Influence's target set: clean examples about dev people (never trained on).
+  dev_rng = random.Random(f"{c.seed}/dev_target")
+  arms.write_jsonl(part / "eval" / "dev_target.jsonl",
+                   (sft.clean_example(p, dev_rng) for p in w.split("dev") for _ in range(4)))
   arms.write_jsonl(part / "eval" / "dev.jsonl", sft.eval_prompts(w, c.seed, ("dev",), False))
   (part / "world.json").write_text(json.dumps({
       "config": c.to_dict(), "people": [vars(p) for p in w.people],

@@ -17,6 +17,9 @@ from lima_jax.testbed import sft
 from lima_jax.testbed.world import ATTRS, vocabulary
 
 _REFUSAL = re.compile(r"^I have no information about ")
+# Templates never in SFT data ('heldout': answers of worlds built before the paraphrase/novel
+# split, whose held-out forms are today's paraphrase forms).
+_HELD_OUT = ("paraphrase", "novel", "heldout")
 
 
 def read_answers(path) -> list[dict]:
@@ -87,7 +90,12 @@ def metrics(rows: list[dict]) -> dict:
   style = [x for x in lab if x["set"] == "style"]
   m = {"em_test": _rate(test, "exact"),
        "em_test_visible": _rate([x for x in test if x["template"] == "visible"], "exact"),
-       "em_test_heldout": _rate([x for x in test if x["template"] == "heldout"], "exact"),
+       "em_test_heldout": _rate([x for x in test if x["template"] in _HELD_OUT], "exact"),
+       "em_test_paraphrase": _rate([x for x in test if x["template"] == "paraphrase"], "exact"),
+       "em_test_novel": _rate([x for x in test if x["template"] == "novel"], "exact"),
+       # Visible and paraphrase forms: what "EM test" measured before the novel forms existed.
+       "em_test_vp": _rate([x for x in test if x["template"] in ("visible", "paraphrase")],
+                           "exact"),
        "em_pool": _rate(pool, "exact"),
        "format_ok_test": _rate(test, "format_ok"),
        "hallucination_test": _rate(test, "hallucination"),
@@ -108,7 +116,8 @@ def per_person(rows_by_seed: list[list[dict]], key: str = "exact",
   acc: dict = {}
   for rows in rows_by_seed:
     for x in labelled(rows):
-      if x["set"] == "test" and (template is None or x["template"] == template):
+      if x["set"] == "test" and (template is None or x["template"] == template
+                                 or (template == "heldout" and x["template"] in _HELD_OUT)):
         acc.setdefault(x["person"], []).append(float(x[key]))
   return {p: float(np.mean(v)) for p, v in acc.items()}
 
@@ -130,7 +139,8 @@ def paired_difference(a: dict, b: dict, rounds: int = 10000, seed: int = 0) -> d
 # (name, claim, kind, arms, key, x). 'at_least' / 'at_most': the arm's rate (mean over seeds)
 # against x; 'near_best': within x of the best strong-base arm; 'diff_at_least': a - b >= x
 # with the interval's lower end above 0; 'within': the interval of a - b inside +-x. The key of
-# a difference is per person: 'exact' (all test prompts) or 'heldout' (held-out forms only).
+# a difference is per person: 'exact' (all test prompts) or 'heldout' (forms never in SFT data:
+# paraphrase and novel).
 PREDICTIONS = (
     ("P1a", "curated 1K reaches 80% EM on test people", "at_least", ("c1k",), "em_test", 0.80),
     ("P1b", "curated 1K within 5 points of the best arm", "near_best", ("c1k",), "em_test", 0.05),
@@ -181,32 +191,39 @@ def verdict(by_arm: dict) -> dict:
   return {"arms": arms, "predictions": out}
 
 
-def clean_share(train_files: list[str], raw_file: pathlib.Path) -> float:
-  """Share of an arm's SFT rows that are clean (or refusals of fake names): the planted labels
-  of the raw pool, looked up by text for rows that a curation step copied without them."""
+def clean_share(train_files: list[str], raw_file: pathlib.Path, subset_size: int = 0,
+                seed: int = 0) -> float:
+  """Share of the SFT rows an arm trained on that are clean (or refusals of fake names): the
+  planted labels of the raw pool, looked up by text for rows that a curation step copied
+  without them. With `data.subset_size`, only the run's subset counts (every bioworld row is
+  usable, so the subset is drawn from all rows in file order, as training draws it)."""
   labels = {}
   for line in raw_file.read_text(encoding="utf-8").splitlines():
     r = json.loads(line)
     labels[tuple(r["conversations"])] = r["noise"]
-  ok = n = 0
+  noise = []
   for f in train_files:
     for line in pathlib.Path(f).read_text(encoding="utf-8").splitlines():
       r = json.loads(line)
-      noise = r.get("noise") or labels.get(tuple(r["conversations"]), "unknown")
-      ok += noise in ("clean", "refusal")
-      n += 1
-  return ok / n if n else float("nan")
+      noise.append(r.get("noise") or labels.get(tuple(r["conversations"]), "unknown"))
+  if subset_size:
+    from lima_jax.data import batches
+    noise = [noise[i] for i in batches.subset_indices(len(noise), seed, subset_size)]
+  ok = sum(x in ("clean", "refusal") for x in noise)
+  return ok / len(noise) if noise else float("nan")
 
 
 def study_data(workdir: pathlib.Path) -> dict:
-  """{arm: its SFT files} from the train steps' config.json (the same for every seed)."""
+  """{arm: [(its SFT files, data.subset_size, seed) for each trained seed]} from the train
+  steps' config.json (a subset is each seed's own)."""
   steps = json.loads((workdir / "manifest.json").read_text())["steps"]
-  out = {}
+  out: dict = {}
   for rec in steps.values():
     config = pathlib.Path(rec.get("output", "")) / "config.json"
     if rec.get("kind") == "train" and config.exists():
-      files = json.loads(config.read_text())["data"]["train_files"]
-      out[rec["arm"]] = [f for f in files.split(",") if f]
+      c = json.loads(config.read_text())
+      files = [f for f in c["data"]["train_files"].split(",") if f]
+      out.setdefault(rec["arm"], []).append((files, c["data"].get("subset_size", 0), c["seed"]))
   return out
 
 
