@@ -62,6 +62,55 @@ Studies (`NAME`):
                   reuses them. Measured at 3 seeds (benchmarks/results/bioworld_sweep/, 53 min
                   on top of bioworld): a plateau at 2K-16K (d4k 54.2%), c1k_noref 51.4,
                   and every curate preset's 1K at 1.7-22.4%.
+  bioworld_e1     Issue 36, E1: can a selector that asks a model see a planted wrong fact? 1K of
+                  the 20K raw pool (45% planted noise) by: random; IFD as published (the
+                  highest IFD below 1) scored by the base (ifd_base1k), by a c1k-warmed
+                  checkpoint (ifd_warm1k: prepare step `warm`, 4 epochs of c1k) and by a
+                  0.7M base (ifd_small1k, Superfiltering); the lowest answer loss under the
+                  base (loss1k); knowledge consistency under the base (consistency1k: the
+                  worst answer token read as plain text); influence toward clean dev people
+                  from the warmed checkpoint (influence1k, LESS); the clean-only oracle 1K
+                  (oracle1k, the labels: the ceiling); c1k for reference. 3 seeds each.
+                    python -m lima_jax.experiment run --config=configs/experiments.py:bioworld_e1 \
+                      --workdir=DIR
+                    python -m lima_jax.testbed selection --study=DIR
+                  Predictions, frozen before the first run (lima_jax.testbed.selection.
+                  PREDICTIONS; precision and AUROC against the pool's planted labels):
+                    E1a consistency1k and loss1k each remove >= 90% of the borrowed and of the
+                        other-attribute rows, with AUROC >= 0.95 on each kind;
+                    E1b consistency1k and loss1k each land within 3 points of oracle1k (EM);
+                    E1c ifd_base1k holds borrowed rows above their pool share and scores at
+                        or below random1k;
+                    E1d influence1k lands between random1k and oracle1k.
+                    Refuted if ifd_base1k holds fewer borrowed rows than random1k, or
+                    loss1k's AUROC on borrowed rows is under 0.8.
+  bioworld_e2     Issue 36, E2: how much bad data does it take? c1k with K clean rows turned
+                  into borrowed facts (K = 0, 1, 10, 100, 300: 0.1% to 30%), 2 draws of
+                  which rows x 3 order seeds; the same 10 bad rows in the clean 10K
+                  (d10k_p10_D beside d10k). Answers include each poisoned fact asked of its
+                  person (eval/prompts_poison.jsonl).
+                    python -m lima_jax.experiment run --config=configs/experiments.py:bioworld_e2 \
+                      --workdir=DIR
+                    python -m lima_jax.testbed dose --study=DIR
+                  Predictions, frozen before the first run (lima_jax.testbed.dose.PREDICTIONS):
+                    E2a EM on test people falls about linearly in the poisoned fraction;
+                    E2b K = 1 and K = 10 each within 1.5 points of K = 0;
+                    E2c K = 100 costs 3-8 points;
+                    E2d the poisoned facts flip for most of their people (the answer states
+                        the borrowed value), equally in 1K and 10K.
+                    Refuted if 10 rows cost >= 3 points, or 100 rows cost < 1.
+  bioworld_e3     Issue 36, E3: does a larger base close the gap? A 6.9M base (size
+                  bioworld_m: dim 256, 6 layers, 3.1x the parameters; same world, same 150
+                  exposures, same 95% cloze gate) beside the 2.2M one, each fine-tuned on d250,
+                  d500, c1k, d2k, d8k and n10k at 2 seeds (the larger base's arms end in _m).
+                  The third size (15M, bioworld_l; arms end in _l) is one name away:
+                    python -m lima_jax.experiment run --config=configs/experiments.py:bioworld_e3_l \
+                      --workdir=DIR
+                  Frozen, competing predictions (lima_jax.testbed.scale.PREDICTIONS):
+                    E3a the plateau rises, c1k comes within 3 points of d2k, and c1k - n10k
+                        widens;
+                    E3b the plateau moves less than 3 points (storage and extraction, not
+                        capacity, limit it).
   bioworld_smoke  CI's version: 160 people, a short pretraining, c1k against 1K drawn from
                   n10k (data.subset_size), one seed, one SFT epoch; checks the pipeline and
                   the splits, not the claims.
@@ -260,12 +309,13 @@ def get_config(name: str = "tiny") -> ml_collections.ConfigDict:
         curate="random", pool=c.pools.get_ref("wikihow"), n=2000,
         hint="make it with python -m lima_jax.datasets.wikihow --csv=wikihowAll.csv "
              "--out=wikihow.jsonl, then --config.pools.wikihow=wikihow.jsonl")
-  elif name in ("bioworld", "bioworld_sweep", "bioworld_smoke"):
+  elif name in ("bioworld", "bioworld_sweep", "bioworld_smoke", "bioworld_e1", "bioworld_e2",
+                "bioworld_e3", "bioworld_e3_l"):
     _bioworld(c, name)
   else:
     raise ValueError(f"configs/experiments.py: unknown study {name!r}; use tiny, "
-                     "dropout_epochs, shared_data, lima_paper_7b, bioworld, bioworld_sweep or "
-                     "bioworld_smoke")
+                     "dropout_epochs, shared_data, lima_paper_7b, bioworld, bioworld_sweep, "
+                     "bioworld_e1, bioworld_e2, bioworld_e3, bioworld_e3_l or bioworld_smoke")
   return c
 
 
@@ -282,6 +332,9 @@ def _bioworld(c, name: str) -> None:
       command=(*testbed, "pretrain", f"--config={pretrain}", "--world={world}",
                "--corpus=strong", "--workdir={out}", "--gate=0" if smoke else "--gate=0.95"),
       files=sources)
+  if name.startswith("bioworld_e"):
+    _bioworld_experiment(c, name, testbed, sources)
+    return
   if not smoke:
     # One fixed biography a person: 150 epochs are 150 exposures, as 30 of the strong corpus.
     # No gate: the negative control's cloze is reported, whatever it is.
@@ -323,6 +376,78 @@ def _bioworld(c, name: str) -> None:
   c.report.pairs = tuple(p for p in c.report.pairs if all(a in c.arms for a in p.split("-")))
   # c1k is the clean mixture at 1,000 (the d<N> recipe at N = 1000).
   c.report.size_arms = tuple(a for a in c.arms if a == "c1k" or (a[0] == "d" and a[1].isdigit()))
+
+
+def _bioworld_experiment(c, name: str, testbed: tuple, sources: tuple) -> None:
+  """Issue 36's experiments on the bioworld study's world and strong base (same prepare
+  steps, so one DIR shares them): E1 selectors, E2 poison dose, E3 base size."""
+  c.base = "configs/bioworld.py:sft"
+  c.prompts = "{world}/eval/prompts.jsonl"
+  c.generate.update(max_new_tokens=32, greedy=True, repetition_penalty=1.0, batch_size=128)
+  c.protocols = ("judge_free",)
+  c.report.metric = "judge_free.exact_rate:set=test"
+  c.report.fields = ("exact_rate:template=visible", "exact_rate:template=paraphrase",
+                     "exact_rate:template=novel", "exact_rate:set=pool")
+
+  def trained(data, size, seeds=(0, 1, 2), base="{base_strong}/base", **kw):
+    epochs = max(1, round(16000 / size))  # about 16,000 examples seen, as in the core study
+    return _arm(data=data, seeds=seeds, n_examples=size, overrides=(
+        f"model.init={base}", f"train.epochs={epochs}", f"checkpoint.keep_epochs={epochs}"),
+                **kw)
+
+  if name == "bioworld_e1":
+    c.prepare.base_small = _prep(
+        command=(*testbed, "pretrain", "--config=configs/bioworld.py:pretrain_s",
+                 "--world={world}", "--corpus=strong", "--workdir={out}", "--gate=0"),
+        files=sources)
+    # LESS's warm-up: a short fine-tuning on a little clean data (4 epochs of c1k).
+    c.prepare.warm = _prep(
+        command=("python", "-m", "lima_jax.main", "--config=configs/bioworld.py:sft",
+                 "--workdir={out}", "--config.model.init={base_strong}/base",
+                 "--config.data.train_files={world}/sft/c1k.jsonl", "--config.train.epochs=4",
+                 "--config.checkpoint.keep_epochs=4", "--config.seed=0"),
+        files=sources)
+    scorer = {"ifd_base1k": ("ifd", "{base_strong}/base"), "ifd_warm1k": ("ifd", "{warm}"),
+              "ifd_small1k": ("ifd", "{base_small}/base"),
+              "loss1k": ("loss", "{base_strong}/base"),
+              "consistency1k": ("consistency", "{base_strong}/base"),
+              "influence1k": ("influence", "{warm}"), "random1k": ("random", "")}
+    for arm, (preset, model) in scorer.items():
+      more = ("model.batch_size=64",) + ((f"scorer={model}",) if model else ())
+      if preset == "influence":
+        more += ("influence.target={world}/eval/dev_target.jsonl", "influence.batch_size=32")
+      c.arms[arm] = trained("", 1000, curate=preset, pool="{world}/sft/raw.jsonl", n=1000,
+                            curate_overrides=more)
+    for arm in ("oracle1k", "c1k"):
+      c.arms[arm] = trained(f"{{world}}/sft/{arm}.jsonl", 1000)
+    c.report.pairs = tuple(f"{a}-random1k" for a in c.arms if a != "random1k") + (
+        "oracle1k-consistency1k", "oracle1k-loss1k")
+  elif name == "bioworld_e2":
+    c.prompts = "{world}/eval/prompts_poison.jsonl"
+    c.report.fields += ("exact_rate:set=poisoned",)
+    c.arms.c1k = trained("{world}/sft/c1k.jsonl", 1000)
+    c.arms.d10k = trained("{world}/sft/d10k.jsonl", 10000)
+    for d in (0, 1):
+      for k in (1, 10, 100, 300):
+        c.arms[f"c1k_p{k}_{d}"] = trained(f"{{world}}/sft/c1k_p{k}_{d}.jsonl", 1000)
+      c.arms[f"d10k_p10_{d}"] = trained(f"{{world}}/sft/d10k_p10_{d}.jsonl", 10000)
+    c.report.pairs = tuple(f"c1k_p{k}_0-c1k" for k in (1, 10, 100, 300)) + (
+        "d10k_p10_0-d10k",)
+    c.report.size_arms = ("c1k",)
+  else:  # bioworld_e3 (6.9M) and bioworld_e3_l (15M) beside the 2.2M base
+    size = "l" if name.endswith("_l") else "m"
+    c.prepare[f"base_{size}"] = _prep(
+        command=(*testbed, "pretrain", f"--config=configs/bioworld.py:pretrain_{size}",
+                 "--world={world}", "--corpus=strong", "--workdir={out}", "--gate=0.95"),
+        files=sources)
+    for arm in ("d250", "d500", "c1k", "d2k", "d8k", "n10k"):
+      n = _bioworld_size(arm)
+      c.arms[arm] = trained(f"{{world}}/sft/{arm}.jsonl", n, seeds=(0, 1))
+      c.arms[f"{arm}_{size}"] = trained(f"{{world}}/sft/{arm}.jsonl", n, seeds=(0, 1),
+                                        base=f"{{base_{size}}}/base")
+    c.report.pairs = (f"c1k_{size}-c1k", f"d2k_{size}-d2k", f"c1k_{size}-d2k_{size}",
+                      f"c1k_{size}-n10k_{size}", "c1k-n10k")
+    c.report.size_arms = ("d250", "d500", "c1k", "d2k", "d8k")
 
 
 def _bioworld_size(arm: str) -> int:

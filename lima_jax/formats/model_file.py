@@ -58,6 +58,19 @@ class ModelFile:
     return "chat_template" if usable else "lima"
 
 
+def resolve_run(path) -> str:
+  """A training run's directory (WORKDIR with checkpoints/<step>/, not itself a checkpoint)
+  stands for its latest checkpoint, so a study can name a run before it knows the step."""
+  p = epath.Path(path)
+  if (p / "meta").exists() or not (p / "checkpoints").is_dir():
+    return str(path)
+  steps = [int(c.name) for c in (p / "checkpoints").iterdir() if c.name.isdigit()
+           and (c / "meta").exists()]
+  if not steps:
+    raise UserError(f"{path}: a training run with no finished checkpoint in checkpoints/")
+  return str(p / "checkpoints" / str(max(steps)))
+
+
 def kind_of(path) -> str:
   """'lima', 'hf', 'gguf' or 'llama2c', from what is at `path` (reads no file's content)."""
   p = epath.Path(path)  # local or gs://: a lima_jax checkpoint may live in a bucket
@@ -91,8 +104,9 @@ def read(path, *, kind: Optional[str] = None, tokenizer: str = "",
          need_tokenizer: bool = False) -> ModelFile:
   """The config and tokenizer of a model file, no array read. kind: what the caller was told
   the file is (then its reader names what is wrong), else `kind_of(path)`. tokenizer: a
-  SentencePiece `.model`, llama2.c `.bin` or tokenizer.json that replaces the file's own."""
-  path = str(path)
+  SentencePiece `.model`, llama2.c `.bin` or tokenizer.json that replaces the file's own.
+  A training run's directory opens its latest checkpoint (`resolve_run`)."""
+  path = resolve_run(path)
   k = kind or kind_of(path)
   if k not in KINDS:
     raise ValueError(f"kind must be one of {KINDS}, got {k!r}")
