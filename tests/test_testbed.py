@@ -232,7 +232,7 @@ def test_cloze_cache_is_reused_only_for_the_same_checkpoint_and_items(tmp_path, 
   from lima_jax.testbed import cloze
   calls = []
   monkeypatch.setattr(cloze, "accuracy", lambda ckpt, items: calls.append((ckpt, items)) or {
-      "accuracy": 0.5, "n": 2, "by_attr": {}})
+      "accuracy": 0.5, "n": 2, "by_attr": {}, "failed": [["A", "birth_year"]]})
   items, cache = tmp_path / "cloze.jsonl", tmp_path / "e1" / "retention.json"
   items.write_text('{"prefix": "A was born in", "value": "1970", "attr": "birth_year"}\n')
   cache.parent.mkdir()
@@ -247,6 +247,11 @@ def test_cloze_cache_is_reused_only_for_the_same_checkpoint_and_items(tmp_path, 
   cache.write_text("{not json")  # a damaged cache is measured again, and rewritten whole
   assert cloze.cached_accuracy(tmp_path / "ck/20", items, cache)["accuracy"] == 0.5
   assert len(calls) == 4 and json.loads(cache.read_text())["checkpoint"] == str(tmp_path / "ck/20")
+  old = json.loads(cache.read_text())
+  del old["failed"]  # a cache from before the failed items were listed is measured again
+  cache.write_text(json.dumps(old))
+  assert cloze.cached_accuracy(tmp_path / "ck/20", items, cache)["failed"] == [["A", "birth_year"]]
+  assert len(calls) == 5
 
 
 @pytest.mark.slow

@@ -27,24 +27,28 @@ def accuracy(checkpoint: pathlib.Path, cloze_file: pathlib.Path) -> dict:
   outs = gen.answer_ids([[tok.bos_id] + tok.encode(it["prefix"]) for it in items], dec,
                         progress=True)
   by_attr: dict = {}
+  failed = []
   for it, (ids, _) in zip(items, outs):
     ok = tok.decode(ids).lstrip().startswith(it["value"] + ".")
     by_attr.setdefault(it["attr"], []).append(ok)
+    if not ok and "person" in it:  # worlds built since issue 36 name the person
+      failed.append([it["person"], it["attr"]])
   flat = [x for v in by_attr.values() for x in v]
   return {"accuracy": sum(flat) / len(flat), "n": len(flat),
-          "by_attr": {a: sum(v) / len(v) for a, v in by_attr.items()}}
+          "by_attr": {a: sum(v) / len(v) for a, v in by_attr.items()}, "failed": failed}
 
 
 def cached_accuracy(checkpoint: pathlib.Path, cloze_file: pathlib.Path,
                     cache: pathlib.Path) -> dict:
   """`accuracy`, read from `cache` when it was measured on this checkpoint and cloze file
-  (sha256), else measured and written there (atomically)."""
+  (sha256) by this version (which lists the failed items), else measured and written there
+  (atomically)."""
   key = {"checkpoint": str(checkpoint),
          "cloze_sha256": hashlib.sha256(cloze_file.read_bytes()).hexdigest()}
   if cache.exists():
     try:
       old = json.loads(cache.read_text())
-      if all(old.get(k) == v for k, v in key.items()):
+      if all(old.get(k) == v for k, v in key.items()) and "failed" in old:
         return old
     except json.JSONDecodeError:
       pass  # a damaged cache is measured again

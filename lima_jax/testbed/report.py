@@ -114,6 +114,29 @@ def retention(workdir: pathlib.Path, seeds) -> dict:
               "retention_seeds": m["seeds"]} for a, m in by_arm.items()}
 
 
+def _experiments(workdir: pathlib.Path, v: dict, by_arm: dict, out: pathlib.Path,
+                 retention_seeds) -> None:
+  """Issue 36's sections, when the study has their arms: E1 (selector arms with scores) in
+  report/selection.{json,md}, E2 (poisoned arms) in report/dose.{json,md,png}, E3 (arms on
+  a larger base) in report/scale.{json,md,png}."""
+  from lima_jax.testbed import dose, scale, selection
+  if any(scale.ARM.fullmatch(a) and scale.ARM.fullmatch(a).group(2) for a in by_arm):
+    e3 = scale.verdict(by_arm)
+    files.write_json(out / "scale.json", e3)
+    files.write_atomic(out / "scale.md", scale.markdown(e3))
+    scale.figure(e3, out / "scale.png")
+    print(scale.markdown(e3))
+  if selection.curate_arms(workdir):
+    e1 = selection.verdict(workdir, v, by_arm)
+    files.write_json(out / "selection.json", e1)
+    files.write_atomic(out / "selection.md", selection.markdown(e1))
+    print(selection.markdown(e1))
+  if any(dose.ARM.fullmatch(a) and "_p" in a for a in by_arm):
+    e2 = dose.verdict(workdir, by_arm, cloze_too=0 in retention_seeds)
+    dose.write(out, e2)
+    print(dose.markdown(e2))
+
+
 def main(workdir: pathlib.Path, retention_seeds=(0,)) -> dict:
   by_arm = analysis.study_answers(workdir)
   v = analysis.verdict(by_arm)
@@ -127,6 +150,7 @@ def main(workdir: pathlib.Path, retention_seeds=(0,)) -> dict:
   order = sorted(by_arm, key=lambda a: (a.startswith("weak"), -v["arms"][a]["em_test"]))
   out = workdir / "report"
   out.mkdir(parents=True, exist_ok=True)
+  _experiments(workdir, v, by_arm, out, retention_seeds)
   files.write_json(out / "bioworld.json", v)
   md = markdown(v, order)
   files.write_atomic(out / "bioworld.md", md)

@@ -1,0 +1,118 @@
+"""Issue 36's verdict sections on hand-made answers: E2's dose figures and E1's selector
+figures against planted labels (every expected figure counted by hand in the comments)."""
+import json
+
+import pytest
+
+from lima_jax.testbed import dose
+
+
+def _test_rows(n_people: int, right: int) -> list[dict]:
+  """One test prompt a person; the first `right` people answered exactly."""
+  rows = []
+  for i in range(n_people):
+    exp = f"P{i} Q was born in 1950."
+    rows.append({"id": f"test/{i}/birth_year/visible", "expected": exp,
+                 "answer": exp if i < right else f"P{i} Q was born in 1951.",
+                 "tags": ["set=test", "attr=birth_year", "template=visible", "style=house"]})
+  return rows
+
+
+def _poison_rows(draw: int, k: int, flipped: int, kept: int) -> list[dict]:
+  rows = []
+  for rank in range(k):
+    exp, bad = f"Ann B{rank} studied at X.", f"Ann B{rank} studied at Y."
+    ans = bad if rank < flipped else exp if rank < flipped + kept else "Ann studied at Z."
+    rows.append({"id": f"poison/{draw}/{rank}", "expected": exp, "borrowed": bad,
+                 "answer": ans, "tags": ["set=poisoned", f"draw={draw}", f"rank={rank}",
+                                         "attr=university"]})
+  return rows
+
+
+def test_dose_figures_flips_costs_and_predictions(tmp_path):
+  # 40 test people. Clean c1k: all right (EM 1.0). K=10: 38 right (-5 points); its 10
+  # poisoned facts (of 12 asked: ranks 10-11 are K=100's only) 7 flipped, 2 kept.
+  # K=100: 30 right (-25 points), 100 asked, 60 flipped.
+  by_arm = {
+      "c1k": [_test_rows(40, 40)],
+      "c1k_p10_0": [_test_rows(40, 38) + _poison_rows(0, 12, 7, 2)],
+      "c1k_p100_0": [_test_rows(40, 30) + _poison_rows(0, 100, 60, 30)],
+      "d10k": [_test_rows(40, 40)],
+      "d10k_p10_0": [_test_rows(40, 40) + _poison_rows(0, 10, 2, 8)],
+      "r1k": [_test_rows(40, 3)],  # not a dose arm
+  }
+  e2 = dose.verdict(tmp_path, by_arm, cloze_too=False)
+  f = e2["arms"]
+  assert "r1k" not in f and f["c1k_p10_0"]["fraction"] == 0.01
+  assert f["d10k_p10_0"]["fraction"] == 0.001
+  assert f["c1k_p10_0"]["flipped"] == 0.7 and f["c1k_p10_0"]["kept"] == 0.2
+  assert f["c1k_p10_0"]["n_asked"] == 10
+  assert f["c1k_p100_0"]["flipped"] == 0.6 and f["d10k_p10_0"]["flipped"] == 0.2
+  assert e2["cost"][10]["diff"] == pytest.approx(-0.05)
+  assert e2["cost"][100]["diff"] == pytest.approx(-0.25)
+  assert e2["cost"]["d10k_p10"]["diff"] == 0
+  out = {p["name"]: p["outcome"] for p in e2["predictions"]}
+  # K=1 and K=300 were not run; 10 rows cost 5 points (R1: refuted); 100 cost 25 (E2c fails).
+  assert out["E2a"] == out["E2b"] == out["E2d"] == "not run"
+  assert out["E2c"] == "failed" and out["R1"] == "refuted" and out["R2"] == "not refuted"
+  assert e2["flipped_1k_vs_10k"] == {0: {"c1k": 0.7, "d10k": 0.2}}
+  dose.write(tmp_path, e2)
+  assert json.loads((tmp_path / "dose.json").read_text())["cost"]["10"]["diff"] < 0
+  assert "| c1k_p10_0 | 10 | 1.0% | 95.0 | 70.0 | 20.0 | - |" in (tmp_path / "dose.md").read_text()
+  assert (tmp_path / "dose.png").stat().st_size > 10_000
+
+
+def test_scale_verdict_reads_each_base_and_its_plateau(tmp_path):
+  from lima_jax.testbed import scale
+  # 2.2M: d2k 50%, d8k 60% (plateau 60), c1k 40, n10k 35. 6.9M: d2k 80, d8k 70 (plateau 80),
+  # c1k 78, n10k 50. The plateau rises 20 points, c1k is 2 below d2k, c1k - n10k widens 5 -> 28.
+  right = {"d2k": 20, "d8k": 24, "c1k": 16, "n10k": 14, "d2k_m": 32, "d8k_m": 28,
+           "c1k_m": 31.2, "n10k_m": 20}
+  by_arm = {a: [_test_rows(40, round(r))] for a, r in right.items() if r == round(r)}
+  by_arm["c1k_m"] = [_test_rows(40, 31), _test_rows(40, 31)]  # 77.5%
+  e3 = scale.verdict(by_arm)
+  small, large = e3["bases"][""], e3["bases"]["m"]
+  assert small["plateau"] == 0.6 and large["plateau"] == 0.8 and large["params"] == "6.9M"
+  assert large["c1k-d2k"]["diff"] == pytest.approx(-0.025)
+  assert small["c1k-n10k"]["diff"] == pytest.approx(0.05)
+  out = {p["name"]: p["outcome"] for p in e3["predictions"]}
+  assert out == {"E3a": "held", "E3b": "failed"}
+  scale.figure(e3, tmp_path / "scale.png")
+  assert (tmp_path / "scale.png").stat().st_size > 10_000
+  assert "| 6.9M |" in scale.markdown(e3)
+  assert {p["outcome"] for p in scale.verdict({"c1k": by_arm["c1k"]})["predictions"]} == {
+      "not run"}
+
+
+def test_selector_figures_against_planted_labels(tmp_path):
+  from lima_jax.testbed import selection
+  # Pool lines 1-5 clean, 6-8 borrowed, 9-10 format. The loss selector (lowest kept) chose 4:
+  # lines 1 (0.1), 8 (0.15), 2 (0.2), 3 (0.3); line 10 was removed by a filter (no score).
+  labels = ["clean"] * 5 + ["borrowed"] * 3 + ["format"] * 2
+  raw = tmp_path / "raw.jsonl"
+  raw.write_text("".join(json.dumps({"noise": x}) + "\n" for x in labels))
+  loss = [0.1, 0.2, 0.3, 0.4, 2.0, 1.0, 3.0, 0.15, 0.5, None]
+  chosen = {1, 2, 3, 8}
+  scores = tmp_path / "data.scores.jsonl"
+  scores.write_text("".join(json.dumps({
+      "origin": f"{raw}:{i}", "score": s, "chosen": i in chosen,
+      "stage": "sanity" if s is None else None}) + "\n" for i, s in enumerate(loss, 1)))
+  f = selection.selector_figures(scores, selection.read_labels(raw), "loss")
+  assert f["precision"] == 0.75 and f["filtered"] == 1 and f["n_chosen"] == 4
+  b = f["kinds"]["borrowed"]
+  assert b["share"] == 0.25 and b["removed"] == pytest.approx(1 - 0.25 / 0.3)
+  # Clean below borrowed: vs 1.0 four clean rows, vs 3.0 all five, vs 0.15 one: 10 of 15.
+  assert b["auroc"] == pytest.approx(10 / 15)
+  # The one scored format row (0.5) is above four of the five clean rows.
+  assert f["kinds"]["format"] == {"share": 0, "removed": 1, "auroc": pytest.approx(0.8)}
+  assert f["kinds"]["other_attr"]["auroc"] is None  # none in the pool
+  # ifd keeps the highest at most 1: a row above 1 ranks last whatever its value.
+  ifd = [0.9, 0.8, 0.7, 0.6, 0.5, 5.0, 0.95, 0.1, 0.3, None]
+  scores.write_text("".join(json.dumps({
+      "origin": f"{raw}:{i}", "score": s, "chosen": False, "stage": None}) + "\n"
+      for i, s in enumerate(ifd, 1)))
+  g = selection.selector_figures(scores, labels, "ifd")
+  # borrowed 5.0 (last), 0.95 (above all clean), 0.1 (below all): 5 + 0 + 5 of 15.
+  assert g["kinds"]["borrowed"]["auroc"] == pytest.approx(10 / 15)
+  with pytest.raises(Exception, match="raw pool has 9"):
+    selection.selector_figures(scores, labels[:9], "ifd")
