@@ -122,7 +122,7 @@ def test_ifd_selector_end_to_end_from_a_checkpoint(tmp_path, scorer):
   config = curate_config.get_config("ifd")
   config.update(dict(n=3, filters="exact_dedup", allow_fewer=False))
   config.report.diversity = False
-  config.model.checkpoint = str(tmp_path / "ckpt")
+  config.scorer = str(tmp_path / "ckpt")
   config.model.max_len = MAX_LEN
   config.ifd.max_ifd = 100.0
   curation = pipeline.curate(RECORDS, config)
