@@ -84,10 +84,16 @@ def check_scorer(path: str, tokenizer: str = "") -> None:
                     "model (a lima_jax checkpoint, a Hugging Face directory, a GGUF or "
                     "llama2.c file)")
   try:
-    meta = model_file.read(path, tokenizer=tokenizer)
+    meta = model_file.read(path)
   except UserError as e:
     raise UserError(f"config scorer: {e}") from None
-  if not tokenizer and meta.tokenizer is None:
+  if tokenizer:
+    from lima_jax.tokenizer import load  # pylint: disable=g-import-not-at-top
+    try:
+      load(tokenizer)
+    except UserError as e:
+      raise UserError(f"config model.tokenizer: {e}") from None
+  elif meta.tokenizer is None:
     raise UserError(f"config model.tokenizer: required ({path} holds no tokenizer)")
 
 
