@@ -161,10 +161,15 @@ def test_consistency_is_the_worst_answer_token_of_the_plain_text(scorer):
            for s in (scorer, long)}
   for row, record in enumerate((RECORDS[1], RECORDS[4])):
     turns = [tok.encode(t) for t in record.conversations]
+    text = [tok.bos_id] + [i for t in turns for i in t]
+    # nll[j] is the surprise at tokens[j + 1]; without an end token, a prefix of EOS's.
+    by_end = {end: nll_by_hand(scorer, text + [i]) for end, i in (("eos", tok.eos_id),
+                                                                   ("bos", tok.bos_id))}
+    by_end["none"] = by_end["eos"][:-1]
     for (skip, end, max_len), got in parts.items():
       last = {"eos": [tok.eos_id], "bos": [tok.bos_id], "none": []}[end]
-      tokens = [tok.bos_id] + [i for t in turns for i in t] + last
-      nll = nll_by_hand(scorer, tokens)  # nll[j] is the surprise at tokens[j + 1]
+      tokens = text + last
+      nll = by_end[end]
       judged, at = [], 0  # positions in `tokens` less one
       for k, t in enumerate(turns):
         if k % 2:
