@@ -22,8 +22,7 @@ from lima_jax.errors import UserError, cli_main, parse_flags
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Curation config: configs/curate.py[:PRESET] (random, longest, quality, "
     "diverse, diverse_minilm, lima_rules, ifd, loss, consistency, influence); override fields "
-    "with "
-    "--config.a.b=value.",
+    "with --config.a.b=value.",
     lock_config=True)
 _OUT = flags.DEFINE_string(
     "out", None, "Chosen conversations as LIMA-format JSONL (conversations, source, origin, "
