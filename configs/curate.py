@@ -42,17 +42,32 @@ cores: 22-44 s per preset with its report; diverse_minilm ~10 min (MiniLM on CPU
       --config.quotas=stackexchange=400,authors=200,wikihow=200,writingprompts=150,nlp=50 \
       --config.quota_shortfall=fill --out=/tmp/lima_mix.jsonl
 
-Model-based presets (need a lima_jax checkpoint: `python -m lima_jax.convert` makes one):
+Model-based presets: --config.scorer=MODEL, any model file lima_jax opens (a lima_jax
+checkpoint, a Hugging Face directory, GGUF, llama2.c .bin with --config.model.tokenizer):
 
-  ifd             the n highest instruction-following difficulty (loss of the response with
-                  the prompt / without it) at most ifd.max_ifd; --config.model.checkpoint=DIR.
+  ifd             as published (Li et al. 2023): the n highest instruction-following difficulty
+                  (loss of the response with the prompt / without it) among those at most
+                  ifd.max_ifd (1.0: above it the prompt does not help predict the response).
+  loss            the n lowest mean answer NLL in the training format, L(response | prompt):
+                  IFD's numerator alone. Favours answers the scorer already finds likely.
+  consistency     knowledge consistency: each row read as a plain document (BOS, prompt + " " +
+                  answer, the end token), as a base was pretrained; its score is the worst
+                  (highest) per-token NLL over the answer's tokens and the end token. The n
+                  lowest are kept: a stated fact the base knows otherwise is one very surprising
+                  token, a cut-off answer a surprising end. consistency.max_nll > 0 also removes
+                  rows above it as a filter (listed, with the reason). Use the BASE the choice
+                  will train, not a tuned model: it is the base's knowledge being checked.
   influence       LESS-style: the n records whose loss gradient (CountSketch-projected) is
                   most similar to a target set's; --config.influence.target=FILE too.
                   Cost: one backward pass per record; per-example gradients of
                   influence.batch_size records are held at once.
 
-    python -m lima_jax.curate --config=configs/curate.py:ifd --config.pool=POOL.jsonl \
-      --config.model.checkpoint=/tmp/ckpt --config.n=1000 --out=/tmp/ifd.jsonl
+    python -m lima_jax.curate --config=configs/curate.py:consistency --config.pool=POOL.jsonl \
+      --config.scorer=/tmp/base_ckpt --config.n=1000 --out=/tmp/chosen.jsonl \
+      --scores=/tmp/scores.jsonl
+
+--scores=F.jsonl writes one line per pool row read (origin, source, score, chosen, and the
+stage and reason of a removed row): see docs/curation.md.
 
 The config is locked: a misspelled or wrongly typed override fails at start-up.
 """
@@ -60,7 +75,7 @@ import ml_collections
 
 _COMMON_FILTERS = "exact_dedup,near_dedup,test_overlap,truncated,sanity"
 PRESETS = ("random", "longest", "quality", "diverse", "diverse_minilm", "lima_rules", "ifd",
-           "influence")
+           "loss", "consistency", "influence")
 
 
 def get_config(preset: str = "quality") -> ml_collections.ConfigDict:
@@ -108,7 +123,8 @@ def get_config(preset: str = "quality") -> ml_collections.ConfigDict:
   c.sanity.min_unique_line_ratio = 0.5  # Distinct / all lines, for responses of 5+ lines.
 
   c.selector = preset.removesuffix("_minilm") if preset != "lima_rules" else "random"
-  # (random, longest, quality, diverse, ifd, influence: see lima_jax/curate/selectors.py)
+  # (random, longest, quality, diverse, ifd, loss, consistency, influence: see
+  # lima_jax/curate/selectors.py)
   c.quality = ml_collections.ConfigDict()
   c.quality.target_chars = 1200  # Length component reaches 1.0 here...
   c.quality.max_chars = 4096  # ...and falls as max_chars/chars beyond this.
@@ -116,19 +132,30 @@ def get_config(preset: str = "quality") -> ml_collections.ConfigDict:
       dict(length=1.0, structure=1.0, formatting=1.0, relevance=1.0, voice=1.0))
   c.ifd = ml_collections.ConfigDict()
   c.ifd.max_ifd = 1.0  # IFD above this (the prompt does not help predict the answer): left out.
+  c.consistency = ml_collections.ConfigDict()
+  # Answer tokens not judged at the start of each answer: its first tokens follow the prompt
+  # directly and are surprising for how the answer opens ("Sure!", a list marker, a name
+  # the prompt did not announce), not for what it states. 0 judges them all.
+  c.consistency.skip_first = 0
+  c.consistency.max_nll = 0.0  # > 0: rows whose worst token NLL is above it are removed.
+  # The token a document ends with in the scorer's pretraining, scored after the answer:
+  # 'eos' (lima_jax pretraining, most bases), 'bos' (llama2.c bases, whose documents are only
+  # separated by BOS) or 'none' (do not judge where the answer ends).
+  c.consistency.end = "eos"
   c.influence = ml_collections.ConfigDict()
   c.influence.target = ""  # Conversation file(s) of examples like the ones wanted.
   c.influence.dim = 1024  # CountSketch dimensions of the gradient features.
   c.influence.batch_size = 4  # Per-example gradients held at once (memory: this x params).
-  # The model of the ifd and influence selectors: a lima_jax checkpoint directory.
+  # The model of the ifd, loss, consistency and influence selectors: any model file
+  # lima_jax.formats.model_file opens; how it is read is under `model`.
+  c.scorer = ""
   c.model = ml_collections.ConfigDict()
-  c.model.checkpoint = ""
-  c.model.tokenizer = ""  # '' = the checkpoint's own; else a SentencePiece/llama2.c file.
+  c.model.tokenizer = ""  # '' = the scorer's own; else a SentencePiece/llama2.c/tokenizer.json.
   c.model.max_len = 2048  # Conversations are trimmed to this many tokens (as in training).
   # A base model without EOT grows its vocabulary to a multiple of this, as the training run on
   # the choice will (configs/lima.py model.vocab_multiple): padding rows change the softmax.
   c.model.vocab_multiple = 128
-  c.model.batch_size = 8  # Sequences per forward pass (ifd).
+  c.model.batch_size = 8  # Sequences per forward pass (ifd, loss, consistency).
   c.diverse = ml_collections.ConfigDict()
   # 'kcenter' (greedy coverage) | 'kmeans' (one per cluster); see the presets above.
   c.diverse.method = "kmeans" if preset == "diverse" else "kcenter"

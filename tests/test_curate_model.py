@@ -1,4 +1,5 @@
-"""Model-based curation scores (IFD, gradient influence) with a tiny random LLaMA."""
+"""Model-based curation scores (IFD, loss, consistency, influence) with a tiny random LLaMA."""
+import dataclasses
 import pathlib
 
 from flax import linen as nn
@@ -122,7 +123,7 @@ def test_ifd_selector_end_to_end_from_a_checkpoint(tmp_path, scorer):
   config = curate_config.get_config("ifd")
   config.update(dict(n=3, filters="exact_dedup", allow_fewer=False))
   config.report.diversity = False
-  config.model.checkpoint = str(tmp_path / "ckpt")
+  config.scorer = str(tmp_path / "ckpt")
   config.model.max_len = MAX_LEN
   config.ifd.max_ifd = 100.0
   curation = pipeline.curate(RECORDS, config)
@@ -133,3 +134,83 @@ def test_ifd_selector_end_to_end_from_a_checkpoint(tmp_path, scorer):
   config.ifd.max_ifd = 0.0
   with pytest.raises(Exception, match="found only 0 of the 3"):
     pipeline.curate(RECORDS, config)
+
+
+def nll_by_hand(scorer, tokens):
+  """Next-token NLLs of one unpadded sequence: the model's logits, log-softmax in numpy."""
+  logits = np.asarray(jax.jit(scorer.model.apply)({"params": scorer.params},
+                                                  jnp.asarray(np.asarray(tokens)[None, :-1]))[0],
+                      np.float64)
+  logits -= logits.max(-1, keepdims=True)
+  logp = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
+  return -logp[np.arange(len(tokens) - 1), np.asarray(tokens)[1:]]
+
+
+def test_consistency_is_the_worst_answer_token_of_the_plain_text(scorer):
+  tok = scorer.tok
+  # With this tokenizer these turns tokenize the same alone as inside the joined text (checked
+  # here), so the answer's tokens are known without the library's boundary search.
+  for record in (RECORDS[1], RECORDS[4]):
+    assert tok.encode(" ".join(record.conversations)) == [
+        i for turn in record.conversations for i in tok.encode(turn)]
+  # At max_len 64 both fit; at MAX_LEN (32) both are cut and only what is left is judged.
+  long = dataclasses.replace(scorer, max_len=64)
+  parts = {(skip, end, s.max_len): model_scores.consistency(
+               s, [RECORDS[1], RECORDS[4]], batch_size=2, skip_first=skip, end=end)
+           for skip, end in ((0, "eos"), (2, "eos"), (0, "bos"), (0, "none"))
+           for s in (scorer, long)}
+  for row, record in enumerate((RECORDS[1], RECORDS[4])):
+    turns = [tok.encode(t) for t in record.conversations]
+    text = [tok.bos_id] + [i for t in turns for i in t]
+    # nll[j] is the surprise at tokens[j + 1]; without an end token, a prefix of EOS's.
+    by_end = {end: nll_by_hand(scorer, text + [i]) for end, i in (("eos", tok.eos_id),
+                                                                   ("bos", tok.bos_id))}
+    by_end["none"] = by_end["eos"][:-1]
+    for (skip, end, max_len), got in parts.items():
+      last = {"eos": [tok.eos_id], "bos": [tok.bos_id], "none": []}[end]
+      tokens = text + last
+      nll = by_end[end]
+      judged, at = [], 0  # positions in `tokens` less one
+      for k, t in enumerate(turns):
+        if k % 2:
+          judged += list(range(at + skip, at + len(t)))
+        at += len(t)
+      judged += [at] if last else []
+      judged = [j for j in judged if j + 1 < max_len]
+      assert MAX_LEN < len(tokens) <= 64  # so both cases are what the comment says
+      assert got[row]["consistency"] == pytest.approx(nll[judged].max(), rel=2e-5)
+      assert got[row]["mean_nll"] == pytest.approx(nll[judged].mean(), rel=2e-5)
+      assert got[row]["worst_token"] == int(np.argmax(nll[judged]))
+
+
+def test_loss_and_consistency_presets_choose_the_lowest(tmp_path, scorer):
+  cfg = get_size("tiny", vocab_size=scorer.tok.padded_vocab_size())
+  checkpoint.save(tmp_path / "ckpt", scorer.params, {"model_config": cfg.to_dict(),
+                                                     "tokenizer": scorer.tok.to_meta()})
+  config = curate_config.get_config("loss")
+  config.update(dict(n=3, filters="exact_dedup", scorer=str(tmp_path / "ckpt")))
+  config.report.diversity = False
+  config.model.max_len = MAX_LEN
+  curation = pipeline.curate(RECORDS, config)
+  from lima_jax.data import batches as data  # pylint: disable=g-import-not-at-top
+  by_hand = []
+  for r in RECORDS:
+    e = data.encode_conversation(r.conversations, scorer.tok, MAX_LEN)
+    by_hand.append(nll_by_hand(scorer, e.tokens)[e.loss_mask[1:]].mean())
+  assert [i for i, _ in curation.chosen] == list(np.argsort(by_hand)[:3])
+  for i, pick in curation.chosen:
+    assert pick.score == pytest.approx(by_hand[i], rel=2e-5)
+  assert [s for _, s in curation.scored] == pytest.approx(by_hand, rel=2e-5)
+
+  config = curate_config.get_config("consistency")
+  config.update(dict(n=2, filters="exact_dedup", scorer=str(tmp_path / "ckpt")))
+  config.report.diversity = False
+  config.model.max_len = MAX_LEN
+  worst = [s for _, s in pipeline.curate(RECORDS, config).scored]
+  config.consistency.max_nll = float(np.median(worst))  # removes the two above the median
+  curation = pipeline.curate(RECORDS, config)
+  above = {RECORDS[i].origin for i in np.argsort(worst)[3:]}
+  assert {r.origin for r, stage, _ in curation.removed if stage == "consistency"} == above
+  assert [s.name for s in curation.stages][-2:] == ["consistency", "select:consistency"]
+  assert [curation.candidates[i].origin for i, _ in curation.chosen] == [
+      RECORDS[i].origin for i in np.argsort(worst)[:2]]

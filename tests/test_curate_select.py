@@ -226,3 +226,23 @@ def test_diverse_preset_covers_six_topics_in_a_mixed_pool_for_every_seed():
     if chosen != sorted(SIX_TOPICS):
       missed.append(seed)
   assert not missed, f"a topic missed at seeds {missed}"
+
+
+def test_scores_file_without_a_model_scores_only_the_chosen():
+  import json  # pylint: disable=g-import-not-at-top
+  from lima_jax.curate import io  # pylint: disable=g-import-not-at-top
+  records = topic_pool(per_topic=3)
+  # An exact duplicate (a row of its own: its own origin), removed before any selector runs.
+  records.insert(2, Record(records[0].conversations, records[0].source, "cooking:copy"))
+  config = curate_config.get_config("random")
+  config.update(dict(n=4, filters="exact_dedup", seed=3))
+  config.report.diversity = False
+  curation = pipeline.curate(records, config)
+  lines = [json.loads(line) for line in io.scores_jsonl(curation).splitlines()]
+  assert [l["origin"] for l in lines] == [r.origin for r in records]
+  draws = {curation.candidates[i].origin: p.score for i, p in curation.chosen}
+  assert sum(l["chosen"] for l in lines) == 4
+  for l in lines:
+    assert l["score"] == (pytest.approx(draws[l["origin"]]) if l["chosen"] else None)
+  assert (lines[2]["stage"], lines[2]["chosen"]) == ("exact_dedup", False)
+  assert [l["stage"] for l in lines].count(None) == len(records) - 1

@@ -9,6 +9,8 @@ Command line: `python -m lima_jax.curate` (see configs/curate.py). Python:
 
 Modules: `filters` (LIMA rules, truncation, sanity, markup), `dedup` (exact, near, test
 overlap), `quality` (heuristic score), `embed` (TF-IDF or MiniLM), `selectors`, `quotas`,
-`model_scores` (IFD and gradient influence with a lima_jax model; the only module that
-imports JAX, and only when those selectors run), `pipeline`, `report` / `report_html`, `io`.
+`model_scores` (IFD, answer loss, knowledge consistency and gradient influence with a model;
+the only module that imports JAX, and only when those selectors run), `plain_text` (a row as
+a pretraining document, for consistency), `pipeline`, `report` / `report_html`, `io`,
+`agreement` (AUROC and precision of a choice against known labels).
 """

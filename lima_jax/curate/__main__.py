@@ -8,6 +8,7 @@ pool row, an unknown filter, a quota a source cannot fill) stops the run with on
 naming the file, row or field, before any output is written; outputs are written to
 temporary files and renamed, so an existing good file is never left half-overwritten.
 """
+import os
 import pathlib
 import shlex
 import sys
@@ -20,8 +21,8 @@ from lima_jax.errors import UserError, cli_main, parse_flags
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Curation config: configs/curate.py[:PRESET] (random, longest, quality, "
-    "diverse, diverse_minilm, lima_rules, ifd, influence); override fields with "
-    "--config.a.b=value.",
+    "diverse, diverse_minilm, lima_rules, ifd, loss, consistency, influence); override fields "
+    "with --config.a.b=value.",
     lock_config=True)
 _OUT = flags.DEFINE_string(
     "out", None, "Chosen conversations as LIMA-format JSONL (conversations, source, origin, "
@@ -30,6 +31,10 @@ _REPORT = flags.DEFINE_string(
     "report", "", "Optional report page PATH.html; its figures are also written as PATH.json.")
 _REMOVED = flags.DEFINE_string(
     "removed", "", "Optional JSONL of every removed record: origin, source, stage, reason.")
+_SCORES = flags.DEFINE_string(
+    "scores", "", "Optional JSONL, one line per pool row read, in pool order: origin, source, "
+    "the selector's score (null for a row removed before scoring), chosen (true/false), and "
+    "the stage and reason that removed it (null when none did).")
 flags.mark_flags_as_required(["config", "out"])
 
 
@@ -45,9 +50,15 @@ def _outputs() -> dict[str, pathlib.Path]:
     outputs["report_json"] = report.with_suffix(".json")
   if _REMOVED.value:
     outputs["removed"] = pathlib.Path(_REMOVED.value)
+  if _SCORES.value:
+    outputs["scores"] = pathlib.Path(_SCORES.value)
   for flag, path in outputs.items():
+    name = flag.split("_")[0]
     if not path.parent.is_dir():
-      raise UserError(f"--{flag.split('_')[0]}: directory {path.parent} does not exist")
+      raise UserError(f"--{name}: directory {path.parent} does not exist")
+    if path.is_dir() or not os.access(path.parent, os.W_OK):
+      raise UserError(f"--{name}: {path} cannot be written"
+                      + (" (it is a directory)" if path.is_dir() else ""))
   return outputs
 
 
@@ -58,10 +69,13 @@ def main(argv):
   outputs = _outputs()
   # Imported here so that --help and flag errors stay fast (scikit-learn, datasketch).
   # pylint: disable-next=g-import-not-at-top
-  from lima_jax.curate import io, pipeline, report, report_html
+  from lima_jax.curate import io, pipeline, report, report_html, selectors
 
   config = _CONFIG.value
   pipeline.validate(config)
+  if config.selector in selectors.MODEL_SELECTORS:  # a bad path fails now, not after filtering
+    from lima_jax.curate import model_scores  # pylint: disable=g-import-not-at-top
+    model_scores.check_scorer(config.scorer, config.model.tokenizer)
   start = time.perf_counter()
   pool_paths = io.split_paths(config.pool, "pool")
   if not pool_paths:
@@ -75,6 +89,8 @@ def main(argv):
   texts = {"out": io.chosen_jsonl(chosen)}
   if "removed" in outputs:
     texts["removed"] = io.removed_jsonl(curation.removed)
+  if "scores" in outputs:
+    texts["scores"] = io.scores_jsonl(curation)
   if "report" in outputs:
     command = "python -m lima_jax.curate " + shlex.join(sys.argv[1:])
     fig = report.figures(curation, config, command=command, problems=problems)

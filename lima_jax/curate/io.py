@@ -1,10 +1,11 @@
-"""Files in and out of curation: pools and test sets in, chosen/removed JSONL out.
+"""Files in and out of curation: pools and test sets in, chosen/removed/scores JSONL out.
 
 Pools and test sets are read with `lima_jax.datasets.read_records` (the project's one
 reader). Outputs are written to a temporary file beside the target and renamed over it, so
 an interrupted or failed run never leaves a half-written file where a good one was.
 """
 import json
+import math
 import os
 from typing import Any, Iterable, Sequence
 
@@ -70,3 +71,24 @@ def removed_jsonl(removed: Iterable[tuple[Any, str, str]]) -> str:
   return "".join(json.dumps({"origin": r.origin, "source": r.source, "stage": stage,
                              "reason": why}, ensure_ascii=False) + "\n"
                  for r, stage, why in removed)
+
+
+def scores_jsonl(curation: Any) -> str:
+  """One line per pool record, in pool order: origin, source, the selector's score (null
+  where it gave none: a row a filter removed before scoring, and for random and diverse a
+  row not chosen), chosen, and the stage and reason that removed it (null when none did).
+
+  Records are matched by origin, unique per pool row unless one file is given twice.
+  """
+  removed = {r.origin: (stage, why) for r, stage, why in curation.removed}
+  scored = {r.origin: score for r, score in curation.scored}
+  chosen = {curation.candidates[i].origin: pick.score for i, pick in curation.chosen}
+  lines = []
+  for r in curation.pool:
+    score = scored.get(r.origin, chosen.get(r.origin))
+    stage, why = removed.get(r.origin, (None, None))
+    lines.append(json.dumps({
+        "origin": r.origin, "source": r.source,
+        "score": None if score is None or not math.isfinite(score) else round(score, 6),
+        "chosen": r.origin in chosen, "stage": stage, "reason": why}, ensure_ascii=False))
+  return "".join(line + "\n" for line in lines)

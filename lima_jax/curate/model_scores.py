@@ -1,10 +1,11 @@
-"""Model-based scores: instruction-following difficulty (IFD) and gradient influence.
+"""Model-based scores: IFD, answer loss, knowledge consistency and gradient influence.
 
-Both run a lima_jax model (`load_scorer`: any model file `lima_jax.formats.model_file` opens),
+All run a lima_jax model (`load_scorer`: any model file `lima_jax.formats.model_file` opens),
 batched and jitted, on CPU, GPU or TPU. Records are encoded as in training
 (`lima_jax.data.encode_conversation`: BOS, each utterance then EOT, loss on assistant tokens and
-their EOT), sorted by length and padded to power-of-two lengths, so only a handful of shapes are
-ever compiled.
+their EOT), except by `consistency` (plain text, `lima_jax.curate.plain_text`); sequences are
+sorted by length and padded to power-of-two lengths, so only a handful of shapes are ever
+compiled.
 
   ifd        Li et al. 2023 ("From Quantity to Quality"): IFD = L(response | prompt) /
              L(response), each the mean next-token NLL over the response tokens, with and
@@ -12,6 +13,10 @@ ever compiled.
              the answer (a mismatched pair); the higher below 1, the more the example has to
              teach. When trimming to max_len cuts the response, both losses cover the same
              surviving response tokens.
+  loss       L(response | prompt) alone: IFD's numerator, the same computation.
+  consistency  the worst (highest) next-token NLL over each answer read as a plain document
+             (`plain_text.encode`): one wrong fact is one surprising token, which a mean over
+             a long answer would dilute.
   influence  LESS-style (Xia et al. 2024): the gradient of each record's mean loss over all
              parameters, projected to `dim` numbers by a CountSketch (each parameter adds
              +-its gradient to one of `dim` buckets, both drawn from a seed: a sparse
@@ -61,14 +66,35 @@ def load_scorer(path: str, *, tokenizer: str = "", max_len: int = 2048,
   `vocab_multiple` (the training config's `model.vocab_multiple`), since every padding row
   takes part in the softmax the scores are computed from."""
   from lima_jax.formats import model_file
-  if not path:
-    raise UserError("config model.checkpoint: the ifd and influence selectors need a model "
-                    "(a lima_jax checkpoint, a Hugging Face directory, a GGUF or llama2.c file)")
-  if not tokenizer and model_file.read(path).tokenizer is None:  # before the weights load
-    raise UserError(f"config model.tokenizer: required ({path} holds no tokenizer)")
-  m = model_file.open(path, tokenizer=tokenizer, need_tokenizer=False,
-                      vocab_multiple=vocab_multiple)
+  check_scorer(path, tokenizer)
+  try:
+    m = model_file.open(path, tokenizer=tokenizer, need_tokenizer=False,
+                        vocab_multiple=vocab_multiple)
+  except UserError as e:
+    raise UserError(f"config scorer: {e}") from None
   return Scorer(model_lib.Transformer(m.config), m.params, m.tokenizer, max_len)
+
+
+def check_scorer(path: str, tokenizer: str = "") -> None:
+  """Fails with one line when `path` is not a model file with a tokenizer; reads no weights,
+  so a run can check it before hours of filtering."""
+  from lima_jax.formats import model_file
+  if not path:
+    raise UserError("config scorer: the ifd, loss, consistency and influence selectors need a "
+                    "model (a lima_jax checkpoint, a Hugging Face directory, a GGUF or "
+                    "llama2.c file)")
+  try:
+    meta = model_file.read(path)
+  except UserError as e:
+    raise UserError(f"config scorer: {e}") from None
+  if tokenizer:
+    from lima_jax.tokenizer import load  # pylint: disable=g-import-not-at-top
+    try:
+      load(tokenizer)
+    except UserError as e:
+      raise UserError(f"config model.tokenizer: {e}") from None
+  elif meta.tokenizer is None:
+    raise UserError(f"config model.tokenizer: required ({path} holds no tokenizer)")
 
 
 def response_only(record: Any, tok: Tokenizer, keep: int) -> data.Encoded:
@@ -106,28 +132,70 @@ def _token_nll(model, params, rows):
   return jnp.where(rows["loss_mask"], nll, 0.0)
 
 
+def token_losses(scorer: Scorer, encoded: Sequence[data.Encoded], *, batch_size: int = 8,
+                 desc: str = "loss") -> list[np.ndarray]:
+  """Each sequence's next-token NLLs on its loss tokens, in order (float32)."""
+  step = scorer.step("nll", lambda: jax.jit(
+      lambda p, rows: _token_nll(scorer.model, p, rows)))
+  out: list[np.ndarray] = [np.zeros(0, np.float32)] * len(encoded)
+  params = nn.unbox(scorer.params)
+  for idx, rows in _batches(encoded, batch_size, scorer.max_len, desc):
+    nll = np.asarray(jax.device_get(step(params, rows)))
+    for row, i in enumerate(idx):
+      out[i] = nll[row][rows["loss_mask"][row]]
+  return out
+
+
 def mean_losses(scorer: Scorer, encoded: Sequence[data.Encoded], *, batch_size: int = 8,
                 desc: str = "loss") -> np.ndarray:
   """Mean NLL over each sequence's loss tokens (NaN where it has none)."""
-  step = scorer.step("loss", lambda: jax.jit(
-      lambda p, rows: (_token_nll(scorer.model, p, rows).sum(1), rows["loss_mask"].sum(1))))
-  out = np.full(len(encoded), np.nan)
-  params = nn.unbox(scorer.params)
-  for idx, rows in _batches(encoded, batch_size, scorer.max_len, desc):
-    total, count = jax.device_get(step(params, rows))
-    n = len(idx)
-    with np.errstate(invalid="ignore", divide="ignore"):
-      out[idx] = np.where(count[:n] > 0, total[:n] / np.maximum(count[:n], 1), np.nan)
-  return out
+  return np.array([x.astype(np.float64).mean() if len(x) else np.nan
+                   for x in token_losses(scorer, encoded, batch_size=batch_size, desc=desc)])
+
+
+def training_format(scorer: Scorer, records: Sequence[Any]) -> list[data.Encoded]:
+  return [data.encode_conversation(r.conversations, scorer.tok, scorer.max_len)
+          for r in records]
+
+
+def answer_loss(scorer: Scorer, records: Sequence[Any], *, batch_size: int = 8,
+                encoded: Sequence[data.Encoded] | None = None,
+                desc: str = "loss: answer given prompt") -> np.ndarray:
+  """L(response | prompt) per record: the mean NLL of the assistant tokens and their EOT in
+  the training format (NaN when trimming to max_len leaves none). `encoded`: the records'
+  `training_format`, when the caller has it already."""
+  if encoded is None:
+    encoded = training_format(scorer, records)
+  return mean_losses(scorer, encoded, batch_size=batch_size, desc=desc)
+
+
+def consistency(scorer: Scorer, records: Sequence[Any], *, batch_size: int = 8,
+                skip_first: int = 0, end: str = "eos") -> list[dict[str, float]]:
+  """{consistency, mean_nll, worst_token} per record: the highest and the mean NLL over the
+  judged tokens (`plain_text.encode`), and the worst one's index among them (NaN when none
+  is judged)."""
+  from lima_jax.curate import plain_text  # pylint: disable=g-import-not-at-top
+  encoded = [plain_text.encode(r, scorer.tok, scorer.max_len, skip_first=skip_first, end=end)
+             for r in tqdm(records, desc="consistency: encoding", unit="row",
+                           disable=len(records) < 1000, leave=False)]
+  parts = []
+  for nll in token_losses(scorer, encoded, batch_size=batch_size, desc="consistency"):
+    if not len(nll):
+      parts.append({"consistency": np.nan, "mean_nll": np.nan, "worst_token": np.nan})
+      continue
+    worst = int(np.argmax(nll))
+    parts.append({"consistency": float(nll[worst]), "mean_nll": float(nll.mean()),
+                  "worst_token": float(worst)})
+  return parts
 
 
 def ifd(scorer: Scorer, records: Sequence[Any], *,
         batch_size: int = 8) -> list[dict[str, float]]:
   """{loss_conditional, loss_response, ifd} per record (NaN when no response token fits)."""
-  conditional = [data.encode_conversation(r.conversations, scorer.tok, scorer.max_len)
-                 for r in records]
+  conditional = training_format(scorer, records)
   alone = [response_only(r, scorer.tok, c.n_loss_tokens) for r, c in zip(records, conditional)]
-  cond = mean_losses(scorer, conditional, batch_size=batch_size, desc="ifd: with prompt")
+  cond = answer_loss(scorer, records, batch_size=batch_size, encoded=conditional,
+                     desc="ifd: with prompt")
   resp = mean_losses(scorer, alone, batch_size=batch_size, desc="ifd: response alone")
   with np.errstate(invalid="ignore", divide="ignore"):
     ratio = cond / resp

@@ -14,7 +14,7 @@ from absl import logging
 import ml_collections
 import numpy as np
 
-from lima_jax.curate import dedup, embed, filters, quotas, selectors, text
+from lima_jax.curate import dedup, embed, filters, plain_text, quotas, selectors, text
 from lima_jax.curate.filters import FilterResult
 from lima_jax.curate.selectors import Pick
 from lima_jax.errors import UserError
@@ -56,7 +56,10 @@ class Curation:
   candidates: list[Any]  # the records that passed every filter
   chosen: list[tuple[int, Pick]]  # (index into candidates, pick), in pick order
   embeddings: np.ndarray | None = None  # of the candidates, when computed
-  model_scores: Any = None  # per-candidate IFD parts or influence similarities
+  model_scores: Any = None  # per-candidate IFD / loss / consistency parts or similarities
+  # Every record a model selector scored, with its score (the one Pick.score holds), those a
+  # threshold then removed (consistency.max_nll) included; empty for the other selectors.
+  scored: list[tuple[Any, float]] = dataclasses.field(default_factory=list)
 
 
 def per_source(records: Sequence[Any]) -> dict[str, int]:
@@ -107,9 +110,15 @@ def validate(config: ml_collections.ConfigDict) -> None:
   weights = dict(config.quality.weights)
   if min(weights.values()) < 0 or sum(weights.values()) <= 0:
     raise UserError(f"config quality.weights must be >= 0 with a positive sum, got {weights}")
-  if config.selector in ("ifd", "influence") and not config.model.checkpoint:
-    raise UserError(f"config model.checkpoint: the {config.selector} selector needs a lima_jax "
-                    "checkpoint (python -m lima_jax.convert makes one)")
+  if config.selector in selectors.MODEL_SELECTORS and not config.scorer:
+    raise UserError(f"config scorer: the {config.selector} selector needs a model (a lima_jax "
+                    "checkpoint, a Hugging Face directory, a GGUF or llama2.c file)")
+  if config.consistency.end not in plain_text.ENDS:
+    raise UserError(f"config consistency.end: {config.consistency.end!r} is not one of "
+                    f"{plain_text.ENDS}")
+  if config.consistency.skip_first < 0 or config.consistency.max_nll < 0:
+    raise UserError("config consistency.skip_first and max_nll must be >= 0, got "
+                    f"{config.consistency.skip_first} and {config.consistency.max_nll}")
   if config.selector == "influence" and not config.influence.target:
     raise UserError("config influence.target: the influence selector needs a target set "
                     "(a conversation file of examples like the ones wanted)")
@@ -150,13 +159,21 @@ def run_filters(records: Sequence[Any], config: ml_collections.ConfigDict,
 
 def model_scores(candidates: Sequence[Any], config: ml_collections.ConfigDict,
                  target: Sequence[Any] = ()) -> Any:
-  """Per-candidate IFD parts (ifd) or similarities to the target set (influence)."""
+  """Per-candidate IFD, loss or consistency parts, or similarities to the target set
+  (influence)."""
   from lima_jax.curate import model_scores as scores_lib  # pylint: disable=g-import-not-at-top
   m = config.model
-  scorer = scores_lib.load_scorer(m.checkpoint, tokenizer=m.tokenizer, max_len=m.max_len,
+  scorer = scores_lib.load_scorer(config.scorer, tokenizer=m.tokenizer, max_len=m.max_len,
                                   vocab_multiple=m.vocab_multiple)
   if config.selector == "ifd":
     return scores_lib.ifd(scorer, candidates, batch_size=m.batch_size)
+  if config.selector == "loss":
+    return [{"loss": float(x)} for x in
+            scores_lib.answer_loss(scorer, candidates, batch_size=m.batch_size)]
+  if config.selector == "consistency":
+    return scores_lib.consistency(scorer, candidates, batch_size=m.batch_size,
+                                  skip_first=config.consistency.skip_first,
+                                  end=config.consistency.end)
   if not target:
     raise UserError("config influence.target: the influence selector needs a target set "
                     "(a conversation file of examples like the ones wanted)")
@@ -183,6 +200,8 @@ def select(candidates: Sequence[Any], config: ml_collections.ConfigDict,
     subset = [candidates[i] for i in ids]
     if config.selector == "ifd":
       return selectors.ifd_pick([scores[i] for i in ids], n, max_ifd=config.ifd.max_ifd)
+    if config.selector in ("loss", "consistency"):
+      return selectors.lowest_pick([scores[i] for i in ids], n, config.selector)
     if config.selector == "influence":
       return selectors.influence_pick(np.asarray(scores)[ids], n)
     if config.selector == "random":
@@ -225,19 +244,46 @@ def curate(records: Sequence[Any], config: ml_collections.ConfigDict,
     embeddings = embed_records(candidates, config)
     logging.info("embedded %d candidates (%s) in %.1fs", len(candidates), config.embed.name,
                  time.perf_counter() - start)
-  scores = None
-  if config.selector in ("ifd", "influence") and candidates:
+  scores, scored = None, []
+  if config.selector in selectors.MODEL_SELECTORS and candidates:
     start = time.perf_counter()
     scores = model_scores(candidates, config, target)
+    seconds = time.perf_counter() - start
     logging.info("%s scores of %d candidates in %.1fs", config.selector, len(candidates),
-                 time.perf_counter() - start)
+                 seconds)
+    scored = [(r, float(s if config.selector == "influence" else s[config.selector]))
+              for r, s in zip(candidates, scores)]
+    if config.selector == "consistency" and config.consistency.max_nll > 0:
+      keep = _consistency_threshold(candidates, scores, config, stages, removed, seconds)
+      candidates = [r for r, k in zip(candidates, keep) if k]
+      scores = [s for s, k in zip(scores, keep) if k]
+      if embeddings is not None:
+        embeddings = embeddings[keep]
   start = time.perf_counter()
   chosen = select(candidates, config, embeddings, scores)
   chosen_records = [candidates[i] for i, _ in chosen]
   stages.append(Stage(f"select:{config.selector}", per_source(candidates),
                       per_source(chosen_records), {}, seconds=time.perf_counter() - start,
                       note=f"quotas {config.quotas}" if config.quotas else f"n={config.n}"))
-  return Curation(list(records), stages, removed, candidates, chosen, embeddings, scores)
+  return Curation(list(records), stages, removed, candidates, chosen, embeddings, scores,
+                  scored)
+
+
+def _consistency_threshold(candidates, scores, config, stages, removed, seconds):
+  """consistency.max_nll as a filter: lists the rows whose worst token is more surprising
+  than it as removed, with a stage of its own; returns the mask of the rows kept."""
+  limit = config.consistency.max_nll
+  before = per_source(candidates)
+  keep = [not s["consistency"] > limit for s in scores]  # NaN (nothing judged): kept
+  for r, s, k in zip(candidates, scores, keep):
+    if not k:
+      removed.append((r, "consistency", f"surprising token (worst NLL {s['consistency']:.2f} > "
+                                        f"{limit:g} at judged token {int(s['worst_token'])})"))
+  after = per_source([r for r, k in zip(candidates, keep) if k])
+  stages.append(Stage("consistency", before, after,
+                      {"surprising token": len(keep) - sum(keep)} if not all(keep) else {},
+                      seconds=seconds, note=f"max_nll {limit:g}"))
+  return np.array(keep, bool)
 
 
 def response_chars(records: Sequence[Any]) -> np.ndarray:

@@ -18,8 +18,12 @@ the earlier record, so for a given seed the choice is fully deterministic.
                        similarity to the centroid.
             k-center covers outliers first, so filter before it; records whose embedding is
             zero (no usable word) are taken last.
-  ifd       the n highest instruction-following difficulty scores at most `max_ifd`
-            (`model_scores.ifd`; above 1 the prompt does not help: left out).
+  ifd       as published (Li et al. 2023): the n highest instruction-following difficulty
+            scores among those at most `max_ifd` (`model_scores.ifd`; above 1 the prompt does
+            not help predict the response: left out).
+  loss      the n lowest answer losses L(response | prompt) (`model_scores.answer_loss`).
+  consistency  the n lowest worst-token NLLs of the answer read as plain text
+            (`model_scores.consistency`).
   influence the n most similar gradient features to a target set (`model_scores`).
 """
 import dataclasses
@@ -31,7 +35,9 @@ from tqdm import tqdm
 
 from lima_jax.curate import quality, text
 
-SELECTORS = ("random", "longest", "quality", "diverse", "ifd", "influence")
+SELECTORS = ("random", "longest", "quality", "diverse", "ifd", "loss", "consistency",
+             "influence")
+MODEL_SELECTORS = ("ifd", "loss", "consistency", "influence")  # they need config.scorer
 DIVERSE_METHODS = ("kcenter", "kmeans")
 KMEANS_SAMPLE = 20_000  # k-means centroids are fit on at most this many records
 KMEANS_MAX_ITER = 100  # Lloyd iterations in all, shared by the restarts
@@ -187,6 +193,13 @@ def ifd_pick(parts: Sequence[Mapping[str, float]], n: int, *,
   ranked = _ranked([parts[i]["ifd"] for i in eligible], n)
   return [Pick(eligible[j], parts[eligible[j]]["ifd"], dict(parts[eligible[j]]))
           for j in ranked]
+
+
+def lowest_pick(parts: Sequence[Mapping[str, float]], n: int, key: str) -> list[Pick]:
+  """Lowest parts[i][key] first among records where it is finite (maybe fewer than n)."""
+  eligible = [i for i, p in enumerate(parts) if np.isfinite(p[key])]
+  ranked = _ranked([-parts[i][key] for i in eligible], n)
+  return [Pick(eligible[j], parts[eligible[j]][key], dict(parts[eligible[j]])) for j in ranked]
 
 
 def influence_pick(similarity: np.ndarray, n: int) -> list[Pick]:
