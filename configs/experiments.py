@@ -414,6 +414,10 @@ def _bioworld_experiment(c, name: str, testbed: tuple, sources: tuple) -> None:
               "influence1k": ("influence", "{warm}"), "random1k": ("random", "")}
     for arm, (preset, model) in scorer.items():
       more = ("model.batch_size=64",) + ((f"scorer={model}",) if model else ())
+      if preset == "consistency":
+        # The stated fact is what it checks. The base's documents are six-sentence
+        # biographies, so an end-of-text after one sentence would measure length, not facts.
+        more += ("consistency.end=none",)
       if preset == "influence":
         more += ("influence.target={world}/eval/dev_target.jsonl", "influence.batch_size=32")
       c.arms[arm] = trained("", 1000, curate=preset, pool="{world}/sft/raw.jsonl", n=1000,

@@ -248,7 +248,8 @@ def before_training(c, workdir: pathlib.Path, arm: str, pending=frozenset()) -> 
         _python("lima_jax.curate", f"--config=configs/curate.py:{a.curate}",
                 f"--config.pool={r.pool}", f"--config.n={a.n}", f"--config.seed={a.curate_seed}",
                 *_overrides(r.curate_overrides), f"--out={out}",
-                f"--report={out.with_suffix('.html')}"),
+                f"--report={out.with_suffix('.html')}",
+                f"--scores={out.with_suffix('.scores.jsonl')}"),
         out, files=tuple(r.pool.split(",")), after=r.curate_after))
   base_file = c.base.split(":")[0]
   for seed in a.seeds:
