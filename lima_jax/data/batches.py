@@ -21,6 +21,8 @@ Shifting each conversation on its own means a packed row never asks a conversati
 token to predict the next conversation's BOS. A conversation is trimmed to `max_len` tokens
 (LIMA: 2,048), so it fills at most `max_len - 1` positions of a `max_len`-long row.
 
+Which conversations share a row, and the rows' arrays, are `lima_jax.data.packing`'s.
+
 CLI (`python -m lima_jax.data stats|show ...`, console script `lima-data`): see
 `lima_jax.data.__main__`.
 """
@@ -31,12 +33,13 @@ from typing import Iterator, Sequence
 import numpy as np
 from tqdm import tqdm
 
+# BATCH_KEYS and make_rows are re-exported: callers import them from here.
+from lima_jax.data.packing import BATCH_KEYS, fill_rows, make_rows, plan_rows  # noqa: F401
 from lima_jax.datasets.sources import Record, read_files
 from lima_jax.errors import UserError
 from lima_jax.tokenizer import chat
 from lima_jax.tokenizer.base import Tokenizer
 
-BATCH_KEYS = ("inputs", "targets", "loss_mask", "segment_ids", "positions")
 _SHUFFLE, _SPLIT, _SUBSET = 0, 1, 2  # separate random streams, so e.g. a subset ablation
                                      # does not change which examples are held out
 _MAX_PROBLEMS = 20  # skipped-row messages kept in the report (all are counted)
@@ -86,64 +89,6 @@ def encode_text_ids(ids: Sequence[int], tok: Tokenizer, max_len: int) -> Encoded
   return Encoded(tokens[:max_len], mask[:max_len], int(mask[max_len:].sum()), True)
 
 
-def _plan_rows(order: Sequence[int], lengths: np.ndarray, row_len: int,
-               pack: bool) -> list[list[int]]:
-  """Examples per row: one each, or greedy first-fit (the first row with room, else a new
-  row) when packing."""
-  if not pack:
-    return [[int(i)] for i in order]
-  rows: list[list[int]] = []
-  room = np.zeros(len(order), np.int64)  # free positions per row; at most one row per example
-  for i in order:
-    need = lengths[i]
-    fits = np.flatnonzero(room[:len(rows)] >= need)
-    r = fits[0] if len(fits) else len(rows)
-    if r == len(rows):
-      rows.append([])
-      room[r] = row_len
-    rows[r].append(int(i))
-    room[r] -= need
-  return rows
-
-
-def _fill_rows(encoded: Sequence[Encoded], plan: Sequence[Sequence[int]],
-               row_len: int) -> dict[str, np.ndarray]:
-  """Arrays [len(plan), row_len]; row r holds the shifted examples plan[r] back to back."""
-  out = {k: np.zeros((len(plan), row_len), np.int32) for k in BATCH_KEYS}
-  out["loss_mask"] = np.zeros((len(plan), row_len), bool)
-  for r, members in enumerate(plan):
-    start = 0
-    for seg, i in enumerate(members, start=1):
-      t, m = encoded[i].tokens, encoded[i].loss_mask
-      n = len(t) - 1
-      if start + n > row_len:
-        raise ValueError(f"row {r}: {start + n} positions do not fit in row_len {row_len}")
-      span = slice(start, start + n)
-      out["inputs"][r, span], out["targets"][r, span] = t[:-1], t[1:]
-      out["loss_mask"][r, span] = m[1:]
-      out["segment_ids"][r, span], out["positions"][r, span] = seg, np.arange(n)
-      start += n
-  return out
-
-
-def make_rows(encoded_list: Sequence[Encoded], row_len: int, pack: bool) -> dict[str, np.ndarray]:
-  """Shifted rows [R, row_len] for `encoded_list`, in order; padding is 0 with segment id 0.
-
-  pack=False: one conversation per row. pack=True: greedy first-fit of whole conversations.
-  Worked example, row_len=10, pack=True, a = [B,5,E,7,8,E] (as in the module docstring) and
-  b = [B,6,E,9,E] (mask [0,0,0,1,1]) -> one row:
-
-    inputs      [B 5 E 7 8 B 6 E 9 0]
-    targets     [5 E 7 8 E 6 E 9 E 0]
-    loss_mask   [0 0 1 1 1 0 0 1 1 0]
-    segment_ids [1 1 1 1 1 2 2 2 2 0]
-    positions   [0 1 2 3 4 0 1 2 3 0]
-  """
-  lengths = np.array([len(e.tokens) - 1 for e in encoded_list])
-  return _fill_rows(encoded_list, _plan_rows(range(len(lengths)), lengths, row_len, pack),
-                    row_len)
-
-
 class SFTDataset:
   """Shuffled (per seed and epoch), padded or packed batches; step N's batch is a pure
   function of (seed, N), so a resumed run sees exactly the data it would have seen.
@@ -189,7 +134,7 @@ class SFTDataset:
   def _plan(self, epoch: int) -> list[list[int]]:
     if epoch != self._plan_epoch:
       order = np.random.default_rng((self.seed, _SHUFFLE, epoch)).permutation(len(self.encoded))
-      self._plan_cache = _plan_rows(order, self._lengths, self.row_len, self.pack)
+      self._plan_cache = plan_rows(order, self._lengths, self.row_len, self.pack)
       self._plan_epoch = epoch
       self._rows_in_epoch[epoch] = len(self._plan_cache)
     return self._plan_cache
@@ -218,7 +163,7 @@ class SFTDataset:
     batch first with all-padding rows (mask False)."""
     plan = plan + [[]] * (self.global_batch - len(plan))
     rows = range(self.global_batch) if rows is None else rows
-    return _fill_rows(self.encoded, [plan[int(r)] for r in rows], self.row_len)
+    return fill_rows(self.encoded, [plan[int(r)] for r in rows], self.row_len)
 
   def batch(self, step: int, rows=None) -> dict[str, np.ndarray]:
     """Arrays [len(rows), row_len]: rows `rows` of the global batch of `step` (default all)."""
@@ -229,7 +174,7 @@ class SFTDataset:
   def eval_batches(self, rows=None) -> Iterator[dict[str, np.ndarray]]:
     """Every example once, in the given order (packed if `pack`), in padded global batches
     (rows `rows` of each, as for `batch`)."""
-    plan = _plan_rows(range(len(self.encoded)), self._lengths, self.row_len, self.pack)
+    plan = plan_rows(range(len(self.encoded)), self._lengths, self.row_len, self.pack)
     for k in range(0, len(plan), self.global_batch):
       yield self._rows(plan[k:k + self.global_batch], rows)
 
