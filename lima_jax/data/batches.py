@@ -21,7 +21,8 @@ Shifting each conversation on its own means a packed row never asks a conversati
 token to predict the next conversation's BOS. A conversation is trimmed to `max_len` tokens
 (LIMA: 2,048), so it fills at most `max_len - 1` positions of a `max_len`-long row.
 
-Which conversations share a row, and the rows' arrays, are `lima_jax.data.packing`'s.
+Which examples an epoch trains on, which share a row, and the rows' arrays are
+`lima_jax.data.packing`'s.
 
 CLI (`python -m lima_jax.data stats|show ...`, console script `lima-data`): see
 `lima_jax.data.__main__`.
@@ -33,15 +34,14 @@ from typing import Iterator, Sequence
 import numpy as np
 from tqdm import tqdm
 
-# BATCH_KEYS and make_rows are re-exported: callers import them from here.
-from lima_jax.data.packing import BATCH_KEYS, fill_rows, make_rows, plan_rows  # noqa: F401
+# BATCH_KEYS, make_rows and subset_indices are re-exported: callers import them from here.
+from lima_jax.data.packing import (BATCH_KEYS, epoch_order, fill_rows,  # noqa: F401
+                                   held_out_split, make_rows, plan_rows, subset_indices)
 from lima_jax.datasets.sources import Record, read_files
 from lima_jax.errors import UserError
 from lima_jax.tokenizer import chat
 from lima_jax.tokenizer.base import Tokenizer
 
-_SHUFFLE, _SPLIT, _SUBSET = 0, 1, 2  # separate random streams, so e.g. a subset ablation
-                                     # does not change which examples are held out
 _MAX_PROBLEMS = 20  # skipped-row messages kept in the report (all are counted)
 
 
@@ -98,12 +98,16 @@ class SFTDataset:
   (`sharding.process_rows`), so no host builds the whole batch and hosts that hold replicas of
   a row build the same row. With packing, conversations are shuffled and then packed afresh
   each epoch, so the number of rows, and of steps, may differ a little between epochs.
+  `epoch_examples` M > 0 trains each epoch on M of the examples (`epoch_order`), so that a
+  large set takes the steps of a small one; M >= the number of examples is the same as 0.
   """
 
   def __init__(self, encoded: Sequence[Encoded], *, global_batch: int, row_len: int, pack: bool,
-               seed: int, drop_remainder: bool = False):
+               seed: int, drop_remainder: bool = False, epoch_examples: int = 0):
     if global_batch <= 0:
       raise ValueError(f"global_batch {global_batch} must be positive")
+    if epoch_examples < 0:
+      raise ValueError(f"epoch_examples {epoch_examples} must be >= 0")
     if not encoded:
       raise ValueError("no examples")
     self.encoded = list(encoded)
@@ -115,6 +119,7 @@ class SFTDataset:
     self._lengths = lengths
     self.global_batch, self.row_len, self.pack, self.seed = global_batch, row_len, pack, seed
     self.drop_remainder = drop_remainder
+    self.epoch_examples = epoch_examples if epoch_examples < len(self.encoded) else 0
     # Row counts of every epoch seen, but the rows themselves only for the latest epoch: a
     # large set over many epochs would otherwise hold every epoch's plan in memory.
     self._rows_in_epoch: dict[int, int] = {}
@@ -128,12 +133,16 @@ class SFTDataset:
     return len(self.encoded)
 
   @property
+  def examples_per_epoch(self) -> int:
+    return self.epoch_examples or self.num_examples
+
+  @property
   def num_loss_tokens(self) -> int:
     return sum(e.n_loss_tokens for e in self.encoded)
 
   def _plan(self, epoch: int) -> list[list[int]]:
     if epoch != self._plan_epoch:
-      order = np.random.default_rng((self.seed, _SHUFFLE, epoch)).permutation(len(self.encoded))
+      order = epoch_order(len(self.encoded), self.seed, epoch, self.epoch_examples)
       self._plan_cache = plan_rows(order, self._lengths, self.row_len, self.pack)
       self._plan_epoch = epoch
       self._rows_in_epoch[epoch] = len(self._plan_cache)
@@ -141,7 +150,8 @@ class SFTDataset:
 
   def steps_in_epoch(self, epoch: int) -> int:
     if epoch not in self._rows_in_epoch:
-      self._rows_in_epoch[epoch] = len(self._plan(epoch)) if self.pack else len(self.encoded)
+      self._rows_in_epoch[epoch] = (len(self._plan(epoch)) if self.pack
+                                    else self.examples_per_epoch)
     rows = self._rows_in_epoch[epoch]
     return rows // self.global_batch if self.drop_remainder else -(-rows // self.global_batch)
 
@@ -181,7 +191,8 @@ class SFTDataset:
   def fingerprint(self) -> str:
     """sha256 of every encoded example and the epoch-0 plan: hosts with the same data, tokenizer
     and settings agree on it, a stale copy of a file on one host does not."""
-    h = hashlib.sha256(f"{self.global_batch},{self.row_len},{self.pack},{self.seed}".encode())
+    draw = f",{self.epoch_examples}" if self.epoch_examples else ""  # (as before when off)
+    h = hashlib.sha256(f"{self.global_batch},{self.row_len},{self.pack},{self.seed}{draw}".encode())
     for e in self.encoded:
       h.update(e.tokens.tobytes())
       h.update(np.packbits(e.loss_mask).tobytes())
@@ -256,23 +267,16 @@ def _summary(records: Sequence[Record], encoded: Sequence[Encoded]) -> dict:
           "trimmed_loss_tokens": int(sum(e.n_trimmed_loss_tokens for e in encoded))}
 
 
-def subset_indices(n: int, seed: int, subset_size: int) -> np.ndarray:
-  """The positions (sorted) of the `subset_size` of n usable training examples that
-  `data.subset_size` trains on; analyses use it to count what a run actually saw."""
-  if subset_size > n:
-    raise UserError(f"subset size {subset_size} > the {n} usable training examples")
-  return np.sort(np.random.default_rng((seed, _SUBSET)).permutation(n)[:subset_size])
-
-
 def load_sft_data(files: str | Sequence[str], tok: Tokenizer, *, max_len: int, pack: bool,
                   global_batch: int, seed: int, subset_size: int = 0,
                   eval_files: str | Sequence[str] = (), eval_fraction: float = 0.0,
-                  on_error: str = "raise", renderer=None
+                  on_error: str = "raise", renderer=None, epoch_examples: int = 0
                   ) -> tuple[SFTDataset, SFTDataset | None, dict]:
   """Reads, encodes, splits and wraps conversation files; rows are `max_len` long.
 
   The held-out split (`eval_fraction`) is drawn before the subset (`subset_size`), both from
-  `seed`, so the eval set does not move when the training set size is ablated. Conversations
+  `seed`, so the eval set does not move when the training set size is ablated; each epoch
+  then trains on `epoch_examples` of that set (0: all; `SFTDataset`). Conversations
   left without a loss token by trimming are dropped and counted. Returns (train, eval or
   None, report), the report being JSON-safe counts for the run's log (with at most
   20 of the skipped rows' messages). renderer: as for `encode_records` (None: LIMA's format).
@@ -284,6 +288,9 @@ def load_sft_data(files: str | Sequence[str], tok: Tokenizer, *, max_len: int, p
     raise UserError("give eval files or an eval fraction, not both")
   if not 0.0 <= eval_fraction < 1.0:
     raise UserError(f"eval fraction must be in [0, 1), got {eval_fraction}")
+  if epoch_examples < 0:
+    raise UserError(f"data.epoch_examples={epoch_examples}: must be 0 (every example every "
+                    "epoch) or the number of examples each epoch draws")
   report = {"files": files, "eval_files": eval_files, "skipped_rows": 0, "problems": [],
             "dropped_trailing_turns": 0, "dropped_no_loss": 0}
   records, encoded = _load(files, tok, max_len, on_error, report, renderer)
@@ -294,15 +301,16 @@ def load_sft_data(files: str | Sequence[str], tok: Tokenizer, *, max_len: int, p
     if n_eval >= len(records):
       raise UserError(f"eval fraction {eval_fraction} leaves no training example of "
                       f"{len(records)}")
-    perm = np.random.default_rng((seed, _SPLIT)).permutation(len(records))
-    eval_idx, idx = np.sort(perm[:n_eval]), np.sort(perm[n_eval:])
+    eval_idx, idx = held_out_split(len(records), seed, n_eval)
   if subset_size:
     idx = idx[subset_indices(len(idx), seed, subset_size)]
 
   common = dict(global_batch=global_batch, row_len=max_len, pack=pack, seed=seed)
-  train = SFTDataset([encoded[i] for i in idx], **common)
+  train = SFTDataset([encoded[i] for i in idx], **common, epoch_examples=epoch_examples)
   report["train"] = dict(_summary([records[i] for i in idx], train.encoded),
                          steps_in_epoch_0=train.steps_in_epoch(0))
+  if train.epoch_examples:
+    report["train"]["epoch_examples"] = train.epoch_examples
   if eval_idx is not None:
     eval_records, eval_encoded = [records[i] for i in eval_idx], [encoded[i] for i in eval_idx]
   elif eval_files:

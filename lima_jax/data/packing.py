@@ -1,14 +1,50 @@
-"""Rows from encoded examples: which examples share a row (one each, or greedy first-fit
-packing), and the shifted, masked arrays of those rows (`make_rows` shows one worked).
+"""Rows from encoded examples: which examples an epoch trains on and in what order (seeded
+draws), which share a row (one each, or greedy first-fit packing), and the shifted, masked
+arrays of those rows (`make_rows` shows one worked).
 
-`lima_jax.data.batches` plans each epoch's rows with `plan_rows` and fills only the rows a
-process asks for with `fill_rows`; `make_rows` is both at once, for a list in order.
+`lima_jax.data.batches` orders each epoch with `epoch_order`, plans its rows with `plan_rows`
+and fills only the rows a process asks for with `fill_rows`; `make_rows` is both of the last
+at once, for a list in order.
 """
 from typing import Sequence
 
 import numpy as np
 
+from lima_jax.errors import UserError
+
 BATCH_KEYS = ("inputs", "targets", "loss_mask", "segment_ids", "positions")
+_SHUFFLE, _SPLIT, _SUBSET, _PASS = 0, 1, 2, 3  # separate random streams, so e.g. a subset
+                                               # ablation does not change the held-out set
+
+
+def held_out_split(n: int, seed: int, n_eval: int) -> tuple[np.ndarray, np.ndarray]:
+  """(held-out, training) positions, each sorted, of n examples (`data.eval_fraction`)."""
+  perm = np.random.default_rng((seed, _SPLIT)).permutation(n)
+  return np.sort(perm[:n_eval]), np.sort(perm[n_eval:])
+
+
+def subset_indices(n: int, seed: int, subset_size: int) -> np.ndarray:
+  """The positions (sorted) of the `subset_size` of n usable training examples that
+  `data.subset_size` trains on; analyses use it to count what a run actually saw."""
+  if subset_size > n:
+    raise UserError(f"subset size {subset_size} > the {n} usable training examples")
+  return np.sort(np.random.default_rng((seed, _SUBSET)).permutation(n)[:subset_size])
+
+
+def epoch_order(n: int, seed: int, epoch: int, epoch_examples: int = 0) -> np.ndarray:
+  """The positions of the n training examples that epoch `epoch` trains on, in its order.
+
+  epoch_examples 0 or >= n: all n, shuffled afresh each epoch. 0 < M < n
+  (`data.epoch_examples`): M distinct examples, drawn without replacement across epochs:
+  epoch e of a pass (n // M epochs) takes the e-th M of that pass's random permutation of all
+  n, then a new pass starts; no example comes back until a pass ends (the n mod M it leaves
+  over wait for a later pass). Analyses use it to count what a run saw.
+  """
+  if not 0 < epoch_examples < n:
+    return np.random.default_rng((seed, _SHUFFLE, epoch)).permutation(n)
+  p, k = divmod(epoch, n // epoch_examples)
+  perm = np.random.default_rng((seed, _PASS, p)).permutation(n)
+  return perm[k * epoch_examples:(k + 1) * epoch_examples]
 
 
 def plan_rows(order: Sequence[int], lengths: np.ndarray, row_len: int,
