@@ -343,7 +343,8 @@ def test_load_sft_data_split_subset_and_report(tok, tmp_path):
   assert {e.tokens.tobytes() for e in drawn_eval.encoded} == eval_set
   assert [e.tokens.tolist() for e in drawn.encoded] == [e.tokens.tolist() for e in sub.encoded]
   assert drawn.examples_per_epoch == 6 and drawn.steps_in_epoch(1) == 2  # ceil(6 / 4)
-  assert drawn_report["train"]["epoch_examples"] == 6 and "epoch_examples" not in sub_report["train"]
+  assert drawn_report["train"]["epoch_examples"] == 6
+  assert "epoch_examples" not in sub_report["train"]
   with pytest.raises(UserError, match=r"^data.epoch_examples=-1: must be 0"):
     load_sft_data([path, other], tok, epoch_examples=-1, **kw)
 
