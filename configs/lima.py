@@ -98,6 +98,11 @@ def get_config(variant: str = "demo") -> ml_collections.ConfigDict:
   c.data.max_len = 2048  # Conversations are trimmed to this many tokens (LIMA: 2,048).
   c.data.pack = False  # Pack several conversations per row (segment ids keep them apart).
   c.data.subset_size = 0  # Train on a random subset of this many conversations (0 = all).
+  # Each epoch trains on this many of them, a fresh draw each epoch (0 = all; >= all is 0).
+  # Equal steps, not equal examples seen: LIMA asks whether 1,000 examples suffice, and a
+  # large arm given the small arm's epochs also gets many times its steps; with this set to
+  # the small arm's size every arm takes the same steps (issue 36, fairness to large arms).
+  c.data.epoch_examples = 0
   c.data.on_error = "raise"  # 'raise': stop at the first bad record; 'skip': drop and report.
   # Conversation format: 'lima' (BOS, each utterance + a new EOT token, the paper's) or
   # 'chat_template' (the model's own Jinja template, masks from its prefixes: docs/chat-templates.md).

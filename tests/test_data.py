@@ -243,6 +243,58 @@ def test_any_rows_of_the_global_batch(tok, pack):
       assert np.array_equal(got[k], w[k][[3, 0]])
 
 
+def _examples_of(ds, batch):
+  """Example index of every segment of every row (packed or not), in row order."""
+  out = []
+  for r in range(len(batch["inputs"])):
+    for seg in range(1, int(batch["segment_ids"][r].max()) + 1):
+      inputs = batch["inputs"][r][batch["segment_ids"][r] == seg]
+      out.append(next(i for i, e in enumerate(ds.encoded)
+                      if len(e.tokens) - 1 == len(inputs) and (e.tokens[:-1] == inputs).all()))
+  return out
+
+
+@pytest.mark.parametrize("pack", [False, True])
+def test_epoch_examples_draw_fresh_distinct_subsets_and_resume_exactly(tok, pack):
+  ds = _dataset(tok, pack=pack, global_batch=2, epoch_examples=5)  # 23 examples, 5 an epoch
+  assert ds.examples_per_epoch == 5 and ds.num_examples == 23
+  seen = []
+  for epoch in range(6):
+    first = ds.total_steps(epoch)
+    steps = ds.steps_in_epoch(epoch)
+    if not pack:
+      assert steps == 3  # ceil(5 / 2), not ceil(23 / 2)
+    assert ds.locate(first) == (epoch, 0) and ds.locate(first + steps - 1) == (epoch, steps - 1)
+    seen.append([i for s in range(steps) for i in _examples_of(ds, ds.batch(first + s))])
+  for epoch in seen:
+    assert len(epoch) == 5 and len(set(epoch)) == 5  # M distinct examples, each once
+  # A pass of 23 // 5 = 4 epochs never repeats an example; the next pass draws afresh.
+  assert len(set().union(*map(set, seen[:4]))) == 20
+  assert len({frozenset(e) for e in seen}) == 6  # every epoch's subset differs
+  assert seen[4] != seen[0]
+  # Resumed: a fresh dataset jumps straight to a late step, rows in any pattern.
+  late = ds.total_steps(5) + 1
+  fresh = _dataset(tok, pack=pack, global_batch=2, epoch_examples=5)
+  for rows in (None, [1], [1, 0]):
+    for k in KEYS:
+      assert np.array_equal(fresh.batch(late, rows)[k], ds.batch(late, rows)[k])
+  assert _dataset(tok, pack=pack, global_batch=2, epoch_examples=5, seed=4).fingerprint() \
+      != ds.fingerprint() != _dataset(tok, pack=pack, global_batch=2).fingerprint()
+
+
+def test_epoch_examples_at_or_past_the_set_is_off(tok):
+  off = _dataset(tok, pack=True)
+  for m in (23, 100):
+    same = _dataset(tok, pack=True, epoch_examples=m)
+    assert same.epoch_examples == 0 and same.fingerprint() == off.fingerprint()
+    assert same.total_steps(3) == off.total_steps(3)
+    for step in range(off.total_steps(3)):
+      for k in KEYS:
+        assert np.array_equal(same.batch(step)[k], off.batch(step)[k])
+  with pytest.raises(ValueError, match="epoch_examples -1"):
+    _dataset(tok, epoch_examples=-1)
+
+
 def test_fingerprint_sees_data_and_settings(tok):
   a, b = _dataset(tok), _dataset(tok)
   assert a.fingerprint() == b.fingerprint()
@@ -285,6 +337,16 @@ def test_load_sft_data_split_subset_and_report(tok, tmp_path):
     load_sft_data([path, other], tok, eval_fraction=0.2, subset_size=41, **kw)
   _, files_eval, _ = load_sft_data([path], tok, eval_files=[other], **kw)
   assert files_eval.num_examples == 10
+  # Per-epoch draws come from the subset, and leave the held-out set where it was.
+  drawn, drawn_eval, drawn_report = load_sft_data([path, other], tok, eval_fraction=0.2,
+                                                  subset_size=15, epoch_examples=6, **kw)
+  assert {e.tokens.tobytes() for e in drawn_eval.encoded} == eval_set
+  assert [e.tokens.tolist() for e in drawn.encoded] == [e.tokens.tolist() for e in sub.encoded]
+  assert drawn.examples_per_epoch == 6 and drawn.steps_in_epoch(1) == 2  # ceil(6 / 4)
+  assert drawn_report["train"]["epoch_examples"] == 6
+  assert "epoch_examples" not in sub_report["train"]
+  with pytest.raises(UserError, match=r"^data.epoch_examples=-1: must be 0"):
+    load_sft_data([path, other], tok, epoch_examples=-1, **kw)
 
 
 def test_load_sft_data_drops_trims_and_skips(tok, tmp_path):

@@ -213,6 +213,28 @@ def test_warmup_then_cosine_schedule_follows_its_closed_form():
   assert float(schedule(19)) == pytest.approx(1e-4)
 
 
+def test_epoch_examples_sets_the_steps_and_is_part_of_the_recipe():
+  # tiny_config trains on 96 demo conversations (subset_size) at batch 8; unpacked here, so
+  # an epoch of M examples is ceil(M / 8) steps, and the schedule's total is their sum.
+  from lima_jax.errors import UserError
+  from lima_jax.tokenizer import load as load_tokenizer
+  from lima_jax.train import base_model, fingerprint as fp, loop as train
+  tok = load_tokenizer(REPO / "data/demo/tokenizer.model")
+  config = lambda m: tiny_config(**{"data.pack": False, "data.epoch_examples": m})
+  off, _, _ = train.load_data(config(0), tok)
+  on, evals, report = train.load_data(config(20), tok)
+  assert off.steps_in_epoch(0) == 12 and off.total_steps(16) == 16 * 12
+  assert on.num_examples == 96 and report["train"]["epoch_examples"] == 20
+  assert [on.steps_in_epoch(e) for e in range(16)] == [3] * 16 and on.total_steps(16) == 48
+  assert evals.num_examples == train.load_data(config(0), tok)[1].num_examples
+  recipe = lambda c: fp.fingerprint(c, base_model.model_config(c, None, tok), tok)
+  assert "data.epoch_examples" not in recipe(config(0))  # earlier runs' fingerprints stay
+  with pytest.raises(UserError, match=r"data.epoch_examples: null -> 20"):
+    fp.check_resume({"fingerprint": recipe(config(0))}, recipe(config(20)), False, "CKPT")
+  with pytest.raises(UserError, match=r"^data.epoch_examples=-3: must be 0"):
+    train.load_data(config(-3), tok)
+
+
 def test_keep_epochs_and_every_steps_prune_to_the_kept_epochs_and_the_newest(tmp_path):
   from lima_jax.train import loop as train
   train.train_and_evaluate(tiny_config(**{"train.epochs": 3, "checkpoint.keep_epochs": "2",

@@ -21,6 +21,9 @@ Shifting each conversation on its own means a packed row never asks a conversati
 token to predict the next conversation's BOS. A conversation is trimmed to `max_len` tokens
 (LIMA: 2,048), so it fills at most `max_len - 1` positions of a `max_len`-long row.
 
+Which examples an epoch trains on, which share a row, and the rows' arrays are
+`lima_jax.data.packing`'s.
+
 CLI (`python -m lima_jax.data stats|show ...`, console script `lima-data`): see
 `lima_jax.data.__main__`.
 """
@@ -31,14 +34,14 @@ from typing import Iterator, Sequence
 import numpy as np
 from tqdm import tqdm
 
+# BATCH_KEYS, make_rows and subset_indices are re-exported: callers import them from here.
+from lima_jax.data.packing import (BATCH_KEYS, epoch_order, fill_rows,  # noqa: F401
+                                   held_out_split, make_rows, plan_rows, subset_indices)
 from lima_jax.datasets.sources import Record, read_files
 from lima_jax.errors import UserError
 from lima_jax.tokenizer import chat
 from lima_jax.tokenizer.base import Tokenizer
 
-BATCH_KEYS = ("inputs", "targets", "loss_mask", "segment_ids", "positions")
-_SHUFFLE, _SPLIT, _SUBSET = 0, 1, 2  # separate random streams, so e.g. a subset ablation
-                                     # does not change which examples are held out
 _MAX_PROBLEMS = 20  # skipped-row messages kept in the report (all are counted)
 
 
@@ -86,64 +89,6 @@ def encode_text_ids(ids: Sequence[int], tok: Tokenizer, max_len: int) -> Encoded
   return Encoded(tokens[:max_len], mask[:max_len], int(mask[max_len:].sum()), True)
 
 
-def _plan_rows(order: Sequence[int], lengths: np.ndarray, row_len: int,
-               pack: bool) -> list[list[int]]:
-  """Examples per row: one each, or greedy first-fit (the first row with room, else a new
-  row) when packing."""
-  if not pack:
-    return [[int(i)] for i in order]
-  rows: list[list[int]] = []
-  room = np.zeros(len(order), np.int64)  # free positions per row; at most one row per example
-  for i in order:
-    need = lengths[i]
-    fits = np.flatnonzero(room[:len(rows)] >= need)
-    r = fits[0] if len(fits) else len(rows)
-    if r == len(rows):
-      rows.append([])
-      room[r] = row_len
-    rows[r].append(int(i))
-    room[r] -= need
-  return rows
-
-
-def _fill_rows(encoded: Sequence[Encoded], plan: Sequence[Sequence[int]],
-               row_len: int) -> dict[str, np.ndarray]:
-  """Arrays [len(plan), row_len]; row r holds the shifted examples plan[r] back to back."""
-  out = {k: np.zeros((len(plan), row_len), np.int32) for k in BATCH_KEYS}
-  out["loss_mask"] = np.zeros((len(plan), row_len), bool)
-  for r, members in enumerate(plan):
-    start = 0
-    for seg, i in enumerate(members, start=1):
-      t, m = encoded[i].tokens, encoded[i].loss_mask
-      n = len(t) - 1
-      if start + n > row_len:
-        raise ValueError(f"row {r}: {start + n} positions do not fit in row_len {row_len}")
-      span = slice(start, start + n)
-      out["inputs"][r, span], out["targets"][r, span] = t[:-1], t[1:]
-      out["loss_mask"][r, span] = m[1:]
-      out["segment_ids"][r, span], out["positions"][r, span] = seg, np.arange(n)
-      start += n
-  return out
-
-
-def make_rows(encoded_list: Sequence[Encoded], row_len: int, pack: bool) -> dict[str, np.ndarray]:
-  """Shifted rows [R, row_len] for `encoded_list`, in order; padding is 0 with segment id 0.
-
-  pack=False: one conversation per row. pack=True: greedy first-fit of whole conversations.
-  Worked example, row_len=10, pack=True, a = [B,5,E,7,8,E] (as in the module docstring) and
-  b = [B,6,E,9,E] (mask [0,0,0,1,1]) -> one row:
-
-    inputs      [B 5 E 7 8 B 6 E 9 0]
-    targets     [5 E 7 8 E 6 E 9 E 0]
-    loss_mask   [0 0 1 1 1 0 0 1 1 0]
-    segment_ids [1 1 1 1 1 2 2 2 2 0]
-    positions   [0 1 2 3 4 0 1 2 3 0]
-  """
-  lengths = np.array([len(e.tokens) - 1 for e in encoded_list])
-  return _fill_rows(encoded_list, _plan_rows(range(len(lengths)), lengths, row_len, pack),
-                    row_len)
-
-
 class SFTDataset:
   """Shuffled (per seed and epoch), padded or packed batches; step N's batch is a pure
   function of (seed, N), so a resumed run sees exactly the data it would have seen.
@@ -153,12 +98,16 @@ class SFTDataset:
   (`sharding.process_rows`), so no host builds the whole batch and hosts that hold replicas of
   a row build the same row. With packing, conversations are shuffled and then packed afresh
   each epoch, so the number of rows, and of steps, may differ a little between epochs.
+  `epoch_examples` M > 0 trains each epoch on M of the examples (`epoch_order`), so that a
+  large set takes the steps of a small one; M >= the number of examples is the same as 0.
   """
 
   def __init__(self, encoded: Sequence[Encoded], *, global_batch: int, row_len: int, pack: bool,
-               seed: int, drop_remainder: bool = False):
+               seed: int, drop_remainder: bool = False, epoch_examples: int = 0):
     if global_batch <= 0:
       raise ValueError(f"global_batch {global_batch} must be positive")
+    if epoch_examples < 0:
+      raise ValueError(f"epoch_examples {epoch_examples} must be >= 0")
     if not encoded:
       raise ValueError("no examples")
     self.encoded = list(encoded)
@@ -170,6 +119,7 @@ class SFTDataset:
     self._lengths = lengths
     self.global_batch, self.row_len, self.pack, self.seed = global_batch, row_len, pack, seed
     self.drop_remainder = drop_remainder
+    self.epoch_examples = epoch_examples if epoch_examples < len(self.encoded) else 0
     # Row counts of every epoch seen, but the rows themselves only for the latest epoch: a
     # large set over many epochs would otherwise hold every epoch's plan in memory.
     self._rows_in_epoch: dict[int, int] = {}
@@ -183,20 +133,25 @@ class SFTDataset:
     return len(self.encoded)
 
   @property
+  def examples_per_epoch(self) -> int:
+    return self.epoch_examples or self.num_examples
+
+  @property
   def num_loss_tokens(self) -> int:
     return sum(e.n_loss_tokens for e in self.encoded)
 
   def _plan(self, epoch: int) -> list[list[int]]:
     if epoch != self._plan_epoch:
-      order = np.random.default_rng((self.seed, _SHUFFLE, epoch)).permutation(len(self.encoded))
-      self._plan_cache = _plan_rows(order, self._lengths, self.row_len, self.pack)
+      order = epoch_order(len(self.encoded), self.seed, epoch, self.epoch_examples)
+      self._plan_cache = plan_rows(order, self._lengths, self.row_len, self.pack)
       self._plan_epoch = epoch
       self._rows_in_epoch[epoch] = len(self._plan_cache)
     return self._plan_cache
 
   def steps_in_epoch(self, epoch: int) -> int:
     if epoch not in self._rows_in_epoch:
-      self._rows_in_epoch[epoch] = len(self._plan(epoch)) if self.pack else len(self.encoded)
+      self._rows_in_epoch[epoch] = (len(self._plan(epoch)) if self.pack
+                                    else self.examples_per_epoch)
     rows = self._rows_in_epoch[epoch]
     return rows // self.global_batch if self.drop_remainder else -(-rows // self.global_batch)
 
@@ -218,7 +173,7 @@ class SFTDataset:
     batch first with all-padding rows (mask False)."""
     plan = plan + [[]] * (self.global_batch - len(plan))
     rows = range(self.global_batch) if rows is None else rows
-    return _fill_rows(self.encoded, [plan[int(r)] for r in rows], self.row_len)
+    return fill_rows(self.encoded, [plan[int(r)] for r in rows], self.row_len)
 
   def batch(self, step: int, rows=None) -> dict[str, np.ndarray]:
     """Arrays [len(rows), row_len]: rows `rows` of the global batch of `step` (default all)."""
@@ -229,14 +184,15 @@ class SFTDataset:
   def eval_batches(self, rows=None) -> Iterator[dict[str, np.ndarray]]:
     """Every example once, in the given order (packed if `pack`), in padded global batches
     (rows `rows` of each, as for `batch`)."""
-    plan = _plan_rows(range(len(self.encoded)), self._lengths, self.row_len, self.pack)
+    plan = plan_rows(range(len(self.encoded)), self._lengths, self.row_len, self.pack)
     for k in range(0, len(plan), self.global_batch):
       yield self._rows(plan[k:k + self.global_batch], rows)
 
   def fingerprint(self) -> str:
     """sha256 of every encoded example and the epoch-0 plan: hosts with the same data, tokenizer
     and settings agree on it, a stale copy of a file on one host does not."""
-    h = hashlib.sha256(f"{self.global_batch},{self.row_len},{self.pack},{self.seed}".encode())
+    draw = f",{self.epoch_examples}" if self.epoch_examples else ""  # (as before when off)
+    h = hashlib.sha256(f"{self.global_batch},{self.row_len},{self.pack},{self.seed}{draw}".encode())
     for e in self.encoded:
       h.update(e.tokens.tobytes())
       h.update(np.packbits(e.loss_mask).tobytes())
@@ -311,23 +267,16 @@ def _summary(records: Sequence[Record], encoded: Sequence[Encoded]) -> dict:
           "trimmed_loss_tokens": int(sum(e.n_trimmed_loss_tokens for e in encoded))}
 
 
-def subset_indices(n: int, seed: int, subset_size: int) -> np.ndarray:
-  """The positions (sorted) of the `subset_size` of n usable training examples that
-  `data.subset_size` trains on; analyses use it to count what a run actually saw."""
-  if subset_size > n:
-    raise UserError(f"subset size {subset_size} > the {n} usable training examples")
-  return np.sort(np.random.default_rng((seed, _SUBSET)).permutation(n)[:subset_size])
-
-
 def load_sft_data(files: str | Sequence[str], tok: Tokenizer, *, max_len: int, pack: bool,
                   global_batch: int, seed: int, subset_size: int = 0,
                   eval_files: str | Sequence[str] = (), eval_fraction: float = 0.0,
-                  on_error: str = "raise", renderer=None
+                  on_error: str = "raise", renderer=None, epoch_examples: int = 0
                   ) -> tuple[SFTDataset, SFTDataset | None, dict]:
   """Reads, encodes, splits and wraps conversation files; rows are `max_len` long.
 
   The held-out split (`eval_fraction`) is drawn before the subset (`subset_size`), both from
-  `seed`, so the eval set does not move when the training set size is ablated. Conversations
+  `seed`, so the eval set does not move when the training set size is ablated; each epoch
+  then trains on `epoch_examples` of that set (0: all; `SFTDataset`). Conversations
   left without a loss token by trimming are dropped and counted. Returns (train, eval or
   None, report), the report being JSON-safe counts for the run's log (with at most
   20 of the skipped rows' messages). renderer: as for `encode_records` (None: LIMA's format).
@@ -339,6 +288,9 @@ def load_sft_data(files: str | Sequence[str], tok: Tokenizer, *, max_len: int, p
     raise UserError("give eval files or an eval fraction, not both")
   if not 0.0 <= eval_fraction < 1.0:
     raise UserError(f"eval fraction must be in [0, 1), got {eval_fraction}")
+  if epoch_examples < 0:
+    raise UserError(f"data.epoch_examples={epoch_examples}: must be 0 (every example every "
+                    "epoch) or the number of examples each epoch draws")
   report = {"files": files, "eval_files": eval_files, "skipped_rows": 0, "problems": [],
             "dropped_trailing_turns": 0, "dropped_no_loss": 0}
   records, encoded = _load(files, tok, max_len, on_error, report, renderer)
@@ -349,15 +301,16 @@ def load_sft_data(files: str | Sequence[str], tok: Tokenizer, *, max_len: int, p
     if n_eval >= len(records):
       raise UserError(f"eval fraction {eval_fraction} leaves no training example of "
                       f"{len(records)}")
-    perm = np.random.default_rng((seed, _SPLIT)).permutation(len(records))
-    eval_idx, idx = np.sort(perm[:n_eval]), np.sort(perm[n_eval:])
+    eval_idx, idx = held_out_split(len(records), seed, n_eval)
   if subset_size:
     idx = idx[subset_indices(len(idx), seed, subset_size)]
 
   common = dict(global_batch=global_batch, row_len=max_len, pack=pack, seed=seed)
-  train = SFTDataset([encoded[i] for i in idx], **common)
+  train = SFTDataset([encoded[i] for i in idx], **common, epoch_examples=epoch_examples)
   report["train"] = dict(_summary([records[i] for i in idx], train.encoded),
                          steps_in_epoch_0=train.steps_in_epoch(0))
+  if train.epoch_examples:
+    report["train"]["epoch_examples"] = train.epoch_examples
   if eval_idx is not None:
     eval_records, eval_encoded = [records[i] for i in eval_idx], [encoded[i] for i in eval_idx]
   elif eval_files:

@@ -3,7 +3,7 @@
 Every checkpoint's meta holds `fingerprint`, a flat dict of the fields that change what is
 trained: the model (architecture, vocabulary, dropout, dtypes), the content of every data file,
 the tokenizer, and the recipe (batch, epochs, schedule, optimizer, seed, packing, length,
-subset), and for a LoRA run its `train.lora` settings and its base's identity
+subset, examples per epoch), and for a LoRA run its `train.lora` settings and its base's identity
 (`base_identity`: the checkpoints hold only adapters). The mesh, logging, checkpoint cadence,
 remat policy and attention blocking are not in it: they change how a step runs, not what it
 computes. `code_version` is recorded beside it and only reported, since any commit would
@@ -67,6 +67,8 @@ def fingerprint(config, model_cfg, tok, format_meta: dict | None = None) -> dict
   for key in ("train_files", "eval_files"):
     out[f"data.{key}"] = [file_sha256(f) for f in _files(config.data[key])]
   out["tokenizer"] = distributed.digest(tok.to_meta())
+  if config.data.epoch_examples:  # only then, so earlier runs' fingerprints stay
+    out["data.epoch_examples"] = config.data.epoch_examples
   if format_meta:
     out["data.format"] = format_meta["format"]
     out["data.chat_template"] = hashlib.sha256(format_meta["chat_template"].encode()).hexdigest()

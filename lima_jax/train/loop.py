@@ -64,7 +64,7 @@ def load_data(config, tok: tokenizer_lib.Tokenizer, renderer=None):
   return data.load_sft_data(
       files, tok, max_len=config.data.max_len, pack=config.data.pack,
       global_batch=config.train.batch_size, seed=config.seed,
-      subset_size=config.data.subset_size,
+      subset_size=config.data.subset_size, epoch_examples=config.data.epoch_examples,
       eval_files=[f for f in config.data.eval_files.split(",") if f],
       eval_fraction=config.data.eval_fraction, on_error=config.data.on_error,
       renderer=renderer)
