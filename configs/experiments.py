@@ -111,6 +111,12 @@ Studies (`NAME`):
                         widens;
                     E3b the plateau moves less than 3 points (storage and extraction, not
                         capacity, limit it).
+  bioworld_fair   Issue 36, fairness to the large arms: d2k, d32k and n10k trained for the
+                  same steps as c1k (data.epoch_examples=1000: each of 16 epochs a fresh
+                  1,000 of the arm's rows, so 16,000 examples seen, most of them once) beside
+                  the core arms (about 16,000 examples seen by repeating the set), 3 seeds. The
+                  report's pairs say whether P1b (c1k near the best arm) and P2 (d32k - d2k
+                  within 3 points) change.
   bioworld_smoke  CI's version: 160 people, a short pretraining, c1k against 1K drawn from
                   n10k (data.subset_size), one seed, one SFT epoch; checks the pipeline and
                   the splits, not the claims.
@@ -310,12 +316,13 @@ def get_config(name: str = "tiny") -> ml_collections.ConfigDict:
         hint="make it with python -m lima_jax.datasets.wikihow --csv=wikihowAll.csv "
              "--out=wikihow.jsonl, then --config.pools.wikihow=wikihow.jsonl")
   elif name in ("bioworld", "bioworld_sweep", "bioworld_smoke", "bioworld_e1", "bioworld_e2",
-                "bioworld_e3", "bioworld_e3_l"):
+                "bioworld_e3", "bioworld_e3_l", "bioworld_fair"):
     _bioworld(c, name)
   else:
     raise ValueError(f"configs/experiments.py: unknown study {name!r}; use tiny, "
                      "dropout_epochs, shared_data, lima_paper_7b, bioworld, bioworld_sweep, "
-                     "bioworld_e1, bioworld_e2, bioworld_e3, bioworld_e3_l or bioworld_smoke")
+                     "bioworld_e1, bioworld_e2, bioworld_e3, bioworld_e3_l, bioworld_fair or "
+                     "bioworld_smoke")
   return c
 
 
@@ -332,7 +339,7 @@ def _bioworld(c, name: str) -> None:
       command=(*testbed, "pretrain", f"--config={pretrain}", "--world={world}",
                "--corpus=strong", "--workdir={out}", "--gate=0" if smoke else "--gate=0.95"),
       files=sources)
-  if name.startswith("bioworld_e"):
+  if name not in ("bioworld", "bioworld_sweep", "bioworld_smoke"):
     _bioworld_experiment(c, name, testbed, sources)
     return
   if not smoke:
@@ -380,7 +387,8 @@ def _bioworld(c, name: str) -> None:
 
 def _bioworld_experiment(c, name: str, testbed: tuple, sources: tuple) -> None:
   """Issue 36's experiments on the bioworld study's world and strong base (same prepare
-  steps, so one DIR shares them): E1 selectors, E2 poison dose, E3 base size."""
+  steps, so one DIR shares them): E1 selectors, E2 poison dose, E3 base size, and fairness
+  to the large arms."""
   c.base = "configs/bioworld.py:sft"
   c.prompts = "{world}/eval/prompts.jsonl"
   c.generate.update(max_new_tokens=32, greedy=True, repetition_penalty=1.0, batch_size=128)
@@ -395,7 +403,18 @@ def _bioworld_experiment(c, name: str, testbed: tuple, sources: tuple) -> None:
         f"model.init={base}", f"train.epochs={epochs}", f"checkpoint.keep_epochs={epochs}"),
                 **kw)
 
-  if name == "bioworld_e1":
+  if name == "bioworld_fair":
+    for arm in ("c1k", "d2k", "d32k", "n10k"):
+      c.arms[arm] = trained(f"{{world}}/sft/{arm}.jsonl", _bioworld_size(arm))
+      if arm != "c1k":  # the same steps as c1k: 16 epochs of a fresh 1,000 rows each
+        c.arms[f"{arm}_eq"] = _arm(
+            data=f"{{world}}/sft/{arm}.jsonl", seeds=(0, 1, 2), n_examples=_bioworld_size(arm),
+            overrides=("model.init={base_strong}/base", "train.epochs=16",
+                       "checkpoint.keep_epochs=16", "data.epoch_examples=1000"))
+    c.report.pairs = ("d32k_eq-d2k_eq", "d32k-d2k", "c1k-d2k_eq", "c1k-d2k", "c1k-n10k_eq",
+                      "c1k-n10k")
+    c.report.size_arms = ("c1k", "d2k", "d32k")
+  elif name == "bioworld_e1":
     c.prepare.base_small = _prep(
         command=(*testbed, "pretrain", "--config=configs/bioworld.py:pretrain_s",
                  "--world={world}", "--corpus=strong", "--workdir={out}", "--gate=0"),
