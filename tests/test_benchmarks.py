@@ -223,3 +223,45 @@ def test_report_names_the_accelerator_and_its_mfu(tmp_path):
   (machine,) = [l for l in readme.read_text().splitlines() if l.startswith("Machine: ")]
   assert machine.startswith(f"Machine: NVIDIA H100 80GB HBM3 (host {result['machine']['cpu']})")
   assert "MFU 51.2% (lima_jax)." in machine and "(torch)" not in machine
+
+
+def test_bioworld_compare_and_study_record(tmp_path):
+  # Two verdicts: the old world's held-out forms are the new world's paraphrase forms.
+  old = {"arms": {"c1k": {"em_test": 0.46}}, "predictions": [
+      {"name": "P3", "claim": "c", "diff": 0.053, "ci95": [0.031, 0.074], "outcome": "held"}]}
+  new = {"arms": {"c1k": {"em_test": 0.4, "em_test_vp": 0.45, "em_test_visible": 0.6,
+                          "em_test_paraphrase": 0.3, "em_test_novel": 0.3},
+                  "d2k": {"em_test": 0.5}},
+         "predictions": [{"name": "P3", "claim": "c", "diff": -0.01, "ci95": [-0.03, 0.01],
+                          "outcome": "failed"}]}
+  (tmp_path / "old.json").write_text(json.dumps(old))
+  (tmp_path / "new.json").write_text(json.dumps(new))
+  r = subprocess.run([sys.executable, "benchmarks/bioworld_compare.py",
+                      f"--old={tmp_path / 'old.json'}", f"--new={tmp_path / 'new.json'}"],
+                     cwd=REPO, capture_output=True, text=True)
+  assert r.returncode == 0, r.stderr
+  lines = r.stdout.splitlines()
+  assert lines[2] == "| d2k | - | 50.0 | - | - | - | - |"
+  assert lines[3] == "| c1k | 46.0 | 40.0 | 45.0 | 60.0 | 30.0 | 30.0 |"
+  assert "| P3 | c | held: +5.3 [+3.1, +7.4] | failed: -1.0 [-3.0, +1.0] |" in r.stdout
+  # study_record: the report files, the world's hashes and every step's wall time.
+  study = tmp_path / "study"
+  (study / "report").mkdir(parents=True)
+  (study / "report" / "bioworld.md").write_text("table\n")
+  (study / "prepare" / "world").mkdir(parents=True)
+  (study / "prepare" / "world" / "hashes.json").write_text('{"a": "b"}')
+  (study / "manifest.json").write_text(json.dumps({"steps": {
+      "c1k/seed0/train": {"kind": "train", "seconds": 40.5, "status": "done"},
+      "c1k/seed0/e16/answer": {"kind": "answer", "seconds": 20.0, "status": "done"}}}))
+  out = tmp_path / "results"
+  r = subprocess.run([sys.executable, "benchmarks/study_record.py", f"--study={study}",
+                      f"--out={out}", "--command=python -m x"], cwd=REPO, capture_output=True,
+                     text=True)
+  assert r.returncode == 0, r.stderr
+  run = json.loads((out / "run.json").read_text())
+  assert run["steps_wall_s"] == 60.5 and run["commands"] == ["python -m x"]
+  assert (out / "bioworld.md").read_text() == "table\n"
+  assert json.loads((out / "data_hashes.json").read_text()) == {"a": "b"}
+  r = subprocess.run([sys.executable, "benchmarks/study_record.py", f"--study={tmp_path}",
+                      f"--out={out}"], cwd=REPO, capture_output=True, text=True)
+  assert r.returncode != 0 and "manifest.json" in r.stderr
