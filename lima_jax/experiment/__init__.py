@@ -3,7 +3,8 @@ Ray cluster (TPU slices, GPUs, hosts), and compared.
 
 Command line: `python -m lima_jax.experiment run|report` (the studies: configs/experiments.py).
 Modules: `study` (a study's steps, including arms that answer a given model without
-training), `manifest` (each step's identity, the hash of its inputs, and the record that lets
+training, and arms that answer their own prompts), `prepare` (the prepare steps run once before
+any arm, and the `{NAME}` placeholders that name them), `manifest` (each step's identity, the hash of its inputs, and the record that lets
 a rerun do only what is missing), `local` (beginning and recording a step, and the local
 runner), `ray_executor` (the same steps on a Ray
 cluster, with `placement`: where each step runs, `ray_tasks`: what runs on a node, and

@@ -46,11 +46,11 @@ _DRY_RUN = flags.DEFINE_bool("dry_run", False, "run: print the plan, every comma
 flags.mark_flags_as_required(["workdir"])
 
 
-def _count_prompts(path: str) -> int:
+def _count_prompts(path: str, field: str) -> int:
   try:
     return sum(1 for line in open(path, encoding="utf-8") if line.strip())
   except OSError as e:
-    raise UserError(f"config prompts: {path}: {e.strerror}") from None
+    raise UserError(f"config {field}: {path}: {e.strerror}") from None
 
 
 def _eval_config():
@@ -67,12 +67,19 @@ def _eval_config():
 def _judge_estimate(c, workdir: pathlib.Path, arms: list[str]) -> str:
   """Calls, and a rough upper bound on tokens and cost, before any answer exists."""
   from lima_jax.experiment import study
-  path, made_by = study.prompts_path(c, workdir)
-  later = ""  # the prompts file does not exist yet: a prepare step makes it
-  if made_by and not os.path.exists(path):
-    later = (f" a prompt (the prompts, {path}, are made by prepare step "
-             f"{', '.join(k.split('/', 1)[1] for k in made_by)}: not counted yet)")
-  prompts = 1 if later else _count_prompts(path)
+  paths, made, counts = {}, {}, {}  # arm -> its prompts; path -> prepare steps, or rows
+  for arm in arms:
+    paths[arm], made_by = study.prompts_path(c, workdir, arm)  # its own, else the study's
+    if made_by and not os.path.exists(paths[arm]):  # a prepare step makes it: not counted yet
+      made[paths[arm]] = made_by
+    elif paths[arm] not in counts:
+      counts[paths[arm]] = _count_prompts(
+          paths[arm], f"arms.{arm}.prompts" if c.arms[arm].get("prompts") else "prompts")
+  later = ""
+  if made:  # every arm counted as one prompt
+    steps = sorted({k.split("/", 1)[1] for after in made.values() for k in after})
+    later = (f" a prompt (the prompts, {', '.join(made)}, are made by prepare step "
+             f"{', '.join(steps)}: not counted yet)")
   # Epochs judged a run: '' the last, 'all' unknown before training (counted once), else the
   # spec's ('5-10' is six).
   from lima_jax.formats import checkpoint
@@ -80,6 +87,7 @@ def _judge_estimate(c, workdir: pathlib.Path, arms: list[str]) -> str:
             if c.epochs not in ("", "all") else 1)
   units = 0
   for arm in arms:
+    prompts = 1 if later else counts[paths[arm]]
     per_epoch = sum((2 if p in study.PAIRWISE else 1) * prompts * c.samples
                     for p in c.protocols if p != "judge_free"
                     and not (p in study.PAIRWISE and arm == c.baseline_arm))
