@@ -75,26 +75,31 @@ def _judge_estimate(c, workdir: pathlib.Path, arms: list[str]) -> str:
     elif paths[arm] not in counts:
       counts[paths[arm]] = _count_prompts(
           paths[arm], f"arms.{arm}.prompts" if c.arms[arm].get("prompts") else "prompts")
-  later = ""
-  if made:  # every arm counted as one prompt
-    steps = sorted({k.split("/", 1)[1] for after in made.values() for k in after})
-    later = (f" a prompt (the prompts, {', '.join(made)}, are made by prepare step "
-             f"{', '.join(steps)}: not counted yet)")
   # Epochs judged a run: '' the last, 'all' unknown before training (counted once), else the
   # spec's ('5-10' is six).
   from lima_jax.formats import checkpoint
   epochs = (len(checkpoint.parse_epochs(c.epochs, "config epochs"))
             if c.epochs not in ("", "all") else 1)
-  units = 0
+  units = later = 0  # judge calls; those a prompt of prompts not made yet (counted once)
+  pending = {}  # the files not made yet that judged arms answer: their prepare steps
   for arm in arms:
-    prompts = 1 if later else counts[paths[arm]]
-    per_epoch = sum((2 if p in study.PAIRWISE else 1) * prompts * c.samples
+    per_epoch = sum((2 if p in study.PAIRWISE else 1) * c.samples
                     for p in c.protocols if p != "judge_free"
                     and not (p in study.PAIRWISE and arm == c.baseline_arm))
     # A model arm answers once: one checkpoint, no seeds or epochs.
-    units += per_epoch * (1 if study.is_model_arm(c, arm) else len(c.arms[arm].seeds) * epochs)
+    n = per_epoch * (1 if study.is_model_arm(c, arm) else len(c.arms[arm].seeds) * epochs)
+    units += n * counts.get(paths[arm], 1)
+    if n and paths[arm] in made:
+      later += n
+      pending[paths[arm]] = made[paths[arm]]
   if not units:
     return "judging: none (judge_free only: no judge calls)"
+  calls = f"{units - later:,} judge calls" if units > later else ""
+  if later:
+    steps = sorted({k.split("/", 1)[1] for after in pending.values() for k in after})
+    calls += (f"{' and ' if calls else ''}{later:,} judge calls a prompt (the prompts, "
+              f"{', '.join(pending)}, are made by prepare step {', '.join(steps)}: not counted "
+              "yet)")
   # A request holds the judge prompt (~300 tokens), the question and one or two answers at
   # the decoding limit (~4 characters a token); replies are ~200 tokens of reasons.
   answer = min(c.generate.max_new_tokens, 1024)
@@ -109,7 +114,7 @@ def _judge_estimate(c, workdir: pathlib.Path, arms: list[str]) -> str:
     cost = (f", about ${(tokens_in * rate_in + tokens_out * rate_out) / 1e6:,.2f} at "
             f"{c.judge.model}'s list price")
   every = " for every epoch checkpoint (a multiple of this)" if c.epochs == "all" else ""
-  return (f"judging: {units:,} judge calls{later}{every}, at most ~{tokens_in / 1e6:.1f}M "
+  return (f"judging: {calls}{every}, at most ~{tokens_in / 1e6:.1f}M "
           f"prompt and ~{tokens_out / 1e6:.1f}M completion tokens{cost}")
 
 
