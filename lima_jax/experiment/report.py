@@ -14,6 +14,7 @@ answered different prompts files (an arm's own `prompts`) is skipped, with a not
 import base64
 import html
 import json
+import os
 import pathlib
 
 import numpy as np
@@ -201,7 +202,7 @@ def build(workdir: pathlib.Path) -> dict:
     if a not in study["arms"] or b not in study["arms"]:
       raise UserError(f"config report.pairs: {spec!r} is not 'ARM-ARM' of this study")
     prompts = [study["arms"][arm].get("prompts") or study.get("prompts", "") for arm in (a, b)]
-    if prompts[0] != prompts[1]:  # no prompt to pair: each arm answered its own file
+    if len({os.path.normpath(p) for p in prompts}) > 1:  # each arm answered its own file
       pairs.append({"pair": spec, "protocol": metric_protocol, "epoch": None,
                     "epochs": [None, None], "n_prompts": 0, "difference": None,
                     "ci95": [None, None],

@@ -162,7 +162,7 @@ def _check_pairing(c, workdir: pathlib.Path, arm: str) -> None:
   if not pairwise or base not in c.arms or base == arm:
     return
   mine, theirs = prompts_path(c, workdir, arm)[0], prompts_path(c, workdir, base)[0]
-  if mine != theirs:
+  if os.path.normpath(mine) != os.path.normpath(theirs):
     field = arm if c.arms[arm].get("prompts") else base
     raise UserError(f"config arms.{field}.prompts: {', '.join(pairwise)} would judge arm {arm} "
                     f"(prompts {mine}) against baseline_arm {base} (prompts {theirs}) prompt "
