@@ -131,7 +131,11 @@ prepare step: `model="{base}/ckpt"`) answered and judged as it is, with no curat
 step: steps ARM/base/answer and ARM/base/PROTOCOL, the report's row at epoch 0. It may be the
 `baseline_arm` (every trained arm's seeds and epochs are judged against its one answer set).
 `format` ('lima' or 'chat_template'; `_arm(fmt=...)`): the format the arm's checkpoints answer
-in, default the checkpoint's own.
+in, default the checkpoint's own. `prompts`: the prompts file the arm's answer steps answer,
+default the study's `prompts`; it may name prepare steps as `prompts` does (a study of several
+worlds: `_arm(data="{world_s1}/sft/c1k.jsonl", prompts="{world_s1}/eval/prompts.jsonl")`). A
+pairwise protocol judges an arm only against a `baseline_arm` on the same prompts (the plan
+refuses it otherwise), and the report's `pairs` skip, with a note, two arms on different ones.
 
 Prepare steps (`config.prepare.NAME = _prep(command=(...), files=(...), after=(...))`): run
 once a study, before any arm (a synthetic world, a pretrained base), each after the steps
@@ -171,7 +175,7 @@ POOL_12K = f"{SHARED}/instruct/alpaca_random_9k.json,{SHARED}/instruct/dolly_fil
 
 def _arm(data: str = "", curate: str = "", pool="", n: int = 0, overrides=(),
          seeds=(0,), curate_seed: int = 0, n_examples: int = 0, curate_overrides=(),
-         hint: str = "", model: str = "", fmt: str = ""):
+         hint: str = "", model: str = "", fmt: str = "", prompts: str = ""):
   a = ml_collections.ConfigDict()
   a.hint = hint  # Said when the arm's files are missing: how to make them.
   # A checkpoint answered and judged as it is, with no training (a converted base model as
@@ -180,6 +184,11 @@ def _arm(data: str = "", curate: str = "", pool="", n: int = 0, overrides=(),
   # The conversation format its checkpoints answer in: '' the checkpoint's own (what it was
   # trained in; a converted model's template), 'lima' or 'chat_template'.
   a.format = fmt
+  # The prompts its answer steps answer: '' the study's `prompts`; else a file, which may name
+  # prepare steps ("{world_s1}/eval/prompts.jsonl": the answer steps then follow world_s1). A
+  # pairwise protocol needs the arm and the baseline_arm on the same prompts; the report pairs
+  # only arms that answered the same prompts.
+  a.prompts = prompts
   a.data = data  # Training files ('' when curated).
   a.curate = curate  # configs/curate.py preset ('' = use `data` as it is).
   a.pool = pool  # Curation pool files (comma-separated; may be a reference to `pools`).

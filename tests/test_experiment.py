@@ -159,6 +159,17 @@ def test_dry_run_plans_the_shared_data_study_with_a_judging_estimate():
     (["--config.arms.random100.model=data/demo", "--config.arms.random100.curate=",
       "--config.arms.random100.pool=", "--config.arms.random100.n=0"],
      "config arms.random100.model: lima_pairwise would judge it against all, which trains"),
+    # An arm's own prompts: filled and checked as the study's are, each error naming the arm.
+    (["--config.arms.all.prompts={world}/eval/prompts.jsonl"],
+     "config arms.all.prompts: unknown placeholder {world} in '{world}/eval/prompts.jsonl' "
+     "(known here: {workdir})"),
+    (["--config.arms.all.prompts=/nope/p.jsonl", "--config.protocols=('judge_free',)"],
+     "config arms.all.prompts: /nope/p.jsonl: No such file or directory"),
+    # lima_pairwise would judge random100 against all prompt by prompt: one prompts file.
+    (["--config.arms.random100.prompts=data/demo/train.jsonl"],
+     "config arms.random100.prompts: lima_pairwise would judge arm random100 (prompts "
+     "data/demo/train.jsonl) against baseline_arm all (prompts data/demo/prompts.jsonl) prompt "
+     "by prompt; give both the same prompts, or judge without a pairwise protocol"),
 ])
 def test_bad_study_input_is_one_line(args, message, tmp_path):
   r = cli("run", "--config=configs/experiments.py:tiny", f"--workdir={tmp_path}", "--dry_run",
@@ -726,3 +737,106 @@ def test_a_converted_base_is_a_study_arm_with_no_train_step(tmp_path):
   assert pair["pair"] == "all-base" and pair["epochs"] == [1, 0] and pair["n_prompts"] == 20
   again = cli("run", f"--config={config}", f"--workdir={workdir}")
   assert again.returncode == 0 and "base/base/answer: done" in again.stdout
+
+
+# --- Arms that answer prompts of their own (one study, several worlds) ------------------------
+
+def _worlds_study(tmp_path) -> pathlib.Path:
+  """A study file over two worlds, each a prepare step that makes its prompts: model arms m1
+  and m2 answer a checkpoint of their world and the world's prompts; arm own trains on the
+  demo data and answers a prompts file of the study's directory; arm shared the study's."""
+  (tmp_path / "own.jsonl").write_text('{"conversations": ["Why?"]}\n' * 3)
+  config = tmp_path / "study.py"
+  config.write_text(f"""
+import sys
+sys.path.insert(0, {str(REPO)!r})
+from configs import experiments
+
+def get_config():
+  c = experiments.get_config("tiny")
+  c.protocols, c.baseline_arm, c.judge.scripted, c.report.pairs = ("judge_free",), "", False, ()
+  for s in (1, 2):
+    c.prepare[f"world_s{{s}}"] = experiments._prep(command=("python", "-c", "pass", "{{out}}"))
+    c.arms[f"m{{s}}"] = experiments._arm(model=f"{{{{world_s{{s}}}}}}/ckpt",
+                                         prompts=f"{{{{world_s{{s}}}}}}/eval/prompts.jsonl")
+  c.arms.own = experiments._arm(data="data/demo/train.jsonl", prompts={str(tmp_path)!r}
+                                + "/own.jsonl", n_examples=314)
+  c.arms.shared = experiments._arm(data="data/demo/train.jsonl", n_examples=314)
+  del c.arms["all"], c.arms["random100"]
+  return c
+""")
+  return config
+
+
+def test_each_arm_answers_its_own_prompts_file(tmp_path):
+  from lima_jax.experiment import study
+  from lima_jax.experiment.manifest import Manifest
+  config, w = _worlds_study(tmp_path), tmp_path / "w"
+  r = cli("run", f"--config={config}", f"--workdir={w}", "--dry_run",
+          "--config.protocols=('judge_free','lima_likert')")
+  assert r.returncode == 0, r.stderr
+  for s in (1, 2):  # each model arm's answer command, on its own world's prompts
+    plan = r.stdout.split(f"arm m{s}:\n", 1)[1].split("arm ")[0]
+    assert f"--config.prompts={w}/prepare/world_s{s}/eval/prompts.jsonl " in plan
+    assert f"--config.checkpoint={w}/prepare/world_s{s}/ckpt " in plan
+  # Graded on each arm's prompts: own's 3 and shared's 20 counted, the worlds' not made yet.
+  assert (f"judging: 23 judge calls and 2 judge calls a prompt (the prompts, {w}/prepare/"
+          f"world_s1/eval/prompts.jsonl, {w}/prepare/world_s2/eval/prompts.jsonl, are made by "
+          "prepare step world_s1, world_s2: not counted yet)") in r.stdout
+  c = _load(config)
+  # The answer steps of trained arms, once a checkpoint exists: each its own prompts.
+  steps = {arm: study._answer_and_judge(c, w, arm, f"{arm}/seed0/e2", w / arm, w / "ckpt",
+                                        (f"{arm}/seed0/train",), 0, 2)[0]
+           for arm in ("own", "shared", "m1")}
+  assert f"--config.prompts={tmp_path}/own.jsonl" in steps["own"].command
+  assert "--config.prompts=data/demo/prompts.jsonl" in steps["shared"].command
+  assert steps["m1"].after == ("m1/seed0/train", "prepare/world_s1")
+  assert steps["own"].after == ("own/seed0/train",)  # its prompts name no prepare step
+  assert [s.key for s in study.needed_prepare(c, w, ["m2"], only=True)] == ["prepare/world_s2"]
+  assert study.needed_prepare(c, w, ["own", "shared"], only=True) == []
+  # The prompts file is an input: a changed one redoes that arm's answers, not the others'.
+  (w / "prepare/world_s1/eval").mkdir(parents=True)
+  (w / "prepare/world_s1/eval/prompts.jsonl").write_text('{"conversations": ["Who?"]}\n')
+  m = Manifest(w)
+  before = {arm: m.digest(step) for arm, step in steps.items()}
+  (tmp_path / "own.jsonl").write_text('{"conversations": ["Why not?"]}\n')
+  after = {arm: m.digest(step) for arm, step in steps.items()}
+  assert after["own"] != before["own"]
+  assert after["shared"] == before["shared"] and after["m1"] == before["m1"]
+  # Judged pairwise against m2 (another world's prompts): refused when the study is planned.
+  r = cli("run", f"--config={config}", f"--workdir={w}", "--dry_run", "--config.baseline_arm=m2",
+          "--config.protocols=('judge_free','lima_pairwise')", "--config.judge.scripted=True")
+  lines = r.stderr.strip().splitlines()
+  assert r.returncode == 1 and len(lines) == 1, r.stderr
+  assert lines[0].startswith("error: config arms.m1.prompts: lima_pairwise would judge arm m1 "
+                             f"(prompts {w}/prepare/world_s1/eval/prompts.jsonl) against "
+                             f"baseline_arm m2 (prompts {w}/prepare/world_s2/eval/"), lines
+  r = cli("run", f"--config={config}", f"--workdir={w}", "--dry_run",
+          "--config.arms.m1.prompts={world_s3}/eval/prompts.jsonl")
+  assert r.returncode == 1 and r.stderr.strip().splitlines() == [
+      "error: config arms.m1.prompts: unknown placeholder {world_s3} in "
+      "'{world_s3}/eval/prompts.jsonl' (known here: {workdir}, {world_s1}, {world_s2})"]
+
+
+def test_report_skips_a_pair_of_arms_on_different_prompts(tmp_path, capsys):
+  from lima_jax.experiment import report
+  workdir = _exact_study(tmp_path, lambda arm, seed, i: i % 2 or arm == "a")
+  study_json = json.loads((workdir / "study.json").read_text())
+  study_json["arms"]["a"]["prompts"] = "{world_s1}/eval/prompts.jsonl"
+  (workdir / "study.json").write_text(json.dumps(study_json))
+  report.main(workdir)
+  rep = json.loads((workdir / "report" / "report.json").read_text())
+  (pair,) = rep["pairs"]
+  assert pair["difference"] is None and pair["n_prompts"] == 0
+  assert pair["skipped"] == ("a answered {world_s1}/eval/prompts.jsonl, b "
+                             "data/demo/prompts.jsonl")
+  assert ("a-b: skipped, not the same prompts (a answered {world_s1}/eval/prompts.jsonl, b "
+          "data/demo/prompts.jsonl)") in capsys.readouterr().out
+  assert "skipped, not the same prompts" in (workdir / "report" / "index.html").read_text()
+  rows = {(r["arm"], r["field"]): r["value"] for r in rep["rows"]}  # each arm's rows stay
+  assert rows["a", "exact_rate:set=test"] == 1.0 and rows["b", "exact_rate:set=test"] == 0.0
+  # The same file named by both (b's own, a's the study's): paired again.
+  study_json["arms"]["b"]["prompts"] = "{world_s1}/eval/prompts.jsonl"
+  (workdir / "study.json").write_text(json.dumps(study_json))
+  (pair,) = report.build(workdir)["pairs"]
+  assert pair["n_prompts"] == 20 and pair["difference"] == pytest.approx(1.0)

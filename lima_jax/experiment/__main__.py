@@ -46,11 +46,11 @@ _DRY_RUN = flags.DEFINE_bool("dry_run", False, "run: print the plan, every comma
 flags.mark_flags_as_required(["workdir"])
 
 
-def _count_prompts(path: str) -> int:
+def _count_prompts(path: str, field: str) -> int:
   try:
     return sum(1 for line in open(path, encoding="utf-8") if line.strip())
   except OSError as e:
-    raise UserError(f"config prompts: {path}: {e.strerror}") from None
+    raise UserError(f"config {field}: {path}: {e.strerror}") from None
 
 
 def _eval_config():
@@ -67,26 +67,39 @@ def _eval_config():
 def _judge_estimate(c, workdir: pathlib.Path, arms: list[str]) -> str:
   """Calls, and a rough upper bound on tokens and cost, before any answer exists."""
   from lima_jax.experiment import study
-  path, made_by = study.prompts_path(c, workdir)
-  later = ""  # the prompts file does not exist yet: a prepare step makes it
-  if made_by and not os.path.exists(path):
-    later = (f" a prompt (the prompts, {path}, are made by prepare step "
-             f"{', '.join(k.split('/', 1)[1] for k in made_by)}: not counted yet)")
-  prompts = 1 if later else _count_prompts(path)
+  paths, made, counts = {}, {}, {}  # arm -> its prompts; path -> prepare steps, or rows
+  for arm in arms:
+    paths[arm], made_by = study.prompts_path(c, workdir, arm)  # its own, else the study's
+    if made_by and not os.path.exists(paths[arm]):  # a prepare step makes it: not counted yet
+      made[paths[arm]] = made_by
+    elif paths[arm] not in counts:
+      counts[paths[arm]] = _count_prompts(
+          paths[arm], f"arms.{arm}.prompts" if c.arms[arm].get("prompts") else "prompts")
   # Epochs judged a run: '' the last, 'all' unknown before training (counted once), else the
   # spec's ('5-10' is six).
   from lima_jax.formats import checkpoint
   epochs = (len(checkpoint.parse_epochs(c.epochs, "config epochs"))
             if c.epochs not in ("", "all") else 1)
-  units = 0
+  units = later = 0  # judge calls; those a prompt of prompts not made yet (counted once)
+  pending = {}  # the files not made yet that judged arms answer: their prepare steps
   for arm in arms:
-    per_epoch = sum((2 if p in study.PAIRWISE else 1) * prompts * c.samples
+    per_epoch = sum((2 if p in study.PAIRWISE else 1) * c.samples
                     for p in c.protocols if p != "judge_free"
                     and not (p in study.PAIRWISE and arm == c.baseline_arm))
     # A model arm answers once: one checkpoint, no seeds or epochs.
-    units += per_epoch * (1 if study.is_model_arm(c, arm) else len(c.arms[arm].seeds) * epochs)
+    n = per_epoch * (1 if study.is_model_arm(c, arm) else len(c.arms[arm].seeds) * epochs)
+    units += n * counts.get(paths[arm], 1)
+    if n and paths[arm] in made:
+      later += n
+      pending[paths[arm]] = made[paths[arm]]
   if not units:
     return "judging: none (judge_free only: no judge calls)"
+  calls = f"{units - later:,} judge calls" if units > later else ""
+  if later:
+    steps = sorted({k.split("/", 1)[1] for after in pending.values() for k in after})
+    calls += (f"{' and ' if calls else ''}{later:,} judge calls a prompt (the prompts, "
+              f"{', '.join(pending)}, are made by prepare step {', '.join(steps)}: not counted "
+              "yet)")
   # A request holds the judge prompt (~300 tokens), the question and one or two answers at
   # the decoding limit (~4 characters a token); replies are ~200 tokens of reasons.
   answer = min(c.generate.max_new_tokens, 1024)
@@ -101,7 +114,7 @@ def _judge_estimate(c, workdir: pathlib.Path, arms: list[str]) -> str:
     cost = (f", about ${(tokens_in * rate_in + tokens_out * rate_out) / 1e6:,.2f} at "
             f"{c.judge.model}'s list price")
   every = " for every epoch checkpoint (a multiple of this)" if c.epochs == "all" else ""
-  return (f"judging: {units:,} judge calls{later}{every}, at most ~{tokens_in / 1e6:.1f}M "
+  return (f"judging: {calls}{every}, at most ~{tokens_in / 1e6:.1f}M "
           f"prompt and ~{tokens_out / 1e6:.1f}M completion tokens{cost}")
 
 

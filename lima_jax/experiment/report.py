@@ -8,11 +8,13 @@ may be the metric. One seed: the intervals are eval's own. Several seeds: the va
 mean over seeds, and the interval of a protocol's per-prompt score (`score` for pairwise,
 `mean` for graded, `exact_rate` and `exact_rate:TAG` for judge_free, over the prompts with
 TAG) is a two-level bootstrap (seeds, then prompts within each drawn seed); other fields show
-the seeds' range. Paired differences use the same per-prompt scores.
+the seeds' range. Paired differences use the same per-prompt scores, so a pair of arms that
+answered different prompts files (an arm's own `prompts`) is skipped, with a note.
 """
 import base64
 import html
 import json
+import os
 import pathlib
 
 import numpy as np
@@ -199,6 +201,13 @@ def build(workdir: pathlib.Path) -> dict:
     a, _, b = spec.partition("-")
     if a not in study["arms"] or b not in study["arms"]:
       raise UserError(f"config report.pairs: {spec!r} is not 'ARM-ARM' of this study")
+    prompts = [study["arms"][arm].get("prompts") or study.get("prompts", "") for arm in (a, b)]
+    if len({os.path.normpath(p) for p in prompts}) > 1:  # each arm answered its own file
+      pairs.append({"pair": spec, "protocol": metric_protocol, "epoch": None,
+                    "epochs": [None, None], "n_prompts": 0, "difference": None,
+                    "ci95": [None, None],
+                    "skipped": f"{a} answered {prompts[0]}, {b} {prompts[1]}"})
+      continue
     # Arms on one epoch schedule meet at the last epoch both have answered; arms trained for
     # different epochs (matched examples seen) each at their own last one.
     epoch = min(last.get(a, 0), last.get(b, 0))
@@ -224,6 +233,18 @@ def _fmt(v) -> str:
   return f"{v:.3f}" if isinstance(v, float) and abs(v) < 100 else f"{v:,.1f}"
 
 
+def _pair_row(p: dict) -> str:
+  """A row of the paired differences' table."""
+  esc = html.escape
+  if p.get("skipped"):
+    cells = f"<td colspan=5>skipped, not the same prompts: {esc(p['skipped'])}</td>"
+  else:
+    cells = (f"<td>{esc(p['protocol'])}<br><small>{esc(p.get('score', ''))}</small></td>"
+             f"<td>{_epochs(p)}</td><td>{p['n_prompts']}</td><td>{_fmt(p['difference'])}</td>"
+             f"<td>[{_fmt(p['ci95'][0])}, {_fmt(p['ci95'][1])}]</td>")
+  return f"<tr><td>{esc(p['pair'])}</td>{cells}</tr>"
+
+
 def render(rep: dict, pngs: dict[str, bytes]) -> str:
   esc = html.escape
   cols = sorted({(r["protocol"], r["field"]) for r in rep["rows"]})
@@ -245,11 +266,7 @@ def render(rep: dict, pngs: dict[str, bytes]) -> str:
       tds.append(f"<td>{_fmt(r['value'])}{ci}</td>")
     seeds = max(cells[k]["seeds"] for k in cells if k[:2] == (arm, epoch))
     body.append(f"<tr><th>{esc(arm)}</th><td>{epoch}</td><td>{seeds}</td>{''.join(tds)}</tr>")
-  pairs = "".join(
-      f"<tr><td>{esc(p['pair'])}</td><td>{esc(p['protocol'])}<br><small>"
-      f"{esc(p.get('score', ''))}</small></td><td>{_epochs(p)}</td>"
-      f"<td>{p['n_prompts']}</td><td>{_fmt(p['difference'])}</td>"
-      f"<td>[{_fmt(p['ci95'][0])}, {_fmt(p['ci95'][1])}]</td></tr>" for p in rep["pairs"])
+  pairs = "".join(_pair_row(p) for p in rep["pairs"])
   imgs = "".join(f'<figure><img src="data:image/png;base64,{base64.b64encode(b).decode()}" '
                  f'alt="{esc(n)}"><figcaption>{esc(n)}</figcaption></figure>'
                  for n, b in pngs.items())
@@ -280,7 +297,9 @@ def main(workdir: pathlib.Path) -> None:
   for spec in rep["missing_fields"]:
     print(f"  report.fields: {spec!r} is in no finished step's results.json")
   for p in rep["pairs"]:
-    if p["difference"] is None:
+    if p.get("skipped"):
+      print(f"  {p['pair']}: skipped, not the same prompts ({p['skipped']})")
+    elif p["difference"] is None:
       print(f"  {p['pair']}: no prompt scored by both arms at epoch {_epochs(p)} (not run yet?)")
     else:
       print(f"  {p['pair']} ({p['protocol']} {p['score']}, epoch {_epochs(p)}, "

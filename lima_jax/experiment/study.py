@@ -1,15 +1,15 @@
 """A study's steps: what each one runs, reads and follows.
 
-Prepare steps (`c.prepare.NAME`: any command, e.g. building a synthetic world or
-pretraining a base) run first, once a study, each after the steps it follows; their output
-directories are the `{NAME}` placeholders of other prepare steps and of the arms' fields
-(whose steps then follow them). Each arm is runs
-(one a training seed) of: curate (once an arm, when the arm curates) ->
-train -> answer (lima_jax.eval's judge_free on a checkpoint, which writes answers.jsonl) ->
-judge (one lima_jax.eval per further protocol). Answer and judge steps exist per answered
-epoch, known once training has written its checkpoints, so the plan grows as it runs. An arm
-with `model` (a model arm: a converted base, say) trains nothing: its one answer step and its
-judge steps answer that checkpoint as it is, known when the plan is made.
+Prepare steps run first, once a study (prepare.py: they and the `{NAME}` placeholders through
+which the arms' fields name them, whose steps then follow them). Each arm is runs (one a
+training seed) of: curate (once an arm, when the arm curates) -> train -> answer
+(lima_jax.eval's judge_free on a checkpoint, which writes answers.jsonl, over the arm's
+prompts: its own `prompts`, else the study's) -> judge (one lima_jax.eval per further
+protocol; a pairwise one against the baseline arm's answers of the same prompts). Answer and
+judge steps exist per answered epoch, known once training has written its checkpoints, so the
+plan grows as it runs. An arm with `model` (a model arm: a converted base, say) trains
+nothing: its one answer step and its judge steps answer that checkpoint as it is, known when
+the plan is made.
 
 Each step's identity and the manifest that records it: manifest.py; running them here:
 local.py, on Ray: ray_executor.py.
@@ -17,11 +17,12 @@ local.py, on Ray: ray_executor.py.
 import dataclasses
 import os
 import pathlib
-import re
 import sys
 
 from lima_jax.errors import UserError
 from lima_jax.experiment.manifest import Step
+from lima_jax.experiment.prepare import (fill, fill_all, keys, made_later, placeholders,
+                                         prepare_steps, prompts_path)
 
 PAIRWISE = ("lima_pairwise", "alpaca_eval")
 
@@ -39,137 +40,7 @@ def _overrides(items) -> list[str]:
   return out
 
 
-# --- Prepare steps and their placeholders ---------------------------------------------------
-
-_PLACEHOLDER = re.compile(r"\{\{[A-Za-z_][A-Za-z0-9_]*\}\}|\{([A-Za-z_][A-Za-z0-9_]*)\}")
-_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
-RESERVED = ("out", "workdir")
-
-
-def prepare_names(c) -> list[str]:
-  """The study's prepare step names as the config lists them (checked: usable as
-  placeholders)."""
-  prep = c.get("prepare") or {}
-  names = list(prep.keys())
-  for name in names:
-    if not _NAME.match(name) or name in RESERVED:
-      raise UserError(f"config prepare.{name}: a prepare step's name must be an identifier "
-                      f"other than {' and '.join(RESERVED)} (it is the {{NAME}} placeholder)")
-  if names and "prepare" in c.arms:
-    raise UserError("config arms.prepare: 'prepare' names the prepare steps; rename the arm")
-  return names
-
-
-def prepare_dir(workdir: pathlib.Path, name: str) -> pathlib.Path:
-  return workdir / "prepare" / name
-
-
-def fill(text: str, values: dict[str, str], field: str) -> tuple[str, tuple[str, ...]]:
-  """`text` with each {NAME} (an identifier in braces) replaced from `values`; returns it and
-  the names it used. Other braces stay as they are ('{"a": 1}', code); {{NAME}} is a literal
-  {NAME}. An unknown name is an error naming `field`."""
-  used = []
-
-  def one(m):
-    if m.group(1) is None:
-      return m.group(0)[1:-1]
-    name = m.group(1)
-    if name not in values:
-      known = ", ".join(f"{{{k}}}" for k in values) or "none"
-      raise UserError(f"config {field}: unknown placeholder {{{name}}} in {text!r} (known "
-                      f"here: {known})")
-    used.append(name)
-    return values[name]
-  return _PLACEHOLDER.sub(one, text), tuple(dict.fromkeys(used))
-
-
-def _placeholders(c, workdir: pathlib.Path) -> dict[str, str]:
-  """What arms' fields may name: every prepare step's directory, and {workdir}."""
-  return {"workdir": str(workdir),
-          **{n: str(prepare_dir(workdir, n)) for n in prepare_names(c)}}
-
-
-def _fill_all(values, items, field: str) -> tuple[tuple[str, ...], set[str]]:
-  out, used = [], set()
-  for i, item in enumerate(items):
-    text, names = fill(item, values, f"{field}[{i}]")
-    out.append(text)
-    used.update(names)
-  return tuple(out), used
-
-
-def _keys(names) -> tuple[str, ...]:
-  return tuple(f"prepare/{n}" for n in sorted(names) if n != "workdir")
-
-
-def prepare_steps(c, workdir: pathlib.Path) -> list[Step]:
-  """Every prepare step, each after the steps it follows (else in the config's order). In
-  its command and files {out} is the step's own directory, {NAME} another step's (which it
-  then follows, as it does those in `after`), {workdir} the study's. A command starting
-  with 'python' runs under this interpreter."""
-  names = prepare_names(c)
-  values = _placeholders(c, workdir)
-  steps = {}
-  for name in names:
-    p, field = c.prepare[name], f"prepare.{name}"
-    out = prepare_dir(workdir, name)
-    others = {k: v for k, v in values.items() if k != name}
-    command = list(p.get("command") or ())
-    if not command or not all(isinstance(a, str) for a in command):
-      raise UserError(f"config {field}.command: needs the command as a tuple of strings")
-    command, used = _fill_all({**others, "out": str(out)}, command, f"{field}.command")
-    files_, used_f = _fill_all(others, tuple(p.get("files") or ()), f"{field}.files")
-    after = (set(used) | used_f) - {"out", "workdir"}
-    for other in p.get("after") or ():
-      if other not in names or other == name:
-        raise UserError(f"config {field}.after: {other!r} is not another prepare step "
-                        f"({', '.join(n for n in names if n != name) or 'none'})")
-      after.add(other)
-    command = list(command)
-    if command[0] in ("python", "python3"):
-      command[0] = sys.executable
-    steps[name] = Step(f"prepare/{name}", "", "prepare", command, out, files=files_,
-                       after=_keys(after))
-  ordered, placed = [], set()
-  while len(ordered) < len(names):  # the first step whose steps are all placed, each time
-    ready = [n for n in names if n not in placed
-             and all(k.split("/", 1)[1] in placed for k in steps[n].after)]
-    if not ready:
-      raise UserError("config prepare: steps that follow each other in a circle (or follow "
-                      "one that does): " + ", ".join(n for n in names if n not in placed))
-    ordered.append(steps[ready[0]])
-    placed.add(ready[0])
-  return ordered
-
-
-def needed_prepare(c, workdir: pathlib.Path, arms: list[str], only: bool) -> list[Step]:
-  """The prepare steps to run for these arms: all of them, or with --only those the arms
-  (and the study's shared fields) name, and the steps those follow."""
-  steps = prepare_steps(c, workdir)
-  if not only:
-    return steps
-  want = set(_study_refs(c, workdir))
-  for arm in arms:
-    want.update(resolve_arm(c, workdir, arm).after)
-  for step in reversed(steps):  # a step follows earlier ones only
-    if step.key in want:
-      want.update(step.after)
-  return [s for s in steps if s.key in want]
-
-
-def _study_refs(c, workdir) -> tuple[str, ...]:
-  """The prepare steps named by the fields every arm uses."""
-  values = _placeholders(c, workdir)
-  _, used = _fill_all(values, c.base_overrides, "base_overrides")
-  _, used_eval = _fill_all(values, c.eval_overrides, "eval_overrides")
-  return _keys(used | used_eval | set(fill(c.prompts, values, "prompts")[1]))
-
-
-def prompts_path(c, workdir: pathlib.Path) -> tuple[str, tuple[str, ...]]:
-  """c.prompts with its placeholders filled, and the prepare steps it names."""
-  text, used = fill(c.prompts, _placeholders(c, workdir), "prompts")
-  return text, _keys(used)
-
+# --- An arm's fields, and the prepare steps they name ----------------------------------------
 
 @dataclasses.dataclass
 class ArmInputs:
@@ -186,21 +57,40 @@ class ArmInputs:
 
 
 def resolve_arm(c, workdir: pathlib.Path, arm: str) -> ArmInputs:
-  a, values = c.arms[arm], _placeholders(c, workdir)
+  a, values = c.arms[arm], placeholders(c, workdir)
   data, u1 = fill(a.data or "", values, f"arms.{arm}.data")
   pool, u2 = fill(a.pool or "", values, f"arms.{arm}.pool")
-  overrides, u3 = _fill_all(values, a.overrides, f"arms.{arm}.overrides")
-  curate_overrides, u4 = _fill_all(values, a.curate_overrides, f"arms.{arm}.curate_overrides")
-  base_overrides, u5 = _fill_all(values, c.base_overrides, "base_overrides")
+  overrides, u3 = fill_all(values, a.overrides, f"arms.{arm}.overrides")
+  curate_overrides, u4 = fill_all(values, a.curate_overrides, f"arms.{arm}.curate_overrides")
+  base_overrides, u5 = fill_all(values, c.base_overrides, "base_overrides")
   model, u6 = fill(a.get("model") or "", values, f"arms.{arm}.model")
   if model:  # it does not train: base_overrides are not its
-    return ArmInputs(data, pool, overrides, curate_overrides, (), model, _keys(u6), (), ())
+    return ArmInputs(data, pool, overrides, curate_overrides, (), model, keys(u6), (), ())
   return ArmInputs(data, pool, overrides, curate_overrides, base_overrides, "",
-                   _keys(set(u1) | set(u2) | u3 | u4 | u5), _keys(set(u2) | u4),
-                   _keys((set() if a.curate else set(u1)) | u3 | u5))
+                   keys(set(u1) | set(u2) | u3 | u4 | u5), keys(set(u2) | u4),
+                   keys((set() if a.curate else set(u1)) | u3 | u5))
 
 
-# --- Arms ------------------------------------------------------------------------------------
+def needed_prepare(c, workdir: pathlib.Path, arms: list[str], only: bool) -> list[Step]:
+  """The prepare steps to run for these arms: all of them, or with --only those the arms
+  (their fields and prompts, and the study's shared fields) name, and the steps those
+  follow."""
+  steps = prepare_steps(c, workdir)
+  if not only:
+    return steps
+  values = placeholders(c, workdir)
+  _, used = fill_all(values, c.base_overrides, "base_overrides")
+  _, used_eval = fill_all(values, c.eval_overrides, "eval_overrides")
+  want = set(keys(used | used_eval))
+  for arm in arms:
+    want.update(resolve_arm(c, workdir, arm).after, prompts_path(c, workdir, arm)[1])
+  for step in reversed(steps):  # a step follows earlier ones only
+    if step.key in want:
+      want.update(step.after)
+  return [s for s in steps if s.key in want]
+
+
+# --- An arm's steps ---------------------------------------------------------------------------
 
 def run_dir(workdir: pathlib.Path, arm: str, seed: int) -> pathlib.Path:
   return workdir / "arms" / arm / f"seed{seed}"
@@ -225,15 +115,15 @@ def before_training(c, workdir: pathlib.Path, arm: str, pending=frozenset()) -> 
   """The arm's steps known before any training: its curate step (if any) and one train step
   a seed; for a model arm, its answer and judge steps. `pending`: keys of prepare steps not
   run yet, whose files are not looked for."""
+  _check_pairing(c, workdir, arm)
   if is_model_arm(c, arm):
     return model_arm_steps(c, workdir, arm, pending)
   a, steps = c.arms[arm], []
   r = resolve_arm(c, workdir, arm)
   data = arm_data(c, workdir, arm)
   field = "pool" if a.curate else "data"
-  made_later = [str(prepare_dir(workdir, k.split("/", 1)[1])) for k in r.after if k in pending]
   for path in (r.pool if a.curate else r.data).split(","):  # the files this arm starts from
-    if path and any(path.startswith(d + os.sep) or path == d for d in made_later):
+    if path and made_later(workdir, path, r.after, pending):
       continue  # a prepare step still to run makes it
     if not path or not os.path.exists(path):
       missing = f"{path} does not exist" if path else "not set"
@@ -262,6 +152,22 @@ def before_training(c, workdir: pathlib.Path, arm: str, pending=frozenset()) -> 
         out, files=(base_file,) if a.curate else (base_file, *data),
         after=((f"{arm}/curate",) if a.curate else ()) + r.train_after, seed=seed))
   return steps
+
+
+def _check_pairing(c, workdir: pathlib.Path, arm: str) -> None:
+  """A pairwise protocol judges the arm's answers against the baseline arm's prompt by
+  prompt: both must answer the same prompts file (checked when the study is planned)."""
+  pairwise = [p for p in c.protocols if p in PAIRWISE]
+  base = c.baseline_arm
+  if not pairwise or base not in c.arms or base == arm:
+    return
+  mine, theirs = prompts_path(c, workdir, arm)[0], prompts_path(c, workdir, base)[0]
+  if os.path.normpath(mine) != os.path.normpath(theirs):
+    field = arm if c.arms[arm].get("prompts") else base
+    raise UserError(f"config arms.{field}.prompts: {', '.join(pairwise)} would judge arm {arm} "
+                    f"(prompts {mine}) against baseline_arm {base} (prompts {theirs}) prompt "
+                    "by prompt; give both the same prompts, or judge without a pairwise "
+                    "protocol")
 
 
 def _epochs(c, train_dir: pathlib.Path) -> dict[int, pathlib.Path]:
@@ -312,9 +218,7 @@ def model_arm_steps(c, workdir: pathlib.Path, arm: str, pending=frozenset()) -> 
   if given:
     raise UserError(f"{field}: a model arm answers its checkpoint as it is, without training; "
                     f"drop its {', '.join(given)} (or the model, to train)")
-  made_later = [str(prepare_dir(workdir, k.split("/", 1)[1])) for k in r.after if k in pending]
-  if not any(r.model == d or r.model.startswith(d + os.sep) for d in made_later) \
-      and not os.path.exists(r.model):
+  if not made_later(workdir, r.model, r.after, pending) and not os.path.exists(r.model):
     raise UserError(f"{field}: {r.model} does not exist" + (f"; {a.hint}" if a.get("hint")
                                                             else ""))
   if (c.baseline_arm and c.baseline_arm != arm and not is_model_arm(c, c.baseline_arm)
@@ -331,10 +235,10 @@ def _answer_and_judge(c, workdir, arm, base, out, ckpt, after, seed, epoch) -> l
   """One checkpoint's answer step (BASE/answer in OUT/answer) and a judge step a further
   protocol (BASE/PROTOCOL); `after`: what the checkpoint comes from."""
   g, steps = c.generate, []
-  prompts, prompts_after = prompts_path(c, workdir)
-  eval_overrides, used = _fill_all(_placeholders(c, workdir), c.eval_overrides,
+  prompts, prompts_after = prompts_path(c, workdir, arm)
+  eval_overrides, used = fill_all(placeholders(c, workdir), c.eval_overrides,
                                    "eval_overrides")
-  eval_after = _keys(used)
+  eval_after = keys(used)
   answers = out / "answer"
   fmt = c.arms[arm].get("format") or ""
   if fmt not in ("", "lima", "chat_template"):
