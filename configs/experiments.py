@@ -117,6 +117,12 @@ Studies (`NAME`):
                   the core arms (about 16,000 examples seen by repeating the set), 3 seeds. The
                   report's pairs say whether P1b (c1k near the best arm) and P2 (d32k - d2k
                   within 3 points) change.
+  bioworld_worlds Issue 36, world variance: the core arms c1k, d2k, d32k, n10k and u2k on the
+                  worlds of seeds 1 and 2 (arms ARM_w1, ARM_w2: their own people, tokenizer,
+                  strong base and prompts) beside world 0's (the same arms as bioworld), 3
+                  seeds. The verdict's report/worlds.md gives each arm's EM per world and the
+                  paired differences per world and pooled over worlds (two-level bootstrap:
+                  worlds, then test people), so the intervals cover world and base too.
   bioworld_smoke  CI's version: 160 people, a short pretraining, c1k against 1K drawn from
                   n10k (data.subset_size), one seed, one SFT epoch; checks the pipeline and
                   the splits, not the claims.
@@ -325,13 +331,13 @@ def get_config(name: str = "tiny") -> ml_collections.ConfigDict:
         hint="make it with python -m lima_jax.datasets.wikihow --csv=wikihowAll.csv "
              "--out=wikihow.jsonl, then --config.pools.wikihow=wikihow.jsonl")
   elif name in ("bioworld", "bioworld_sweep", "bioworld_smoke", "bioworld_e1", "bioworld_e2",
-                "bioworld_e3", "bioworld_e3_l", "bioworld_fair"):
+                "bioworld_e3", "bioworld_e3_l", "bioworld_fair", "bioworld_worlds"):
     _bioworld(c, name)
   else:
     raise ValueError(f"configs/experiments.py: unknown study {name!r}; use tiny, "
                      "dropout_epochs, shared_data, lima_paper_7b, bioworld, bioworld_sweep, "
-                     "bioworld_e1, bioworld_e2, bioworld_e3, bioworld_e3_l, bioworld_fair or "
-                     "bioworld_smoke")
+                     "bioworld_e1, bioworld_e2, bioworld_e3, bioworld_e3_l, bioworld_fair, "
+                     "bioworld_worlds or bioworld_smoke")
   return c
 
 
@@ -412,7 +418,24 @@ def _bioworld_experiment(c, name: str, testbed: tuple, sources: tuple) -> None:
         f"model.init={base}", f"train.epochs={epochs}", f"checkpoint.keep_epochs={epochs}"),
                 **kw)
 
-  if name == "bioworld_fair":
+  if name == "bioworld_worlds":
+    core = ("c1k", "d2k", "d32k", "n10k", "u2k")
+    for arm in core:
+      c.arms[arm] = trained(f"{{world}}/sft/{arm}.jsonl", _bioworld_size(arm))
+    for w in (1, 2):
+      c.prepare[f"world_s{w}"] = _prep(
+          command=(*testbed, "build", f"--config=configs/bioworld.py:world_s{w}", "--out={out}"),
+          files=sources)
+      c.prepare[f"base_s{w}"] = _prep(
+          command=(*testbed, "pretrain", "--config=configs/bioworld.py:pretrain",
+                   f"--world={{world_s{w}}}", "--corpus=strong", "--workdir={out}",
+                   "--gate=0.95"), files=sources)
+      for arm in core:
+        c.arms[f"{arm}_w{w}"] = trained(
+            f"{{world_s{w}}}/sft/{arm}.jsonl", _bioworld_size(arm), base=f"{{base_s{w}}}/base",
+            prompts=f"{{world_s{w}}}/eval/prompts.jsonl")
+    c.report.pairs = ("c1k-n10k", "d2k-u2k", "d32k-d2k")
+  elif name == "bioworld_fair":
     for arm in ("c1k", "d2k", "d32k", "n10k"):
       c.arms[arm] = trained(f"{{world}}/sft/{arm}.jsonl", _bioworld_size(arm))
       if arm != "c1k":  # the same steps as c1k: 16 epochs of a fresh 1,000 rows each

@@ -116,3 +116,23 @@ def test_selector_figures_against_planted_labels(tmp_path):
   assert g["kinds"]["borrowed"]["auroc"] == pytest.approx(10 / 15)
   with pytest.raises(Exception, match="raw pool has 9"):
     selection.selector_figures(scores, labels[:9], "ifd")
+
+
+def test_world_variance_pools_the_worlds_with_a_two_level_interval():
+  from lima_jax.testbed import worlds
+  # World 0: c1k right on all 30 people, n10k on none (every person +1). World 1: both right
+  # on all (every person 0). Pooled: 0.5; drawing worlds with replacement gives 0, 0.5 or 1, so
+  # the 95% interval is [0, 1] while each world's own interval has no width.
+  by_arm = {"c1k": [_test_rows(30, 30)], "n10k": [_test_rows(30, 0)],
+            "c1k_w1": [_test_rows(30, 30)], "n10k_w1": [_test_rows(30, 30)],
+            "d2k_w1": [_test_rows(30, 15)]}
+  wv = worlds.verdict(by_arm)
+  assert wv["worlds"] == [0, 1]
+  assert wv["em"]["c1k"] == {"by_world": {0: 1.0, 1: 1.0}, "mean": 1.0}
+  assert wv["em"]["d2k"] == {"by_world": {1: 0.5}, "mean": 0.5}
+  p = wv["pairs"]["c1k-n10k"]
+  assert p["by_world"][0]["diff"] == 1.0 and p["by_world"][1]["ci95"] == [0.0, 0.0]
+  assert p["pooled"]["diff"] == 0.5 and p["pooled"]["ci95"] == [0.0, 1.0]
+  assert list(wv["pairs"]) == ["c1k-n10k"]  # d2k has no partner in two worlds
+  assert "| c1k-n10k | +100.0 [+100.0, +100.0] | +0.0 [+0.0, +0.0] | +50.0 [+0.0, +100.0] |" \
+      in worlds.markdown(wv)

@@ -6,6 +6,6 @@ and their biographies), `sft` (question forms, the house answer style, the raw p
 planted noise), `arms` (the SFT arms by name and the check that no test item leaks), `cloze`
 (what a checkpoint still states), `analysis` (exact facts, format, refusals and the predictions,
 with intervals over test people), `report` (the verdict), and issue 36's sections of it:
-`selection` (E1: selectors against the planted labels), `dose` (E2: poison dose-response) and
-`scale` (E3: base size). Results: docs/testbed.md.
+`selection` (E1: selectors against the planted labels), `dose` (E2: poison dose-response),
+`scale` (E3: base size) and `worlds` (world variance). Results: docs/testbed.md.
 """

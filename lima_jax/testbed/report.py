@@ -103,7 +103,11 @@ def retention(workdir: pathlib.Path, seeds) -> dict:
       raise UserError(f"{arm}/seed{seed}: its base {init} has no cloze.json (a base made by "
                       "`python -m lima_jax.testbed pretrain` has one)")
     base = json.loads(base_cloze.read_text())
-    items = workdir / "prepare" / "world" / "eval" / f"cloze_{base['corpus']}.jsonl"
+    # The base's own world (WORLD/pretrain/CORPUS.jsonl was its training file): an arm of
+    # another world is measured on that world's people.
+    corpus = json.loads((pathlib.Path(init).parent / "config.json").read_text())["data"]
+    world = pathlib.Path(corpus["train_files"].split(",")[0]).parents[1]
+    items = world / "eval" / f"cloze_{base['corpus']}.jsonl"
     print(f"retention: {arm}/seed{seed} on {items.name}", flush=True)
     got = cloze.cached_accuracy(pathlib.Path(ckpt[0]), items,
                                 pathlib.Path(rec["output"]).parent / "retention.json")
@@ -138,7 +142,11 @@ def _experiments(workdir: pathlib.Path, v: dict, by_arm: dict, out: pathlib.Path
 
 
 def main(workdir: pathlib.Path, retention_seeds=(0,)) -> dict:
-  by_arm = analysis.study_answers(workdir)
+  from lima_jax.testbed import worlds
+  every = analysis.study_answers(workdir)
+  # Arms on other worlds (ARM_w1, ...) have their own section; the table and the predictions
+  # are world 0's, as before world variance was measured.
+  by_arm = {a: s for a, s in every.items() if not worlds.WORLD.fullmatch(a)}
   v = analysis.verdict(by_arm)
   raw = workdir / "prepare" / "world" / "sft" / "raw.jsonl"
   for arm, runs in analysis.study_data(workdir).items():
@@ -151,6 +159,11 @@ def main(workdir: pathlib.Path, retention_seeds=(0,)) -> dict:
   out = workdir / "report"
   out.mkdir(parents=True, exist_ok=True)
   _experiments(workdir, v, by_arm, out, retention_seeds)
+  if len(every) > len(by_arm):
+    wv = worlds.verdict(every)
+    files.write_json(out / "worlds.json", wv)
+    files.write_atomic(out / "worlds.md", worlds.markdown(wv))
+    print(worlds.markdown(wv))
   files.write_json(out / "bioworld.json", v)
   md = markdown(v, order)
   files.write_atomic(out / "bioworld.md", md)
