@@ -123,6 +123,15 @@ Studies (`NAME`):
                   seeds. The verdict's report/worlds.md gives each arm's EM per world and the
                   paired differences per world and pooled over worlds (two-level bootstrap:
                   worlds, then test people), so the intervals cover world and base too.
+  bioworld_lora   Issue 36 with issue 38's adapters: c1k, d2k, d32k and n10k fine-tuned with
+                  LoRA (rank 16, alpha 32, every projection; learning rate 1e-3, not tuned:
+                  adapters usually want a higher rate than full fine-tuning) beside full
+                  fine-tuning (arms ARM_lora and ARM), 3 seeds; the verdict's lora section
+                  gives both EMs, their paired difference and the cloze each kept.
+                  Predictions, frozen before the first run (lima_jax.testbed.adapters):
+                    L1 every LoRA arm keeps biography cloze >= 97% after SFT;
+                    L2 with LoRA d32k no longer falls below d2k (the interval of
+                       d32k_lora - d2k_lora reaches 0).
   bioworld_smoke  CI's version: 160 people, a short pretraining, c1k against 1K drawn from
                   n10k (data.subset_size), one seed, one SFT epoch; checks the pipeline and
                   the splits, not the claims.
@@ -331,13 +340,13 @@ def get_config(name: str = "tiny") -> ml_collections.ConfigDict:
         hint="make it with python -m lima_jax.datasets.wikihow --csv=wikihowAll.csv "
              "--out=wikihow.jsonl, then --config.pools.wikihow=wikihow.jsonl")
   elif name in ("bioworld", "bioworld_sweep", "bioworld_smoke", "bioworld_e1", "bioworld_e2",
-                "bioworld_e3", "bioworld_e3_l", "bioworld_fair", "bioworld_worlds"):
+                "bioworld_e3", "bioworld_e3_l", "bioworld_fair", "bioworld_worlds", "bioworld_lora"):
     _bioworld(c, name)
   else:
     raise ValueError(f"configs/experiments.py: unknown study {name!r}; use tiny, "
                      "dropout_epochs, shared_data, lima_paper_7b, bioworld, bioworld_sweep, "
                      "bioworld_e1, bioworld_e2, bioworld_e3, bioworld_e3_l, bioworld_fair, "
-                     "bioworld_worlds or bioworld_smoke")
+                     "bioworld_worlds, bioworld_lora or bioworld_smoke")
   return c
 
 
@@ -418,7 +427,17 @@ def _bioworld_experiment(c, name: str, testbed: tuple, sources: tuple) -> None:
         f"model.init={base}", f"train.epochs={epochs}", f"checkpoint.keep_epochs={epochs}"),
                 **kw)
 
-  if name == "bioworld_worlds":
+  if name == "bioworld_lora":
+    for arm in ("c1k", "d2k", "d32k", "n10k"):
+      n = _bioworld_size(arm)
+      c.arms[arm] = trained(f"{{world}}/sft/{arm}.jsonl", n)
+      lora = trained(f"{{world}}/sft/{arm}.jsonl", n)
+      lora.overrides += ("train.lora.rank=16", "train.lora.alpha=32.0",
+                         "train.learning_rate=1e-3")
+      c.arms[f"{arm}_lora"] = lora
+    c.report.pairs = ("c1k_lora-c1k", "d2k_lora-d2k", "d32k_lora-d32k", "n10k_lora-n10k",
+                      "d32k_lora-d2k_lora")
+  elif name == "bioworld_worlds":
     core = ("c1k", "d2k", "d32k", "n10k", "u2k")
     for arm in core:
       c.arms[arm] = trained(f"{{world}}/sft/{arm}.jsonl", _bioworld_size(arm))

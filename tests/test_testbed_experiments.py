@@ -136,3 +136,20 @@ def test_world_variance_pools_the_worlds_with_a_two_level_interval():
   assert list(wv["pairs"]) == ["c1k-n10k"]  # d2k has no partner in two worlds
   assert "| c1k-n10k | +100.0 [+100.0, +100.0] | +0.0 [+0.0, +0.0] | +50.0 [+0.0, +100.0] |" \
       in worlds.markdown(wv)
+
+
+def test_lora_section_pairs_each_adapter_arm_with_its_full_arm():
+  from lima_jax.testbed import adapters, analysis
+  # d2k full 20/40, LoRA 30/40 (+25 points); d32k_lora 10/40, below d2k_lora by 50 points on
+  # every person it differs: L2 fails. Cloze kept: 0.98 and 0.96 -> L1 fails (0.96 < 0.97).
+  by_arm = {"d2k": [_test_rows(40, 20)], "d2k_lora": [_test_rows(40, 30)],
+            "d32k_lora": [_test_rows(40, 10)]}
+  v = analysis.verdict(by_arm)
+  v["arms"]["d2k_lora"]["retention"], v["arms"]["d32k_lora"]["retention"] = 0.98, 0.96
+  lv = adapters.verdict(v, by_arm)
+  assert lv["pairs"]["d2k"]["lora_minus_full"]["diff"] == pytest.approx(0.25)
+  assert "em_full" not in lv["pairs"]["d32k"]  # no full d32k arm ran
+  out = {p["name"]: p for p in lv["predictions"]}
+  assert out["L1"]["outcome"] == "failed" and out["L1"]["min_retention"] == 0.96
+  assert out["L2"]["outcome"] == "failed" and out["L2"]["diff"] == pytest.approx(-0.5)
+  assert "| d2k | 50.0 | 75.0 | +25.0" in adapters.markdown(lv)

@@ -7,5 +7,6 @@ planted noise), `arms` (the SFT arms by name and the check that no test item lea
 (what a checkpoint still states), `analysis` (exact facts, format, refusals and the predictions,
 with intervals over test people), `report` (the verdict), and issue 36's sections of it:
 `selection` (E1: selectors against the planted labels), `dose` (E2: poison dose-response),
-`scale` (E3: base size) and `worlds` (world variance). Results: docs/testbed.md.
+`scale` (E3: base size), `worlds` (world variance) and `adapters` (LoRA against full
+fine-tuning). Results: docs/testbed.md.
 """

@@ -122,8 +122,13 @@ def _experiments(workdir: pathlib.Path, v: dict, by_arm: dict, out: pathlib.Path
                  retention_seeds) -> None:
   """Issue 36's sections, when the study has their arms: E1 (selector arms with scores) in
   report/selection.{json,md}, E2 (poisoned arms) in report/dose.{json,md,png}, E3 (arms on
-  a larger base) in report/scale.{json,md,png}."""
-  from lima_jax.testbed import dose, scale, selection
+  a larger base) in report/scale.{json,md,png}, LoRA arms (ARM_lora) in report/lora.*."""
+  from lima_jax.testbed import adapters, dose, scale, selection
+  if any(a.endswith("_lora") for a in by_arm):
+    lv = adapters.verdict(v, by_arm)
+    files.write_json(out / "lora.json", lv)
+    files.write_atomic(out / "lora.md", adapters.markdown(lv))
+    print(adapters.markdown(lv))
   if any(scale.ARM.fullmatch(a) and scale.ARM.fullmatch(a).group(2) for a in by_arm):
     e3 = scale.verdict(by_arm)
     files.write_json(out / "scale.json", e3)
