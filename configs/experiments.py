@@ -52,9 +52,10 @@ Studies (`NAME`):
                     P3 c1k - n10k >= 5 points; P4 d2k - h2k >= 5 points on held-out question
                     forms; P5 d2k - u2k >= 3 points (differences: interval above 0, clustered
                     by test person).
-                  Measured (benchmarks/results/bioworld/, 57 min on 2 CPU cores): EM on test
-                  people d2k 52.0%, d32k 49.2, c1k 46.0, n10k 40.7, u2k 31.3, r1k 22.1,
-                  h2k 12.8, weak_c1k 0.0; P1c, P3, P4 and P5 held, P1a, P1b and P2 failed.
+                  Measured (benchmarks/results/bioworld_v2/, the world since issue 36: EM
+                  over visible, paraphrase and novel forms): d2k 28.5%, d32k 27.1, c1k 24.2,
+                  n10k 20.9, u2k 15.6, r1k 11.8, h2k 8.2, weak_c1k 0.0; P1b, P1c, P2, P4 and
+                  P5 held, P1a and P3 failed (the old world's figures: docs/testbed.md).
   bioworld_sweep  bioworld plus the quantity sweep d125 ... d16k (LIMA's Figure 6), c1k
                   without its refusals (c1k_noref) or its format examples (c1k_norec), and 1K
                   of the raw pool chosen by each curate selector (random1k, quality1k,
