@@ -364,6 +364,13 @@ def _bioworld(c, name: str) -> None:
       command=(*testbed, "pretrain", f"--config={pretrain}", "--world={world}",
                "--corpus=strong", "--workdir={out}", "--gate=0" if smoke else "--gate=0.95"),
       files=sources)
+  c.base = "configs/bioworld.py:sft"
+  c.prompts = "{world}/eval/prompts.jsonl"
+  c.generate.update(max_new_tokens=32, greedy=True, repetition_penalty=1.0, batch_size=128)
+  c.protocols = ("judge_free",)
+  c.report.metric = "judge_free.exact_rate:set=test"
+  c.report.fields = ("exact_rate:template=visible", "exact_rate:template=paraphrase",
+                     "exact_rate:template=novel", "exact_rate:set=pool")
   if name not in ("bioworld", "bioworld_sweep", "bioworld_smoke"):
     _bioworld_experiment(c, name, testbed, sources)
     return
@@ -375,15 +382,7 @@ def _bioworld(c, name: str) -> None:
                  "--corpus=weak", "--workdir={out}", "--gate=0",
                  "--config.train.epochs=150", "--config.checkpoint.keep_epochs=150"),
         files=sources)
-  c.base = "configs/bioworld.py:sft"
-  c.prompts = "{world}/eval/prompts.jsonl"
-  c.generate.update(max_new_tokens=32, greedy=True, repetition_penalty=1.0, batch_size=128)
-  c.protocols = ("judge_free",)
-  c.report.metric = "judge_free.exact_rate:set=test"
-  c.report.fields = ("exact_rate:template=visible", "exact_rate:template=paraphrase",
-                     "exact_rate:template=novel",
-                     "exact_rate:set=pool", "exact_rate:set=fake", "exact_rate:style=record",
-                     "exact_rate:style=value")
+  c.report.fields += ("exact_rate:set=fake", "exact_rate:style=record", "exact_rate:style=value")
   c.report.pairs = ("c1k-n10k", "d2k-h2k", "d2k-u2k", "d32k-d2k", "c1k-r1k")
   arms = ("c1k", "n10k") if smoke else ("c1k", "h2k", "u2k", "n10k", "r1k", "d2k", "d32k")
   if name == "bioworld_sweep":
@@ -413,14 +412,7 @@ def _bioworld(c, name: str) -> None:
 def _bioworld_experiment(c, name: str, testbed: tuple, sources: tuple) -> None:
   """Issue 36's experiments on the bioworld study's world and strong base (same prepare
   steps, so one DIR shares them): E1 selectors, E2 poison dose, E3 base size, and fairness
-  to the large arms."""
-  c.base = "configs/bioworld.py:sft"
-  c.prompts = "{world}/eval/prompts.jsonl"
-  c.generate.update(max_new_tokens=32, greedy=True, repetition_penalty=1.0, batch_size=128)
-  c.protocols = ("judge_free",)
-  c.report.metric = "judge_free.exact_rate:set=test"
-  c.report.fields = ("exact_rate:template=visible", "exact_rate:template=paraphrase",
-                     "exact_rate:template=novel", "exact_rate:set=pool")
+  to the large arms. `_bioworld` has set what every bioworld study shares."""
 
   def trained(data, size, seeds=(0, 1, 2), base="{base_strong}/base", **kw):
     epochs = max(1, round(16000 / size))  # about 16,000 examples seen, as in the core study
