@@ -46,9 +46,10 @@ def _norm(text: str) -> str:
   return " ".join(text.split())
 
 
-def _cloze_kept(workdir: pathlib.Path, arm: str, facts: list[tuple[str, str]]):
-  """Share of `facts` (person, attribute) the arm's seed-0 checkpoint still completes."""
-  rec = analysis.last_answers(workdir).get((arm, 0))
+def _cloze_kept(workdir: pathlib.Path, last: dict, arm: str, facts: list[tuple[str, str]]):
+  """Share of `facts` (person, attribute) the arm's seed-0 checkpoint still completes; `last`
+  is `analysis.last_answers(workdir)`."""
+  rec = last.get((arm, 0))
   if rec is None:
     return None
   ckpt = [a.split("=", 1)[1] for a in rec["command"] if a.startswith("--config.checkpoint=")]
@@ -62,7 +63,7 @@ def _cloze_kept(workdir: pathlib.Path, arm: str, facts: list[tuple[str, str]]):
 
 def figures(workdir: pathlib.Path, by_arm: dict, cloze_too: bool = True) -> dict:
   """{arm: {base, k, draw, fraction, em, flipped, kept, cloze}} for the dose arms present."""
-  out = {}
+  out, last = {}, None
   for arm, seeds in by_arm.items():
     m = ARM.fullmatch(arm)
     if not m:
@@ -82,7 +83,9 @@ def figures(workdir: pathlib.Path, by_arm: dict, cloze_too: bool = True) -> dict
           # The expected answer opens with the person's name, first and last (one word each).
           facts = sorted({(" ".join(r["expected"].split()[:2]),
                            dict(t.split("=", 1) for t in r["tags"])["attr"]) for r in asked})
-          fig["cloze"] = _cloze_kept(workdir, arm, facts)
+          if last is None:  # the manifest, read once for every arm
+            last = analysis.last_answers(workdir)
+          fig["cloze"] = _cloze_kept(workdir, last, arm, facts)
     out[arm] = fig
   return out
 
