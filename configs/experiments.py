@@ -113,11 +113,21 @@ Studies (`NAME`):
                     E3b the plateau moves less than 3 points (storage and extraction, not
                         capacity, limit it).
   bioworld_fair   Issue 36, fairness to the large arms: d2k, d32k and n10k trained for the
-                  same steps as c1k (data.epoch_examples=1000: each of 16 epochs a fresh
-                  1,000 of the arm's rows, so 16,000 examples seen, most of them once) beside
-                  the core arms (about 16,000 examples seen by repeating the set), 3 seeds. The
-                  report's pairs say whether P1b (c1k near the best arm) and P2 (d32k - d2k
-                  within 3 points) change.
+                  same steps as c1k (ARM_eq, data.epoch_examples=1000: each of 16 epochs a
+                  fresh 1,000 of the arm's rows, so 16,000 examples seen, most of them once)
+                  beside the core arms (about 16,000 examples seen by repeating the set); and
+                  c1k, d2k and d32k at learning rates 1e-4, 3e-4 (the core's) and 1e-3
+                  (ARM_lr1e4, ARM_lr3e4, ARM_lr1e3), answering the dev people's prompts too,
+                  so each family's rate is chosen on dev people; 3 seeds each.
+                    python -m lima_jax.experiment run --config=configs/experiments.py:bioworld_fair \
+                      --workdir=DIR
+                    python -m lima_jax.testbed verdict --study=DIR
+                  The verdict's report/fair.{json,md} reads P1b (c1k within 5 points of the
+                  best arm) and P2 (d32k - d2k within 3 points) again on the matched-step
+                  arms and on each family's chosen rate.
+                  Predictions, frozen before the first run (lima_jax.testbed.fair.PREDICTIONS):
+                    F1 matched steps leave P1b's and P2's outcomes as they are;
+                    F2 per-arm rates chosen on dev people leave them as they are.
   bioworld_worlds Issue 36, world variance: the core arms c1k, d2k, d32k, n10k and u2k on the
                   worlds of seeds 1 and 2 (arms ARM_w1, ARM_w2: their own people, tokenizer,
                   strong base and prompts) beside world 0's (the same arms as bioworld), 3
@@ -455,6 +465,17 @@ def _bioworld_experiment(c, name: str, testbed: tuple, sources: tuple) -> None:
             data=f"{{world}}/sft/{arm}.jsonl", seeds=(0, 1, 2), n_examples=_bioworld_size(arm),
             overrides=("model.init={base_strong}/base", "train.epochs=16",
                        "checkpoint.keep_epochs=16", "data.epoch_examples=1000"))
+    # The learning-rate grid answers the dev people's prompts too (set=dev: no SFT row of
+    # theirs), so each family's rate is chosen on dev people and read on test people.
+    c.prepare.prompts_dev = _prep(command=(
+        "sh", "-c", 'cat "$1" "$2" > "$3.tmp" && mv "$3.tmp" "$3"', "cat",
+        "{world}/eval/dev.jsonl", "{world}/eval/prompts.jsonl", "{out}/prompts.jsonl"))
+    for arm in ("c1k", "d2k", "d32k"):
+      for lr in ("1e4", "3e4", "1e3"):  # 3e-4 is configs/bioworld.py:sft's (the core arms')
+        c.arms[f"{arm}_lr{lr}"] = trained(
+            f"{{world}}/sft/{arm}.jsonl", _bioworld_size(arm),
+            prompts="{prompts_dev}/prompts.jsonl")
+        c.arms[f"{arm}_lr{lr}"].overrides += (f"train.learning_rate={lr[0]}e-{lr[2:]}",)
     c.report.pairs = ("d32k_eq-d2k_eq", "d32k-d2k", "c1k-d2k_eq", "c1k-d2k", "c1k-n10k_eq",
                       "c1k-n10k")
     c.report.size_arms = ("c1k", "d2k", "d32k")

@@ -565,6 +565,24 @@ def test_size_figure_draws_one_mixture_when_the_study_names_it():
       "c1k", "r1k", "d2k", "h2k", "u2k", "n10k", "d32k"]
 
 
+@pytest.mark.parametrize("name", ["bioworld", "bioworld_sweep", "bioworld_e1", "bioworld_e2",
+                                  "bioworld_e3", "bioworld_e3_l", "bioworld_fair",
+                                  "bioworld_worlds", "bioworld_lora", "bioworld_smoke"])
+def test_every_bioworld_study_plans_from_an_empty_workdir(name, tmp_path):
+  """Each study's placeholders name its own prepare steps and each arm has data or a preset:
+  planned before anything ran, every arm gets one train step a seed."""
+  sys.path.insert(0, str(REPO))
+  from configs import experiments
+  from lima_jax.experiment import prepare, study
+  c = experiments.get_config(name)
+  pending = frozenset(s.key for s in prepare.prepare_steps(c, tmp_path))
+  for arm in c.arms:
+    prepare.prompts_path(c, tmp_path, arm)  # the prompts it answers name known steps too
+    steps = study.before_training(c, tmp_path, arm, pending)
+    assert [s.key for s in steps if s.kind == "train"] == [
+        f"{arm}/seed{seed}/train" for seed in c.arms[arm].seeds]
+
+
 def test_report_metric_that_no_results_have_is_an_error(tmp_path):
   from lima_jax.experiment import report
   workdir = _exact_study(tmp_path, lambda arm, seed, i: True,

@@ -153,3 +153,56 @@ def test_lora_section_pairs_each_adapter_arm_with_its_full_arm():
   assert out["L1"]["outcome"] == "failed" and out["L1"]["min_retention"] == 0.96
   assert out["L2"]["outcome"] == "failed" and out["L2"]["diff"] == pytest.approx(-0.5)
   assert "| d2k | 50.0 | 75.0 | +25.0" in adapters.markdown(lv)
+
+
+def test_mean_interval_is_the_bootstrap_of_the_mean_over_people():
+  from lima_jax.testbed import analysis
+  assert analysis.mean_interval({"a": 0.2, "b": 0.2}) == pytest.approx([0.2, 0.2])
+  # 200 people, half right: the mean's standard error is 0.5 / sqrt(200) = 0.035, so the
+  # 95% interval is about 0.5 +- 0.069.
+  lo, hi = analysis.mean_interval({f"p{i}": float(i % 2) for i in range(200)})
+  assert lo == pytest.approx(0.431, abs=0.01) and hi == pytest.approx(0.569, abs=0.01)
+  with pytest.raises(Exception, match="no test person"):
+    analysis.mean_interval({})
+
+
+def _dev_rows(n_people: int, right: int) -> list[dict]:
+  return [{**r, "id": r["id"].replace("test/", "dev/"),
+           "tags": ["set=dev"] + r["tags"][1:]} for r in _test_rows(n_people, right)]
+
+
+def test_fair_reads_p1b_and_p2_again_on_matched_steps_and_on_rates_chosen_on_dev():
+  from lima_jax.testbed import analysis, fair
+  from lima_jax.errors import UserError
+  # 200 test people. Core: c1k 100 right, d2k and d32k the same 102: P1b holds (51.0 - 50.0),
+  # P2 holds (every person's difference is 0). Matched steps: d2k_eq right on all 200, so
+  # P1b fails (100.0 - 50.0) and F1 fails.
+  by_arm = {"c1k": [_test_rows(200, 100)], "d2k": [_test_rows(200, 102)],
+            "d32k": [_test_rows(200, 102)], "d2k_eq": [_test_rows(200, 200)],
+            "d32k_eq": [_test_rows(200, 102)]}
+  # The rate grid (20 dev people): c1k picks 1e-3 (15 > 10 right on dev), d2k ties at 12 and
+  # takes the smaller rate, 1e-4, whose test figure is 102; d32k has one rate. Read on the
+  # chosen: c1k 110 is the best arm itself (P1b holds), d32k - d2k is 0 (P2 holds): F2 holds.
+  for arm, dev, test in (("c1k_lr1e4", 10, 100), ("c1k_lr1e3", 15, 110),
+                         ("d2k_lr1e4", 12, 102), ("d2k_lr1e3", 12, 150),
+                         ("d32k_lr3e4", 5, 102)):
+    by_arm[arm] = [_dev_rows(20, dev) + _test_rows(200, test)]
+  v = analysis.verdict(by_arm)
+  assert "em_dev" not in v["arms"]["c1k"] and v["arms"]["c1k_lr1e3"]["em_dev"] == 0.75
+  fv = fair.verdict(v, by_arm)
+  assert {f: r["chosen"] for f, r in fv["rates"].items()} == {
+      "c1k": "c1k_lr1e3", "d2k": "d2k_lr1e4", "d32k": "d32k_lr3e4"}
+  core, eq, lr = (fv["readings"][k] for k in ("core", "matched steps", "rate chosen on dev"))
+  assert core["P1b"]["outcome"] == "held" and core["P2"]["outcome"] == "held"
+  assert eq["P1b"] == {"c1k": 0.5, "best": "d2k_eq", "best_value": 1.0, "outcome": "failed"}
+  assert eq["P2"]["diff"] == pytest.approx(-0.49) and eq["P2"]["outcome"] == "failed"
+  assert lr["P1b"]["best"] == "c1k_lr1e3" and lr["P1b"]["outcome"] == "held"
+  assert lr["P2"]["diff"] == 0 and lr["P2"]["outcome"] == "held"
+  assert [(p["name"], p["outcome"]) for p in fv["predictions"]] == [("F1", "failed"),
+                                                                    ("F2", "held")]
+  md = fair.markdown(fv)
+  assert "| d2k | 0.0001 | 60.0 | 51.0 | yes |" in md and "| d2k | 0.001 | 60.0 | 75.0 |  |" in md
+  # A grid arm that answered no dev prompt cannot choose a rate.
+  by_arm["d2k_lr1e4"] = [_test_rows(200, 102)]
+  with pytest.raises(UserError, match="arm d2k_lr1e4: its answers hold no dev prompts"):
+    fair.verdict(analysis.verdict(by_arm), by_arm)

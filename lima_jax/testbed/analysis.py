@@ -107,6 +107,9 @@ def metrics(rows: list[dict]) -> dict:
        "n_test": len(test)}
   for a in ATTRS:
     m[f"em_test_{a}"] = _rate([x for x in test if x["attr"] == a], "exact")
+  dev = [x for x in lab if x["set"] == "dev"]
+  if dev:  # dev people (no SFT row of theirs), when the arm answered eval/dev.jsonl too
+    m["em_dev"] = _rate(dev, "exact")
   return m
 
 
@@ -133,6 +136,15 @@ def paired_difference(a: dict, b: dict, rounds: int = 10000, seed: int = 0) -> d
   return {"diff": float(d.mean()), "ci95": [float(np.percentile(means, 2.5)),
                                             float(np.percentile(means, 97.5))],
           "n_people": len(people)}
+
+
+def mean_interval(a: dict, rounds: int = 10000, seed: int = 0) -> list[float]:
+  """A 95% bootstrap interval, over people, of the mean of {person: value}."""
+  if not a:
+    raise UserError("no test person to average over")
+  v = np.array([a[p] for p in sorted(a)])
+  means = v[np.random.default_rng(seed).integers(len(v), size=(rounds, len(v)))].mean(axis=1)
+  return [float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5))]
 
 
 # Pre-registered before the first full run (configs/experiments.py:bioworld says the same):

@@ -122,8 +122,14 @@ def _experiments(workdir: pathlib.Path, v: dict, by_arm: dict, out: pathlib.Path
                  retention_seeds) -> None:
   """Issue 36's sections, when the study has their arms: E1 (selector arms with scores) in
   report/selection.{json,md}, E2 (poisoned arms) in report/dose.{json,md,png}, E3 (arms on
-  a larger base) in report/scale.{json,md,png}, LoRA arms (ARM_lora) in report/lora.*."""
-  from lima_jax.testbed import adapters, dose, scale, selection
+  a larger base) in report/scale.{json,md,png}, LoRA arms (ARM_lora) in report/lora.*,
+  fairness arms (ARM_eq, ARM_lrX) in report/fair.{json,md}."""
+  from lima_jax.testbed import adapters, dose, fair, scale, selection
+  if any(a.endswith("_eq") or fair.learning_rate(a) for a in by_arm):
+    fv = fair.verdict(v, by_arm)
+    files.write_json(out / "fair.json", fv)
+    files.write_atomic(out / "fair.md", fair.markdown(fv))
+    print(fair.markdown(fv))
   if any(a.endswith("_lora") for a in by_arm):
     lv = adapters.verdict(v, by_arm)
     files.write_json(out / "lora.json", lv)

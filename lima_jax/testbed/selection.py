@@ -12,7 +12,7 @@ label of each row is read from the world's raw pool by line. Per arm and noise k
             selector's own (`PREFERS`).
 
 Precision is the chosen rows' clean share. Exact match on test people comes from the verdict's
-arm table; its differences are paired by test person.
+arm table, with a 95% bootstrap interval over test people; differences are paired by person.
 """
 import json
 import pathlib
@@ -100,6 +100,8 @@ def verdict(workdir: pathlib.Path, v: dict, by_arm: dict) -> dict:
   figs = {a: selector_figures(f, labels, p) for a, (p, f) in sorted(curate_arms(workdir).items())}
   for arm, fig in figs.items():
     fig["em_test"] = v["arms"].get(arm, {}).get("em_test")
+    fig["em_ci95"] = (analysis.mean_interval(analysis.per_person(by_arm[arm]))
+                      if arm in by_arm else None)
 
   def diff(a, b):
     if a not in by_arm or b not in by_arm:
@@ -149,10 +151,12 @@ def _pct(x) -> str:
 
 def markdown(e1: dict) -> str:
   kinds = ("borrowed", "other_attr", "format", "run_on", "truncated")
-  head = ["selector arm", "precision", "EM test"] + [f"{k} removed / AUROC" for k in kinds]
+  head = ["selector arm", "precision", "EM test [95%]"] + [f"{k} removed / AUROC" for k in kinds]
   lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
   for arm, f in sorted(e1["selectors"].items(), key=lambda x: -(x[1]["em_test"] or 0)):
-    cells = [arm, _pct(f["precision"]), _pct(f["em_test"])]
+    ci = f.get("em_ci95")
+    em = _pct(f["em_test"]) + (f" [{_pct(ci[0])}, {_pct(ci[1])}]" if ci else "")
+    cells = [arm, _pct(f["precision"]), em]
     for k in kinds:
       auroc = f["kinds"][k]["auroc"]
       cells.append(f"{_pct(f['kinds'][k]['removed'])} / "
