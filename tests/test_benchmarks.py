@@ -262,6 +262,21 @@ def test_bioworld_compare_and_study_record(tmp_path):
   assert run["steps_wall_s"] == 60.5 and run["commands"] == ["python -m x"]
   assert (out / "bioworld.md").read_text() == "table\n"
   assert json.loads((out / "data_hashes.json").read_text()) == {"a": "b"}
+  # --arms: that arm's steps and the prepare steps only; an arm the study lacks is refused.
+  steps = json.loads((study / "manifest.json").read_text())["steps"]
+  steps["c1k/seed0/train"]["arm"] = steps["c1k/seed0/e16/answer"]["arm"] = "c1k"
+  steps["d2k/seed0/train"] = {"kind": "train", "seconds": 7.0, "status": "done", "arm": "d2k"}
+  steps["prepare/world"] = {"kind": "prepare", "seconds": 3.0, "status": "done", "arm": ""}
+  (study / "manifest.json").write_text(json.dumps({"steps": steps}))
+  r = subprocess.run([sys.executable, "benchmarks/study_record.py", f"--study={study}",
+                      f"--out={out}", "--arms=d2k"], cwd=REPO, capture_output=True, text=True)
+  assert r.returncode == 0, r.stderr
+  run = json.loads((out / "run.json").read_text())
+  assert sorted(run["steps"]) == ["d2k/seed0/train", "prepare/world"]
+  assert run["steps_wall_s"] == 10.0 and run["arms"] == ["d2k"]
+  r = subprocess.run([sys.executable, "benchmarks/study_record.py", f"--study={study}",
+                      f"--out={out}", "--arms=d2k,x9"], cwd=REPO, capture_output=True, text=True)
+  assert r.returncode != 0 and "--arms: x9 not in" in r.stderr
   r = subprocess.run([sys.executable, "benchmarks/study_record.py", f"--study={tmp_path}",
                       f"--out={out}"], cwd=REPO, capture_output=True, text=True)
   assert r.returncode != 0 and "manifest.json" in r.stderr

@@ -112,7 +112,9 @@ def verdict(workdir: pathlib.Path, v: dict, by_arm: dict) -> dict:
   em = {a: v["arms"][a]["em_test"] for a in by_arm}
   diffs = {f"{a}-{b}": diff(a, b) for a, b in (
       ("consistency1k", "oracle1k"), ("loss1k", "oracle1k"), ("ifd_base1k", "random1k"),
-      ("influence1k", "random1k"), ("oracle1k", "influence1k"))}
+      ("influence1k", "random1k"), ("oracle1k", "influence1k"), ("loss1k", "random1k"),
+      ("consistency1k", "random1k"), ("oracle1k", "random1k"), ("oracle1k", "c1k"),
+      ("influence1k", "c1k"))}
   outcomes = []
   for name, claim in PREDICTIONS:
     outcomes.append({"name": name, "claim": claim, "outcome": _outcome(name, figs, em, diffs)})
