@@ -85,6 +85,10 @@ Studies (`NAME`):
                     E1d influence1k lands between random1k and oracle1k.
                     Refuted if ifd_base1k holds fewer borrowed rows than random1k, or
                     loss1k's AUROC on borrowed rows is under 0.8.
+                  Measured at 3 seeds (benchmarks/results/bioworld_e1/, 73 min): E1a and E1b
+                  failed, E1c and E1d held, R2 refuted (loss1k's AUROC on borrowed rows
+                  0.689); EM influence1k 21.9 (precision 96.1%), random1k 11.2,
+                  consistency1k 11.1, loss1k 11.0, ifd_base1k 7.6, oracle1k 27.2.
   bioworld_e2     Issue 36, E2: how much bad data does it take? c1k with K clean rows turned
                   into borrowed facts (K = 0, 1, 10, 100, 300: 0.1% to 30%), 2 draws of
                   which rows x 3 order seeds; the same 10 bad rows in the clean 10K
@@ -128,6 +132,9 @@ Studies (`NAME`):
                   Predictions, frozen before the first run (lima_jax.testbed.fair.PREDICTIONS):
                     F1 matched steps leave P1b's and P2's outcomes as they are;
                     F2 per-arm rates chosen on dev people leave them as they are.
+                  Measured, matched steps only (--only=d2k_eq,d32k_eq,n10k_eq;
+                  benchmarks/results/bioworld_fair_eq/, 23 min): F1 held (P2 at matched
+                  steps: d32k_eq - d2k_eq = -0.5 [-1.4, +0.4]).
   bioworld_worlds Issue 36, world variance: the core arms c1k, d2k, d32k, n10k and u2k on the
                   worlds of seeds 1 and 2 (arms ARM_w1, ARM_w2: their own people, tokenizer,
                   strong base and prompts) beside world 0's (the same arms as bioworld), 3
