@@ -130,11 +130,8 @@ def paired_difference(a: dict, b: dict, rounds: int = 10000, seed: int = 0) -> d
   people = sorted(set(a) & set(b))
   if not people:
     raise UserError("no test person in common between the two arms")
-  d = np.array([a[p] - b[p] for p in people])
-  rng = np.random.default_rng(seed)
-  means = d[rng.integers(len(d), size=(rounds, len(d)))].mean(axis=1)
-  return {"diff": float(d.mean()), "ci95": [float(np.percentile(means, 2.5)),
-                                            float(np.percentile(means, 97.5))],
+  d = {p: a[p] - b[p] for p in people}
+  return {"diff": float(np.mean(list(d.values()))), "ci95": mean_interval(d, rounds, seed),
           "n_people": len(people)}
 
 

@@ -52,33 +52,32 @@ def choose_rates(v: dict) -> dict:
   return fams
 
 
-def _p1b_p2(by_arm: dict, v: dict, names: dict) -> dict:
-  """P1b and P2 read on the arms `names` maps the core names to (c1k, d2k, d32k, ...)."""
+def _p1b_p2(by_arm: dict, names: dict) -> dict:
+  """P1b and P2 as `analysis.verdict` reads them, on the arms `names` maps the core names
+  (c1k, d2k, d32k, n10k) to."""
+  got = {p["name"]: p for p in analysis.verdict(
+      {core: by_arm[arm] for core, arm in names.items()})["predictions"]}
   out = {}
-  if "c1k" in names:
-    em = {core: v["arms"][arm]["em_test"] for core, arm in names.items()}
-    best = max(em, key=em.get)
-    out["P1b"] = {"c1k": em["c1k"], "best": names[best], "best_value": em[best],
-                  "outcome": "held" if em[best] - em["c1k"] <= 0.05 else "failed"}
-  if "d32k" in names and "d2k" in names:
-    d = analysis.paired_difference(analysis.per_person(by_arm[names["d32k"]]),
-                                   analysis.per_person(by_arm[names["d2k"]]))
-    out["P2"] = {**d, "a": names["d32k"], "b": names["d2k"],
-                 "outcome": "held" if -0.03 < d["ci95"][0] and d["ci95"][1] < 0.03
-                 else "failed"}
+  if got["P1b"]["outcome"] != "not run":
+    p = got["P1b"]
+    out["P1b"] = {"c1k": p["value"], "best": names[p["best"]], "best_value": p["best_value"],
+                  "outcome": p["outcome"]}
+  if got["P2"]["outcome"] != "not run":
+    p = got["P2"]
+    out["P2"] = {"diff": p["diff"], "ci95": p["ci95"], "n_people": p["n_people"],
+                 "a": names["d32k"], "b": names["d2k"], "outcome": p["outcome"]}
   return out
 
 
 def verdict(v: dict, by_arm: dict) -> dict:
   core = {a: a for a in ("c1k", "d2k", "d32k", "n10k") if a in by_arm}
-  readings = {"core": _p1b_p2(by_arm, v, core)}
+  readings = {"core": _p1b_p2(by_arm, core)}
   eq = {a: (f"{a}_eq" if f"{a}_eq" in by_arm else a) for a in core}
   if any(x != a for a, x in eq.items()):
-    readings["matched steps"] = _p1b_p2(by_arm, v, eq)
+    readings["matched steps"] = _p1b_p2(by_arm, eq)
   rates = choose_rates(v)
   if rates:
-    readings["rate chosen on dev"] = _p1b_p2(by_arm, v,
-                                             {f: r["chosen"] for f, r in rates.items()})
+    readings["rate chosen on dev"] = _p1b_p2(by_arm, {f: r["chosen"] for f, r in rates.items()})
   preds = []
   for name, claim, kind in (("F1", PREDICTIONS[0][1], "matched steps"),
                             ("F2", PREDICTIONS[1][1], "rate chosen on dev")):

@@ -98,16 +98,21 @@ def verdict(workdir: pathlib.Path, v: dict, by_arm: dict) -> dict:
   raw = workdir / "prepare" / "world" / "sft" / "raw.jsonl"
   labels = read_labels(raw)
   figs = {a: selector_figures(f, labels, p) for a, (p, f) in sorted(curate_arms(workdir).items())}
+  people: dict = {}  # per_person of each arm, judged once however many pairs name it
+
+  def person(a):
+    if a not in people:
+      people[a] = analysis.per_person(by_arm[a])
+    return people[a]
+
   for arm, fig in figs.items():
     fig["em_test"] = v["arms"].get(arm, {}).get("em_test")
-    fig["em_ci95"] = (analysis.mean_interval(analysis.per_person(by_arm[arm]))
-                      if arm in by_arm else None)
+    fig["em_ci95"] = analysis.mean_interval(person(arm)) if arm in by_arm else None
 
   def diff(a, b):
     if a not in by_arm or b not in by_arm:
       return None
-    return analysis.paired_difference(analysis.per_person(by_arm[a]),
-                                      analysis.per_person(by_arm[b]))
+    return analysis.paired_difference(person(a), person(b))
 
   em = {a: v["arms"][a]["em_test"] for a in by_arm}
   diffs = {f"{a}-{b}": diff(a, b) for a, b in (
