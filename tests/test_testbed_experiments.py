@@ -41,7 +41,7 @@ def test_dose_figures_flips_costs_and_predictions(tmp_path):
       "d10k_p10_0": [_test_rows(40, 40) + _poison_rows(0, 10, 2, 8)],
       "r1k": [_test_rows(40, 3)],  # not a dose arm
   }
-  e2 = dose.verdict(tmp_path, by_arm, cloze_too=False)
+  e2 = dose.verdict(tmp_path, by_arm, cloze_too=False, draws=1, seeds=1)
   f = e2["arms"]
   assert "r1k" not in f and f["c1k_p10_0"]["fraction"] == 0.01
   assert f["d10k_p10_0"]["fraction"] == 0.001
@@ -53,8 +53,14 @@ def test_dose_figures_flips_costs_and_predictions(tmp_path):
   assert e2["cost"]["d10k_p10"]["diff"] == 0
   out = {p["name"]: p["outcome"] for p in e2["predictions"]}
   # K=1 and K=300 were not run; 10 rows cost 5 points (R1: refuted); 100 cost 25 (E2c fails).
-  assert out["E2a"] == out["E2b"] == out["E2d"] == "not run"
+  assert out["E2a"] == "not yet (c1k_p1_0 not run; c1k_p300_0 not run)"
+  assert out["E2b"] == "not yet (c1k_p1_0 not run)"
+  assert out["E2d"] == "not yet (c1k_p300_0 not run)"
   assert out["E2c"] == "failed" and out["R1"] == "refuted" and out["R2"] == "not refuted"
+  # As planned (2 draws, 3 seeds), nothing is judged yet: not on whichever seed came first.
+  planned = {p["name"]: p["outcome"] for p in dose.verdict(tmp_path, by_arm, False)["predictions"]}
+  assert planned["E2c"] == ("not yet (c1k has 1 of 3 seeds; c1k_p100_0 has 1 of 3 seeds; "
+                            "c1k_p100_1 not run)")
   assert e2["flipped_1k_vs_10k"] == {0: {"c1k": 0.7, "d10k": 0.2}}
   dose.write(tmp_path, e2)
   assert json.loads((tmp_path / "dose.json").read_text())["cost"]["10"]["diff"] < 0
@@ -70,7 +76,7 @@ def test_scale_verdict_reads_each_base_and_its_plateau(tmp_path):
            "c1k_m": 31.2, "n10k_m": 20}
   by_arm = {a: [_test_rows(40, round(r))] for a, r in right.items() if r == round(r)}
   by_arm["c1k_m"] = [_test_rows(40, 31), _test_rows(40, 31)]  # 77.5%
-  e3 = scale.verdict(by_arm)
+  e3 = scale.verdict(by_arm, seeds=1)
   small, large = e3["bases"][""], e3["bases"]["m"]
   assert small["plateau"] == 0.6 and large["plateau"] == 0.8 and large["params"] == "6.9M"
   assert large["c1k-d2k"]["diff"] == pytest.approx(-0.025)
@@ -80,8 +86,12 @@ def test_scale_verdict_reads_each_base_and_its_plateau(tmp_path):
   scale.figure(e3, tmp_path / "scale.png")
   assert (tmp_path / "scale.png").stat().st_size > 10_000
   assert "| 6.9M |" in scale.markdown(e3)
-  assert {p["outcome"] for p in scale.verdict({"c1k": by_arm["c1k"]})["predictions"]} == {
-      "not run"}
+  assert {p["outcome"] for p in scale.verdict({"c1k": by_arm["c1k"]}, seeds=1)["predictions"]} == {
+      "not yet (d2k not run; d8k not run; n10k not run; c1k_m not run; d2k_m not run; "
+      "d8k_m not run; n10k_m not run)"}
+  # bioworld_e3 plans 2 seeds: c1k_m has them, the others one.
+  wait = scale.verdict(by_arm)["predictions"][0]["outcome"]
+  assert wait.startswith("not yet (c1k has 1 of 2 seeds;") and "c1k_m" not in wait
 
 
 def test_selector_figures_against_planted_labels(tmp_path):
@@ -143,10 +153,18 @@ def test_lora_section_pairs_each_adapter_arm_with_its_full_arm():
   # d2k full 20/40, LoRA 30/40 (+25 points); d32k_lora 10/40, below d2k_lora by 50 points on
   # every person it differs: L2 fails. Cloze kept: 0.98 and 0.96 -> L1 fails (0.96 < 0.97).
   by_arm = {"d2k": [_test_rows(40, 20)], "d2k_lora": [_test_rows(40, 30)],
-            "d32k_lora": [_test_rows(40, 10)]}
+            "d32k_lora": [_test_rows(40, 10)], "c1k_lora": [_test_rows(40, 10)]}
   v = analysis.verdict(by_arm)
   v["arms"]["d2k_lora"]["retention"], v["arms"]["d32k_lora"]["retention"] = 0.98, 0.96
-  lv = adapters.verdict(v, by_arm)
+  v["arms"]["c1k_lora"]["retention"] = 0.99
+  lv = adapters.verdict(v, by_arm, seeds=1)
+  assert lv["predictions"][0]["outcome"] == "not yet (n10k_lora not run)"
+  by_arm["n10k_lora"] = [_test_rows(40, 10)]
+  v = analysis.verdict(by_arm)
+  for arm, kept in (("d2k_lora", 0.98), ("d32k_lora", 0.96), ("c1k_lora", 0.99),
+                    ("n10k_lora", 0.99)):
+    v["arms"][arm]["retention"] = kept
+  lv = adapters.verdict(v, by_arm, seeds=1)
   assert lv["pairs"]["d2k"]["lora_minus_full"]["diff"] == pytest.approx(0.25)
   assert "em_full" not in lv["pairs"]["d32k"]  # no full d32k arm ran
   out = {p["name"]: p for p in lv["predictions"]}
@@ -189,7 +207,15 @@ def test_fair_reads_p1b_and_p2_again_on_matched_steps_and_on_rates_chosen_on_dev
     by_arm[arm] = [_dev_rows(20, dev) + _test_rows(200, test)]
   v = analysis.verdict(by_arm)
   assert "em_dev" not in v["arms"]["c1k"] and v["arms"]["c1k_lr1e3"]["em_dev"] == 0.75
-  fv = fair.verdict(v, by_arm)
+  # bioworld_fair plans 3 seeds of every grid arm: none is judged on this one seed.
+  assert [p["outcome"] for p in fair.verdict(v, by_arm)["predictions"]] == [
+      "not yet (d2k_eq has 1 of 3 seeds; d32k_eq has 1 of 3 seeds; n10k_eq not run)",
+      "not yet (c1k_lr1e4 has 1 of 3 seeds; c1k_lr3e4 not run; c1k_lr1e3 has 1 of 3 seeds; "
+      "d2k_lr1e4 has 1 of 3 seeds; d2k_lr3e4 not run; d2k_lr1e3 has 1 of 3 seeds; d32k_lr1e4 "
+      "not run; d32k_lr3e4 has 1 of 3 seeds; d32k_lr1e3 not run)"]
+  here = {"F1": ("d2k_eq", "d32k_eq"),
+          "F2": tuple(a for a in by_arm if fair.learning_rate(a))}
+  fv = fair.verdict(v, by_arm, seeds=1, planned=here)
   assert {f: r["chosen"] for f, r in fv["rates"].items()} == {
       "c1k": "c1k_lr1e3", "d2k": "d2k_lr1e4", "d32k": "d32k_lr3e4"}
   core, eq, lr = (fv["readings"][k] for k in ("core", "matched steps", "rate chosen on dev"))
@@ -205,4 +231,4 @@ def test_fair_reads_p1b_and_p2_again_on_matched_steps_and_on_rates_chosen_on_dev
   # A grid arm that answered no dev prompt cannot choose a rate.
   by_arm["d2k_lr1e4"] = [_test_rows(200, 102)]
   with pytest.raises(UserError, match="arm d2k_lr1e4: its answers hold no dev prompts"):
-    fair.verdict(analysis.verdict(by_arm), by_arm)
+    fair.verdict(analysis.verdict(by_arm), by_arm, seeds=1, planned=here)

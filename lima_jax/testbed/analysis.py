@@ -144,6 +144,18 @@ def mean_interval(a: dict, rounds: int = 10000, seed: int = 0) -> list[float]:
   return [float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5))]
 
 
+
+def short(by_arm: dict, arms, seeds: int) -> str:
+  """'' when each of `arms` has answers for `seeds` seeds, else which fall short ('ARM has 1
+  of 3 seeds', 'ARM not run'). An experiment's outcome waits for its planned seeds: read
+  earlier, it would be a result of whichever seeds happened to finish first."""
+  out = []
+  for a in arms:
+    n = len(by_arm.get(a, ()))
+    if n < seeds:
+      out.append(f"{a} has {n} of {seeds} seeds" if n else f"{a} not run")
+  return "; ".join(out)
+
 # Pre-registered before the first full run (configs/experiments.py:bioworld says the same):
 # (name, claim, kind, arms, key, x). 'at_least' / 'at_most': the arm's rate (mean over seeds)
 # against x; 'near_best': within x of the best strong-base arm; 'diff_at_least': a - b >= x

@@ -31,6 +31,10 @@ PREDICTIONS = (
     ("R1", "refuted if 10 rows cost >= 3 points"),
     ("R2", "refuted if 100 rows cost < 1 point"),
 )
+# What bioworld_e2 plans: each dose's draws of which rows, each trained with these seeds.
+DRAWS, SEEDS = 2, 3
+NEEDS = {"E2a": (1, 10, 100, 300), "E2b": (1, 10), "E2c": (100,), "R1": (10,), "R2": (100,),
+         "E2d": (10, 100, 300)}
 
 
 def _poisoned(rows: list[dict], draw: int, k: int) -> list[dict]:
@@ -90,7 +94,10 @@ def figures(workdir: pathlib.Path, by_arm: dict, cloze_too: bool = True) -> dict
   return out
 
 
-def verdict(workdir: pathlib.Path, by_arm: dict, cloze_too: bool = True) -> dict:
+def verdict(workdir: pathlib.Path, by_arm: dict, cloze_too: bool = True, draws: int = DRAWS,
+            seeds: int = SEEDS) -> dict:
+  """Figures, costs and the predictions; a prediction whose arms lack a planned draw or seed
+  reads 'not yet (...)'."""
   figs = figures(workdir, by_arm, cloze_too)
   doses: dict = {}
   for arm, f in figs.items():
@@ -114,18 +121,22 @@ def verdict(workdir: pathlib.Path, by_arm: dict, cloze_too: bool = True) -> dict
           analysis.per_person([r for a in tenk for r in by_arm[a]]),
           analysis.per_person(by_arm["d10k"]))
   em = {k: float(np.mean([figs[a]["em"] for a in arms])) for k, arms in doses.items()}
-  preds = [{"name": n, "claim": c, "outcome": _outcome(n, em, cost, figs, ten)}
-           for n, c in PREDICTIONS]
+  preds = []
+  for n, c in PREDICTIONS:
+    arms = ["c1k"] + [f"c1k_p{k}_{d}" for k in NEEDS[n] for d in range(draws)]
+    if n == "E2d":
+      arms += [f"d10k_p10_{d}" for d in range(draws)]
+    wait = analysis.short(by_arm, arms, seeds)
+    preds.append({"name": n, "claim": c,
+                  "outcome": f"not yet ({wait})" if wait else _outcome(n, em, cost, figs, ten)})
   return {"arms": figs, "em_by_k": em, "cost": cost, "flipped_1k_vs_10k": ten,
           "predictions": preds}
 
 
 def _outcome(name, em, cost, figs, ten) -> str:
-  need = {"E2a": (0, 1, 10, 100, 300), "E2b": (1, 10), "E2c": (100,), "R1": (10,),
-          "R2": (100,), "E2d": (10, 100, 300)}[name]
-  if any(k not in em for k in need) or (name != "E2a" and not all(k in cost for k in need)):
-    return "not run"
+  need = NEEDS[name]
   if name == "E2a":
+    need = (0,) + need
     x = np.array([k / 1000 for k in need])
     y = np.array([em[k] for k in need])
     slope, icpt = np.polyfit(x, y, 1)
@@ -177,6 +188,11 @@ def figure(e2: dict, path: pathlib.Path) -> None:
   hi = [100 * e2["cost"][k]["ci95"][1] for k in ks]
   ax.errorbar(x, d, yerr=[np.subtract(d, lo), np.subtract(hi, d)], fmt="o-", capsize=4,
               label="EM change vs clean c1k (95% interval)")
+  if "d10k_p10" in e2["cost"]:  # the count-vs-fraction pair: the same 10 rows in a clean 10K
+    c = e2["cost"]["d10k_p10"]
+    y = 100 * c["diff"]
+    ax.errorbar([0.1], [y], yerr=[[y - 100 * c["ci95"][0]], [100 * c["ci95"][1] - y]], fmt="D",
+                capsize=4, color="C2", label="10 rows in clean d10k vs d10k")
   flips = {}
   for f in e2["arms"].values():
     if f["base"] == "c1k" and "flipped" in f:
@@ -189,7 +205,7 @@ def figure(e2: dict, path: pathlib.Path) -> None:
   ax2.set_ylabel("poisoned facts flipped (%)")
   ax.axhline(0, color="grey", lw=0.8)
   ax.set_xscale("log")
-  ax.set_xlabel("borrowed-fact rows in the 1K (% of the data, log scale)")
+  ax.set_xlabel("borrowed-fact rows (% of the SFT data, log scale)")
   ax.set_ylabel("exact match change on test people (points)")
   ax.set_title("Bioworld E2: poison dose-response")
   h1, l1 = ax.get_legend_handles_labels()

@@ -25,6 +25,10 @@ PREDICTIONS = (
     ("F2", "per-arm learning rates chosen on dev people leave P1b's and P2's outcomes as they "
      "are"),
 )
+# What bioworld_fair plans: the arms each prediction reads, each with SEEDS seeds.
+SEEDS = 3
+PLANNED = {"F1": ("d2k_eq", "d32k_eq", "n10k_eq"),
+           "F2": tuple(f"{f}_lr{r}" for f in ("c1k", "d2k", "d32k") for r in ("1e4", "3e4", "1e3"))}
 
 
 def learning_rate(arm: str) -> float | None:
@@ -69,7 +73,9 @@ def _p1b_p2(by_arm: dict, names: dict) -> dict:
   return out
 
 
-def verdict(v: dict, by_arm: dict) -> dict:
+def verdict(v: dict, by_arm: dict, seeds: int = SEEDS, planned: dict = PLANNED) -> dict:
+  """The readings of P1b and P2 and the predictions ('not yet (...)' until the arms in
+  `planned` have `seeds` seeds)."""
   core = {a: a for a in ("c1k", "d2k", "d32k", "n10k") if a in by_arm}
   readings = {"core": _p1b_p2(by_arm, core)}
   eq = {a: (f"{a}_eq" if f"{a}_eq" in by_arm else a) for a in core}
@@ -81,8 +87,9 @@ def verdict(v: dict, by_arm: dict) -> dict:
   preds = []
   for name, claim, kind in (("F1", PREDICTIONS[0][1], "matched steps"),
                             ("F2", PREDICTIONS[1][1], "rate chosen on dev")):
-    if kind not in readings:
-      preds.append({"name": name, "claim": claim, "outcome": "not run"})
+    wait = analysis.short(by_arm, planned[name], seeds)
+    if wait or kind not in readings:
+      preds.append({"name": name, "claim": claim, "outcome": f"not yet ({wait or 'not run'})"})
       continue
     same = all(readings[kind].get(p, {}).get("outcome") == readings["core"].get(p, {}).get(
         "outcome") for p in ("P1b", "P2"))

@@ -12,7 +12,7 @@ import numpy as np
 from lima_jax.testbed import analysis
 
 ARM = re.compile(r"(d250|d500|c1k|d2k|d8k|n10k)(?:_(m|l))?")
-SIZES = {"d250": 250, "d500": 500, "c1k": 1000, "d2k": 2000, "d8k": 8000}
+SIZES = {"d250": 250, "d500": 500, "c1k": 1000, "d2k": 2000, "d8k": 8000, "n10k": 10000}
 BASES = {"": "2.2M", "m": "6.9M", "l": "15M"}
 
 # Frozen before the first run (configs/experiments.py:bioworld_e3 says the same in words).
@@ -21,18 +21,22 @@ PREDICTIONS = (
      "n10k widens"),
     ("E3b", "the plateau moves less than 3 points"),
 )
+SEEDS = 2  # what bioworld_e3 plans for each arm
 
 
-def verdict(by_arm: dict) -> dict:
+def verdict(by_arm: dict, seeds: int = SEEDS) -> dict:
+  """Each base's figures and the predictions; they read 'not yet (...)' until the arms they
+  compare have `seeds` seeds on both bases."""
   bases: dict = {}
-  for arm, seeds in by_arm.items():
+  for arm, runs in by_arm.items():
     m = ARM.fullmatch(arm)
     if m:
-      bases.setdefault(m.group(2) or "", {})[m.group(1)] = seeds
+      bases.setdefault(m.group(2) or "", {})[m.group(1)] = runs
   out = {}
   for b, arms in sorted(bases.items()):
     em = {a: float(np.mean([analysis.metrics(r)["em_test"] for r in s])) for a, s in arms.items()}
-    fig = {"params": BASES[b], "em": em}
+    fig = {"params": BASES[b], "em": em,
+           "em_ci95": {a: analysis.mean_interval(analysis.per_person(s)) for a, s in arms.items()}}
     if "d2k" in em or "d8k" in em:
       fig["plateau"] = max(em.get("d2k", -1), em.get("d8k", -1))
     for x, y in (("c1k", "d2k"), ("c1k", "n10k")):
@@ -43,8 +47,10 @@ def verdict(by_arm: dict) -> dict:
   preds = []
   big = next((b for b in ("m", "l") if b in out), None)
   for name, claim in PREDICTIONS:
-    if big is None or "" not in out or "plateau" not in out[big] or "plateau" not in out[""]:
-      preds.append({"name": name, "claim": claim, "outcome": "not run"})
+    wait = analysis.short(by_arm, [a + s for s in ("", f"_{big or 'm'}")
+                                   for a in ("c1k", "d2k", "d8k", "n10k")], seeds)
+    if wait:
+      preds.append({"name": name, "claim": claim, "outcome": f"not yet ({wait})"})
       continue
     small, large = out[""], out[big]
     rise = large["plateau"] - small["plateau"]
@@ -65,15 +71,24 @@ def figure(e3: dict, path: pathlib.Path) -> None:
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
   fig, ax = plt.subplots(figsize=(6, 4))
-  for b, f in e3["bases"].items():
-    xs = sorted((SIZES[a], 100 * v) for a, v in f["em"].items() if a in SIZES)
-    ax.plot([x for x, _ in xs], [y for _, y in xs], "o-", label=f"base {f['params']}")
+  for i, (b, f) in enumerate(e3["bases"].items()):
+    def bars(names, fmt, label):
+      y = np.array([100 * f["em"][a] for a in names])
+      lo, hi = (np.array([100 * f["em_ci95"][a][j] for a in names]) for j in (0, 1))
+      ax.errorbar([SIZES[a] for a in names], y, yerr=[y - lo, hi - y], fmt=fmt, capsize=3,
+                  color=f"C{i}", label=f"{label}, base {f['params']}")
+    clean = sorted((a for a in f["em"] if a.startswith("d")), key=SIZES.get)
+    if clean:
+      bars(clean, "o-", "clean mixture")
+    for a, fmt, label in (("c1k", "s", "curated 1K"), ("n10k", "x", "noisy 10K")):
+      if a in f["em"]:  # beside the clean line, not on it
+        bars([a], fmt, label)
   ax.set_xscale("log")
-  ax.set_xlabel("clean SFT examples (log scale)")
+  ax.set_xlabel("SFT examples (log scale; error bars: 95% over test people)")
   ax.set_ylabel("exact match on test people (%)")
   ax.set_ylim(0, 100)
   ax.set_title("Bioworld E3: score against examples, one line per base")
-  ax.legend()
+  ax.legend(fontsize=8)
   fig.tight_layout()
   fig.savefig(path, dpi=120)
   plt.close(fig)
