@@ -264,7 +264,7 @@ def test_a_preemption_notice_at_a_step_just_saved_does_not_save_it_twice(tmp_pat
   the step's checkpoint exists already, so the preemption save only waits for it."""
   import types
   from etils import epath
-  from lima_jax.train import loop as train
+  from lima_jax.train import saving
 
   class Manager:
     def __init__(self):
@@ -283,7 +283,7 @@ def test_a_preemption_notice_at_a_step_just_saved_does_not_save_it_twice(tmp_pat
       return self.saved[-1] if self.saved else None
 
   manager = Manager()
-  ckpts = train.Checkpoints(tiny_config(), manager, [4, 8], {}, epath.Path(tmp_path))
+  ckpts = saving.Checkpoints(tiny_config(), manager, [4, 8], {}, epath.Path(tmp_path))
   state = types.SimpleNamespace(params={}, opt_state={})
   ckpts.save(state, {"step": 8})
   assert ckpts.save_preempted(state, {"step": 8}).startswith("saved step 8")

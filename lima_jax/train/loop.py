@@ -4,7 +4,7 @@
 and schedule;  4. the pure, jitted `train_step(state, batch, rng)` (3 and 4: `train.step`);
 5. state: resume (under the same recipe only), or init / load weights straight into their
 shardings;  6. the loop: one step, then logging, evaluation, checkpoints and preemption, each a
-small object.
+small object (the step log: `train.metrics_log`; when to save: `train.saving`).
 
 Resuming is exact: the batch of step N and the dropout key of step N are pure functions of
 (seed, N), and a checkpoint holds params, optimizer state, step and the run's fingerprint
@@ -14,7 +14,6 @@ before the first step (`distributed.agree`).
 """
 import json
 import os
-import time
 
 import flax.linen as nn
 import jax
@@ -22,7 +21,6 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 from etils import epath
-from tqdm import tqdm
 
 from lima_jax.train import adapters
 from lima_jax.train import base_model
@@ -31,7 +29,8 @@ from lima_jax.data import batches as data
 from lima_jax.parallel import distributed
 from lima_jax.train import fingerprint as fingerprint_lib
 from lima_jax.parallel import sharding
-from lima_jax.train import metrics_log as metrics_log_lib
+from lima_jax.train.metrics_log import StepLog
+from lima_jax.train.saving import Checkpoints, NonFinite
 from lima_jax.train.step import Built, TrainState, build_train_step, check_platform
 from lima_jax import tokenizer as tokenizer_lib
 from lima_jax.model import splash
@@ -102,115 +101,6 @@ def restored_state(manager: checkpoint.Manager, step: int, built: Built, frozen)
 # ----------------------------------------------------------------------------------------------
 # 6. The loop, and what it writes.
 # ----------------------------------------------------------------------------------------------
-
-class NonFinite:
-  """The first step whose loss or gradient norm was NaN/inf, kept on the device (no host sync
-  per step) and read before every checkpoint and on logged steps, so no checkpoint holding NaNs
-  is ever written or called good."""
-
-  def __init__(self):
-    self._first = jnp.int32(-1)
-    self._update = jax.jit(lambda first, ok, step: jnp.where((first < 0) & ~ok, step, first))
-
-  def update(self, metrics, step: int) -> None:
-    self._first = self._update(self._first, metrics["finite"], step)
-
-  def check(self, manager: checkpoint.Manager) -> None:
-    bad = int(self._first)
-    if bad >= 0:
-      manager.wait()
-      good = manager.latest_step()
-      raise UserError(f"step {bad}: the loss or gradient is not finite; stopped. The last good "
-                      f"checkpoint is {manager.step_dir(good) if good else 'none'}")
-
-
-class Checkpoints:
-  """When to save, what to keep, what a preemption saves."""
-
-  def __init__(self, config, manager: checkpoint.Manager, epoch_ends: list[int],
-               fingerprint: dict, workdir: epath.Path):
-    epochs = len(epoch_ends)
-    keep = (checkpoint.parse_epochs(config.checkpoint.keep_epochs, "checkpoint.keep_epochs")
-            or set(range(1, epochs + 1)))
-    self.keep_steps = {epoch_ends[e - 1] for e in keep if 0 < e <= epochs}
-    self.manager, self.every = manager, config.checkpoint.every_steps
-    self.on_preemption, self.fingerprint = config.checkpoint.on_preemption, fingerprint
-    self.preempted_dir = workdir / "preempted"
-    self.saved_step = None
-    if self.on_preemption not in ("full", "params", "none"):
-      raise UserError(f"checkpoint.on_preemption={self.on_preemption!r}: not one of full, "
-                      "params, none")
-
-  def due(self, done: int, epoch_end: bool) -> bool:
-    return epoch_end or bool(self.every and done % self.every == 0)
-
-  def _ours(self, step: int) -> bool:
-    """Only checkpoints of this recipe may be pruned (another recipe's epochs are kept)."""
-    meta = checkpoint.read_meta(self.manager.step_dir(step))
-    return meta.get("fingerprint") == self.fingerprint
-
-  def save(self, state: TrainState, meta: dict) -> None:
-    self.manager.prune(self.keep_steps, deletable=self._ours)
-    self.manager.save(meta["step"], state.params, state.opt_state, meta)
-    self.saved_step = meta["step"]
-
-  def save_preempted(self, state: TrainState, meta: dict) -> str:
-    """What the notice leaves time for (docs/tpu.md): the whole state, params only, or
-    nothing (resume from the last periodic checkpoint)."""
-    if self.on_preemption == "full":
-      if self.saved_step != meta["step"]:  # not when the step was just saved
-        self.save(state, meta)  # (the notice met an epoch end or every_steps)
-      self.manager.wait()
-      return f"saved step {meta['step']} to {self.manager.step_dir(meta['step'])}"
-    if self.on_preemption == "params":
-      where = self.preempted_dir / str(meta["step"])
-      if not where.exists():
-        checkpoint.save(where, state.params, meta)
-      self.manager.wait()
-      return (f"saved the params of step {meta['step']} to {where}; the rerun resumes from step "
-              f"{self.manager.latest_step() or 0}")
-    self.manager.wait()
-    return f"saved nothing; the rerun resumes from step {self.manager.latest_step() or 0}"
-
-  def close(self) -> None:
-    self.manager.prune(self.keep_steps, deletable=self._ours)
-    self.manager.close()
-
-
-class StepLog:
-  """metrics.jsonl rows on logged steps, epoch ends and the last step, with throughput."""
-
-  def __init__(self, config, workdir, start: int, total_steps: int, is_main: bool):
-    self.every, self.total = config.train.log_every, total_steps
-    self.file = metrics_log_lib.MetricsLog(workdir, start) if is_main else None
-    self.bar = tqdm(total=total_steps, initial=start, disable=None if is_main else True,
-                    desc="train", unit="step")
-    self.t0, self.steps, self.last = time.perf_counter(), 0, {}
-
-  def step(self, done: int, metrics, epoch: float, epoch_end: bool) -> bool:
-    """Counts a step; on a logged one fetches its metrics. Returns whether it was logged."""
-    self.steps += 1
-    self.bar.update(1)
-    if not (done % self.every == 0 or epoch_end or done == self.total):
-      return False
-    m = {k: v.item() for k, v in jax.device_get(metrics).items() if k != "finite"}
-    dt = time.perf_counter() - self.t0
-    self.last = {"step": done, "epoch": round(epoch, 4), **m,
-                 "tokens_per_s": m["tokens"] * self.steps / dt,
-                 "examples_per_s": m["examples"] * self.steps / dt, "step_time_s": dt / self.steps}
-    self.t0, self.steps = time.perf_counter(), 0
-    self.bar.set_postfix(loss=f"{m['loss']:.4f}", lr=f"{m['learning_rate']:.2e}")
-    return True
-
-  def write(self, flush: bool) -> None:
-    if self.file:
-      self.file.add(self.last, flush=flush)
-
-  def close(self) -> None:
-    self.bar.close()
-    if self.file:
-      self.file.close()
-
 
 def _evaluate(built: Built, params, eval_ds, mesh, global_batch: int) -> dict:
   rows = sharding.process_rows(mesh.devices, global_batch)

@@ -1,8 +1,12 @@
-"""metrics.jsonl (and TensorBoard, when tensorboardX is installed), written by process 0."""
+"""metrics.jsonl (and TensorBoard, when tensorboardX is installed), written by process 0, and
+the loop's step log that fills it (throughput, the progress bar)."""
 import json
 import os
+import time
 
+import jax
 from etils import epath
+from tqdm import tqdm
 
 
 class MetricsLog:
@@ -42,3 +46,38 @@ class MetricsLog:
     self._flush()
     if self.tb:
       self.tb.close()
+
+
+class StepLog:
+  """metrics.jsonl rows on logged steps, epoch ends and the last step, with throughput."""
+
+  def __init__(self, config, workdir, start: int, total_steps: int, is_main: bool):
+    self.every, self.total = config.train.log_every, total_steps
+    self.file = MetricsLog(workdir, start) if is_main else None
+    self.bar = tqdm(total=total_steps, initial=start, disable=None if is_main else True,
+                    desc="train", unit="step")
+    self.t0, self.steps, self.last = time.perf_counter(), 0, {}
+
+  def step(self, done: int, metrics, epoch: float, epoch_end: bool) -> bool:
+    """Counts a step; on a logged one fetches its metrics. Returns whether it was logged."""
+    self.steps += 1
+    self.bar.update(1)
+    if not (done % self.every == 0 or epoch_end or done == self.total):
+      return False
+    m = {k: v.item() for k, v in jax.device_get(metrics).items() if k != "finite"}
+    dt = time.perf_counter() - self.t0
+    self.last = {"step": done, "epoch": round(epoch, 4), **m,
+                 "tokens_per_s": m["tokens"] * self.steps / dt,
+                 "examples_per_s": m["examples"] * self.steps / dt, "step_time_s": dt / self.steps}
+    self.t0, self.steps = time.perf_counter(), 0
+    self.bar.set_postfix(loss=f"{m['loss']:.4f}", lr=f"{m['learning_rate']:.2e}")
+    return True
+
+  def write(self, flush: bool) -> None:
+    if self.file:
+      self.file.add(self.last, flush=flush)
+
+  def close(self) -> None:
+    self.bar.close()
+    if self.file:
+      self.file.close()
