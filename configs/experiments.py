@@ -96,7 +96,7 @@ Studies (`NAME`):
                   person (eval/prompts_poison.jsonl).
                     python -m lima_jax.experiment run --config=configs/experiments.py:bioworld_e2 \
                       --workdir=DIR
-                    python -m lima_jax.testbed dose --study=DIR
+                    python -m lima_jax.testbed verdict --study=DIR
                   Predictions, frozen before the first run (lima_jax.testbed.dose.PREDICTIONS):
                     E2a EM on test people falls about linearly in the poisoned fraction;
                     E2b K = 1 and K = 10 each within 1.5 points of K = 0;
@@ -104,6 +104,10 @@ Studies (`NAME`):
                     E2d the poisoned facts flip for most of their people (the answer states
                         the borrowed value), equally in 1K and 10K.
                     Refuted if 10 rows cost >= 3 points, or 100 rows cost < 1.
+                  Measured at 3 seeds (benchmarks/results/bioworld_e2/, 97 min): E2a and E2b
+                  held, E2c and E2d failed, not refuted. EM cost: K = 1 -0.0, K = 10 -0.4,
+                  K = 100 -2.9 [-3.4, -2.3], K = 300 -7.1 points; about half the poisoned facts
+                  flip in the 1K arms, 13% of the same 10 in d10k.
   bioworld_e3     Issue 36, E3: does a larger base close the gap? A 6.9M base (size
                   bioworld_m: dim 256, 6 layers, 3.1x the parameters; same world, same 150
                   exposures, same 95% cloze gate) beside the 2.2M one, each fine-tuned on d250,
@@ -520,7 +524,9 @@ def _bioworld_experiment(c, name: str, testbed: tuple, sources: tuple) -> None:
   elif name == "bioworld_e2":
     c.prompts = "{world}/eval/prompts_poison.jsonl"
     c.report.fields += ("exact_rate:set=poisoned",)
-    c.arms.c1k = trained("{world}/sft/c1k.jsonl", 1000)
+    # K = 0 has no poisoned fact to ask: c1k answers the test prompts as in every other study
+    # sharing the DIR (the same step; prompts_poison.jsonl holds them unchanged).
+    c.arms.c1k = trained("{world}/sft/c1k.jsonl", 1000, prompts="{world}/eval/prompts.jsonl")
     c.arms.d10k = trained("{world}/sft/d10k.jsonl", 10000)
     for d in (0, 1):
       for k in (1, 10, 100, 300):

@@ -95,6 +95,32 @@ def test_manifest_hashes_inputs_but_not_the_judge_url(tmp_path):
   assert m.state(step)[0] == "changed"
 
 
+def test_a_step_another_study_made_with_other_inputs_is_one_line_not_an_overwrite(tmp_path):
+  """Studies sharing a DIR share steps; one giving an arm other inputs (seen: E2's c1k asked
+  its poisoned prompts, and each study redid the other's c1k answers on every run) stops."""
+  from lima_jax.errors import UserError
+  from lima_jax.experiment import local, manifest
+  step = manifest.Step("c1k/seed0/e16/answer", "c1k", "answer",
+                       ["python", "--config.prompts=prompts.jsonl"], tmp_path / "out")
+  made = manifest.Manifest(tmp_path, "core")
+  assert local.begin(step, made, tmp_path, "[arm 1/1]") is not None
+  local.finish(step, made, 0, 1.0)
+  (tmp_path / "out").mkdir()  # core's answers
+  assert json.loads((tmp_path / "manifest.json").read_text())["steps"][step.key]["study"] == "core"
+  # The same inputs from another study: its step, done.
+  assert manifest.Manifest(tmp_path, "e2").state(step)[0] == "done"
+  other = manifest.Step(step.key, "c1k", "answer", ["python", "--config.prompts=poison.jsonl"],
+                        tmp_path / "out")
+  assert manifest.Manifest(tmp_path, "core").state(other)[0] == "changed"  # its own edit
+  with pytest.raises(UserError) as e:
+    local.begin(other, manifest.Manifest(tmp_path, "e2"), tmp_path, "[arm 1/1]")
+  assert str(e.value) == (
+      "c1k/seed0/e16/answer: study core made this step with other inputs; its command differs "
+      "in --config.prompts=poison.jsonl, --config.prompts=prompts.jsonl. Running it for e2 "
+      "would overwrite core's result: give the arm another name in e2, or use another --workdir")
+  assert (tmp_path / "out").is_dir() and not list(tmp_path.glob("out.stale-*"))  # untouched
+
+
 def test_paired_difference_and_intervals_on_known_scores():
   from lima_jax.experiment import report
   rng = np.random.default_rng(0)

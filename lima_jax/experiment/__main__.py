@@ -121,7 +121,7 @@ def _judge_estimate(c, workdir: pathlib.Path, arms: list[str]) -> str:
 def _plan(c, workdir: pathlib.Path, arms: list[str], prepare: list, show_commands: bool):
   from lima_jax.experiment import study
   from lima_jax.experiment.manifest import Manifest
-  manifest = Manifest(workdir)
+  manifest = Manifest(workdir, c.name)
   # pending: prepare steps that will run; changed: those whose hash will change when they do
   # (a step following one is redone too, though its recorded hash still matches today).
   pending, changed = set(), set()

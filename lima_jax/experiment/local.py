@@ -43,7 +43,8 @@ def begin(step: Step, manifest: Manifest, workdir: pathlib.Path, label: str):
     step.output.mkdir(exist_ok=True)
   manifest.set(step.key, status="running", **digests, output=str(step.output),
                command=hashed_command(step.command), log=str(log), kind=step.kind,
-               arm=step.arm, seed=step.seed, epoch=step.epoch, protocol=step.protocol)
+               arm=step.arm, seed=step.seed, epoch=step.epoch, protocol=step.protocol,
+               study=manifest.study)
   print(f"{label} {step.key}: {'resuming' if state == 'resume' else 'running'} "
         f"(log: {log})", flush=True)
   return log
@@ -108,7 +109,7 @@ def judge_for_run(c):
 
 def run_local(c, workdir: pathlib.Path, arms: list[str], prepare=None) -> None:
   """Runs the prepare steps (all of them unless given), then the arms, here."""
-  manifest = Manifest(workdir)
+  manifest = Manifest(workdir, c.name)
   if prepare is None:
     prepare = study.prepare_steps(c, workdir)
   with judge_for_run(c) as c:

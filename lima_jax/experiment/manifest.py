@@ -80,7 +80,8 @@ def hashed_command(command: list[str]) -> list[str]:
 class Manifest:
   """DIR/manifest.json: {"steps": {key: record}}; every change is written at once."""
 
-  def __init__(self, workdir: pathlib.Path):
+  def __init__(self, workdir: pathlib.Path, study: str = ""):
+    self.study = study  # the study running now: recorded with each step it begins
     self.path = workdir / "manifest.json"
     self.steps: dict[str, dict] = {}
     if self.path.exists():
@@ -116,5 +117,19 @@ class Manifest:
     if rec is None:
       return ("changed" if step.output.exists() else "new"), digests
     if not any(rec.get(identity) == digests[identity] for identity in IDENTITIES):
+      by = rec.get("study")
+      if by and self.study and by != self.study:
+        raise UserError(self._clash(step, rec, by))
       return "changed", digests
     return ("done" if rec.get("status") == "done" else "resume"), digests
+
+  def _clash(self, step: Step, rec: dict, by: str) -> str:
+    """Two studies sharing a DIR give one step other inputs: rerunning it for one would
+    overwrite the other's result, and each would redo it for ever."""
+    old, new = rec.get("command", []), hashed_command(step.command)
+    differ = [a for a in new if a not in old] + [a for a in old if a not in new]
+    what = f"; its command differs in {', '.join(differ[:2])}" if differ else (
+        "; a file it reads or a step it follows differs")
+    return (f"{step.key}: study {by} made this step with other inputs{what}. Running it for "
+            f"{self.study} would overwrite {by}'s result: give the arm another name in "
+            f"{self.study}, or use another --workdir")

@@ -46,7 +46,7 @@ class Runner:
   def __init__(self, c, workdir: pathlib.Path, arms: list[str], prepare, retries: int,
                judge_node: str = ""):
     self.c, self.workdir, self.retries = c, workdir, retries
-    self.manifest = Manifest(workdir)
+    self.manifest = Manifest(workdir, c.name)
     self.judge_node = judge_node  # a scripted judge listens on the driver's node only
     self.steps: dict[str, Step] = {}
     self.state: dict[str, str] = {}  # waiting | placing | running | done | failed | blocked
