@@ -154,6 +154,10 @@ Studies (`NAME`):
                     L1 every LoRA arm keeps biography cloze >= 97% after SFT;
                     L2 with LoRA d32k no longer falls below d2k (the interval of
                        d32k_lora - d2k_lora reaches 0).
+                  Measured at 3 seeds (benchmarks/results/bioworld_lora/, 38 min): L1 failed
+                  (cloze after LoRA 81.6-94.3%, within 2.3 points of full fine-tuning's), L2
+                  held (d32k_lora - d2k_lora +2.1 [+1.2, +3.0]); EM c1k_lora 23.7, d2k_lora
+                  27.5, d32k_lora 29.6, n10k_lora 21.7.
   bioworld_smoke  CI's version: 160 people, a short pretraining, c1k against 1K drawn from
                   n10k (data.subset_size), one seed, one SFT epoch; checks the pipeline and
                   the splits, not the claims.

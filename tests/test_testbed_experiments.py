@@ -170,7 +170,10 @@ def test_lora_section_pairs_each_adapter_arm_with_its_full_arm():
   out = {p["name"]: p for p in lv["predictions"]}
   assert out["L1"]["outcome"] == "failed" and out["L1"]["min_retention"] == 0.96
   assert out["L2"]["outcome"] == "failed" and out["L2"]["diff"] == pytest.approx(-0.5)
-  assert "| d2k | 50.0 | 75.0 | +25.0" in adapters.markdown(lv)
+  md = adapters.markdown(lv)
+  assert "| d2k | 50.0 | 75.0 | +25.0" in md and "| lowest cloze 96.0% | failed |" in md
+  # 20 of 40 people at -1, 20 at 0: -0.5 +- 1.96 * sqrt(0.25 / 40) = +-0.155.
+  assert "| d32k_lora - d2k_lora = -50.0 [-65.0, -35.0] | failed |" in md
 
 
 def test_mean_interval_is_the_bootstrap_of_the_mean_over_people():

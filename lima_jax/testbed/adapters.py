@@ -61,6 +61,10 @@ def markdown(lv: dict) -> str:
             if d else "-")
     lines.append(f"| {arm} | {_pct(p.get('em_full'))} | {_pct(p['em_lora'])} | {diff} | "
                  f"{_pct(p.get('retention_full'))} | {_pct(p['retention_lora'])} |")
-  lines += ["", "| prediction | claim | outcome |", "|---|---|---|"]
-  lines += [f"| {p['name']} | {p['claim']} | {p['outcome']} |" for p in lv["predictions"]]
+  lines += ["", "| prediction | claim | evidence | outcome |", "|---|---|---|---|"]
+  for p in lv["predictions"]:
+    ev = (f"lowest cloze {_pct(p['min_retention'])}%" if "min_retention" in p else
+          f"d32k_lora - d2k_lora = {100 * p['diff']:+.1f} [{100 * p['ci95'][0]:+.1f}, "
+          f"{100 * p['ci95'][1]:+.1f}]" if "diff" in p else "-")
+    lines.append(f"| {p['name']} | {p['claim']} | {ev} | {p['outcome']} |")
   return "\n".join(lines) + "\n"
