@@ -17,8 +17,6 @@ arm table, with a 95% bootstrap interval over test people; differences are paire
 import json
 import pathlib
 
-import numpy as np
-
 from lima_jax.curate import agreement
 from lima_jax.errors import UserError
 from lima_jax.testbed import analysis, sft
